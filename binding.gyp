@@ -1,0 +1,20 @@
+{
+  "targets": [
+    {
+      "target_name": "vfio_native",
+      "sources": [
+        "native/addon.cc",
+        "native/common.cc",
+        "native/io.cc",
+        "native/vfio.cc",
+        "native/mapping.cc",
+        "native/layout.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=9", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    }
+  ]
+}

@@ -1,0 +1,268 @@
+// File-descriptor syscalls: open/close, width-exact register pread/pwrite, bulk pread/pwrite and read/write.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common.h"
+
+namespace vfio {
+
+namespace {
+
+template <typename F>
+ssize_t RetryEintr(F call) {
+  ssize_t n;
+  do {
+    n = call();
+  } while (n < 0 && errno == EINTR);
+  return n;
+}
+
+std::string ShortDetail(const char* what, ssize_t got, unsigned width) {
+  return std::string(what) + " (" + std::to_string(got) + " of " + std::to_string(width) + " bytes)";
+}
+
+// One pread of exactly `width` bytes: registers must be accessed at their native width.
+Outcome ReadRegister(int fd, int64_t offset, unsigned width) {
+  Outcome out;
+  uint64_t value = 0;
+  union {
+    uint8_t u8;
+    uint16_t u16;
+    uint32_t u32;
+    uint64_t u64;
+  } reg{};
+  ssize_t n = RetryEintr([&] { return pread(fd, &reg, width, offset); });
+  if (n < 0) {
+    out.err = errno;
+    return out;
+  }
+  if (n != static_cast<ssize_t>(width)) {
+    out.err = EIO;
+    out.ret = n;
+    return out;
+  }
+  switch (width) {
+    case 1: value = reg.u8; break;
+    case 2: value = reg.u16; break;
+    case 4: value = reg.u32; break;
+    default: value = reg.u64; break;
+  }
+  out.value = value;
+  out.ret = n;
+  return out;
+}
+
+Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value) {
+  Outcome out;
+  union {
+    uint8_t u8;
+    uint16_t u16;
+    uint32_t u32;
+    uint64_t u64;
+  } reg{};
+  switch (width) {
+    case 1: reg.u8 = static_cast<uint8_t>(value); break;
+    case 2: reg.u16 = static_cast<uint16_t>(value); break;
+    case 4: reg.u32 = static_cast<uint32_t>(value); break;
+    default: reg.u64 = value; break;
+  }
+  ssize_t n = RetryEintr([&] { return pwrite(fd, &reg, width, offset); });
+  if (n < 0) {
+    out.err = errno;
+  } else if (n != static_cast<ssize_t>(width)) {
+    out.err = EIO;
+    out.ret = n;
+  }
+  return out;
+}
+
+Outcome Done(ssize_t n) {
+  Outcome out;
+  if (n < 0) out.err = errno;
+  out.ret = n;
+  return out;
+}
+
+Napi::Value ThrowIfFailed(Napi::Env env, const char* syscall, const Outcome& out, const std::string& detail = "") {
+  if (out.err) throw SyscallError(env, syscall, out.err, detail.empty() ? nullptr : detail.c_str());
+  return env.Undefined();
+}
+
+std::string RegisterDetail(const char* syscall, const Outcome& out, unsigned width) {
+  return out.err == EIO && out.ret >= 0 ? ShortDetail(syscall[1] == 'r' ? "short read" : "short write", out.ret, width)
+                                        : "";
+}
+
+// open(path, flags): O_CLOEXEC is always added.
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+  std::string path = info[0].As<Napi::String>();
+  int flags = static_cast<int>(ArgU32(info, 1, "flags"));
+  int fd = open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    Napi::Error e = SyscallError(env, "open", err);
+    e.Set("path", Napi::String::New(env, path));
+    e.Set("message", Napi::String::New(env, "open " + path + " " + e.Get("code").ToString().Utf8Value() + ": " +
+                                                strerror(err)));
+    throw e;
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  // Linux releases the fd even when close() reports EINTR, so never retry.
+  if (close(fd) < 0 && errno != EINTR) throw SyscallError(info.Env(), "close", errno);
+  return info.Env().Undefined();
+}
+
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "name must be a string");
+  std::string name = info[0].As<Napi::String>();
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+  if (fd < 0) throw SyscallError(env, "memfd_create", errno);
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value PreadWidth(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  int64_t offset = ArgOffset(info, 1, "offset");
+  unsigned width = ArgWidth(info, 2);
+  Outcome out = ReadRegister(fd, offset, width);
+  ThrowIfFailed(info.Env(), "pread", out, RegisterDetail("pread", out, width));
+  return RegisterToJs(info.Env(), out.value, width);
+}
+
+Napi::Value PreadWidthAsync(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  int64_t offset = ArgOffset(info, 1, "offset");
+  unsigned width = ArgWidth(info, 2);
+  return RunAsync(
+      info.Env(), "pread", "", [=] { return ReadRegister(fd, offset, width); },
+      [=](Napi::Env env, const Outcome& out) { return RegisterToJs(env, out.value, width); });
+}
+
+Napi::Value PwriteWidth(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  int64_t offset = ArgOffset(info, 1, "offset");
+  unsigned width = ArgWidth(info, 2);
+  uint64_t value = ArgRegisterValue(info, 3, width);
+  Outcome out = WriteRegister(fd, offset, width, value);
+  return ThrowIfFailed(info.Env(), "pwrite", out, RegisterDetail("pwrite", out, width));
+}
+
+Napi::Value PwriteWidthAsync(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  int64_t offset = ArgOffset(info, 1, "offset");
+  unsigned width = ArgWidth(info, 2);
+  uint64_t value = ArgRegisterValue(info, 3, width);
+  return RunAsync(info.Env(), "pwrite", "", [=] { return WriteRegister(fd, offset, width, value); }, nullptr);
+}
+
+// Bulk transfers: (fd, buffer, bufferOffset, length[, position]); one syscall, EINTR retried.
+struct BulkArgs {
+  int fd;
+  uint8_t* data;
+  size_t length;
+  int64_t position;
+  Napi::Value buffer;
+};
+
+BulkArgs ParseBulk(const Napi::CallbackInfo& info, bool positioned) {
+  BulkArgs a;
+  a.fd = ArgFd(info, 0, "fd");
+  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
+  size_t offset = ArgSize(info, 2, "bufferOffset");
+  a.length = ArgSize(info, 3, "length");
+  a.data = ViewRange(view, offset, a.length, "buffer");
+  a.position = positioned ? ArgOffset(info, 4, "position") : -1;
+  a.buffer = view;
+  return a;
+}
+
+Napi::Value BytesResult(Napi::Env env, const Outcome& out) { return Napi::Number::New(env, static_cast<double>(out.ret)); }
+
+Napi::Value Pread(const Napi::CallbackInfo& info) {
+  BulkArgs a = ParseBulk(info, true);
+  Outcome out = Done(RetryEintr([&] { return pread(a.fd, a.data, a.length, a.position); }));
+  ThrowIfFailed(info.Env(), "pread", out);
+  return BytesResult(info.Env(), out);
+}
+
+Napi::Value PreadAsync(const Napi::CallbackInfo& info) {
+  BulkArgs a = ParseBulk(info, true);
+  return RunAsync(
+      info.Env(), "pread", "", [a] { return Done(RetryEintr([&] { return pread(a.fd, a.data, a.length, a.position); })); },
+      BytesResult, {a.buffer});
+}
+
+Napi::Value Pwrite(const Napi::CallbackInfo& info) {
+  BulkArgs a = ParseBulk(info, true);
+  Outcome out = Done(RetryEintr([&] { return pwrite(a.fd, a.data, a.length, a.position); }));
+  ThrowIfFailed(info.Env(), "pwrite", out);
+  return BytesResult(info.Env(), out);
+}
+
+Napi::Value PwriteAsync(const Napi::CallbackInfo& info) {
+  BulkArgs a = ParseBulk(info, true);
+  return RunAsync(
+      info.Env(), "pwrite", "",
+      [a] { return Done(RetryEintr([&] { return pwrite(a.fd, a.data, a.length, a.position); })); }, BytesResult,
+      {a.buffer});
+}
+
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  BulkArgs a = ParseBulk(info, false);
+  Outcome out = Done(RetryEintr([&] { return read(a.fd, a.data, a.length); }));
+  ThrowIfFailed(info.Env(), "read", out);
+  return BytesResult(info.Env(), out);
+}
+
+Napi::Value ReadAsync(const Napi::CallbackInfo& info) {
+  BulkArgs a = ParseBulk(info, false);
+  return RunAsync(
+      info.Env(), "read", "", [a] { return Done(RetryEintr([&] { return read(a.fd, a.data, a.length); })); },
+      BytesResult, {a.buffer});
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  BulkArgs a = ParseBulk(info, false);
+  Outcome out = Done(RetryEintr([&] { return write(a.fd, a.data, a.length); }));
+  ThrowIfFailed(info.Env(), "write", out);
+  return BytesResult(info.Env(), out);
+}
+
+Napi::Value WriteAsync(const Napi::CallbackInfo& info) {
+  BulkArgs a = ParseBulk(info, false);
+  return RunAsync(
+      info.Env(), "write", "", [a] { return Done(RetryEintr([&] { return write(a.fd, a.data, a.length); })); },
+      BytesResult, {a.buffer});
+}
+
+}  // namespace
+
+void InitIo(Napi::Env env, Napi::Object exports) {
+  exports.Set("open", Napi::Function::New(env, Open, "open"));
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+  exports.Set("preadWidth", Napi::Function::New(env, PreadWidth, "preadWidth"));
+  exports.Set("preadWidthAsync", Napi::Function::New(env, PreadWidthAsync, "preadWidthAsync"));
+  exports.Set("pwriteWidth", Napi::Function::New(env, PwriteWidth, "pwriteWidth"));
+  exports.Set("pwriteWidthAsync", Napi::Function::New(env, PwriteWidthAsync, "pwriteWidthAsync"));
+  exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
+  exports.Set("preadAsync", Napi::Function::New(env, PreadAsync, "preadAsync"));
+  exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
+  exports.Set("pwriteAsync", Napi::Function::New(env, PwriteAsync, "pwriteAsync"));
+  exports.Set("read", Napi::Function::New(env, Read, "read"));
+  exports.Set("readAsync", Napi::Function::New(env, ReadAsync, "readAsync"));
+  exports.Set("write", Napi::Function::New(env, Write, "write"));
+  exports.Set("writeAsync", Napi::Function::New(env, WriteAsync, "writeAsync"));
+}
+
+}  // namespace vfio

@@ -1,0 +1,202 @@
+// Mapping: an mmap of a device region with width-exact volatile accessors and a zero-copy ArrayBuffer view.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common.h"
+
+namespace vfio {
+
+namespace {
+
+const napi_type_tag kMappingTag = {0x7f1a3c5e9b2d4a61ULL, 0x8c0e4f2a6d1b3e59ULL};
+
+// The mapped memory outlives whichever of its holders goes last: the wrapper, the ArrayBuffer
+// views (which may survive the wrapper) and in-flight async copies. All fields are touched on
+// the JS thread only; async copies read `addr` on a worker while `inflight` pins it.
+struct MapState {
+  uint8_t* addr = nullptr;
+  size_t length = 0;
+  int holders = 0;      // wrapper + live views
+  int inflight = 0;     // async copies running
+  bool unmap_requested = false;
+
+  void UnmapIfIdle() {
+    if (unmap_requested && inflight == 0 && addr) {
+      munmap(addr, length);
+      addr = nullptr;
+    }
+  }
+  void Release() {
+    if (--holders == 0) {
+      unmap_requested = true;
+      UnmapIfIdle();
+      if (inflight == 0) delete this;
+    }
+  }
+};
+
+class Mapping : public Napi::ObjectWrap<Mapping> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Mapping",
+                       {
+                           InstanceMethod<&Mapping::Read>("read"),
+                           InstanceMethod<&Mapping::Write>("write"),
+                           InstanceMethod<&Mapping::ReadInto>("readInto"),
+                           InstanceMethod<&Mapping::WriteFrom>("writeFrom"),
+                           InstanceMethod<&Mapping::Unmap>("unmap"),
+                           InstanceAccessor<&Mapping::GetBuffer>("buffer"),
+                           InstanceAccessor<&Mapping::GetLength>("length"),
+                           InstanceAccessor<&Mapping::GetMapped>("mapped"),
+                       });
+  }
+
+  // new Mapping(fd, offset, length, prot): prot is PROT_READ|PROT_WRITE bits; always MAP_SHARED.
+  explicit Mapping(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Mapping>(info) {
+    Napi::Env env = info.Env();
+    int fd = ArgFd(info, 0, "fd");
+    int64_t offset = ArgOffset(info, 1, "offset");
+    size_t length = ArgSize(info, 2, "length");
+    uint32_t prot = ArgU32(info, 3, "prot");
+    if (length == 0) throw Napi::RangeError::New(env, "length must be greater than 0");
+    if (prot & ~static_cast<uint32_t>(PROT_READ | PROT_WRITE)) throw Napi::RangeError::New(env, "prot may only hold PROT_READ and PROT_WRITE");
+    void* addr = mmap(nullptr, length, static_cast<int>(prot), MAP_SHARED, fd, offset);
+    if (addr == MAP_FAILED) throw SyscallError(env, "mmap", errno);
+    state_ = new MapState();
+    state_->addr = static_cast<uint8_t*>(addr);
+    state_->length = length;
+    state_->holders = 1;
+    info.This().As<Napi::Object>().TypeTag(&kMappingTag);
+  }
+
+  ~Mapping() override {
+    if (state_) state_->Release();  // safety net only: unmap() is the contract
+  }
+
+ private:
+  MapState* state_ = nullptr;
+  Napi::Reference<Napi::ArrayBuffer> view_;
+
+  uint8_t* Check(const Napi::CallbackInfo& info, size_t offset, size_t length) {
+    Napi::Env env = info.Env();
+    if (!info.This().IsObject() || !info.This().As<Napi::Object>().CheckTypeTag(&kMappingTag)) {
+      throw Napi::TypeError::New(env, "receiver is not a Mapping");
+    }
+    if (!state_ || state_->unmap_requested) throw Napi::Error::New(env, "mapping is unmapped");
+    if (offset > state_->length || length > state_->length - offset) {
+      throw Napi::RangeError::New(env, "range [" + std::to_string(offset) + ", +" + std::to_string(length) +
+                                           ") is outside the mapping of " + std::to_string(state_->length) + " bytes");
+    }
+    return state_->addr + offset;
+  }
+
+  Napi::Value Read(const Napi::CallbackInfo& info) {
+    size_t offset = ArgSize(info, 0, "offset");
+    unsigned width = ArgWidth(info, 1);
+    if (offset % width) throw Napi::RangeError::New(info.Env(), "offset is not aligned to the access width");
+    uint8_t* p = Check(info, offset, width);
+    uint64_t v;
+    switch (width) {
+      case 1: v = *reinterpret_cast<volatile uint8_t*>(p); break;
+      case 2: v = *reinterpret_cast<volatile uint16_t*>(p); break;
+      case 4: v = *reinterpret_cast<volatile uint32_t*>(p); break;
+      default: v = *reinterpret_cast<volatile uint64_t*>(p); break;
+    }
+    return RegisterToJs(info.Env(), v, width);
+  }
+
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    size_t offset = ArgSize(info, 0, "offset");
+    unsigned width = ArgWidth(info, 1);
+    uint64_t v = ArgRegisterValue(info, 2, width);
+    if (offset % width) throw Napi::RangeError::New(info.Env(), "offset is not aligned to the access width");
+    uint8_t* p = Check(info, offset, width);
+    switch (width) {
+      case 1: *reinterpret_cast<volatile uint8_t*>(p) = static_cast<uint8_t>(v); break;
+      case 2: *reinterpret_cast<volatile uint16_t*>(p) = static_cast<uint16_t>(v); break;
+      case 4: *reinterpret_cast<volatile uint32_t*>(p) = static_cast<uint32_t>(v); break;
+      default: *reinterpret_cast<volatile uint64_t*>(p) = v; break;
+    }
+    return info.Env().Undefined();
+  }
+
+  // Bulk copies run on the libuv pool: a large data section must not stall the event loop.
+  Napi::Value Copy(const Napi::CallbackInfo& info, bool from_mapping) {
+    size_t offset = ArgSize(info, 0, "offset");
+    Napi::Uint8Array view = ArgBytes(info, 1, from_mapping ? "target" : "source");
+    size_t view_offset = ArgSize(info, 2, "bufferOffset");
+    size_t length = ArgSize(info, 3, "length");
+    uint8_t* mapped = Check(info, offset, length);
+    uint8_t* bytes = ViewRange(view, view_offset, length, "buffer");
+    MapState* state = state_;
+    state->inflight++;
+    auto work = [=] {
+      if (from_mapping) {
+        memcpy(bytes, mapped, length);
+      } else {
+        memcpy(mapped, bytes, length);
+      }
+      return Outcome{};
+    };
+    auto done = [state] {
+      state->inflight--;
+      state->UnmapIfIdle();
+      if (state->holders == 0 && state->inflight == 0) delete state;
+    };
+    return RunAsync(info.Env(), from_mapping ? "memcpy" : "memcpy", "", work, nullptr, {view, info.This()}, done);
+  }
+
+  Napi::Value ReadInto(const Napi::CallbackInfo& info) { return Copy(info, true); }
+  Napi::Value WriteFrom(const Napi::CallbackInfo& info) { return Copy(info, false); }
+
+  // Explicit and idempotent: detaches the view now; the munmap waits for in-flight copies.
+  Napi::Value Unmap(const Napi::CallbackInfo& info) {
+    if (!info.This().IsObject() || !info.This().As<Napi::Object>().CheckTypeTag(&kMappingTag)) {
+      throw Napi::TypeError::New(info.Env(), "receiver is not a Mapping");
+    }
+    if (state_ && !state_->unmap_requested) {
+      if (!view_.IsEmpty()) {
+        Napi::ArrayBuffer ab = view_.Value();
+        if (!ab.IsEmpty() && !ab.IsDetached()) ab.Detach();
+        view_.Reset();
+      }
+      state_->unmap_requested = true;
+      state_->UnmapIfIdle();
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value GetBuffer(const Napi::CallbackInfo& info) {
+    Check(info, 0, 0);
+    if (!view_.IsEmpty()) {
+      Napi::ArrayBuffer existing = view_.Value();
+      if (!existing.IsEmpty()) return existing;
+    }
+    MapState* state = state_;
+    state->holders++;
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+        info.Env(), state->addr, state->length, [](Napi::Env, void*, MapState* s) { s->Release(); }, state);
+    view_ = Napi::Weak(ab);
+    return ab;
+  }
+
+  Napi::Value GetLength(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), state_ ? static_cast<double>(state_->length) : 0);
+  }
+
+  Napi::Value GetMapped(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), state_ && !state_->unmap_requested);
+  }
+};
+
+}  // namespace
+
+void InitMapping(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = Mapping::Define(env);
+  env.GetInstanceData<AddonData>()->mapping_class = Napi::Persistent(ctor);
+  exports.Set("Mapping", ctor);
+}
+
+}  // namespace vfio
