@@ -1,0 +1,82 @@
+// The one place that loads the native addon, with the typed interface of everything it exports.
+import { SyscallError } from './errors';
+
+export type Width = 1 | 2 | 4 | 8;
+export type Offset = number | bigint;
+
+export interface NativeMapping {
+  /** Volatile load of exactly `width` bytes at an offset aligned to it. */
+  read(offset: number, width: 1 | 2 | 4): number;
+  read(offset: number, width: 8): bigint;
+  read(offset: number, width: Width): number | bigint;
+  /** Volatile store of exactly `width` bytes. */
+  write(offset: number, width: 1 | 2 | 4, value: number): void;
+  write(offset: number, width: 8, value: bigint): void;
+  write(offset: number, width: Width, value: number | bigint): void;
+  /** Copies mapping[offset, +length) into target off the JS thread. */
+  readInto(offset: number, target: Uint8Array, targetOffset: number, length: number): Promise<void>;
+  /** Copies source into mapping[offset, +length) off the JS thread. */
+  writeFrom(offset: number, source: Uint8Array, sourceOffset: number, length: number): Promise<void>;
+  /** Detaches `buffer` and unmaps (after in-flight copies); idempotent. */
+  unmap(): void;
+  /** A zero-copy view of the mapping, detached at unmap. */
+  readonly buffer: ArrayBuffer;
+  readonly length: number;
+  readonly mapped: boolean;
+}
+
+export interface StructLayout {
+  size: number;
+  fields: Record<string, { offset: number; size: number }>;
+}
+
+export interface NativeAddon {
+  setErrorClass(cls: new (message: string) => Error): void;
+
+  open(path: string, flags: number): number;
+  close(fd: number): void;
+  memfdCreate(name: string): number;
+
+  preadWidth(fd: number, offset: Offset, width: 1 | 2 | 4): number;
+  preadWidth(fd: number, offset: Offset, width: 8): bigint;
+  preadWidth(fd: number, offset: Offset, width: Width): number | bigint;
+  preadWidthAsync(fd: number, offset: Offset, width: Width): Promise<number | bigint>;
+  pwriteWidth(fd: number, offset: Offset, width: Width, value: number | bigint): void;
+  pwriteWidthAsync(fd: number, offset: Offset, width: Width, value: number | bigint): Promise<void>;
+
+  pread(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): number;
+  preadAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): Promise<number>;
+  pwrite(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): number;
+  pwriteAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): Promise<number>;
+  read(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
+  readAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
+  write(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
+  writeAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
+
+  getApiVersion(containerFd: number): number;
+  checkExtension(containerFd: number, extension: number): number;
+  setIommu(containerFd: number, iommuType: number): void;
+  groupGetStatus(groupFd: number): number;
+  groupSetContainer(groupFd: number, containerFd: number): void;
+  groupUnsetContainer(groupFd: number): void;
+  groupGetDeviceFd(groupFd: number, name: string): number;
+  deviceGetInfo(deviceFd: number): Buffer;
+  deviceGetRegionInfo(deviceFd: number, index: number): Buffer;
+  deviceGetIrqInfo(deviceFd: number, index: number): Buffer;
+  deviceReset(deviceFd: number): void;
+  deviceResetAsync(deviceFd: number): Promise<void>;
+  deviceFeature(deviceFd: number, feature: Uint8Array): number;
+  deviceFeatureAsync(deviceFd: number, feature: Uint8Array): Promise<number>;
+  migGetPrecopyInfo(dataFd: number): Buffer;
+  migGetPrecopyInfoAsync(dataFd: number): Promise<Buffer>;
+
+  Mapping: new (fd: number, offset: Offset, length: number, prot: number) => NativeMapping;
+  structs: Record<string, StructLayout>;
+  constants: Record<string, number>;
+}
+
+// bindings finds build/Release (or Debug) from the package root, wherever dist/ is run from.
+const loadBinding = require('bindings') as (name: string) => unknown;
+
+export const native = loadBinding('vfio_native') as NativeAddon;
+native.setErrorClass(SyscallError);
