@@ -73,7 +73,7 @@ export const PROT_WRITE = 2;
 /** Struct layouts (x86-64 and every Linux ABI: the uapi structs have no implicit padding). */
 export const layout = {
   vfio_group_status: { size: 8, fields: { argsz: 0, flags: 4 } },
-  vfio_device_info: { size: 24, fields: { argsz: 0, flags: 4, num_regions: 8, num_irqs: 12, cap_offset: 16 } },
+  vfio_device_info: { size: 20, fields: { argsz: 0, flags: 4, num_regions: 8, num_irqs: 12, cap_offset: 16 } },
   vfio_region_info: { size: 32, fields: { argsz: 0, flags: 4, index: 8, cap_offset: 12, size: 16, offset: 24 } },
   vfio_info_cap_header: { size: 8, fields: { id: 0, version: 2, next: 4 } },
   vfio_region_sparse_mmap_area: { size: 16, fields: { offset: 0, size: 8 } },

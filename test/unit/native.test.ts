@@ -1,0 +1,259 @@
+// Host-side tests of the native addon against ordinary files and memfds (no kernel VFIO needed).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { native } from '../../lib/native';
+import { SyscallError } from '../../lib/errors';
+import { O_RDWR, layout } from '../../lib/uapi';
+import * as uapi from '../../lib/uapi';
+import { mapFd } from '../../lib/device';
+
+function memfd(size: number): number {
+  const fd = native.memfdCreate('vfio-migration-test');
+  ftruncateSync(fd, size);
+  return fd;
+}
+
+function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+test('struct layouts in lib/uapi.ts match the C compiler', () => {
+  for (const [name, expected] of Object.entries(layout)) {
+    const real = native.structs[name];
+    assert.ok(real, `native exports ${name}`);
+    assert.equal(real.size, expected.size, `sizeof(struct ${name})`);
+    for (const [field, offset] of Object.entries(expected.fields)) {
+      assert.equal(real.fields[field]?.offset, offset, `offsetof(struct ${name}, ${field})`);
+    }
+  }
+});
+
+test('constants in lib/uapi.ts match the C header', () => {
+  const nameInTs: Record<string, string> = { VFIO_MIG_STATE_PRE_COPY: 'VFIO_DEVICE_STATE_PRE_COPY', VFIO_MIG_STATE_PRE_COPY_P2P: 'VFIO_DEVICE_STATE_PRE_COPY_P2P' };
+  const ts = uapi as unknown as Record<string, number>;
+  let checked = 0;
+  for (const [name, value] of Object.entries(native.constants)) {
+    if (name.startsWith('O_NONBLOCK')) continue;
+    const tsName = nameInTs[name] ?? name;
+    assert.equal(ts[tsName], value, `${tsName}`);
+    checked++;
+  }
+  assert.ok(checked > 40);
+});
+
+test('width-exact pread/pwrite on a memfd, every width, little-endian at the right offset', () => {
+  const fd = memfd(64);
+  try {
+    native.pwriteWidth(fd, 0, 1, 0xab);
+    native.pwriteWidth(fd, 2, 2, 0xbeef);
+    native.pwriteWidth(fd, 4, 4, 0xdeadbeef);
+    native.pwriteWidth(fd, 8n, 8, 0x0123456789abcdefn);
+    assert.equal(native.preadWidth(fd, 0, 1), 0xab);
+    assert.equal(native.preadWidth(fd, 2, 2), 0xbeef);
+    assert.equal(native.preadWidth(fd, 4, 4), 0xdeadbeef);
+    assert.equal(native.preadWidth(fd, 8, 8), 0x0123456789abcdefn);
+    const bytes = Buffer.alloc(16);
+    assert.equal(native.pread(fd, bytes, 0, 16, 0), 16);
+    assert.deepEqual([...bytes], [0xab, 0, 0xef, 0xbe, 0xef, 0xbe, 0xad, 0xde, 0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01]);
+  } finally {
+    native.close(fd);
+  }
+});
+
+test('a register read past the end is a short read, reported as EIO with the counts', () => {
+  const fd = memfd(6);
+  try {
+    assert.throws(() => native.preadWidth(fd, 4, 4), (e: SyscallError) => e.code === 'EIO' && /short read \(2 of 4 bytes\)/.test(e.message));
+  } finally {
+    native.close(fd);
+  }
+});
+
+test('bulk pread/pwrite and read/write, sync and async', async () => {
+  const fd = memfd(1 << 20);
+  try {
+    const data = Buffer.alloc(1 << 20);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+    assert.equal(await native.pwriteAsync(fd, data, 0, data.length, 0), data.length);
+    const back = Buffer.alloc(data.length);
+    assert.equal(await native.preadAsync(fd, back, 0, back.length, 0), back.length);
+    assert.ok(back.equals(data));
+    const part = Buffer.alloc(100);
+    assert.equal(native.pread(fd, part, 10, 50, 1000), 50);
+    assert.ok(part.subarray(10, 60).equals(data.subarray(1000, 1050)));
+    assert.equal(await native.preadWidthAsync(fd, 4, 4), data.readUInt32LE(4));
+    await native.pwriteWidthAsync(fd, 16, 8, 42n);
+    assert.equal(native.preadWidth(fd, 16, 8), 42n);
+  } finally {
+    native.close(fd);
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-'));
+  try {
+    const path = join(dir, 'plain');
+    const wfd = native.open(path, 0o1 | 0o100 /* O_WRONLY|O_CREAT */);
+    assert.equal(native.write(wfd, Buffer.from('hello '), 0, 6), 6);
+    assert.equal(await native.writeAsync(wfd, Buffer.from('world'), 0, 5), 5);
+    native.close(wfd);
+    assert.equal(readFileSync(path, 'utf8'), 'hello world');
+    const rfd = native.open(path, 0);
+    const buf = Buffer.alloc(32);
+    assert.equal(await native.readAsync(rfd, buf, 0, 32), 11);
+    assert.equal(native.read(rfd, buf, 0, 32), 0, 'end of file');
+    native.close(rfd);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test('syscall errors carry code, negative errno, syscall and the ioctl name', async () => {
+  const fd = native.open('/dev/null', O_RDWR);
+  try {
+    assert.throws(() => native.getApiVersion(fd), (e: unknown) => {
+      assert.ok(e instanceof SyscallError);
+      assert.equal(e.code, 'ENOTTY');
+      assert.equal(e.errno, -25);
+      assert.equal(e.syscall, 'ioctl');
+      assert.match(e.message, /^ioctl VFIO_GET_API_VERSION ENOTTY/);
+      return true;
+    });
+    await assert.rejects(native.deviceResetAsync(fd), (e: SyscallError) => e.code === 'ENOTTY' && /VFIO_DEVICE_RESET/.test(e.message));
+    assert.throws(() => native.deviceGetRegionInfo(fd, 0), (e: SyscallError) => e.code === 'ENOTTY' && /VFIO_DEVICE_GET_REGION_INFO/.test(e.message));
+    assert.throws(() => native.migGetPrecopyInfo(fd), (e: SyscallError) => /VFIO_MIG_GET_PRECOPY_INFO/.test(e.message));
+  } finally {
+    native.close(fd);
+  }
+  assert.throws(() => native.open('/nonexistent/vfio', O_RDWR), (e: SyscallError) => e.code === 'ENOENT' && e.syscall === 'open' && /\/nonexistent\/vfio/.test(e.message));
+  await assert.rejects(native.preadAsync(987654, Buffer.alloc(4), 0, 4, 0), (e: SyscallError) => e.code === 'EBADF' && e.syscall === 'pread' && e.errno === -9);
+});
+
+test('every fd the addon opens is O_CLOEXEC', () => {
+  const fd = native.open('/dev/null', O_RDWR);
+  const mfd = native.memfdCreate('x');
+  try {
+    for (const f of [fd, mfd]) {
+      const flags = readFileSync(`/proc/self/fdinfo/${f}`, 'utf8').match(/flags:\s+(\d+)/);
+      assert.ok(flags);
+      assert.ok((parseInt(flags[1], 8) & 0o2000000) !== 0, `fd ${f} has O_CLOEXEC`);
+    }
+  } finally {
+    native.close(fd);
+    native.close(mfd);
+  }
+});
+
+test('mmap is coherent with pread/pwrite; the view is zero-copy and detached at unmap', async () => {
+  const fd = memfd(8192);
+  try {
+    const map = mapFd(fd, 0n, 8192);
+    map.write(0, 4, 0x11223344);
+    assert.equal(native.preadWidth(fd, 0, 4), 0x11223344);
+    native.pwriteWidth(fd, 4096, 8, 0xfeedfacecafebeefn);
+    assert.equal(map.read(4096, 8), 0xfeedfacecafebeefn);
+    assert.equal(map.read(4096, 2), 0xbeef);
+    const view = new Uint8Array(map.buffer);
+    assert.equal(view.length, 8192);
+    view[100] = 0x5a;
+    assert.equal(native.preadWidth(fd, 100, 1), 0x5a);
+    const out = Buffer.alloc(4096);
+    native.pwrite(fd, Buffer.alloc(4096, 0x33), 0, 4096, 4096);
+    await map.readInto(4096, out);
+    assert.ok(out.equals(Buffer.alloc(4096, 0x33)));
+    await map.writeFrom(0, Buffer.alloc(16, 0x77));
+    assert.equal(native.preadWidth(fd, 8, 8), 0x7777777777777777n);
+    map.unmap();
+    map.unmap();
+    assert.equal(map.mapped, false);
+    assert.equal(view.length, 0, 'the old view is detached');
+    assert.throws(() => map.read(0, 4), /unmapped/);
+    assert.throws(() => map.buffer, /unmapped/);
+  } finally {
+    native.close(fd);
+  }
+});
+
+test('mapping accessors refuse misaligned, out-of-range and wrong-typed access', () => {
+  const fd = memfd(4096);
+  const map = mapFd(fd, 0n, 4096);
+  try {
+    assert.throws(() => map.read(2, 4), RangeError);
+    assert.throws(() => map.read(4096, 1), RangeError);
+    assert.throws(() => map.read(4092, 8), RangeError);
+    assert.throws(() => map.write(0, 8, 1 as unknown as bigint), TypeError);
+    assert.throws(() => map.write(0, 1, 256), RangeError);
+    assert.throws(() => map.read(0, 3 as 4), RangeError);
+    assert.throws(() => map.readInto(4000, Buffer.alloc(200)), RangeError);
+  } finally {
+    map.unmap();
+    native.close(fd);
+  }
+});
+
+test('unmap while an async copy runs: the copy completes, the munmap waits for it', async () => {
+  const fd = memfd(32 << 20);
+  const map = mapFd(fd, 0n, 32 << 20);
+  const target = Buffer.alloc(32 << 20);
+  const copy = map.readInto(0, target);
+  map.unmap();
+  await copy;
+  assert.equal(map.mapped, false);
+  native.close(fd);
+});
+
+test('abuse: foreign receivers, wrong argument types and closed objects throw, never crash', () => {
+  const fd = memfd(4096);
+  const raw = new native.Mapping(fd, 0, 4096, 3);
+  const proto = Object.getPrototypeOf(raw) as Record<string, (...a: unknown[]) => unknown>;
+  assert.throws(() => proto.read.call({}, 0, 4));
+  assert.throws(() => proto.unmap.call({}));
+  assert.throws(() => proto.read.call(5, 0, 4));
+  assert.throws(() => proto.readInto.call(Object.create(proto), 0, Buffer.alloc(4), 0, 4));
+  assert.throws(() => Reflect.get(proto, 'buffer', {}));
+  assert.throws(() => native.pread(fd, 'nope' as unknown as Buffer, 0, 4, 0), TypeError);
+  assert.throws(() => native.pread(fd, Buffer.alloc(4), 0, 8, 0), RangeError);
+  assert.throws(() => native.pread(fd, Buffer.alloc(4), 0, 4, -1), RangeError);
+  assert.throws(() => native.pread(fd, Buffer.alloc(4), 0, 4, 2n ** 64n), RangeError);
+  assert.throws(() => native.preadWidth(fd, 0, 3 as 4), RangeError);
+  assert.throws(() => native.preadWidth(-1, 0, 4), RangeError);
+  assert.throws(() => native.pwriteWidth(fd, 0, 8, 1), TypeError);
+  assert.throws(() => native.deviceFeature(fd, Buffer.alloc(4)), RangeError);
+  const lying = Buffer.alloc(16);
+  lying.writeUInt32LE(4096, 0);
+  assert.throws(() => native.deviceFeature(fd, lying), /argsz is larger/);
+  assert.throws(() => (native.open as (...a: unknown[]) => number)(42), TypeError);
+  assert.throws(() => (native.Mapping as unknown as () => void)(), TypeError);
+  raw.unmap();
+  assert.throws(() => raw.write(0, 4, 1), /unmapped/);
+  native.close(fd);
+  assert.throws(() => native.close(fd), (e: SyscallError) => e.code === 'EBADF');
+});
+
+test('no fd leaks across a loop of open/close, memfd, mmap/unmap', () => {
+  const before = openFds();
+  for (let i = 0; i < 500; i++) {
+    const fd = memfd(4096);
+    const map = mapFd(fd, 0n, 4096);
+    map.write(0, 4, i);
+    map.unmap();
+    native.close(fd);
+    const n = native.open('/dev/null', O_RDWR);
+    native.close(n);
+  }
+  assert.equal(openFds(), before);
+});
+
+test('an fd opened by a plain file path is usable by node:fs too', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-'));
+  try {
+    const path = join(dir, 'f');
+    writeFileSync(path, Buffer.alloc(8));
+    const fd = openSync(path, 'r+');
+    native.pwriteWidth(fd, 0, 4, 7);
+    closeSync(fd);
+    assert.equal(readFileSync(path).readUInt32LE(0), 7);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
