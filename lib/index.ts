@@ -10,3 +10,4 @@ export type { SysfsDevice } from './sysfs';
 export { listDevices } from './list';
 export type { ListedDevice } from './list';
 export * as uapi from './uapi';
+export * from './migration';

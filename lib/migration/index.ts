@@ -1,0 +1,48 @@
+// The migration layer: picks the device's protocol and installs `device.migration`.
+import { Device } from '../device';
+import { MigrationError } from './errors';
+import { probeMigration } from './probe';
+import { Migration } from './session';
+import { V1Engine } from './v1';
+
+declare module '../device' {
+  interface Device {
+    /** The device's migration API (v1 or v2, whichever it offers), or null when it has none. */
+    readonly migration: Migration | null;
+  }
+}
+
+/** Builds the Migration object for a device, or null when it offers no protocol. */
+export function createMigration(device: Device, options: { noReset?: boolean } = {}): Migration | null {
+  const found = probeMigration(device);
+  if (!found) return null;
+  if (found.protocol === 'v1') return new Migration(device, new V1Engine(device, found.region, options));
+  throw new MigrationError('ERR_MIGRATION_NONE', `device ${device.name} offers migration v2, which this version does not implement yet`);
+}
+
+Object.defineProperty(Device.prototype, 'migration', {
+  configurable: true,
+  get(this: Device): Migration | null {
+    return this.extension('migration', () => {
+      const m = createMigration(this);
+      return m ? Object.assign(m, { close: () => m.engine.close() }) : null;
+    });
+  },
+});
+
+/** The device's migration, or a clear error when it has none. */
+export function requireMigration(device: Device): Migration {
+  const m = device.migration;
+  if (!m) throw new MigrationError('ERR_MIGRATION_NONE', `device ${device.name} offers no migration protocol (neither VFIO_DEVICE_FEATURE_MIGRATION nor a v1 migration region)`);
+  return m;
+}
+
+export { Migration, verify, deviceIdentity, identityMismatches } from './session';
+export { MigrationError } from './errors';
+export type { MigrationErrorCode, Recovery } from './errors';
+export type { Progress, PrecopyPolicy, SaveOptions, LoadOptions, SaveResult, LoadResult, Phase } from './types';
+export { V1Engine, V1_ARCS, checkV1Transition, isValidV1State, v1StateName, splitByAreas } from './v1';
+export { probeMigration } from './probe';
+export type { MigrationProbe } from './probe';
+export { StreamEncoder, StreamDecoder, StreamError, verifyStream, PHASE_STOP_COPY, STREAM_MAGIC, STREAM_VERSION } from './stream';
+export type { StreamHeader, StreamRecord, StreamSink, VerifyResult } from './stream';

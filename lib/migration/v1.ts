@@ -1,0 +1,405 @@
+// The v1 migration protocol (migration region of type (3, 1)): device_state machine, pending/data registers, data section.
+import type { Device, Mapping, Region } from '../device';
+import { toSafeNumber } from '../device';
+import { SyscallError } from '../errors';
+import type { RegionInfo, SparseMmapArea } from '../region';
+import { VFIO_DEVICE_STATE_MASK, VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING, VFIO_DEVICE_STATE_V1_STOP, layout } from '../uapi';
+import { MigrationError, abortError, type Recovery } from './errors';
+import { PHASE_STOP_COPY, type StreamRecord } from './stream';
+import type { LoadContext, MigrationEngine, SaveContext } from './types';
+
+const REG = layout.vfio_device_migration_info.fields;
+/** The trapped header (struct vfio_device_migration_info) the data section must not overlap. */
+export const V1_HEADER_SIZE = layout.vfio_device_migration_info.size;
+
+export const V1_STOP = VFIO_DEVICE_STATE_V1_STOP;
+export const V1_RUNNING = VFIO_DEVICE_STATE_V1_RUNNING;
+export const V1_SAVING = VFIO_DEVICE_STATE_V1_SAVING;
+export const V1_PRECOPY = VFIO_DEVICE_STATE_V1_RUNNING | VFIO_DEVICE_STATE_V1_SAVING;
+export const V1_RESUMING = VFIO_DEVICE_STATE_V1_RESUMING;
+export const V1_ERROR = VFIO_DEVICE_STATE_V1_SAVING | VFIO_DEVICE_STATE_V1_RESUMING;
+
+const NAMES: Record<number, string> = {
+  0b000: 'STOP',
+  0b001: 'RUNNING',
+  0b010: 'SAVING (stop-and-copy)',
+  0b011: 'RUNNING|SAVING (pre-copy)',
+  0b100: 'RESUMING',
+  0b101: 'invalid 101b',
+  0b110: 'ERROR',
+  0b111: 'invalid 111b',
+};
+
+export function v1StateName(state: number): string {
+  return NAMES[state & VFIO_DEVICE_STATE_MASK];
+}
+
+/** The spec's VFIO_DEVICE_STATE_VALID: with _RESUMING set, no other bit may be. */
+export function isValidV1State(state: number): boolean {
+  const bits = state & VFIO_DEVICE_STATE_MASK;
+  return bits & V1_RESUMING ? bits === V1_RESUMING : true;
+}
+
+export function isV1ErrorState(state: number): boolean {
+  return (state & VFIO_DEVICE_STATE_MASK) === V1_ERROR;
+}
+
+/**
+ * Arcs the client takes. The spec's diagram (0-5) gives RUNNING->STOP, RUNNING->SAVING->STOP,
+ * RUNNING->PRECOPY->SAVING->STOP, RUNNING->RESUMING->RUNNING; the spec also lets the user move
+ * "to any valid state reachable from the current state", and the arcs below complete it the way
+ * QEMU's v1 client uses it: cancelling a save (PRECOPY/SAVING -> RUNNING), restarting a stopped
+ * device (STOP -> RUNNING), saving or resuming a stopped device, and ending a resume in STOP.
+ */
+export const V1_ARCS: ReadonlyMap<number, readonly number[]> = new Map([
+  [V1_RUNNING, [V1_STOP, V1_SAVING, V1_PRECOPY, V1_RESUMING]],
+  [V1_PRECOPY, [V1_SAVING, V1_RUNNING]],
+  [V1_SAVING, [V1_STOP, V1_RUNNING]],
+  [V1_STOP, [V1_RUNNING, V1_SAVING, V1_RESUMING]],
+  [V1_RESUMING, [V1_RUNNING, V1_STOP]],
+]);
+
+/** Refuses, before touching the device, a request the transition table does not allow. */
+export function checkV1Transition(from: number, to: number): void {
+  const f = from & VFIO_DEVICE_STATE_MASK;
+  const t = to & VFIO_DEVICE_STATE_MASK;
+  const step = `set state ${v1StateName(f)} -> ${v1StateName(t)}`;
+  if (!isValidV1State(t) || t === V1_ERROR) {
+    throw new MigrationError('ERR_MIGRATION_STATE', `${step}: ${v1StateName(t)} is not a state a client may request`, { step });
+  }
+  if (isV1ErrorState(f)) {
+    throw new MigrationError('ERR_MIGRATION_STATE', `${step}: the device is in the error state; only VFIO_DEVICE_RESET recovers it`, { step });
+  }
+  if (!(V1_ARCS.get(f) ?? []).includes(t)) {
+    throw new MigrationError('ERR_MIGRATION_STATE', `${step}: not a legal transition (from ${v1StateName(f)} the device may go to ${(V1_ARCS.get(f) ?? []).map(v1StateName).join(', ') || 'nowhere'})`, { step });
+  }
+}
+
+export interface Segment {
+  /** Offset inside the region. */
+  regionOffset: bigint;
+  /** Offset inside the caller's buffer. */
+  bufferOffset: number;
+  length: number;
+  /** Index of the mmap area covering it, or -1 for pread/pwrite. */
+  area: number;
+}
+
+/**
+ * Splits [start, start+length) of the region into the parts covered by mmap areas and the
+ * parts that need pread/pwrite; adjacent parts of one kind stay one segment, so a chunk is
+ * never broken into small accesses.
+ */
+export function splitByAreas(start: bigint, length: number, areas: readonly SparseMmapArea[]): Segment[] {
+  const out: Segment[] = [];
+  let at = start;
+  const end = start + BigInt(length);
+  while (at < end) {
+    const inside = areas.findIndex((a) => at >= a.offset && at < a.offset + a.size);
+    let stop: bigint;
+    if (inside >= 0) {
+      const a = areas[inside];
+      stop = a.offset + a.size < end ? a.offset + a.size : end;
+    } else {
+      // Up to the next area that starts inside the range, else to the end.
+      stop = end;
+      for (const a of areas) if (a.offset > at && a.offset < stop) stop = a.offset;
+    }
+    out.push({ regionOffset: at, bufferOffset: Number(at - start), length: Number(stop - at), area: inside });
+    at = stop;
+  }
+  return out;
+}
+
+/** Checks a region can be a v1 migration region: room for the header, no mmap area over it. */
+export function checkV1Region(info: RegionInfo): void {
+  const what = `migration region (index ${info.index})`;
+  if (info.size < BigInt(V1_HEADER_SIZE)) {
+    throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${what} is ${info.size} bytes, smaller than the ${V1_HEADER_SIZE}-byte header`);
+  }
+  if (!info.readable || !info.writable) {
+    throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${what} must be readable and writable`);
+  }
+  for (const a of info.mmapAreas) {
+    if (a.offset < BigInt(V1_HEADER_SIZE)) {
+      throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${what}: mmap area [${a.offset}, +${a.size}) overlaps the trapped header`);
+    }
+  }
+}
+
+function errnoOf(err: unknown): string | undefined {
+  return err instanceof SyscallError ? err.code : undefined;
+}
+
+interface MappedArea extends SparseMmapArea {
+  map: Mapping;
+}
+
+/** Largest single transaction the client accepts; bigger data_size values are a driver bug. */
+const MAX_TRANSACTION = 1 << 30;
+
+export class V1Engine implements MigrationEngine {
+  readonly protocol = 'v1' as const;
+  readonly device: Device;
+  readonly region: Region;
+  readonly noReset: boolean;
+  #areas: MappedArea[] = [];
+  #chunk: Buffer = Buffer.alloc(0);
+
+  constructor(device: Device, info: RegionInfo, options: { noReset?: boolean } = {}) {
+    checkV1Region(info);
+    this.device = device;
+    this.region = device.region(info.index);
+    this.noReset = options.noReset ?? false;
+  }
+
+  describe(): Record<string, unknown> {
+    const info = this.region.info;
+    return {
+      regionIndex: info.index,
+      regionSize: info.size.toString(),
+      mmapAreas: info.mmapAreas.map((a) => ({ offset: a.offset.toString(), size: a.size.toString() })),
+    };
+  }
+
+  /** Runs one device step; a syscall failure becomes a MigrationError naming the step and errno. */
+  async #step<T>(step: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call();
+    } catch (err) {
+      if (err instanceof MigrationError) throw err;
+      const errno = errnoOf(err);
+      throw new MigrationError('ERR_MIGRATION_DEVICE', `${step} failed${errno ? ` with ${errno}` : ''}: ${(err as Error).message}`, { cause: err, step, errno });
+    }
+  }
+
+  readDeviceState(): Promise<number> {
+    return this.#step('read device_state', () => this.region.readAsync(REG.device_state, 4));
+  }
+
+  async stateName(): Promise<string> {
+    return v1StateName(await this.readDeviceState());
+  }
+
+  async #reset(): Promise<void> {
+    await this.#step('VFIO_DEVICE_RESET', () => this.device.reset());
+  }
+
+  /**
+   * Read-modify-write of device_state that keeps bits 3-31. A failed write re-reads the state
+   * (the spec's rule); in the error state the device is reset unless the caller opted out.
+   */
+  async setState(target: number): Promise<void> {
+    const raw = await this.readDeviceState();
+    const from = raw & VFIO_DEVICE_STATE_MASK;
+    if (from === target) return;
+    checkV1Transition(from, target);
+    const value = ((raw & ~VFIO_DEVICE_STATE_MASK) | target) >>> 0;
+    const step = `set state ${v1StateName(from)} -> ${v1StateName(target)}`;
+    try {
+      await this.region.writeAsync(REG.device_state, 4, value);
+    } catch (err) {
+      const errno = errnoOf(err);
+      let now: number | undefined;
+      try {
+        now = await this.region.readAsync(REG.device_state, 4);
+      } catch {
+        /* reported below as unknown */
+      }
+      const error = new MigrationError(
+        'ERR_MIGRATION_STATE',
+        `${step} failed${errno ? ` with ${errno}` : ''}; device_state is now ${now === undefined ? 'unreadable' : v1StateName(now)}`,
+        { cause: err, step, errno },
+      );
+      if (now !== undefined && isV1ErrorState(now)) {
+        if (this.noReset) {
+          error.recovery = 'failed';
+          error.message += ' (left in the error state: reset disabled by the caller)';
+        } else {
+          await this.#reset();
+          error.recovery = 'reset';
+          error.message += '; recovered with VFIO_DEVICE_RESET (device state lost, device RUNNING)';
+        }
+      }
+      throw error;
+    }
+  }
+
+  #mapAreas(): void {
+    if (this.#areas.length || !this.region.info.mmapable) return;
+    try {
+      for (const a of this.region.info.mmapAreas) this.#areas.push({ ...a, map: this.region.mmap(a.offset, a.size) });
+    } catch (err) {
+      this.#unmapAreas();
+      throw new MigrationError('ERR_MIGRATION_DEVICE', `mmap of the migration data section failed: ${(err as Error).message}`, { cause: err, step: 'mmap data section', errno: errnoOf(err) });
+    }
+  }
+
+  #unmapAreas(): void {
+    for (const a of this.#areas) a.map.unmap();
+    this.#areas = [];
+  }
+
+  /** Bounds-checks a data window the device handed back before any byte is touched. */
+  #checkWindow(offset: bigint, size: bigint, step: string): void {
+    const regionSize = this.region.info.size;
+    if (offset < BigInt(V1_HEADER_SIZE) || offset > regionSize || size > regionSize - offset) {
+      throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${step}: data_offset ${offset} + data_size ${size} is outside the data section [${V1_HEADER_SIZE}, ${regionSize})`, { step });
+    }
+    if (size > BigInt(MAX_TRANSACTION)) {
+      throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${step}: data_size ${size} is larger than ${MAX_TRANSACTION} bytes`, { step });
+    }
+  }
+
+  async #transfer(direction: 'read' | 'write', offset: bigint, buffer: Buffer, length: number): Promise<void> {
+    for (const seg of splitByAreas(offset, length, this.#areas)) {
+      const step = `${direction} data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : direction === 'read' ? 'pread' : 'pwrite'}`;
+      await this.#step(step, () => {
+        if (seg.area >= 0) {
+          const area = this.#areas[seg.area];
+          const at = Number(seg.regionOffset - area.offset);
+          return direction === 'read' ? area.map.readInto(at, buffer, seg.bufferOffset, seg.length) : area.map.writeFrom(at, buffer, seg.bufferOffset, seg.length);
+        }
+        return direction === 'read' ? this.region.readBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length) : this.region.writeBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
+      });
+    }
+  }
+
+  #readPending(): Promise<bigint> {
+    return this.#step('read pending_bytes', () => this.region.readAsync(REG.pending_bytes, 8));
+  }
+
+  /**
+   * Spec steps b-f, starting from a pending_bytes value just read (step a): one record per
+   * transaction, pending_bytes re-read after each chunk. Stops when pending_bytes is 0 or, in
+   * pre-copy, once `budget` bytes moved (a self-dirtying device never reaches 0 while running).
+   */
+  async #drain(pending: bigint, phase: number, ctx: SaveContext, moved: { total: number }, budget?: bigint): Promise<bigint> {
+    let thisPass = 0n;
+    const name = phase === PHASE_STOP_COPY ? 'stop-and-copy' : `pre-copy iteration ${phase}`;
+    while (pending > 0n && (budget === undefined || thisPass < budget)) {
+      if (ctx.signal?.aborted) throw abortError(ctx.signal, name);
+      const offset = await this.#step('read data_offset', () => this.region.readAsync(REG.data_offset, 8));
+      const size = await this.#step('read data_size', () => this.region.readAsync(REG.data_size, 8));
+      if (size === 0n) {
+        throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${name}: data_size is 0 while pending_bytes is ${pending}`, { step: 'read data_size' });
+      }
+      this.#checkWindow(offset, size, 'read data_offset/data_size');
+      const length = toSafeNumber(size, 'data_size');
+      if (this.#chunk.length < length) this.#chunk = Buffer.allocUnsafe(length);
+      await this.#transfer('read', offset, this.#chunk, length);
+      await ctx.emit(phase, this.#chunk.subarray(0, length));
+      thisPass += size;
+      moved.total += length;
+      pending = await this.#readPending();
+      ctx.progress(phase === PHASE_STOP_COPY ? 'stop-copy' : 'precopy', phase === PHASE_STOP_COPY ? 0 : phase, moved.total, pending);
+    }
+    return pending;
+  }
+
+  async save(ctx: SaveContext): Promise<{ precopyIterations: number; precopyBytes: number }> {
+    this.#mapAreas();
+    try {
+      const moved = { total: 0 };
+      let iterations = 0;
+      const policy = ctx.policy;
+      const maxIterations = policy ? policy.maxIterations ?? 8 : 0;
+      if (policy && maxIterations > 0) {
+        await this.setState(V1_PRECOPY);
+        const started = Date.now();
+        const threshold = policy.threshold === undefined ? 0n : BigInt(policy.threshold);
+        let previous: bigint | undefined;
+        for (;;) {
+          if (ctx.signal?.aborted) throw abortError(ctx.signal, `pre-copy iteration ${iterations}`);
+          const pending = await this.#readPending();
+          ctx.progress('precopy', iterations, moved.total, pending);
+          const stop =
+            pending === 0n ||
+            pending < threshold ||
+            (previous !== undefined && pending >= previous) ||
+            iterations >= maxIterations ||
+            (policy.timeMs !== undefined && Date.now() - started >= policy.timeMs);
+          if (stop) break;
+          previous = pending;
+          await this.#drain(pending, iterations, ctx, moved, pending);
+          iterations++;
+        }
+      }
+      const precopyBytes = moved.total;
+      if (ctx.signal?.aborted) throw abortError(ctx.signal, 'entering stop-and-copy');
+      await this.setState(V1_SAVING);
+      ctx.markStopped();
+      const pending = await this.#readPending();
+      ctx.progress('stop-copy', 0, moved.total, pending);
+      await this.#drain(pending, PHASE_STOP_COPY, ctx, moved);
+      await this.setState(ctx.leave === 'running' ? V1_RUNNING : V1_STOP);
+      return { precopyIterations: iterations, precopyBytes };
+    } finally {
+      this.#unmapAreas();
+    }
+  }
+
+  async load(records: AsyncIterable<StreamRecord>, ctx: LoadContext): Promise<void> {
+    this.#mapAreas();
+    try {
+      await this.setState(V1_RESUMING);
+      let bytes = 0;
+      for await (const record of records) {
+        if (ctx.signal?.aborted) throw abortError(ctx.signal, `resuming, record ${record.sequence}`);
+        const where = `record ${record.sequence}`;
+        const length = record.payload.length;
+        if (length === 0) throw new MigrationError('ERR_MIGRATION_STREAM', `${where} is empty: a v1 transaction carries data`, { record: record.sequence });
+        const offset = await this.#step(`${where}: read data_offset`, () => this.region.readAsync(REG.data_offset, 8));
+        this.#checkWindow(offset, BigInt(length), `${where}: read data_offset`);
+        try {
+          await this.#transfer('write', offset, record.payload, length);
+          await this.#step(`${where}: write data_size`, () => this.region.writeAsync(REG.data_size, 8, BigInt(length)));
+        } catch (err) {
+          if (err instanceof MigrationError && err.record === undefined) err.record = record.sequence;
+          throw err;
+        }
+        bytes += length;
+        ctx.progress('resuming', 0, bytes);
+      }
+      await this.setState(ctx.leave === 'stopped' ? V1_STOP : V1_RUNNING);
+    } finally {
+      this.#unmapAreas();
+    }
+  }
+
+  async recoverSource(): Promise<Recovery> {
+    try {
+      const state = (await this.readDeviceState()) & VFIO_DEVICE_STATE_MASK;
+      if (state === V1_RUNNING) return 'running';
+      if (isV1ErrorState(state)) {
+        if (this.noReset) return 'failed';
+        await this.#reset();
+        return 'reset';
+      }
+      await this.setState(V1_RUNNING);
+      return 'running';
+    } catch (err) {
+      if (err instanceof MigrationError && err.recovery === 'reset') return 'reset';
+      if (this.noReset) return 'failed';
+      try {
+        await this.#reset();
+        return 'reset';
+      } catch {
+        return 'failed';
+      }
+    }
+  }
+
+  async recoverDestination(): Promise<Recovery> {
+    try {
+      await this.#reset();
+      return 'reset';
+    } catch {
+      return 'failed';
+    }
+  }
+
+  close(): void {
+    this.#unmapAreas();
+  }
+}
