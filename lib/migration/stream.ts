@@ -81,6 +81,15 @@ export class StreamError extends Error {
   }
 }
 
+/**
+ * crc32(data, running) that also holds for empty data: Node's zlib.crc32 returns 0, not `running`,
+ * for an empty view whose ArrayBuffer has no memory behind it (new Uint8Array(0), or Buffer.alloc(0)
+ * once its .buffer has been touched), as zlib's crc32() does for a null pointer.
+ */
+function crc32Update(data: Uint8Array, running: number): number {
+  return data.byteLength === 0 ? running : crc32(data, running);
+}
+
 const hex32 = (v: number): string => `0x${v.toString(16).padStart(8, '0')}`;
 
 // ---------------------------------------------------------------------------------------------
@@ -145,7 +154,7 @@ const COMBINE_MIN = 4096;
 /** Extends the running CRC `running` over `payload`, whose own CRC is `payloadCrc`. */
 function extendCrc(running: number, payload: Uint8Array, payloadCrc: number): number {
   return payload.byteLength < COMBINE_MIN
-    ? crc32(payload, running)
+    ? crc32Update(payload, running)
     : crc32Combine(running, payloadCrc, payload.byteLength);
 }
 
@@ -183,7 +192,9 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 /** Why `h` is not a valid stream header, or undefined when it is one. */
 function headerProblem(h: unknown): string | undefined {
-  if (!isPlainObject(h)) return `it must be a JSON object, got ${Array.isArray(h) ? 'an array' : typeof h}`;
+  if (!isPlainObject(h)) {
+    return `it must be a JSON object, got ${h === null ? 'null' : Array.isArray(h) ? 'an array' : typeof h}`;
+  }
   if (h.protocol !== 'v1' && h.protocol !== 'v2') {
     return `its protocol must be 'v1' or 'v2', got ${JSON.stringify(h.protocol) ?? 'nothing'}`;
   }
@@ -268,7 +279,7 @@ export class StreamEncoder {
   readonly #emit: Emit;
   readonly #headerBytes: Buffer;
   readonly #maxPayload: number;
-  #state: 'new' | 'open' | 'finished' = 'new';
+  #state: 'new' | 'open' = 'new';
   #failure: { error: unknown } | undefined;
   #queue: Promise<unknown> = Promise.resolve();
   #finishing: Promise<StreamTotals> | undefined;
@@ -335,8 +346,10 @@ export class StreamEncoder {
     if (payload.byteLength > this.#maxPayload) {
       return Promise.reject(new RangeError(`StreamEncoder: payload of ${payload.byteLength} bytes is larger than maxPayload (${this.#maxPayload})`));
     }
+    if (this.#finishing !== undefined) {
+      return Promise.reject(new Error('StreamEncoder: writeRecord() after finish()'));
+    }
     return this.#run(async () => {
-      if (this.#state === 'finished') throw new Error('StreamEncoder: writeRecord() after finish()');
       if (this.#state === 'new') await this.#writeHeader();
       const length = payload.byteLength;
       const record = Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
@@ -344,7 +357,7 @@ export class StreamEncoder {
       const body = record.subarray(RECORD_HEADER_SIZE);
       const payloadCrc = crc32(body);
       encodeRecordHeader(KIND_DATA, phase, this.#records, length, payloadCrc, record);
-      const crc = extendCrc(crc32(record.subarray(0, RECORD_HEADER_SIZE), this.#crc), body, payloadCrc);
+      const crc = extendCrc(crc32Update(record.subarray(0, RECORD_HEADER_SIZE), this.#crc), body, payloadCrc);
       await this.#emit(record, false);
       this.#crc = crc;
       this.#records++;
@@ -365,7 +378,6 @@ export class StreamEncoder {
       body.writeBigUInt64LE(this.#payloadBytes, 8);
       body.writeUInt32LE(this.#crc, 16);
       encodeRecordHeader(KIND_TRAILER, 0, this.#records, TRAILER_PAYLOAD_SIZE, crc32(body), trailer);
-      this.#state = 'finished';
       await this.#emit(trailer, true);
       return this.totals;
     });
@@ -384,7 +396,7 @@ export class StreamEncoder {
       try {
         return await op();
       } catch (error) {
-        // Only sink errors get here (arguments are checked before queueing), and they leave a hole.
+        // Only sink errors get here (calls are checked before queueing), and they leave a hole.
         this.#failure ??= { error };
         throw error;
       }
@@ -477,6 +489,7 @@ class ChunkReader {
     while (filled < n) {
       const chunk = await this.#pull();
       if (chunk === undefined) return null;
+      if (chunk.length === 0) continue;
       const k = Math.min(chunk.length, n - filled);
       if (out === undefined && k === n) {
         // The whole read lies in one source chunk: no copy.
@@ -535,8 +548,6 @@ class ChunkReader {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#chunks = [];
-    this.#first = this.#head = this.#buffered = 0;
     if (!this.#ended) {
       this.#ended = true;
       try {
@@ -675,7 +686,7 @@ export class StreamDecoder {
       );
     }
     const json = rest.subarray(0, jsonLength);
-    const computed = crc32(json, crc32(fixed));
+    const computed = crc32Update(json, crc32(fixed));
     const stored = rest.readUInt32LE(jsonLength);
     if (computed !== stored) {
       throw new StreamError(
@@ -684,7 +695,7 @@ export class StreamDecoder {
         0,
       );
     }
-    this.#crc = crc32(rest.subarray(jsonLength), computed);
+    this.#crc = crc32Update(rest.subarray(jsonLength), computed);
 
     let header: unknown;
     try {
@@ -786,7 +797,7 @@ export class StreamDecoder {
         index,
       );
     }
-    this.#crc = extendCrc(crc32(head, this.#crc), payload, computed);
+    this.#crc = extendCrc(crc32Update(head, this.#crc), payload, computed);
     this.#next++;
     this.#payloadBytes += length;
     return { phase, sequence, payload };
