@@ -4,6 +4,7 @@ import { MigrationError } from './errors';
 import { probeMigration } from './probe';
 import { Migration } from './session';
 import { V1Engine } from './v1';
+import { V2Engine } from './v2';
 
 declare module '../device' {
   interface Device {
@@ -17,7 +18,7 @@ export function createMigration(device: Device, options: { noReset?: boolean } =
   const found = probeMigration(device);
   if (!found) return null;
   if (found.protocol === 'v1') return new Migration(device, new V1Engine(device, found.region, options));
-  throw new MigrationError('ERR_MIGRATION_NONE', `device ${device.name} offers migration v2, which this version does not implement yet`);
+  return new Migration(device, new V2Engine(device, { p2p: found.p2p, preCopy: found.preCopy }, options));
 }
 
 Object.defineProperty(Device.prototype, 'migration', {
@@ -42,6 +43,8 @@ export { MigrationError } from './errors';
 export type { MigrationErrorCode, Recovery } from './errors';
 export type { Progress, PrecopyPolicy, SaveOptions, LoadOptions, SaveResult, LoadResult, Phase } from './types';
 export { V1Engine, V1_ARCS, checkV1Transition, isValidV1State, v1StateName, splitByAreas } from './v1';
+export { V2Engine, v2Path, v2StateName, supportedStates } from './v2';
+export type { V2Support } from './v2';
 export { probeMigration } from './probe';
 export type { MigrationProbe } from './probe';
 export { StreamEncoder, StreamDecoder, StreamError, verifyStream, PHASE_STOP_COPY, STREAM_MAGIC, STREAM_VERSION } from './stream';
