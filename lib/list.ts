@@ -1,29 +1,38 @@
 // listDevices(): the VFIO devices of this host from sysfs, with the migration protocol each offers when it can be probed.
 import { openDevice } from './device';
 import { listSysfsDevices, type SysfsDevice } from './sysfs';
-import { probeMigration } from './migration/probe';
+import { createMigration } from './migration';
 
 export interface ListedDevice extends SysfsDevice {
   /** 'v1', 'v2', 'none', or 'unknown' when the device could not be opened to probe (busy, permissions). */
   migration: 'v1' | 'v2' | 'none' | 'unknown';
   migrationFlags?: { stopCopy: boolean; p2p: boolean; preCopy: boolean };
+  /** Current migration state ('RUNNING', ...), when it could be read. */
+  state?: string;
   /** Why the probe could not run. */
   probeError?: string;
 }
 
-export function listDevices(options: { probe?: boolean; sysRoot?: string } = {}): ListedDevice[] {
+export async function listDevices(options: { probe?: boolean; sysRoot?: string } = {}): Promise<ListedDevice[]> {
   const probe = options.probe ?? true;
-  return listSysfsDevices(options.sysRoot).map((dev) => {
+  const out: ListedDevice[] = [];
+  for (const dev of listSysfsDevices(options.sysRoot)) {
     const listed: ListedDevice = { ...dev, migration: 'unknown' };
-    if (!probe || dev.group === null) return listed;
+    out.push(listed);
+    if (!probe || dev.group === null) continue;
     try {
       using device = openDevice(dev.path, { sysRoot: options.sysRoot });
-      const found = probeMigration(device);
-      listed.migration = found ? found.protocol : 'none';
-      if (found?.protocol === 'v2') listed.migrationFlags = { stopCopy: found.stopCopy, p2p: found.p2p, preCopy: found.preCopy };
+      const migration = createMigration(device);
+      listed.migration = migration ? migration.protocol : 'none';
+      if (migration) {
+        const described = migration.engine.describe() as { flags?: ListedDevice['migrationFlags'] };
+        if (described.flags) listed.migrationFlags = described.flags;
+        listed.state = await migration.state();
+        migration.engine.close();
+      }
     } catch (err) {
       listed.probeError = err instanceof Error ? err.message : String(err);
     }
-    return listed;
-  });
+  }
+  return out;
 }

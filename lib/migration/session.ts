@@ -92,6 +92,11 @@ export class Migration {
     return this.engine.stateName();
   }
 
+  /** Moves the device to a named state (expert use: 'RUNNING', 'STOP', ...). */
+  setState(name: string): Promise<void> {
+    return this.engine.setStateByName(name);
+  }
+
   /**
    * Saves the device state into `sink`. On any failure or abort the source returns to RUNNING
    * (or is reset when it is in the error state) and no trailer is written, so the partial

@@ -89,6 +89,10 @@ export interface MigrationEngine {
   describe(): Record<string, unknown>;
   /** Current state as a readable name. */
   stateName(): Promise<string>;
+  /** Names the protocol accepts for setState (expert use). */
+  readonly stateNames: readonly string[];
+  /** Moves the device to a named state along the protocol's legal arcs (expert use). */
+  setStateByName(name: string): Promise<void>;
   save(ctx: SaveContext): Promise<{ precopyIterations: number; precopyBytes: number }>;
   load(records: AsyncIterable<StreamRecord>, ctx: LoadContext): Promise<void>;
   /** After a failed or aborted save: back to RUNNING (or reset), never silently. */

@@ -30,6 +30,17 @@ const NAMES: Record<number, string> = {
   0b111: 'invalid 111b',
 };
 
+/** Names accepted by setStateByName (v2-style aliases included). */
+export const V1_STATE_BY_NAME: Record<string, number> = {
+  RUNNING: V1_RUNNING,
+  STOP: V1_STOP,
+  PRECOPY: V1_PRECOPY,
+  PRE_COPY: V1_PRECOPY,
+  SAVING: V1_SAVING,
+  STOP_COPY: V1_SAVING,
+  RESUMING: V1_RESUMING,
+};
+
 export function v1StateName(state: number): string {
   return NAMES[state & VFIO_DEVICE_STATE_MASK];
 }
@@ -179,6 +190,14 @@ export class V1Engine implements MigrationEngine {
 
   async stateName(): Promise<string> {
     return v1StateName(await this.readDeviceState());
+  }
+
+  readonly stateNames = Object.keys(V1_STATE_BY_NAME);
+
+  async setStateByName(name: string): Promise<void> {
+    const state = V1_STATE_BY_NAME[name.toUpperCase()];
+    if (state === undefined) throw new MigrationError('ERR_MIGRATION_STATE', `unknown v1 state '${name}' (one of ${this.stateNames.join(', ')})`);
+    await this.setState(state);
   }
 
   async #reset(): Promise<void> {

@@ -176,6 +176,20 @@ export class V2Engine implements MigrationEngine {
     return v2StateName(await this.getState());
   }
 
+  get stateNames(): readonly string[] {
+    return [...supportedStates(this.support)].map(v2StateName);
+  }
+
+  async setStateByName(name: string): Promise<void> {
+    const entry = Object.entries(V2_STATE_NAMES).find(([, n]) => n === name.toUpperCase());
+    if (!entry || Number(entry[0]) === VFIO_DEVICE_STATE_ERROR) {
+      throw new MigrationError('ERR_MIGRATION_STATE', `unknown v2 state '${name}' (one of ${this.stateNames.join(', ')})`);
+    }
+    await this.setState(Number(entry[0]));
+    // A session opened by this expert move has no reader; close it rather than leak it.
+    this.closeDataFd();
+  }
+
   /** Estimated stop-copy size (kernel 6.3+); undefined when the device or kernel has none. */
   async dataSizeEstimate(): Promise<bigint | undefined> {
     const buf = this.#featureBuffer(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, layout.vfio_device_feature_mig_data_size.size);
