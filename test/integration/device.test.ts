@@ -40,8 +40,8 @@ describe('mtty (the kernel sample, an mdev nobody here wrote)', { skip: needsMde
     await dev.reset();
   });
 
-  test('migration protocol: v2 with STOP_COPY on 6.12, none on 6.1', () => {
-    const listed = listDevices().find((d) => d.name === uuid);
+  test('migration protocol: v2 with STOP_COPY on 6.12, none on 6.1', async () => {
+    const listed = (await listDevices()).find((d) => d.name === uuid);
     assert.ok(listed, 'listDevices finds the mdev');
     assert.equal(listed.kind, 'mdev');
     assert.equal(listed.mdevType, 'mtty-2');
@@ -105,8 +105,8 @@ describe('e1000e bound to vfio-pci behind intel-iommu', { skip: needsPci }, () =
     assert.equal(dev.migration, null, 'an e1000e has no migration');
   });
 
-  test('listDevices lists it with group and driver', () => {
-    const listed = listDevices().find((d) => d.name === pciAddress);
+  test('listDevices lists it with group and driver', async () => {
+    const listed = (await listDevices()).find((d) => d.name === pciAddress);
     assert.ok(listed);
     assert.equal(listed.driver, 'vfio-pci');
     assert.equal(typeof listed.group, 'number');
