@@ -141,6 +141,8 @@ bool vmt_fault_applies(struct vmt_dev *d, enum vmt_fault_point fp)
 
 	if ((f & VMT_FP_PC) && !VMT_HAVE_PRECOPY)
 		return false;
+	if (fp == VMT_F_V1_MMAP && d->kind != VMT_KIND_V1)
+		return false;
 	if (vmt_kind_is_v1(d->kind))
 		return f & VMT_FP_V1;
 	if (d->kind == VMT_KIND_V2)

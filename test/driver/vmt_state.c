@@ -412,6 +412,7 @@ ssize_t vmt_save_build(struct vmt_dev *d, u8 *buf, size_t cap, bool *rec_init)
 	struct vmt_save *s = d->save;
 	size_t pos = VMT_REC_HDR, ent = 0;
 	u32 nents = 0, ent_kind = 0, ent_len = 0;
+	unsigned long iter = 0;
 	u64 ent_end = 0;
 	bool any_init = !s->first_sent;
 	u16 flags;
@@ -471,7 +472,7 @@ ssize_t vmt_save_build(struct vmt_dev *d, u8 *buf, size_t cap, bool *rec_init)
 			s->part_off = off + n;
 			break;	/* record full */
 		}
-		if (!(nents & 63))
+		if (!(++iter & 1023))
 			cond_resched();
 	}
 
