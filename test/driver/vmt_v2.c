@@ -514,6 +514,14 @@ static struct file *vmt_v2_set_state(struct vfio_device *vdev,
 		unsigned int i;
 		int rc;
 
+		/*
+		 * Only VFIO_DEVICE_RESET leaves ERROR; 6.1's
+		 * vfio_mig_get_next_state() WARNs when asked from ERROR.
+		 */
+		if (d->v2_state == S(ERROR)) {
+			ret = ERR_PTR(-EINVAL);
+			break;
+		}
 		rc = vfio_mig_get_next_state(vdev, d->v2_state, new_state, &next);
 		if (rc) {
 			ret = ERR_PTR(rc);

@@ -91,6 +91,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
 
   test('the data fd after the arc that ends its session: ENODEV; after close of the device fd: still safe', () => {
     const d = new Inst('v2', { stateSize: 65536 });
+    d.set('mutate', 2);
     const r = d.run('v2set stop_copy', 'v2readn 64', 'v2set stop', 'v2readn 64', 'v2poll', 'v2set stop_copy',
       'closedev 0', 'v2readn 64', 'v2close');
     assert.equal(r[1]!.kv.n, '64');
