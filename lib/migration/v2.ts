@@ -195,8 +195,10 @@ export class V2Engine implements MigrationEngine {
     const buf = this.#featureBuffer(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, layout.vfio_device_feature_mig_data_size.size);
     try {
       await this.device.featureAsync(buf);
-    } catch {
-      return undefined; // ENOTTY on kernels before 6.3 or drivers without it: only an estimate anyway
+    } catch (err) {
+      // Kernels before 6.3 and drivers without the feature say ENOTTY (or EINVAL/EOPNOTSUPP): no estimate.
+      if (isSyscallError(err, 'ENOTTY') || isSyscallError(err, 'EINVAL') || isSyscallError(err, 'EOPNOTSUPP')) return undefined;
+      throw new MigrationError('ERR_MIGRATION_DEVICE', `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE failed with ${errnoOf(err)}`, { cause: err, step: 'get MIG_DATA_SIZE', errno: errnoOf(err) });
     }
     return buf.readBigUInt64LE(layout.vfio_device_feature.size);
   }
