@@ -1,0 +1,75 @@
+// The demo (runs inside the VM guest): two test-driver devices, vfio-mig save with pre-copy, vfio-mig load, checksums compared.
+import { spawnSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const DRIVER = 'vfio_mig_test';
+const STATE_SIZE = Number(process.env.DEMO_STATE_SIZE ?? 64 << 20);
+const CLI = join(__dirname, '../cli/vfio-mig.js');
+const FILE = '/tmp/demo-device.vfmig';
+
+function die(message: string): never {
+  console.error(`demo: ${message}`);
+  process.exit(1);
+}
+
+function create(kind: string): string {
+  const typesDir = `/sys/class/mdev_bus/${DRIVER}/mdev_supported_types`;
+  if (!existsSync(typesDir)) die(`the test driver ${DRIVER} is not loaded (run the demo through npm run demo)`);
+  const type = readdirSync(typesDir).find((t) => t.endsWith(`-${kind}`));
+  if (!type) die(`${DRIVER} has no ${kind} type`);
+  const uuid = randomUUID();
+  writeFileSync(join(typesDir, type, 'create'), uuid);
+  return uuid;
+}
+const attr = (uuid: string, name: string) => `/sys/bus/mdev/devices/${uuid}/${DRIVER}/${name}`;
+const read = (uuid: string, name: string) => readFileSync(attr(uuid, name), 'utf8').trim();
+
+function vfioMig(args: string[], label: string): { stdout: string; ms: number } {
+  console.log(`\n$ vfio-mig ${args.join(' ')}`);
+  const start = Date.now();
+  const r = spawnSync(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+  const ms = Date.now() - start;
+  if (r.status !== 0) die(`${label} failed with exit code ${r.status}`);
+  return { stdout: r.stdout, ms };
+}
+
+const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
+
+const src = create('v1');
+const dst = create('v1');
+try {
+  writeFileSync(attr(src, 'state_size'), String(STATE_SIZE));
+  writeFileSync(attr(dst, 'state_size'), String(STATE_SIZE));
+  writeFileSync(attr(src, 'dirty_rate'), String(256 << 10));
+  writeFileSync(attr(src, 'mutate'), '0xc0ffee');
+  console.log(`source      ${src}  (${DRIVER} v1, ${mib(STATE_SIZE)} of state, dirtying itself while running)`);
+  console.log(`destination ${dst}`);
+  console.log(`checksums before: source ${read(src, 'checksum')}, destination ${read(dst, 'checksum')}`);
+
+  const save = vfioMig(['save', src, '-o', FILE, '--precopy-iterations', '4', '--json'], 'save');
+  const saved = JSON.parse(save.stdout);
+  const sourceSum = read(src, 'checksum');
+  vfioMig(['verify', FILE], 'verify');
+  const load = vfioMig(['load', dst, '-i', FILE, '--json'], 'load');
+  const loaded = JSON.parse(load.stdout);
+  const destSum = read(dst, 'checksum');
+
+  console.log('\nsummary');
+  console.log(`  state           ${mib(STATE_SIZE)}, stream ${mib(statSync(FILE).size)} in ${saved.records} records (${saved.precopyIterations} pre-copy iterations, ${mib(saved.precopyBytes)} while running)`);
+  console.log(`  save            ${(saved.elapsedMs / 1000).toFixed(2)} s, ${mib((saved.bytes / saved.elapsedMs) * 1000)}/s`);
+  console.log(`  downtime        ${saved.stopCopyMs} ms (stop-and-copy)`);
+  console.log(`  load            ${(loaded.elapsedMs / 1000).toFixed(2)} s, ${mib((loaded.bytes / Math.max(1, loaded.elapsedMs)) * 1000)}/s`);
+  console.log(`  checksums       source ${sourceSum}, destination ${destSum}: ${sourceSum === destSum ? 'MATCH' : 'DIFFER'}`);
+  if (sourceSum !== destSum) die('the restored device differs from the saved one');
+} finally {
+  rmSync(FILE, { force: true });
+  for (const u of [src, dst]) {
+    try {
+      writeFileSync(`/sys/bus/mdev/devices/${u}/remove`, '1');
+    } catch {
+      /* already gone */
+    }
+  }
+}
