@@ -35,7 +35,7 @@ atomic_long_t vmt_live_allocs = ATOMIC_LONG_INIT(0);
 
 void *vmt_kzalloc(size_t size)
 {
-	void *p = kzalloc(size, GFP_KERNEL_ACCOUNT);
+	void *p = kzalloc(size, GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 
 	if (p)
 		atomic_long_inc(&vmt_live_allocs);
@@ -52,7 +52,7 @@ void vmt_kfree(const void *p)
 
 void *vmt_kvzalloc(size_t size)
 {
-	void *p = kvzalloc(size, GFP_KERNEL_ACCOUNT);
+	void *p = kvzalloc(size, GFP_KERNEL_ACCOUNT | __GFP_NOWARN);
 
 	if (p)
 		atomic_long_inc(&vmt_live_allocs);

@@ -76,7 +76,9 @@ static struct page *vmt_page_get(struct vmt_dev *d, unsigned long p)
 	if (page)
 		return page;
 
-	page = alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO);
+	/* fail the access rather than invoke the OOM killer or warn */
+	page = alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO | __GFP_NORETRY |
+			  __GFP_NOWARN);
 	if (!page)
 		return NULL;
 	old = xa_store(&d->pages, p, page, GFP_KERNEL_ACCOUNT);
