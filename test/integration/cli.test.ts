@@ -1,0 +1,124 @@
+// Integration tests (VM guest) of the vfio-mig binary, spawned, against real test-driver devices.
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { TestDevice, needsTestDriver } from './testdev';
+
+const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const TMP = '/tmp/vfio-mig-cli-test';
+const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+
+describe('vfio-mig against real devices', { skip: needsTestDriver }, () => {
+  const devices: TestDevice[] = [];
+  const make = (kind: 'v1' | 'v1-trapped' | 'v2' | 'none', size = 1 << 20) => {
+    const d = new TestDevice(kind, { stateSize: size, chunkSize: 64 << 10 });
+    devices.push(d);
+    return d;
+  };
+  after(() => {
+    devices.forEach((d) => d.remove());
+    rmSync(TMP, { recursive: true, force: true });
+  });
+
+  test('list and info, human and --json', () => {
+    const a = make('v1');
+    const list = run('list', '--json');
+    assert.equal(list.status, 0, list.stderr);
+    const entry = JSON.parse(list.stdout).find((d: { name: string }) => d.name === a.uuid);
+    assert.equal(entry.migration, 'v1');
+    assert.equal(entry.state, 'RUNNING');
+    assert.match(run('list').stdout, new RegExp(a.uuid));
+    const info = run('info', a.uuid, '--json');
+    assert.equal(info.status, 0, info.stderr);
+    const parsed = JSON.parse(info.stdout);
+    assert.equal(parsed.migration.protocol, 'v1');
+    assert.ok(parsed.regions.some((r: { index: number }) => r.index === 9));
+    assert.match(run('info', a.uuid).stdout, /type \(3, 1\) = v1 migration/);
+  });
+
+  test('save to a file atomically, verify, load, state and reset', () => {
+    const a = make('v1');
+    const b = make('v1');
+    a.set('mutate', '42');
+    const file = join(TMP, 'a.vfmig');
+    spawnSync('mkdir', ['-p', TMP]);
+    const save = run('save', a.uuid, '-o', file, '--precopy-iterations', '2', '--json', '--leave', 'running');
+    assert.equal(save.status, 0, save.stderr);
+    assert.ok(JSON.parse(save.stdout).bytes > 0);
+    assert.deepEqual(readdirSync(TMP), ['a.vfmig'], 'no temporary file left behind');
+    assert.equal(run('verify', file).status, 0);
+    const load = run('load', b.uuid, '-i', file, '--json');
+    assert.equal(load.status, 0, load.stderr);
+    assert.equal(b.get('checksum'), a.get('checksum'));
+    assert.equal(run('state', a.uuid).stdout.trim(), 'RUNNING');
+    assert.equal(run('state', a.uuid, 'STOP').stdout.trim(), 'STOP');
+    assert.equal(JSON.parse(run('state', a.uuid, 'RUNNING', '--json').stdout).state, 'RUNNING');
+    assert.equal(run('reset', a.uuid).status, 0);
+  });
+
+  test('the pipe case: save -o - | load -i -, progress on stderr', () => {
+    const a = make('v2');
+    const b = make('v2');
+    a.set('mutate', '7');
+    // Exactly what an operator types (ssh left out): a shell pipeline, progress on stderr.
+    const node = process.execPath;
+    const r = spawnSync('bash', ['-o', 'pipefail', '-c', `"${node}" "${BIN}" save ${a.uuid} -o - | "${node}" "${BIN}" load ${b.uuid} -i -`], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /saved .* \(v2\)/);
+    assert.match(r.stdout, /loaded .* \(v2\)/);
+    assert.equal(b.get('checksum'), a.get('checksum'));
+  });
+
+  test('Ctrl-C during save: exit 130, the source runs, no file under the final name', async () => {
+    const a = make('v1-trapped', 32 << 20);
+    a.set('mutate', '9');
+    const sum = a.get('checksum');
+    spawnSync('mkdir', ['-p', TMP]);
+    const file = join(TMP, 'interrupted.vfmig');
+    const child = spawn(process.execPath, [BIN, 'save', a.uuid, '-o', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => {
+      err += d;
+    });
+    // Interrupt once the save is under way (its first progress line), not while node is still starting.
+    await new Promise<void>((r) => child.stderr.once('data', () => r()));
+    child.kill('SIGINT');
+    const code = await new Promise<number | null>((r) => child.on('exit', r));
+    assert.equal(code, 130, err);
+    assert.match(err, /interrupted by SIGINT/);
+    assert.ok(!existsSync(file), 'no file under the final name');
+    assert.deepEqual(readdirSync(TMP).filter((f) => f.includes('interrupted')), [], 'no temporary left');
+    assert.equal(run('state', a.uuid).stdout.trim(), 'RUNNING');
+    assert.equal(a.get('checksum'), sum);
+  });
+
+  test('a corrupt file on load exits 5, names the record, and resets the destination', () => {
+    const a = make('v1');
+    const b = make('v1');
+    const file = join(TMP, 'c.vfmig');
+    spawnSync('mkdir', ['-p', TMP]);
+    a.set('mutate', '11');
+    assert.equal(run('save', a.uuid, '-o', file).status, 0);
+    const bytes = readFileSync(file);
+    assert.ok(bytes.length > 100000);
+    bytes[Math.floor(bytes.length / 2)] ^= 0x01;
+    writeFileSync(file, bytes);
+    const load = run('load', b.uuid, '-i', file);
+    assert.equal(load.status, 5, load.stderr);
+    assert.match(load.stderr, /record \d+/);
+    assert.match(load.stderr, /reset/);
+    assert.equal(run('state', b.uuid).stdout.trim(), 'RUNNING');
+  });
+
+  test('missing device exits 3; a device without migration exits 4 with a clear message', () => {
+    const missing = run('save', '11111111-2222-3333-4444-555555555555', '-o', '/tmp/x', '--json');
+    assert.equal(missing.status, 3);
+    assert.equal(JSON.parse(missing.stderr).error.code, 'ERR_VFIO_NOT_FOUND');
+    const none = make('none');
+    const r = run('save', none.uuid, '-o', '/tmp/x');
+    assert.equal(r.status, 4);
+    assert.match(r.stderr, /no migration protocol/);
+  });
+});
