@@ -1,0 +1,172 @@
+// npm run test:vm: the integration suite (dist/test/integration, node:test) inside a
+// fresh guest, once per kernel (6.12 then 6.1); fails when either run fails.
+//
+//   node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--no-prepare] [-- <run-tests flags>]
+//
+// After the suite the guest's dmesg is checked: a WARNING, BUG or Oops fails the run.
+// Output, kernel console and dmesg of each run stay in .cache/vm/results/<kernel>/.
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { EXIT_HARNESS, PROJECT_ROOT, prepare, runInGuest, SERIES, type GuestResult, type Series } from './vm';
+
+const SUITE_DIR = join(PROJECT_ROOT, 'dist', 'test', 'integration');
+const RESULTS_DIR = join(PROJECT_ROOT, '.cache', 'vm', 'results');
+
+interface KernelRun {
+  kernel: Series;
+  ok: boolean;
+  reason?: string;
+  result?: GuestResult;
+  counts: Partial<Record<'tests' | 'pass' | 'fail' | 'skipped' | 'todo' | 'cancelled', number>>;
+  prepareMs: number;
+  dmesgProblems: string[];
+}
+
+function collectTests(dir: string, out: string[] = []): string[] {
+  if (!existsSync(dir)) return out;
+  for (const name of readdirSync(dir).sort()) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) collectTests(p, out);
+    else if (name.endsWith('.test.js')) out.push(p);
+  }
+  return out;
+}
+
+/** node:test's closing counts, from the spec ("ℹ tests 3") or tap ("# tests 3") reporter. */
+export function parseCounts(output: string): KernelRun['counts'] {
+  const counts: KernelRun['counts'] = {};
+  for (const m of output.matchAll(/^(?:ℹ|#) (tests|pass|fail|skipped|todo|cancelled) (\d+)\s*$/gm)) {
+    counts[m[1] as keyof KernelRun['counts']] = Number(m[2]);
+  }
+  return counts;
+}
+
+/** Lines of a dmesg that mean the kernel is unhappy. */
+export function dmesgProblems(dmesg: string): string[] {
+  return dmesg
+    .split('\n')
+    .filter((l) => /\b(WARNING:|BUG:|Oops|general protection fault|Kernel panic|kernel BUG|UBSAN:|KASAN:|refcount_t:|list_add corruption|list_del corruption|INFO: task .* blocked)/.test(l));
+}
+
+function fmt(ms: number | null | undefined): string {
+  return ms === null || ms === undefined ? '-' : `${(ms / 1000).toFixed(1)} s`;
+}
+
+async function main(): Promise<number> {
+  const args = process.argv.slice(2);
+  let kernels: Series[] = [...SERIES];
+  let timeoutSec = 8 * 60;
+  let doPrepare = true;
+  const extra: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '--') {
+      extra.push(...args.slice(i + 1));
+      break;
+    } else if (a === '--kernel' || a.startsWith('--kernel=')) {
+      const k = a.includes('=') ? a.slice(9) : args[++i];
+      if (k === 'all') kernels = [...SERIES];
+      else if (k === '6.12' || k === '6.1') kernels = [k];
+      else throw new Error(`--kernel: 6.12, 6.1 or all, not ${k}`);
+    } else if (a === '--timeout' || a.startsWith('--timeout=')) {
+      timeoutSec = Number(a.includes('=') ? a.slice(10) : args[++i]);
+      if (!Number.isFinite(timeoutSec) || timeoutSec <= 0) throw new Error('--timeout: seconds');
+    } else if (a === '--no-prepare') {
+      doPrepare = false;
+    } else if (a === '-h' || a === '--help') {
+      process.stdout.write('usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--no-prepare] [-- <run-tests flags>]\n');
+      return 0;
+    } else {
+      throw new Error(`unknown argument ${a}`);
+    }
+  }
+
+  const tests = collectTests(SUITE_DIR);
+  if (tests.length === 0) {
+    process.stderr.write(
+      `test:vm: no *.test.js under ${relative(PROJECT_ROOT, SUITE_DIR)}: the integration suite is missing or not built (npm run build)\n`,
+    );
+    return 1;
+  }
+  process.stdout.write(`test:vm: ${tests.length} integration test file(s), kernels ${kernels.join(', ')}\n`);
+
+  const started = Date.now();
+  const runs: KernelRun[] = [];
+  for (const kernel of kernels) {
+    const run: KernelRun = { kernel, ok: false, counts: {}, prepareMs: 0, dmesgProblems: [] };
+    runs.push(run);
+    const t0 = Date.now();
+    try {
+      if (doPrepare) prepare(kernel, {});
+    } catch (err) {
+      run.reason = (err as Error).message;
+      run.prepareMs = Date.now() - t0;
+      process.stdout.write(`\n=== ${kernel}: prepare failed: ${run.reason}\n`);
+      continue;
+    }
+    run.prepareMs = Date.now() - t0;
+
+    const out = join(RESULTS_DIR, kernel);
+    rmSync(out, { recursive: true, force: true });
+    mkdirSync(out, { recursive: true });
+    process.stdout.write(`\n=== integration suite on ${kernel} ===\n`);
+    // the suite, then the kernel log (also when the suite failed)
+    const script = [
+      `node scripts/run-tests.js ${extra.map((e) => `'${e.replace(/'/g, `'\\''`)}'`).join(' ')} dist/test/integration`,
+      's=$?',
+      'dmesg > "$VFIO_MIG_OUT/dmesg.txt" 2>&1',
+      'exit $s',
+    ].join('; ');
+    const r = await runInGuest({
+      kernel,
+      command: ['sh', '-c', script],
+      timeoutMs: timeoutSec * 1000,
+      echo: process.stdout,
+      outDir: out,
+    });
+    run.result = r;
+    writeFileSync(join(out, 'output.txt'), r.output);
+    writeFileSync(join(out, 'console.txt'), r.console);
+    run.counts = parseCounts(r.output);
+    const dmesgFile = join(out, 'dmesg.txt');
+    if (existsSync(dmesgFile)) run.dmesgProblems = dmesgProblems(readFileSync(dmesgFile, 'utf8'));
+    if (r.error) run.reason = r.error;
+    else if (r.status !== 0) run.reason = `the suite exited with status ${r.status}`;
+    else if (!run.counts.pass) run.reason = 'no test passed (all skipped?)';
+    else if (run.dmesgProblems.length) run.reason = `the kernel log has ${run.dmesgProblems.length} problem line(s) (${dmesgFile})`;
+    run.ok = run.reason === undefined;
+    process.stdout.write(`=== ${kernel}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
+    if (run.dmesgProblems.length) process.stdout.write(run.dmesgProblems.map((l) => `  | ${l}`).join('\n') + '\n');
+  }
+
+  const total = Date.now() - started;
+  const lines = ['', 'test:vm summary (integration suite in the guest, one boot per kernel):'];
+  for (const run of runs) {
+    const r = run.result;
+    const c = run.counts;
+    const suiteMs = r && r.bootMs !== null ? r.durationMs - r.bootMs : null;
+    lines.push(
+      `  ${run.kernel.padEnd(5)} ${(r?.kver ?? '').padEnd(22)} ${run.ok ? 'PASS' : 'FAIL'}  ` +
+        `tests ${c.tests ?? '-'}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  ` +
+        `prepare ${fmt(run.prepareMs)}, boot ${fmt(r?.bootMs)}, suite ${fmt(suiteMs)}, run ${fmt(r?.durationMs)}` +
+        (r ? ` (${r.accel.toUpperCase()})` : ''),
+    );
+    if (!run.ok && run.reason) lines.push(`        ${run.reason.split('\n')[0]}`);
+  }
+  const ok = runs.every((r) => r.ok);
+  lines.push(`  ${ok ? 'all passed' : 'FAILED'} in ${fmt(total)}; logs and dmesg in ${relative(PROJECT_ROOT, RESULTS_DIR)}/<kernel>/`);
+  process.stdout.write(lines.join('\n') + '\n');
+  return ok ? 0 : 1;
+}
+
+if (require.main === module) {
+  main().then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`test:vm: ${(err as Error).message ?? String(err)}\n`);
+      process.exitCode = EXIT_HARNESS;
+    },
+  );
+}
