@@ -1,0 +1,55 @@
+// The benchmark inside the VM guest: our client and the C reference client on the same test-driver devices, plus memcpy.
+import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const DRIVER = 'vfio_mig_test';
+const REF = process.env.BENCH_REF ?? '';
+const SIZES_MIB = (process.env.BENCH_SIZES ?? '1,64,256').split(',').map(Number);
+const KINDS = (process.env.BENCH_KINDS ?? 'v1,v1-trapped,v2').split(',');
+const CHUNK = Number(process.env.BENCH_CHUNK ?? 1 << 20);
+const ONE = join(__dirname, 'one.js');
+const OURS_FILE = '/tmp/bench-ours.vfmig';
+const REF_FILE = '/tmp/bench-ref.bin';
+
+const typesDir = `/sys/class/mdev_bus/${DRIVER}/mdev_supported_types`;
+function create(kind: string, size: number): string {
+  const type = readdirSync(typesDir).find((t) => t.endsWith(`-${kind}`));
+  if (!type) throw new Error(`no ${kind} type`);
+  const uuid = randomUUID();
+  writeFileSync(join(typesDir, type, 'create'), uuid);
+  writeFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/chunk_size`, String(CHUNK));
+  writeFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/state_size`, String(size));
+  return uuid;
+}
+const attr = (uuid: string, name: string) => readFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/${name}`, 'utf8').trim();
+const run = (cmd: string, args: string[]) => JSON.parse(execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 20 }).trim().split('\n').pop()!);
+
+const results: unknown[] = [];
+for (const mib of SIZES_MIB) {
+  const size = mib << 20;
+  const memcpy = run(REF, ['memcpy', String(size)]);
+  for (const kind of KINDS) {
+    const src = create(kind, size);
+    const dst = create(kind, size);
+    try {
+      writeFileSync(`/sys/bus/mdev/devices/${src}/${DRIVER}/mutate`, '0x5eed');
+      const ours = { save: run(process.execPath, [ONE, 'save', src, OURS_FILE]), load: run(process.execPath, [ONE, 'load', dst, OURS_FILE]) };
+      const exact = attr(src, 'checksum') === attr(dst, 'checksum');
+      rmSync(OURS_FILE, { force: true });
+      const proto = kind === 'v2' ? 'v2' : 'v1';
+      const refSave = run(REF, [`${proto}-save`, src, REF_FILE]);
+      // The reference leaves the source stopped; the driver needs RUNNING for the next save.
+      execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
+      const refLoad = run(REF, [`${proto}-load`, dst, REF_FILE]);
+      rmSync(REF_FILE, { force: true });
+      const row = { kind, mib, memcpyMs: memcpy.ms, ours, ref: { save: refSave, load: refLoad }, exact };
+      results.push(row);
+      console.log(`@@bench ${JSON.stringify(row)}`);
+    } finally {
+      for (const u of [src, dst]) writeFileSync(`/sys/bus/mdev/devices/${u}/remove`, '1');
+    }
+  }
+}
+console.log(`@@bench-done ${results.length}`);
