@@ -138,6 +138,39 @@ if [ -n "$VM_PCI_ID" ]; then
 	say "info pci $pci"
 fi
 
+# Shortly before the runner's timeout, report what every process is doing
+# (state, wchan, kernel stacks of each thread, sysrq-w): a hang then says where.
+hang_report() {
+	{
+		echo "@@vm hang-report begin (uptime $(cut -d' ' -f1 /proc/uptime) s)"
+		for p in /proc/[0-9]*; do
+			cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null | cut -c1-240)
+			[ -n "$cmd" ] || continue # kernel thread
+			echo "pid ${p#/proc/} [$(sed -n 's/^State:[[:space:]]*//p' "$p/status")] wchan=$(cat "$p/wchan" 2>/dev/null): $cmd"
+		done
+		for p in /proc/[0-9]*; do
+			[ -n "$(tr -d '\0' <"$p/cmdline" 2>/dev/null | head -c 1)" ] || continue
+			case "$(cat "$p/comm")" in init|sh|dash|bash|sleep|busybox|chroot|setsid) continue ;; esac
+			for t in "$p"/task/*; do
+				echo "-- pid ${p#/proc/} task ${t##*/} ($(cat "$t/comm")) [$(sed -n 's/^State:[[:space:]]*//p' "$t/status")]"
+				sed 's/^/     /' "$t/stack" 2>/dev/null
+			done
+		done
+		echo w >/proc/sysrq-trigger
+		sleep 1
+		echo "@@vm hang-report end"
+	} >/dev/ttyS1 2>&1
+}
+WATCHDOG=
+if [ "${VM_DUMP_AT:-0}" -gt 0 ]; then
+	(
+		up=$(cut -d. -f1 /proc/uptime)
+		[ "$VM_DUMP_AT" -gt "$up" ] && sleep $((VM_DUMP_AT - up))
+		hang_report
+	) </dev/null >/dev/null 2>&1 &
+	WATCHDOG=$!
+fi
+
 phase command
 cd "$NEWROOT" || fail "no chroot"
 if [ "$VM_INTERACTIVE" = 1 ]; then
@@ -148,6 +181,7 @@ else
 fi
 status=$?
 PHASE=shutdown
+[ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
 # wait until the command's output has left ttyS0 (a last close drains)
 : >/dev/ttyS0
 [ -n "$VM_OUT" ] && umount "$NEWROOT$VM_OUT" 2>/dev/null

@@ -130,6 +130,11 @@ export function statusFromQemuExit(code: number | null): number | null {
   return code >> 1;
 }
 
+/** Seconds before the timeout at which the guest reports what it is doing (the report itself takes a few). */
+function dumpMargin(timeoutMs: number): number {
+  return timeoutMs >= 60_000 ? 15 : 8;
+}
+
 function lastLines(text: string, n: number): string {
   const lines = text.replace(/\n+$/, '').split('\n');
   return lines.slice(-n).join('\n');
@@ -360,6 +365,8 @@ export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
     `VM_PCI_ID=${opts.pciDevice === false ? "''" : PCI_ID}`,
     `VM_INTERACTIVE=${opts.interactive ? 1 : 0}`,
     `VM_KEEP=${shQuote(keep.join(' '))}`,
+    // seconds of guest uptime after which /init reports what every process is doing
+    `VM_DUMP_AT=${timeoutMs >= 20_000 ? Math.floor(timeoutMs / 1000) - dumpMargin(timeoutMs) : 0}`,
   ];
   writeFileSync(join(runDir, 'guest.env'), guestEnv.join('\n') + '\n');
   writeFileSync(join(runDir, 'cmd.sh'), buildCommandScript(opts, kernel));
@@ -482,6 +489,12 @@ export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
   child.stderr?.on('data', (chunk: string) => {
     qemuStderr += chunk;
   });
+  // known and harmless: the e1000e's network is deliberately not connected
+  const qemuSaid = (): string =>
+    qemuStderr
+      .split('\n')
+      .filter((l) => l.trim() && !/warning: hub \d+ is not connected to host network/.test(l))
+      .join('\n');
   let ctlPartial = '';
   function onCtlData(chunk: string): void {
     if (phase === 'qemu') phase = 'kernel';
@@ -568,12 +581,19 @@ export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
 
   let status: number | null = null;
   let error: string | undefined;
+  const hangReport = (): string => {
+    const begin = consoleLog.lastIndexOf('@@vm hang-report begin');
+    if (begin < 0) return '';
+    const report = consoleLog.slice(begin).split('\n');
+    return `what the guest was doing ${Math.floor(timeoutMs / 1000) - dumpMargin(timeoutMs)} s into the run (/init's hang report):\n${indent(report.slice(0, 250).join('\n'))}`;
+  };
   const where = (): string =>
     [
       `phase reached: ${phase} (${PHASES[phase] ?? phase})`,
-      consoleLog.trim() ? `last console lines (kernel + /init):\n${indent(lastLines(consoleLog, 15))}` : 'no console output at all',
+      consoleLog.trim() ? `last console lines (kernel + /init):\n${indent(lastLines(consoleLog.replace(/@@vm hang-report begin[\s\S]*$/, ''), 15))}` : 'no console output at all',
       output.trim() ? `last output lines:\n${indent(lastLines(output, 15))}` : 'no output from the command',
-      qemuStderr.trim() ? `QEMU said:\n${indent(lastLines(qemuStderr, 10))}` : '',
+      qemuSaid() ? `QEMU said:\n${indent(lastLines(qemuSaid(), 10))}` : '',
+      timedOut ? hangReport() : '',
     ]
       .filter(Boolean)
       .join('\n');
