@@ -38,7 +38,7 @@ export function requireMigration(device: Device): Migration {
   return m;
 }
 
-export { Migration, verify, deviceIdentity, identityMismatches } from './session';
+export { Migration, verify, deviceIdentity, identityMismatches, stopDevices } from './session';
 export { MigrationError } from './errors';
 export type { MigrationErrorCode, Recovery } from './errors';
 export type { Progress, PrecopyPolicy, SaveOptions, LoadOptions, SaveResult, LoadResult, Phase } from './types';

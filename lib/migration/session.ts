@@ -185,3 +185,28 @@ export class Migration {
 export function verify(source: AsyncIterable<Buffer | Uint8Array>): Promise<VerifyResult> {
   return verifyStream(source);
 }
+
+/**
+ * Stops several devices the way linux/vfio.h recommends for multi-device migration: every
+ * v2 device that supports it first enters RUNNING_P2P (no new peer-to-peer DMA), and only
+ * then are all of them stopped. Save each afterwards; a save from STOP goes straight to
+ * stop-and-copy. On failure the devices already moved are returned to RUNNING.
+ */
+export async function stopDevices(migrations: readonly Migration[]): Promise<void> {
+  const moved: Migration[] = [];
+  try {
+    for (const m of migrations) {
+      if (m.engine.stateNames.includes('RUNNING_P2P')) {
+        await m.setState('RUNNING_P2P');
+        moved.push(m);
+      }
+    }
+    for (const m of migrations) {
+      await m.setState('STOP');
+      if (!moved.includes(m)) moved.push(m);
+    }
+  } catch (err) {
+    for (const m of moved) await m.engine.recoverSource().catch(() => 'failed');
+    throw err;
+  }
+}

@@ -173,3 +173,28 @@ describe(`wrong streams and devices without migration on ${guestKernel || 'host'
     assert.equal(checksum(dst), checksum(src));
   });
 });
+
+describe(`several devices: P2P first, then stop, then save each on ${guestKernel || 'host'}`, { skip: needsTestDriver }, () => {
+  test('stopDevices moves every v2 device through RUNNING_P2P before any is stopped; saves from STOP are exact', async () => {
+    const { stopDevices } = await import('../../lib');
+    const sources = [make('v2', { stateSize: 100000 }), make('v2', { stateSize: 100000 }), make('v1', { stateSize: 100000 })];
+    const targets = sources.map((s) => make(s.kind, { stateSize: 100000 }));
+    const open = sources.map((s) => s.open());
+    const dsts = targets.map((t) => t.open());
+    try {
+      open.forEach((d, i) => mutate(d, BigInt(i + 10)));
+      await stopDevices(open.map((d) => requireMigration(d)));
+      for (const d of open) assert.equal(await requireMigration(d).state(), 'STOP');
+      const arcs = sources[0].get('counters');
+      assert.match(arcs, /v2\.arcs/);
+      for (let i = 0; i < open.length; i++) {
+        const io = memorySink();
+        await requireMigration(open[i]).save(io.sink);
+        await requireMigration(dsts[i]).load(io.source());
+        assert.equal(checksum(dsts[i]), checksum(open[i]));
+      }
+    } finally {
+      [...open, ...dsts].forEach((d) => d.close());
+    }
+  });
+});
