@@ -15,7 +15,8 @@
 #   mtty.ko            samples/vfio-mdev/mtty.c built against headers/
 #   initramfs.cpio     busybox + /init + the modules the guest loads at boot
 #   build/<name>/      out-of-tree modules of the project (test/driver/...), rebuilt by make on every run
-# Shared: .cache/vm/debs/ (downloaded .debs), .cache/vm/tools/ (busybox).
+# Shared: .cache/vm/debs/ (downloaded .debs), .cache/vm/<series>.kver-memo (apt answer, keyed by apt's lists).
+# Options: --modules-only rebuilds only the project's modules; --no-project-modules skips them.
 set -euo pipefail
 shopt -s nullglob
 
@@ -29,7 +30,7 @@ PROJECT_MODULES=1
 # Bump when the layout or the content of a step changes, so caches rebuild.
 STEP_VERSION=3
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -174,6 +175,14 @@ resolve_kver() {
 	echo "$kver"
 }
 
+# The cached .deb of NAME VERSION, or nothing. (An array, not ls: with nullglob an unmatched
+# pattern vanishes and a bare `ls` would list the current directory.)
+cached_deb() {
+	local matches=( "$DEBS/${1}_${2/:/%3a}_"*.deb )
+	[ -e "${matches[0]:-}" ] && echo "${matches[0]}"
+	return 0
+}
+
 # download PKG[=VERSION] ... into $DEBS (cached by file name), prints the .deb paths
 download() {
 	local spec name ver f out=()
@@ -183,13 +192,13 @@ download() {
 		if [ "$name" != "$spec" ]; then ver=${spec#*=}; else ver=$(pkg_version "$name"); fi
 		[ -n "$ver" ] || die "apt has no package $name"
 		# .deb file names encode the epoch-less version with ':' as %3a
-		f=$(ls "$DEBS/${name}_${ver/:/%3a}_"*.deb 2>/dev/null | head -n 1 || true)
+		f=$(cached_deb "$name" "$ver")
 		if [ -z "$f" ]; then
 			log "downloading $name $ver"
 			( cd "$DEBS" && run_logged apt-get download -o APT::Sandbox::User=root "$name=$ver" ) \
 				|| { apt_update_once; ( cd "$DEBS" && run_logged apt-get download -o APT::Sandbox::User=root "$name=$ver" ); } \
 				|| die "apt-get download $name=$ver failed"
-			f=$(ls "$DEBS/${name}_${ver/:/%3a}_"*.deb 2>/dev/null | head -n 1 || true)
+			f=$(cached_deb "$name" "$ver")
 			[ -n "$f" ] || die "apt-get download $name=$ver produced no .deb in $DEBS"
 		fi
 		out+=("$f")
@@ -468,6 +477,12 @@ step_initramfs() {
 
 # ---------------------------------------------------------------- main
 mkdir -p "$CACHE"
+# one prepare at a time (npm run vm and npm run test:vm may run side by side)
+exec 9>"$CACHE/.prepare.lock"
+if ! flock -n 9; then
+	log "waiting for another prepare.sh to finish"
+	flock 9
+fi
 ensure_host_tools
 for SERIES in $KERNELS; do
 	S="$CACHE/$SERIES"
