@@ -184,6 +184,16 @@ export class V1Engine implements MigrationEngine {
     }
   }
 
+  /** A short register read that cannot block on the device: synchronous, no thread-pool hop. */
+  #stepSync<T>(step: string, call: () => T): T {
+    try {
+      return call();
+    } catch (err) {
+      const errno = errnoOf(err);
+      throw new MigrationError('ERR_MIGRATION_DEVICE', `${step} failed${errno ? ` with ${errno}` : ''}: ${(err as Error).message}`, { cause: err, step, errno });
+    }
+  }
+
   readDeviceState(): Promise<number> {
     return this.#step('read device_state', () => this.region.readAsync(REG.device_state, 4));
   }
@@ -284,8 +294,10 @@ export class V1Engine implements MigrationEngine {
     }
   }
 
-  #readPending(): Promise<bigint> {
-    return this.#step('read pending_bytes', () => this.region.readAsync(REG.pending_bytes, 8));
+  // pending_bytes and data_size only report counters; data_offset is the read that may wait for
+  // the device to produce data (spec step b), so only that one goes off the JS thread.
+  #readPending(): bigint {
+    return this.#stepSync('read pending_bytes', () => this.region.read(REG.pending_bytes, 8));
   }
 
   /**
@@ -299,7 +311,7 @@ export class V1Engine implements MigrationEngine {
     while (pending > 0n && (budget === undefined || thisPass < budget)) {
       if (ctx.signal?.aborted) throw abortError(ctx.signal, name);
       const offset = await this.#step('read data_offset', () => this.region.readAsync(REG.data_offset, 8));
-      const size = await this.#step('read data_size', () => this.region.readAsync(REG.data_size, 8));
+      const size = this.#stepSync('read data_size', () => this.region.read(REG.data_size, 8));
       if (size === 0n) {
         throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${name}: data_size is 0 while pending_bytes is ${pending}`, { step: 'read data_size' });
       }
@@ -310,7 +322,7 @@ export class V1Engine implements MigrationEngine {
       await ctx.emit(phase, this.#chunk.subarray(0, length));
       thisPass += size;
       moved.total += length;
-      pending = await this.#readPending();
+      pending = this.#readPending();
       ctx.progress(phase === PHASE_STOP_COPY ? 'stop-copy' : 'precopy', phase === PHASE_STOP_COPY ? 0 : phase, moved.total, pending);
     }
     return pending;
@@ -330,7 +342,7 @@ export class V1Engine implements MigrationEngine {
         let previous: bigint | undefined;
         for (;;) {
           if (ctx.signal?.aborted) throw abortError(ctx.signal, `pre-copy iteration ${iterations}`);
-          const pending = await this.#readPending();
+          const pending = this.#readPending();
           ctx.progress('precopy', iterations, moved.total, pending);
           const stop =
             pending === 0n ||
@@ -348,7 +360,7 @@ export class V1Engine implements MigrationEngine {
       if (ctx.signal?.aborted) throw abortError(ctx.signal, 'entering stop-and-copy');
       await this.setState(V1_SAVING);
       ctx.markStopped();
-      const pending = await this.#readPending();
+      const pending = this.#readPending();
       ctx.progress('stop-copy', 0, moved.total, pending);
       await this.#drain(pending, PHASE_STOP_COPY, ctx, moved);
       await this.setState(ctx.leave === 'running' ? V1_RUNNING : V1_STOP);

@@ -73,6 +73,9 @@ export class V1ModelDevice {
       index: 9,
       size: this.info.size,
       async readAsync(offset: number, width: number): Promise<number | bigint> {
+        return dev.region(9).read(offset, width);
+      },
+      read(offset: number, width: number): number | bigint {
         if (offset === 0 && width === 4) {
           dev.#check('read device_state');
           return (dev.deviceState | dev.reserved) >>> 0;

@@ -109,8 +109,8 @@ test('model: pre-copy threshold stops iterating at once when pending is below it
 test('model: data_size 0 while pending_bytes > 0 is a protocol error, and the source runs again', async () => {
   const { dev, mig } = model({ stateSize: 100 });
   const region = dev.region(9);
-  const orig = region.readAsync;
-  dev.region = () => ({ ...region, readAsync: async (o: number, w: number) => (o === 24 ? 0n : orig(o, w)) }) as ReturnType<V1ModelDevice['region']>;
+  const orig = region.read;
+  dev.region = () => ({ ...region, read: (o: number, w: number) => (o === 24 ? 0n : orig(o, w)) }) as ReturnType<V1ModelDevice['region']>;
   const m = new Migration(dev as unknown as Device, new V1Engine(dev as unknown as Device, dev.info));
   const io = collector();
   await assert.rejects(m.save(io.sink), (e: MigrationError) => e.code === 'ERR_MIGRATION_PROTOCOL' && /data_size is 0 while pending_bytes is 100/.test(e.message) && e.recovery === 'running');
