@@ -381,6 +381,7 @@ export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
     'intel_iommu=on',
     'iommu=pt',
     `vmrun=${runDir}`,
+    ...(process.env.VFIO_MIG_VM_APPEND ?? '').split(/\s+/).filter(Boolean),
   ];
   const qemuArgs = [
     '-nodefaults',
