@@ -394,7 +394,7 @@ export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
     '-accel',
     accel,
     '-cpu',
-    accel === 'kvm' ? 'host' : 'max',
+    accel === 'kvm' ? (process.env.VFIO_MIG_VM_CPU ?? 'host') : (process.env.VFIO_MIG_VM_CPU ?? 'max'),
     '-m',
     String(opts.memoryMiB ?? 2048),
     '-smp',
