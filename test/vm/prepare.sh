@@ -379,7 +379,8 @@ build_module() {
 	local src=$1 dst=$2 what=$3
 	sync_tree "$src" "$dst"
 	# nothing changed since a build that succeeded: make would find nothing to do
-	if [ "$SYNC_CHANGED" = 0 ] && [ -f "$dst/.built" ] && [ "$(cat "$dst/.built")" = "$KVER" ]; then return 0; fi
+	local kos=( "$dst"/*.ko )
+	if [ "$SYNC_CHANGED" = 0 ] && [ ${#kos[@]} -gt 0 ] && [ -f "$dst/.built" ] && [ "$(cat "$dst/.built")" = "$KVER" ]; then return 0; fi
 	rm -f "$dst/.built"
 	run_logged make -C "$S/headers" M="$dst" -j"$(nproc)" modules || die "$SERIES: building $what failed (sources in $src, build in $dst)"
 	echo "$KVER" >"$dst/.built"
