@@ -382,6 +382,7 @@ build_module() {
 	local kos=( "$dst"/*.ko )
 	if [ "$SYNC_CHANGED" = 0 ] && [ ${#kos[@]} -gt 0 ] && [ -f "$dst/.built" ] && [ "$(cat "$dst/.built")" = "$KVER" ]; then return 0; fi
 	rm -f "$dst/.built"
+	log "$SERIES: building $what"
 	run_logged make -C "$S/headers" M="$dst" -j"$(nproc)" modules || die "$SERIES: building $what failed (sources in $src, build in $dst)"
 	echo "$KVER" >"$dst/.built"
 }
@@ -409,7 +410,6 @@ step_project_modules() {
 			if [ ! -f "$d/Kbuild" ] && ! grep -q 'obj-m' "$d/Makefile"; then continue; fi
 			found=1
 			name=$(basename "$d")
-			log "$SERIES: building $name (${d#"$ROOT"/})"
 			build_module "$d" "$S/build/$name" "${d#"$ROOT"/}"
 			for ko in "$S/build/$name"/*.ko; do echo "$ko" >>"$list"; done
 		done < <(find "$ROOT/test/driver" -maxdepth 2 -type d ! -name '.*' | sort)
