@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { qemuVersion, quit, startQemu, waitMigration } from '../test/integration/qemu-util';
 
 const DRIVER = 'vfio_mig_test';
 const REF = process.env.BENCH_REF ?? '';
@@ -26,6 +27,25 @@ function create(kind: string, size: number): string {
 const attr = (uuid: string, name: string) => readFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/${name}`, 'utf8').trim();
 const run = (cmd: string, args: string[]) => JSON.parse(execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 20 }).trim().split('\n').pop()!);
 
+/** QEMU 7.2's v1 client saving the same device: QMP migrate to a file, QEMU's own timings. */
+async function qemuSave(uuid: string): Promise<{ ms: number; downtimeMs: number; totalTimeMs: number; bytes: number } | { skipped: string }> {
+  if (!qemuVersion || Number(qemuVersion[1]) >= 8) return { skipped: 'QEMU with a v1 client (5.2-7.2) is not installed' };
+  const file = '/tmp/bench-qemu.mig';
+  const vm = await startQemu('/tmp', `bench-${uuid.slice(0, 8)}`, uuid, []);
+  try {
+    const start = process.hrtime.bigint();
+    await vm.qmp.cmd('migrate', { uri: `exec:cat > ${file}` });
+    const info = await waitMigration(vm, 'benchmark');
+    const ms = Number(process.hrtime.bigint() - start) / 1e6;
+    const ram = (info.ram ?? {}) as { transferred?: number };
+    return { ms, downtimeMs: Number(info.downtime ?? NaN), totalTimeMs: Number(info['total-time'] ?? NaN), bytes: Number(ram.transferred ?? 0) };
+  } finally {
+    await quit(vm);
+    rmSync(file, { force: true });
+  }
+}
+
+async function main(): Promise<void> {
 const results: unknown[] = [];
 for (const mib of SIZES_MIB) {
   const size = mib << 20;
@@ -44,7 +64,9 @@ for (const mib of SIZES_MIB) {
       execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
       const refLoad = run(REF, [`${proto}-load`, dst, REF_FILE]);
       rmSync(REF_FILE, { force: true });
-      const row = { kind, mib, memcpyMs: memcpy.ms, ours, ref: { save: refSave, load: refLoad }, exact };
+      execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
+      const qemu = kind === 'v2' ? { skipped: 'QEMU 7.2 has no v2 client' } : await qemuSave(src);
+      const row = { kind, mib, memcpyMs: memcpy.ms, ours, ref: { save: refSave, load: refLoad }, qemu, exact };
       results.push(row);
       console.log(`@@bench ${JSON.stringify(row)}`);
     } finally {
@@ -53,3 +75,9 @@ for (const mib of SIZES_MIB) {
   }
 }
 console.log(`@@bench-done ${results.length}`);
+}
+
+main().catch((err) => {
+  console.error(`bench guest: ${err instanceof Error ? err.stack : String(err)}`);
+  process.exit(1);
+});
