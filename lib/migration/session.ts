@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Device } from '../device';
 import { MigrationError, type Recovery } from './errors';
 import { StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamHeader, type StreamRecord, type StreamSink, type VerifyResult } from './stream';
+import { readAhead } from './pipeline';
 import type { LoadOptions, LoadResult, MigrationEngine, Phase, Progress, SaveOptions, SaveResult } from './types';
 
 let toolVersion: string | undefined;
@@ -170,7 +171,7 @@ export class Migration {
     }
     try {
       if (options.signal?.aborted) throw new MigrationError('ERR_MIGRATION_ABORTED', 'aborted before the load started', { step: 'start' });
-      await this.engine.load(counted(decoder.records()), { leave: options.leave ?? 'running', signal: options.signal, progress: report });
+      await this.engine.load(counted(readAhead(decoder.records())), { leave: options.leave ?? 'running', signal: options.signal, progress: report });
     } catch (err) {
       const recovery = await this.engine.recoverDestination();
       throw withRecovery(err, recovery, 'destination');

@@ -7,6 +7,7 @@ import { VFIO_DEVICE_STATE_MASK, VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STAT
 import { MigrationError, abortError, type Recovery } from './errors';
 import { PHASE_STOP_COPY, type StreamRecord } from './stream';
 import type { LoadContext, MigrationEngine, SaveContext } from './types';
+import { ChunkBuffers, EmitWindow } from './pipeline';
 
 const REG = layout.vfio_device_migration_info.fields;
 /** The trapped header (struct vfio_device_migration_info) the data section must not overlap. */
@@ -155,7 +156,7 @@ export class V1Engine implements MigrationEngine {
   readonly region: Region;
   readonly noReset: boolean;
   #areas: MappedArea[] = [];
-  #chunk: Buffer = Buffer.alloc(0);
+  #chunks = new ChunkBuffers();
 
   constructor(device: Device, info: RegionInfo, options: { noReset?: boolean } = {}) {
     checkV1Region(info);
@@ -305,7 +306,7 @@ export class V1Engine implements MigrationEngine {
    * transaction, pending_bytes re-read after each chunk. Stops when pending_bytes is 0 or, in
    * pre-copy, once `budget` bytes moved (a self-dirtying device never reaches 0 while running).
    */
-  async #drain(pending: bigint, phase: number, ctx: SaveContext, moved: { total: number }, budget?: bigint): Promise<bigint> {
+  async #drain(pending: bigint, phase: number, ctx: SaveContext, window: EmitWindow, moved: { total: number }, budget?: bigint): Promise<bigint> {
     let thisPass = 0n;
     const name = phase === PHASE_STOP_COPY ? 'stop-and-copy' : `pre-copy iteration ${phase}`;
     while (pending > 0n && (budget === undefined || thisPass < budget)) {
@@ -317,9 +318,10 @@ export class V1Engine implements MigrationEngine {
       }
       this.#checkWindow(offset, size, 'read data_offset/data_size');
       const length = toSafeNumber(size, 'data_size');
-      if (this.#chunk.length < length) this.#chunk = Buffer.allocUnsafe(length);
-      await this.#transfer('read', offset, this.#chunk, length);
-      await ctx.emit(phase, this.#chunk.subarray(0, length));
+      const chunk = this.#chunks.next(length);
+      await this.#transfer('read', offset, chunk, length);
+      // The previous chunk's emit ran while this one was read; the device moves on meanwhile.
+      await window.push(phase, chunk.subarray(0, length));
       thisPass += size;
       moved.total += length;
       pending = this.#readPending();
@@ -331,6 +333,7 @@ export class V1Engine implements MigrationEngine {
   async save(ctx: SaveContext): Promise<{ precopyIterations: number; precopyBytes: number }> {
     this.#mapAreas();
     try {
+      const window = new EmitWindow(ctx.emit);
       const moved = { total: 0 };
       let iterations = 0;
       const policy = ctx.policy;
@@ -352,17 +355,19 @@ export class V1Engine implements MigrationEngine {
             (policy.timeMs !== undefined && Date.now() - started >= policy.timeMs);
           if (stop) break;
           previous = pending;
-          await this.#drain(pending, iterations, ctx, moved, pending);
+          await this.#drain(pending, iterations, ctx, window, moved, pending);
           iterations++;
         }
       }
+      await window.flush();
       const precopyBytes = moved.total;
       if (ctx.signal?.aborted) throw abortError(ctx.signal, 'entering stop-and-copy');
       await this.setState(V1_SAVING);
       ctx.markStopped();
       const pending = this.#readPending();
       ctx.progress('stop-copy', 0, moved.total, pending);
-      await this.#drain(pending, PHASE_STOP_COPY, ctx, moved);
+      await this.#drain(pending, PHASE_STOP_COPY, ctx, window, moved);
+      await window.flush();
       await this.setState(ctx.leave === 'running' ? V1_RUNNING : V1_STOP);
       return { precopyIterations: iterations, precopyBytes };
     } finally {

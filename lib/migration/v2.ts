@@ -21,6 +21,7 @@ import {
 import { MigrationError, abortError, type Recovery } from './errors';
 import { PHASE_STOP_COPY, type StreamRecord } from './stream';
 import type { LoadContext, MigrationEngine, SaveContext } from './types';
+import { ChunkBuffers, EmitWindow } from './pipeline';
 
 export const V2_STATE_NAMES: Record<number, string> = {
   [VFIO_DEVICE_STATE_ERROR]: 'ERROR',
@@ -277,9 +278,9 @@ export class V2Engine implements MigrationEngine {
    * Reads the data_fd into records. In STOP_COPY a 0 read is the end of the data. In PRE_COPY a
    * 0 read or ENOMSG only means "nothing for now", and the pass ends after `budget` bytes.
    */
-  async #readPass(phase: number, ctx: SaveContext, moved: { total: number }, budget?: bigint, pending?: () => Promise<bigint | undefined>): Promise<number> {
+  async #readPass(phase: number, ctx: SaveContext, window: EmitWindow, moved: { total: number }, budget?: bigint, pending?: () => Promise<bigint | undefined>): Promise<number> {
     const fd = this.#requireFd('read data_fd');
-    const buf = Buffer.allocUnsafe(this.readSize);
+    const buffers = new ChunkBuffers();
     const precopy = phase !== PHASE_STOP_COPY;
     let thisPass = 0;
     let again = 0;
@@ -287,8 +288,9 @@ export class V2Engine implements MigrationEngine {
       if (ctx.signal?.aborted) throw abortError(ctx.signal, precopy ? `pre-copy iteration ${phase}` : 'stop-and-copy');
       if (budget !== undefined && BigInt(thisPass) >= budget) return thisPass;
       let n: number;
+      const buf = buffers.next(this.readSize);
       try {
-        n = await fd.run((f) => native.readAsync(f, buf, 0, buf.length));
+        n = await fd.run((f) => native.readAsync(f, buf, 0, this.readSize));
       } catch (err) {
         if (precopy && (isSyscallError(err, 'ENOMSG') || isSyscallError(err, 'EAGAIN'))) return thisPass;
         if (!precopy && isSyscallError(err, 'EAGAIN') && again++ < 100) {
@@ -298,7 +300,7 @@ export class V2Engine implements MigrationEngine {
         throw new MigrationError('ERR_MIGRATION_DEVICE', `read data_fd in ${precopy ? 'PRE_COPY' : 'STOP_COPY'} failed with ${errnoOf(err)}`, { cause: err, step: 'read data_fd', errno: errnoOf(err) });
       }
       if (n === 0) return thisPass;
-      await ctx.emit(phase, buf.subarray(0, n));
+      await window.push(phase, buf.subarray(0, n));
       thisPass += n;
       moved.total += n;
       ctx.progress(precopy ? 'precopy' : 'stop-copy', precopy ? phase : 0, moved.total, pending ? await pending() : undefined);
@@ -310,6 +312,7 @@ export class V2Engine implements MigrationEngine {
     let iterations = 0;
     const policy = ctx.policy;
     const maxIterations = policy ? policy.maxIterations ?? 8 : 0;
+    const window = new EmitWindow(ctx.emit);
     try {
       if (policy && maxIterations > 0 && this.support.preCopy) {
         await this.setState(PRE_COPY);
@@ -329,11 +332,12 @@ export class V2Engine implements MigrationEngine {
             (policy.timeMs !== undefined && Date.now() - started >= policy.timeMs);
           if (stop) break;
           previous = pending;
-          const got = await this.#readPass(iterations, ctx, moved, pending);
+          const got = await this.#readPass(iterations, ctx, window, moved, pending);
           iterations++;
           if (got === 0 && info.initial === 0n) break; // the device has nothing more while running
         }
       }
+      await window.flush();
       const precopyBytes = moved.total;
       if (ctx.signal?.aborted) throw abortError(ctx.signal, 'entering stop-and-copy');
       // With P2P, quiesce first as the header recommends; the device stops at the next arc.
@@ -345,7 +349,8 @@ export class V2Engine implements MigrationEngine {
       const estimate = await this.dataSizeEstimate();
       ctx.progress('stop-copy', 0, moved.total, estimate);
       const base = moved.total;
-      await this.#readPass(PHASE_STOP_COPY, ctx, moved, undefined, async () => (estimate === undefined ? undefined : estimate > BigInt(moved.total - base) ? estimate - BigInt(moved.total - base) : 0n));
+      await this.#readPass(PHASE_STOP_COPY, ctx, window, moved, undefined, async () => (estimate === undefined ? undefined : estimate > BigInt(moved.total - base) ? estimate - BigInt(moved.total - base) : 0n));
+      await window.flush();
       await this.setState(STOP);
       this.closeDataFd();
       if (ctx.leave === 'running') await this.setState(RUNNING);

@@ -1,0 +1,70 @@
+// Overlap of device I/O with stream work: one emit in flight while the next chunk is read, one record decoded ahead.
+import type { EmitChunk } from './types';
+
+/**
+ * Keeps at most one emit (checksum, copy, sink write) running while the engine reads the next
+ * chunk from the device. push() first waits for the emit in flight, so the buffer that emit was
+ * given may be refilled once push() returns for the one after it: with two buffers used in
+ * turn, a buffer is never written while an emit still reads it. Records stay in order.
+ */
+export class EmitWindow {
+  readonly #emit: EmitChunk;
+  #inFlight: Promise<void> | null = null;
+
+  constructor(emit: EmitChunk) {
+    this.#emit = emit;
+  }
+
+  async push(phase: number, payload: Uint8Array): Promise<void> {
+    await this.flush();
+    const p = this.#emit(phase, payload);
+    p.catch(() => undefined); // surfaced by the next push() or flush()
+    this.#inFlight = p;
+  }
+
+  /** Waits for the emit in flight; its error, if any, is thrown here. */
+  async flush(): Promise<void> {
+    const p = this.#inFlight;
+    this.#inFlight = null;
+    if (p) await p;
+  }
+}
+
+/** Two chunk buffers used in turn with an EmitWindow; grown on demand, never shrunk. */
+export class ChunkBuffers {
+  #buffers: [Buffer, Buffer] = [Buffer.alloc(0), Buffer.alloc(0)];
+  #turn = 0;
+
+  /** The next buffer, at least `length` bytes. */
+  next(length: number): Buffer {
+    this.#turn ^= 1;
+    if (this.#buffers[this.#turn].length < length) this.#buffers[this.#turn] = Buffer.allocUnsafe(length);
+    return this.#buffers[this.#turn];
+  }
+}
+
+/**
+ * Yields what `source` yields, asking for the next item as soon as the current one is handed
+ * out, so decoding record N+1 overlaps with writing record N into the device. Items must not be
+ * reused by the source (StreamDecoder's are not).
+ */
+export async function* readAhead<T>(source: AsyncIterable<T>): AsyncGenerator<T> {
+  const it = source[Symbol.asyncIterator]();
+  let next = it.next();
+  let finished = false;
+  try {
+    for (;;) {
+      const r = await next;
+      if (r.done) {
+        finished = true;
+        return;
+      }
+      next = it.next();
+      next.catch(() => undefined); // surfaced when awaited
+      yield r.value;
+    }
+  } finally {
+    // Early exit: release the source without waiting on a read that may never complete (a stalled pipe).
+    if (!finished) void Promise.resolve(it.return?.()).catch(() => undefined);
+  }
+}
