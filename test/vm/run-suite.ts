@@ -1,13 +1,17 @@
 // npm run test:vm: the integration suite (dist/test/integration, node:test) inside a
 // fresh guest, once per kernel (6.12 then 6.1); fails when either run fails.
 //
-//   node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--no-prepare] [-- <run-tests flags>]
+//   node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential]
+//                                  [--no-prepare] [-- <run-tests flags>]
 //
+// With two or more host CPUs the two guests run side by side (output lines are
+// prefixed with the kernel; --sequential or VFIO_MIG_VM_PARALLEL=0 runs 6.12 then 6.1).
 // After the suite the guest's dmesg is checked: a WARNING, BUG or Oops fails the run.
 // Output, kernel console and dmesg of each run stay in .cache/vm/results/<kernel>/.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join, relative } from 'node:path';
-import { EXIT_HARNESS, PROJECT_ROOT, prepare, runInGuest, SERIES, type GuestResult, type Series } from './vm';
+import { EXIT_HARNESS, PROJECT_ROOT, prepare, runInGuest, SERIES, type GuestResult, type Series, type TextSink } from './vm';
 
 const SUITE_DIR = join(PROJECT_ROOT, 'dist', 'test', 'integration');
 const RESULTS_DIR = join(PROJECT_ROOT, '.cache', 'vm', 'results');
@@ -48,6 +52,62 @@ export function dmesgProblems(dmesg: string): string[] {
     .filter((l) => /\b(WARNING:|BUG:|Oops|general protection fault|Kernel panic|kernel BUG|UBSAN:|KASAN:|refcount_t:|list_add corruption|list_del corruption|INFO: task .* blocked)/.test(l));
 }
 
+/** Writes complete lines with a prefix (output of guests that run side by side). */
+class LinePrefixer implements TextSink {
+  private partial = '';
+  constructor(
+    private readonly prefix: string,
+    private readonly out: TextSink,
+  ) {}
+  write(text: string): boolean {
+    const lines = (this.partial + text).split('\n');
+    this.partial = lines.pop() ?? '';
+    if (lines.length) this.out.write(lines.map((l) => this.prefix + l + '\n').join(''));
+    return true;
+  }
+  flush(): void {
+    if (this.partial) this.out.write(this.prefix + this.partial + '\n');
+    this.partial = '';
+  }
+}
+
+async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, extra: string[]): Promise<void> {
+  const kernel = run.kernel;
+  const out = join(RESULTS_DIR, kernel);
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(out, { recursive: true });
+  echo.write(`=== integration suite on ${kernel} ===\n`);
+  // the suite, then the kernel log (also when the suite failed)
+  const script = [
+    `node scripts/run-tests.js ${extra.map((e) => `'${e.replace(/'/g, `'\\''`)}'`).join(' ')} dist/test/integration`,
+    's=$?',
+    'dmesg > "$VFIO_MIG_OUT/dmesg.txt" 2>&1',
+    'exit $s',
+  ].join('; ');
+  const r = await runInGuest({
+    kernel,
+    command: ['sh', '-c', script],
+    timeoutMs: timeoutSec * 1000,
+    echo,
+    outDir: out,
+  });
+  run.result = r;
+  writeFileSync(join(out, 'output.txt'), r.output);
+  writeFileSync(join(out, 'console.txt'), r.console);
+  run.counts = parseCounts(r.output);
+  const dmesgFile = join(out, 'dmesg.txt');
+  if (existsSync(dmesgFile)) run.dmesgProblems = dmesgProblems(readFileSync(dmesgFile, 'utf8'));
+  if (r.error) run.reason = r.error;
+  else if (r.status !== 0) run.reason = `the suite exited with status ${r.status}`;
+  else if (!run.counts.pass) run.reason = 'no test passed (all skipped?)';
+  else if (run.dmesgProblems.length) run.reason = `the kernel log has ${run.dmesgProblems.length} problem line(s) (${dmesgFile})`;
+  run.ok = run.reason === undefined;
+  if (echo instanceof LinePrefixer) echo.flush();
+  echo.write(`=== ${kernel}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
+  if (run.dmesgProblems.length) echo.write(run.dmesgProblems.map((l) => `  | ${l}`).join('\n') + '\n');
+  if (echo instanceof LinePrefixer) echo.flush();
+}
+
 function fmt(ms: number | null | undefined): string {
   return ms === null || ms === undefined ? '-' : `${(ms / 1000).toFixed(1)} s`;
 }
@@ -57,6 +117,9 @@ async function main(): Promise<number> {
   let kernels: Series[] = [...SERIES];
   let timeoutSec = 8 * 60;
   let doPrepare = true;
+  // both kernels at once when the host has the cores: a guest running the suite keeps
+  // about one host core busy, so two side by side take little longer than one
+  let parallel = process.env.VFIO_MIG_VM_PARALLEL !== undefined ? process.env.VFIO_MIG_VM_PARALLEL === '1' : availableParallelism() >= 2;
   const extra: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -73,8 +136,12 @@ async function main(): Promise<number> {
       if (!Number.isFinite(timeoutSec) || timeoutSec <= 0) throw new Error('--timeout: seconds');
     } else if (a === '--no-prepare') {
       doPrepare = false;
+    } else if (a === '--parallel') {
+      parallel = true;
+    } else if (a === '--sequential') {
+      parallel = false;
     } else if (a === '-h' || a === '--help') {
-      process.stdout.write('usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--no-prepare] [-- <run-tests flags>]\n');
+      process.stdout.write('usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [-- <run-tests flags>]\n');
       return 0;
     } else {
       throw new Error(`unknown argument ${a}`);
@@ -91,56 +158,28 @@ async function main(): Promise<number> {
   process.stdout.write(`test:vm: ${tests.length} integration test file(s), kernels ${kernels.join(', ')}\n`);
 
   const started = Date.now();
-  const runs: KernelRun[] = [];
-  for (const kernel of kernels) {
-    const run: KernelRun = { kernel, ok: false, counts: {}, prepareMs: 0, dmesgProblems: [] };
-    runs.push(run);
+  const runs: KernelRun[] = kernels.map((kernel) => ({ kernel, ok: false, counts: {}, prepareMs: 0, dmesgProblems: [] }));
+  // prepare first (it holds a lock anyway), then boot
+  for (const run of runs) {
     const t0 = Date.now();
     try {
-      if (doPrepare) prepare(kernel, {});
+      if (doPrepare) prepare(run.kernel, {});
     } catch (err) {
       run.reason = (err as Error).message;
-      run.prepareMs = Date.now() - t0;
-      process.stdout.write(`\n=== ${kernel}: prepare failed: ${run.reason}\n`);
-      continue;
+      process.stdout.write(`=== ${run.kernel}: prepare failed: ${run.reason}\n`);
     }
     run.prepareMs = Date.now() - t0;
-
-    const out = join(RESULTS_DIR, kernel);
-    rmSync(out, { recursive: true, force: true });
-    mkdirSync(out, { recursive: true });
-    process.stdout.write(`\n=== integration suite on ${kernel} ===\n`);
-    // the suite, then the kernel log (also when the suite failed)
-    const script = [
-      `node scripts/run-tests.js ${extra.map((e) => `'${e.replace(/'/g, `'\\''`)}'`).join(' ')} dist/test/integration`,
-      's=$?',
-      'dmesg > "$VFIO_MIG_OUT/dmesg.txt" 2>&1',
-      'exit $s',
-    ].join('; ');
-    const r = await runInGuest({
-      kernel,
-      command: ['sh', '-c', script],
-      timeoutMs: timeoutSec * 1000,
-      echo: process.stdout,
-      outDir: out,
-    });
-    run.result = r;
-    writeFileSync(join(out, 'output.txt'), r.output);
-    writeFileSync(join(out, 'console.txt'), r.console);
-    run.counts = parseCounts(r.output);
-    const dmesgFile = join(out, 'dmesg.txt');
-    if (existsSync(dmesgFile)) run.dmesgProblems = dmesgProblems(readFileSync(dmesgFile, 'utf8'));
-    if (r.error) run.reason = r.error;
-    else if (r.status !== 0) run.reason = `the suite exited with status ${r.status}`;
-    else if (!run.counts.pass) run.reason = 'no test passed (all skipped?)';
-    else if (run.dmesgProblems.length) run.reason = `the kernel log has ${run.dmesgProblems.length} problem line(s) (${dmesgFile})`;
-    run.ok = run.reason === undefined;
-    process.stdout.write(`=== ${kernel}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
-    if (run.dmesgProblems.length) process.stdout.write(run.dmesgProblems.map((l) => `  | ${l}`).join('\n') + '\n');
+  }
+  const ready = runs.filter((r) => r.reason === undefined);
+  if (parallel && ready.length > 1) {
+    process.stdout.write(`test:vm: booting ${ready.map((r) => r.kernel).join(' and ')} side by side; lines are prefixed with the kernel\n`);
+    await Promise.all(ready.map((run) => runKernel(run, new LinePrefixer(`[${run.kernel}] `, process.stdout), timeoutSec, extra)));
+  } else {
+    for (const run of ready) await runKernel(run, process.stdout, timeoutSec, extra);
   }
 
   const total = Date.now() - started;
-  const lines = ['', 'test:vm summary (integration suite in the guest, one boot per kernel):'];
+  const lines = ['', `test:vm summary (integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`];
   for (const run of runs) {
     const r = run.result;
     const c = run.counts;

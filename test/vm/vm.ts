@@ -43,6 +43,11 @@ const PHASES: Record<string, string> = {
   shutdown: 'powering off after the command',
 };
 
+/** Where streamed text goes: process.stdout or anything with a write(string). */
+export interface TextSink {
+  write(text: string): unknown;
+}
+
 export interface GuestOptions {
   /** Argument vector, run with exec semantics at the project root inside the guest. */
   command: readonly string[];
@@ -57,9 +62,9 @@ export interface GuestOptions {
   /** Extra environment for the command. */
   env?: Record<string, string>;
   /** Stream the command's output here while it runs (e.g. process.stdout). Default: not streamed, only returned. */
-  echo?: NodeJS.WritableStream | null;
+  echo?: TextSink | null;
   /** Stream the kernel console / init log here (e.g. process.stderr). */
-  consoleEcho?: NodeJS.WritableStream | null;
+  consoleEcho?: TextSink | null;
   /** Guest memory in MiB (default 2048) and vCPUs (default 2). */
   memoryMiB?: number;
   cpus?: number;
