@@ -18,6 +18,7 @@ mount -t devtmpfs devtmpfs /dev
 # every byte has left the UART (tty close drains), then QEMU can be stopped.
 exec </dev/null >/dev/ttyS1 2>&1
 
+hostname "vm-$(cat /series)"
 PHASE=init
 say() { echo "@@vm $*"; }
 phase() { PHASE=$1; say "phase $1"; }

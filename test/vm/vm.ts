@@ -345,6 +345,7 @@ export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
   const kernel: Series = opts.kernel ?? '6.12';
   if (!SERIES.includes(kernel)) throw new Error(`unknown kernel series ${kernel} (6.12 or 6.1)`);
   if (opts.command.length === 0) throw new Error('runInGuest: empty command');
+  if (/\s/.test(PROJECT_ROOT)) throw new Error(`the project path has whitespace, which the harness does not support: ${PROJECT_ROOT}`);
   if (opts.prepare) prepare(kernel, { quiet: true, projectModules: opts.projectModules });
   const { kver, dir } = checkPrepared(kernel);
   const accel: Accel = opts.accel === 'kvm' || opts.accel === 'tcg' ? opts.accel : await detectAccel(kernel);
