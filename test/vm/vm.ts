@@ -8,7 +8,7 @@
 // The exit status of the command comes back through isa-debug-exit; the runner
 // exits with it (124 when the guest timed out, 125 when the harness failed).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir, release } from 'node:os';
 import { createServer, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -182,6 +182,7 @@ export function prepare(kernel: Series | 'all', opts: { quiet?: boolean; project
 // Every QEMU this process starts is killed when it exits or gets a fatal signal;
 // QEMU also gets SIGKILL from the kernel if this process dies (setpriv --pdeathsig).
 const live = new Set<ChildProcess>();
+const liveRunDirs = new Set<string>();
 const FATAL_SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 function killAll(): void {
@@ -191,6 +192,22 @@ function killAll(): void {
     } catch {
       /* already gone */
     }
+  }
+  for (const dir of liveRunDirs) rmSync(dir, { recursive: true, force: true });
+  liveRunDirs.clear();
+}
+
+/** Run directories left by runners that were killed outright (SIGKILL), older than a day. */
+function sweepStaleRunDirs(): void {
+  try {
+    const day = Date.now() - 24 * 3600_000;
+    for (const name of readdirSync(tmpdir())) {
+      if (!name.startsWith('vfio-mig-vm-')) continue;
+      const p = join(tmpdir(), name);
+      if (statSync(p).mtimeMs < day) rmSync(p, { recursive: true, force: true });
+    }
+  } catch {
+    /* best effort */
   }
 }
 
@@ -352,7 +369,9 @@ export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
   const timeoutMs = opts.timeoutMs ?? 10 * 60_000;
   const started = Date.now();
 
+  sweepStaleRunDirs();
   const runDir = mkdtempSync(join(tmpdir(), 'vfio-mig-vm-'));
+  liveRunDirs.add(runDir);
   const outDir = resolve(opts.outDir ?? join(runDir, 'out'));
   mkdirSync(outDir, { recursive: true });
   const modules =
@@ -628,6 +647,7 @@ export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
 
   // the run directory (and the default results share inside it) goes away
   rmSync(runDir, { recursive: true, force: true });
+  liveRunDirs.delete(runDir);
 
   return {
     status,
