@@ -91,9 +91,9 @@ Napi::Value ThrowIfFailed(Napi::Env env, const char* syscall, const Outcome& out
   return env.Undefined();
 }
 
-std::string RegisterDetail(const char* syscall, const Outcome& out, unsigned width) {
-  return out.err == EIO && out.ret >= 0 ? ShortDetail(syscall[1] == 'r' ? "short read" : "short write", out.ret, width)
-                                        : "";
+// A register access that moved fewer bytes than its width is reported as EIO with the counts.
+std::string RegisterDetail(const char* what, const Outcome& out, unsigned width) {
+  return out.err == EIO && out.ret >= 0 ? ShortDetail(what, out.ret, width) : "";
 }
 
 // open(path, flags): O_CLOEXEC is always added.
@@ -135,7 +135,7 @@ Napi::Value PreadWidth(const Napi::CallbackInfo& info) {
   int64_t offset = ArgOffset(info, 1, "offset");
   unsigned width = ArgWidth(info, 2);
   Outcome out = ReadRegister(fd, offset, width);
-  ThrowIfFailed(info.Env(), "pread", out, RegisterDetail("pread", out, width));
+  ThrowIfFailed(info.Env(), "pread", out, RegisterDetail("short read", out, width));
   return RegisterToJs(info.Env(), out.value, width);
 }
 
@@ -154,7 +154,7 @@ Napi::Value PwriteWidth(const Napi::CallbackInfo& info) {
   unsigned width = ArgWidth(info, 2);
   uint64_t value = ArgRegisterValue(info, 3, width);
   Outcome out = WriteRegister(fd, offset, width, value);
-  return ThrowIfFailed(info.Env(), "pwrite", out, RegisterDetail("pwrite", out, width));
+  return ThrowIfFailed(info.Env(), "pwrite", out, RegisterDetail("short write", out, width));
 }
 
 Napi::Value PwriteWidthAsync(const Napi::CallbackInfo& info) {
@@ -166,83 +166,54 @@ Napi::Value PwriteWidthAsync(const Napi::CallbackInfo& info) {
 }
 
 // Bulk transfers: (fd, buffer, bufferOffset, length[, position]); one syscall, EINTR retried.
+enum class Bulk { kPread, kPwrite, kRead, kWrite };
+
 struct BulkArgs {
+  Bulk op;
   int fd;
   uint8_t* data;
   size_t length;
   int64_t position;
-  Napi::Value buffer;
 };
 
-BulkArgs ParseBulk(const Napi::CallbackInfo& info, bool positioned) {
+const char* BulkName(Bulk op) {
+  switch (op) {
+    case Bulk::kPread: return "pread";
+    case Bulk::kPwrite: return "pwrite";
+    case Bulk::kRead: return "read";
+    default: return "write";
+  }
+}
+
+Outcome BulkNow(const BulkArgs& a) {
+  return Done(RetryEintr([&]() -> ssize_t {
+    switch (a.op) {
+      case Bulk::kPread: return pread(a.fd, a.data, a.length, a.position);
+      case Bulk::kPwrite: return pwrite(a.fd, a.data, a.length, a.position);
+      case Bulk::kRead: return read(a.fd, a.data, a.length);
+      default: return write(a.fd, a.data, a.length);
+    }
+  }));
+}
+
+Napi::Value BytesResult(Napi::Env env, const Outcome& out) { return Napi::Number::New(env, static_cast<double>(out.ret)); }
+
+// One entry point per (syscall, sync/async): the same argument checks, the same syscall.
+template <Bulk op, bool async>
+Napi::Value BulkCall(const Napi::CallbackInfo& info) {
+  const bool positioned = op == Bulk::kPread || op == Bulk::kPwrite;
   BulkArgs a;
+  a.op = op;
   a.fd = ArgFd(info, 0, "fd");
   Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
   size_t offset = ArgSize(info, 2, "bufferOffset");
   a.length = ArgSize(info, 3, "length");
   a.data = ViewRange(view, offset, a.length, "buffer");
   a.position = positioned ? ArgOffset(info, 4, "position") : -1;
-  a.buffer = view;
-  return a;
-}
-
-Napi::Value BytesResult(Napi::Env env, const Outcome& out) { return Napi::Number::New(env, static_cast<double>(out.ret)); }
-
-Napi::Value Pread(const Napi::CallbackInfo& info) {
-  BulkArgs a = ParseBulk(info, true);
-  Outcome out = Done(RetryEintr([&] { return pread(a.fd, a.data, a.length, a.position); }));
-  ThrowIfFailed(info.Env(), "pread", out);
+  if (async) return RunAsync(info.Env(), BulkName(op), "", [a] { return BulkNow(a); }, BytesResult, {view});
+  Outcome out = BulkNow(a);
+  ThrowIfFailed(info.Env(), BulkName(op), out);
   return BytesResult(info.Env(), out);
-}
-
-Napi::Value PreadAsync(const Napi::CallbackInfo& info) {
-  BulkArgs a = ParseBulk(info, true);
-  return RunAsync(
-      info.Env(), "pread", "", [a] { return Done(RetryEintr([&] { return pread(a.fd, a.data, a.length, a.position); })); },
-      BytesResult, {a.buffer});
-}
-
-Napi::Value Pwrite(const Napi::CallbackInfo& info) {
-  BulkArgs a = ParseBulk(info, true);
-  Outcome out = Done(RetryEintr([&] { return pwrite(a.fd, a.data, a.length, a.position); }));
-  ThrowIfFailed(info.Env(), "pwrite", out);
-  return BytesResult(info.Env(), out);
-}
-
-Napi::Value PwriteAsync(const Napi::CallbackInfo& info) {
-  BulkArgs a = ParseBulk(info, true);
-  return RunAsync(
-      info.Env(), "pwrite", "",
-      [a] { return Done(RetryEintr([&] { return pwrite(a.fd, a.data, a.length, a.position); })); }, BytesResult,
-      {a.buffer});
-}
-
-Napi::Value Read(const Napi::CallbackInfo& info) {
-  BulkArgs a = ParseBulk(info, false);
-  Outcome out = Done(RetryEintr([&] { return read(a.fd, a.data, a.length); }));
-  ThrowIfFailed(info.Env(), "read", out);
-  return BytesResult(info.Env(), out);
-}
-
-Napi::Value ReadAsync(const Napi::CallbackInfo& info) {
-  BulkArgs a = ParseBulk(info, false);
-  return RunAsync(
-      info.Env(), "read", "", [a] { return Done(RetryEintr([&] { return read(a.fd, a.data, a.length); })); },
-      BytesResult, {a.buffer});
-}
-
-Napi::Value Write(const Napi::CallbackInfo& info) {
-  BulkArgs a = ParseBulk(info, false);
-  Outcome out = Done(RetryEintr([&] { return write(a.fd, a.data, a.length); }));
-  ThrowIfFailed(info.Env(), "write", out);
-  return BytesResult(info.Env(), out);
-}
-
-Napi::Value WriteAsync(const Napi::CallbackInfo& info) {
-  BulkArgs a = ParseBulk(info, false);
-  return RunAsync(
-      info.Env(), "write", "", [a] { return Done(RetryEintr([&] { return write(a.fd, a.data, a.length); })); },
-      BytesResult, {a.buffer});
 }
 
 }  // namespace
@@ -255,14 +226,14 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("preadWidthAsync", Napi::Function::New(env, PreadWidthAsync, "preadWidthAsync"));
   exports.Set("pwriteWidth", Napi::Function::New(env, PwriteWidth, "pwriteWidth"));
   exports.Set("pwriteWidthAsync", Napi::Function::New(env, PwriteWidthAsync, "pwriteWidthAsync"));
-  exports.Set("pread", Napi::Function::New(env, Pread, "pread"));
-  exports.Set("preadAsync", Napi::Function::New(env, PreadAsync, "preadAsync"));
-  exports.Set("pwrite", Napi::Function::New(env, Pwrite, "pwrite"));
-  exports.Set("pwriteAsync", Napi::Function::New(env, PwriteAsync, "pwriteAsync"));
-  exports.Set("read", Napi::Function::New(env, Read, "read"));
-  exports.Set("readAsync", Napi::Function::New(env, ReadAsync, "readAsync"));
-  exports.Set("write", Napi::Function::New(env, Write, "write"));
-  exports.Set("writeAsync", Napi::Function::New(env, WriteAsync, "writeAsync"));
+  exports.Set("pread", Napi::Function::New(env, BulkCall<Bulk::kPread, false>, "pread"));
+  exports.Set("preadAsync", Napi::Function::New(env, BulkCall<Bulk::kPread, true>, "preadAsync"));
+  exports.Set("pwrite", Napi::Function::New(env, BulkCall<Bulk::kPwrite, false>, "pwrite"));
+  exports.Set("pwriteAsync", Napi::Function::New(env, BulkCall<Bulk::kPwrite, true>, "pwriteAsync"));
+  exports.Set("read", Napi::Function::New(env, BulkCall<Bulk::kRead, false>, "read"));
+  exports.Set("readAsync", Napi::Function::New(env, BulkCall<Bulk::kRead, true>, "readAsync"));
+  exports.Set("write", Napi::Function::New(env, BulkCall<Bulk::kWrite, false>, "write"));
+  exports.Set("writeAsync", Napi::Function::New(env, BulkCall<Bulk::kWrite, true>, "writeAsync"));
 }
 
 }  // namespace vfio

@@ -145,7 +145,7 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
       state->UnmapIfIdle();
       if (state->holders == 0 && state->inflight == 0) delete state;
     };
-    return RunAsync(info.Env(), from_mapping ? "memcpy" : "memcpy", "", work, nullptr, {view, info.This()}, done);
+    return RunAsync(info.Env(), "memcpy", "", work, nullptr, {view, info.This()}, done);
   }
 
   Napi::Value ReadInto(const Napi::CallbackInfo& info) { return Copy(info, true); }
