@@ -1,4 +1,5 @@
 // MigrationError: what failed in a save or load, at which step, with which errno, and what was done to recover.
+import { SyscallError } from '../errors';
 
 export type MigrationErrorCode =
   | 'ERR_MIGRATION_NONE' // the device offers no migration protocol
@@ -36,4 +37,17 @@ export class MigrationError extends Error {
 export function abortError(signal: AbortSignal, step: string): MigrationError {
   const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason ?? 'aborted');
   return new MigrationError('ERR_MIGRATION_ABORTED', `aborted during ${step}: ${reason}`, { step, cause: signal.reason });
+}
+
+/** The errno name ('EIO') of a failed syscall, else undefined. */
+export function errnoOf(err: unknown): string | undefined {
+  return err instanceof SyscallError ? err.code : undefined;
+}
+
+/** A device step that failed: the error names the step and the errno. MigrationErrors pass through. */
+export function deviceStepError(step: string, err: unknown, record?: bigint): MigrationError {
+  if (err instanceof MigrationError) return err;
+  const errno = errnoOf(err);
+  const detail = err instanceof Error ? err.message : String(err);
+  return new MigrationError('ERR_MIGRATION_DEVICE', `${step} failed${errno ? ` with ${errno}` : ''}: ${detail}`, { cause: err, step, errno, record });
 }

@@ -1,10 +1,9 @@
 // The v1 migration protocol (migration region of type (3, 1)): device_state machine, pending/data registers, data section.
 import type { Device, Mapping, Region } from '../device';
 import { toSafeNumber } from '../device';
-import { SyscallError } from '../errors';
 import type { RegionInfo, SparseMmapArea } from '../region';
 import { VFIO_DEVICE_STATE_MASK, VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING, VFIO_DEVICE_STATE_V1_STOP, layout } from '../uapi';
-import { MigrationError, abortError, type Recovery } from './errors';
+import { MigrationError, abortError, deviceStepError, errnoOf, type Recovery } from './errors';
 import { PHASE_STOP_COPY, type StreamRecord } from './stream';
 import type { LoadContext, MigrationEngine, SaveContext } from './types';
 import { ChunkBuffers, EmitWindow } from './pipeline';
@@ -139,10 +138,6 @@ export function checkV1Region(info: RegionInfo): void {
   }
 }
 
-function errnoOf(err: unknown): string | undefined {
-  return err instanceof SyscallError ? err.code : undefined;
-}
-
 interface MappedArea extends SparseMmapArea {
   map: Mapping;
 }
@@ -179,9 +174,7 @@ export class V1Engine implements MigrationEngine {
     try {
       return await call();
     } catch (err) {
-      if (err instanceof MigrationError) throw err;
-      const errno = errnoOf(err);
-      throw new MigrationError('ERR_MIGRATION_DEVICE', `${step} failed${errno ? ` with ${errno}` : ''}: ${(err as Error).message}`, { cause: err, step, errno });
+      throw deviceStepError(step, err);
     }
   }
 
@@ -190,8 +183,7 @@ export class V1Engine implements MigrationEngine {
     try {
       return call();
     } catch (err) {
-      const errno = errnoOf(err);
-      throw new MigrationError('ERR_MIGRATION_DEVICE', `${step} failed${errno ? ` with ${errno}` : ''}: ${(err as Error).message}`, { cause: err, step, errno });
+      throw deviceStepError(step, err);
     }
   }
 
@@ -261,7 +253,7 @@ export class V1Engine implements MigrationEngine {
       for (const a of this.region.info.mmapAreas) this.#areas.push({ ...a, map: this.region.mmap(a.offset, a.size) });
     } catch (err) {
       this.#unmapAreas();
-      throw new MigrationError('ERR_MIGRATION_DEVICE', `mmap of the migration data section failed: ${(err as Error).message}`, { cause: err, step: 'mmap data section', errno: errnoOf(err) });
+      throw deviceStepError('mmap of the migration data section', err);
     }
   }
 

@@ -1,7 +1,7 @@
 // The v2 migration protocol (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE + data_fd): FSM paths, data_fd loops, pre-copy info.
 import type { Device } from '../device';
 import { FdHandle } from '../device';
-import { SyscallError, isSyscallError } from '../errors';
+import { isSyscallError } from '../errors';
 import { native } from '../native';
 import {
   VFIO_DEVICE_FEATURE_GET,
@@ -18,7 +18,7 @@ import {
   VFIO_DEVICE_STATE_STOP_COPY,
   layout,
 } from '../uapi';
-import { MigrationError, abortError, type Recovery } from './errors';
+import { MigrationError, abortError, deviceStepError, errnoOf, type Recovery } from './errors';
 import { PHASE_STOP_COPY, type StreamRecord } from './stream';
 import type { LoadContext, MigrationEngine, SaveContext } from './types';
 import { ChunkBuffers, EmitWindow } from './pipeline';
@@ -129,10 +129,6 @@ export function v2Path(from: number, to: number, support: V2Support): number[] |
   return null;
 }
 
-function errnoOf(err: unknown): string | undefined {
-  return err instanceof SyscallError ? err.code : undefined;
-}
-
 /** Default data_fd read size: large enough to amortise syscalls, small enough to stream. */
 export const V2_READ_SIZE = 1 << 20;
 
@@ -168,7 +164,7 @@ export class V2Engine implements MigrationEngine {
     try {
       await this.device.featureAsync(buf);
     } catch (err) {
-      throw new MigrationError('ERR_MIGRATION_DEVICE', `get device state failed with ${errnoOf(err) ?? 'an error'}: ${(err as Error).message}`, { cause: err, step: 'get device state', errno: errnoOf(err) });
+      throw deviceStepError('get device state', err);
     }
     return buf.readUInt32LE(layout.vfio_device_feature.size + layout.vfio_device_feature_mig_state.fields.device_state);
   }
@@ -199,7 +195,7 @@ export class V2Engine implements MigrationEngine {
     } catch (err) {
       // Kernels before 6.3 and drivers without the feature say ENOTTY (or EINVAL/EOPNOTSUPP): no estimate.
       if (isSyscallError(err, 'ENOTTY') || isSyscallError(err, 'EINVAL') || isSyscallError(err, 'EOPNOTSUPP')) return undefined;
-      throw new MigrationError('ERR_MIGRATION_DEVICE', `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE failed with ${errnoOf(err)}`, { cause: err, step: 'get MIG_DATA_SIZE', errno: errnoOf(err) });
+      throw deviceStepError('get MIG_DATA_SIZE', err);
     }
     return buf.readBigUInt64LE(layout.vfio_device_feature.size);
   }
@@ -270,7 +266,7 @@ export class V2Engine implements MigrationEngine {
       const l = layout.vfio_precopy_info.fields;
       return { initial: raw.readBigUInt64LE(l.initial_bytes), dirty: raw.readBigUInt64LE(l.dirty_bytes) };
     } catch (err) {
-      throw new MigrationError('ERR_MIGRATION_DEVICE', `VFIO_MIG_GET_PRECOPY_INFO failed with ${errnoOf(err)}`, { cause: err, step: 'VFIO_MIG_GET_PRECOPY_INFO', errno: errnoOf(err) });
+      throw deviceStepError('VFIO_MIG_GET_PRECOPY_INFO', err);
     }
   }
 
@@ -297,7 +293,7 @@ export class V2Engine implements MigrationEngine {
           await new Promise((r) => setTimeout(r, 10));
           continue;
         }
-        throw new MigrationError('ERR_MIGRATION_DEVICE', `read data_fd in ${precopy ? 'PRE_COPY' : 'STOP_COPY'} failed with ${errnoOf(err)}`, { cause: err, step: 'read data_fd', errno: errnoOf(err) });
+        throw deviceStepError(`read data_fd in ${precopy ? 'PRE_COPY' : 'STOP_COPY'}`, err);
       }
       if (n === 0) return thisPass;
       await window.push(phase, buf.subarray(0, n));
@@ -378,7 +374,7 @@ export class V2Engine implements MigrationEngine {
               await new Promise((r) => setTimeout(r, 1));
               continue;
             }
-            throw new MigrationError('ERR_MIGRATION_DEVICE', `record ${record.sequence}: write data_fd failed with ${errnoOf(err)}`, { cause: err, step: 'write data_fd', errno: errnoOf(err), record: record.sequence });
+            throw deviceStepError(`record ${record.sequence}: write data_fd`, err, record.sequence);
           }
           if (n === 0) throw new MigrationError('ERR_MIGRATION_DEVICE', `record ${record.sequence}: data_fd accepted no bytes`, { step: 'write data_fd', record: record.sequence });
           done += n;
