@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Device } from '../device';
 import { MigrationError, type Recovery } from './errors';
-import { StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamHeader, type StreamRecord, type StreamSink, type VerifyResult } from './stream';
+import { StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamHeader, type StreamSink, type VerifyResult } from './stream';
 import { readAhead } from './pipeline';
 import type { LoadOptions, LoadResult, MigrationEngine, Phase, Progress, SaveOptions, SaveResult } from './types';
 
@@ -162,23 +162,17 @@ export class Migration {
     if (mismatches.length && !options.force) {
       throw new MigrationError('ERR_MIGRATION_MISMATCH', `the stream was saved from another kind of device (${mismatches.join('; ')}); use force to load it anyway; nothing was written to the device`);
     }
-    let bytes = 0n;
-    async function* counted(records: AsyncIterable<StreamRecord>): AsyncGenerator<StreamRecord> {
-      for await (const r of records) {
-        bytes += BigInt(r.payload.length);
-        yield r;
-      }
-    }
     try {
       if (options.signal?.aborted) throw new MigrationError('ERR_MIGRATION_ABORTED', 'aborted before the load started', { step: 'start' });
-      await this.engine.load(counted(readAhead(decoder.records())), { leave: options.leave ?? 'running', signal: options.signal, progress: report });
+      await this.engine.load(readAhead(decoder.records()), { leave: options.leave ?? 'running', signal: options.signal, progress: report });
     } catch (err) {
       const recovery = await this.engine.recoverDestination();
       throw withRecovery(err, recovery, 'destination');
     }
-    const totals = decoder.totals;
-    report('done', 0, Number(bytes), undefined, true);
-    return { records: totals?.records ?? 0n, bytes: totals?.payloadBytes ?? bytes, elapsedMs: Date.now() - start };
+    // The engine consumed the whole stream, so the decoder verified the trailer and has its totals.
+    const totals = decoder.totals!;
+    report('done', 0, Number(totals.payloadBytes), undefined, true);
+    return { records: totals.records, bytes: totals.payloadBytes, elapsedMs: Date.now() - start };
   }
 }
 
