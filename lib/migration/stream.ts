@@ -279,6 +279,11 @@ function drained(w: NodeJS.WritableStream): Promise<void> {
 function writableEmitter(w: NodeJS.WritableStream, written?: (chunk: Buffer) => void): Emit {
   // An error reported by the callback of a write we did not wait for: raised at the next call.
   let failure: unknown;
+  // The sink may fail while no write is awaited (a file destroyed under an in-flight write):
+  // keep the error for the next call instead of letting an unhandled 'error' event end the process.
+  w.on('error', (err: unknown) => {
+    failure ??= err;
+  });
   return async (chunk, flush) => {
     if (failure !== undefined) throw failure;
     const state = w as Partial<Writable>;
