@@ -324,8 +324,8 @@ export class V1Engine implements MigrationEngine {
 
   async save(ctx: SaveContext): Promise<{ precopyIterations: number; precopyBytes: number }> {
     this.#mapAreas();
+    const window = new EmitWindow(ctx.emit);
     try {
-      const window = new EmitWindow(ctx.emit);
       const moved = { total: 0 };
       let iterations = 0;
       const policy = ctx.policy;
@@ -363,6 +363,8 @@ export class V1Engine implements MigrationEngine {
       await this.setState(ctx.leave === 'running' ? V1_RUNNING : V1_STOP);
       return { precopyIterations: iterations, precopyBytes };
     } finally {
+      // On failure, let the emit in flight settle so nothing is written to the sink after we return.
+      await window.flush().catch(() => undefined);
       this.#unmapAreas();
     }
   }

@@ -352,6 +352,8 @@ export class V2Engine implements MigrationEngine {
       if (ctx.leave === 'running') await this.setState(RUNNING);
       return { precopyIterations: iterations, precopyBytes };
     } finally {
+      // On failure, let the emit in flight settle so nothing is written to the sink after we return.
+      await window.flush().catch(() => undefined);
       this.closeDataFd();
     }
   }
