@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // vfio-mig: the command line of vfio-migration, built on the public API only.
-import { createReadStream, createWriteStream, fsyncSync, openSync, closeSync, renameSync, unlinkSync } from 'node:fs';
+import { createWriteStream, fsyncSync, openSync, closeSync, renameSync, unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
@@ -9,6 +9,7 @@ import {
   openDevice,
   requireMigration,
   verify,
+  FdSource,
   MigrationError,
   StreamError,
   SyscallError,
@@ -24,11 +25,6 @@ export const EXIT = { ok: 0, failure: 1, usage: 2, device: 3, protocol: 4, strea
 
 class UsageError extends Error {}
 
-/**
- * File reads of 8 MiB: a 1 MiB record then usually lies inside one chunk, which the decoder
- * hands on without copying; the kernel fills the pages on a worker thread, not the event loop.
- */
-const READ_CHUNK = 8 << 20;
 
 const HELP: Record<string, string> = {
   main: `vfio-mig: save and restore the internal state of VFIO devices (v1 and v2 migration)
@@ -120,6 +116,19 @@ function json(value: unknown): string {
 interface Io {
   stdout: NodeJS.WriteStream;
   stderr: NodeJS.WriteStream;
+}
+
+/**
+ * The stream to load or verify, read by the decoder into buffers it reuses (a file read through
+ * fresh 8 MiB chunks spent more time in page faults than in the copy: bench/RESULTS.md).
+ */
+function openInput(input: string): FdSource {
+  if (input === '-') return new FdSource(0, { name: 'stdin' });
+  try {
+    return FdSource.open(input);
+  } catch (err) {
+    throw new MigrationError('ERR_MIGRATION_IO', `cannot open ${input}: ${(err as Error).message}`, { cause: err, errno: (err as NodeJS.ErrnoException).code });
+  }
 }
 
 function exitCodeOf(err: unknown): number {
@@ -317,7 +326,7 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
         return await withDevice(positionals[0], async (device) => {
           const migration = requireMigration(device);
           const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
-          const source = input === '-' ? process.stdin : createReadStream(input, { highWaterMark: READ_CHUNK });
+          const source = openInput(input);
           try {
             const result = await migration.load(source, { force: !!values.force, leave: leaveOption(values.leave, 'running'), signal, onProgress: view.update });
             view.finish();
@@ -325,15 +334,14 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
             return EXIT.ok;
           } finally {
             view.finish();
-            if (input !== '-') (source as ReturnType<typeof createReadStream>).destroy();
+            source.close();
           }
         });
       }
       case 'verify': {
         const input = positionals[0];
         if (!input) throw new UsageError('verify needs FILE (or - for stdin)');
-        const source = input === '-' ? process.stdin : createReadStream(input, { highWaterMark: READ_CHUNK });
-        const r = await verify(source);
+        const r = await verify(openInput(input));
         print(
           [`${input}: OK`, `protocol ${r.header.protocol}, device ${JSON.stringify(r.header.device)}`, `created ${String(r.header.created ?? '?')} by ${JSON.stringify(r.header.tool ?? '?')}`, `${r.records} records, ${formatBytes(r.payloadBytes)} payload, ${formatBytes(r.streamBytes)} stream`, ...r.phases.map((p) => `  ${p.phase === 0xffffffff ? 'stop-and-copy' : `pre-copy ${p.phase}`}: ${p.records} records, ${formatBytes(p.bytes)}`)].join('\n'),
           { file: input, ok: true, ...r },

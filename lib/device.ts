@@ -27,11 +27,14 @@ export class FdHandle {
   #fd: number;
   #inflight = 0;
   #closeRequested = false;
+  readonly #closeFd: boolean;
   readonly what: string;
 
-  constructor(fd: number, what: string) {
+  /** With closeFd false (a borrowed fd such as stdin), close() only stops further use. */
+  constructor(fd: number, what: string, options: { closeFd?: boolean } = {}) {
     this.#fd = fd;
     this.what = what;
+    this.#closeFd = options.closeFd ?? true;
   }
 
   get closed(): boolean {
@@ -66,7 +69,7 @@ export class FdHandle {
     if (this.#fd < 0) return;
     const fd = this.#fd;
     this.#fd = -1;
-    native.close(fd);
+    if (this.#closeFd) native.close(fd);
   }
 }
 

@@ -50,6 +50,8 @@ export interface NativeAddon {
   pwriteAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): Promise<number>;
   read(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
   readAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
+  /** Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended (waits in poll() for a non-blocking fd). */
+  readAtLeastAsync(fd: number, buffer: Uint8Array, bufferOffset: number, min: number, max: number): Promise<number>;
   write(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
   writeAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
 

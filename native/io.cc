@@ -1,5 +1,6 @@
 // File-descriptor syscalls: open/close, width-exact register pread/pwrite, bulk pread/pwrite and read/write.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -216,6 +217,49 @@ Napi::Value BulkCall(const Napi::CallbackInfo& info) {
   return BytesResult(info.Env(), out);
 }
 
+// Waits until a non-blocking fd is ready: on the pool, never on the JS thread.
+int AwaitReady(int fd, short events) {
+  pollfd p{fd, events, 0};
+  int r;
+  do {
+    r = poll(&p, 1, -1);
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? -1 : 0;
+}
+
+// Reads into [data, data+max) until at least `min` bytes arrived or the input ended: one pool
+// job for what a pipe hands over in many short reads. A non-blocking fd is waited for in poll().
+Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max) {
+  Outcome out;
+  size_t got = 0;
+  while (got < min) {
+    ssize_t n = RetryEintr([&] { return read(fd, data + got, max - got); });
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (AwaitReady(fd, POLLIN) == 0) continue;
+    }
+    if (n < 0) {
+      out.err = errno;
+      return out;
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  out.ret = static_cast<int64_t>(got);
+  return out;
+}
+
+// readAtLeastAsync(fd, buffer, bufferOffset, min, max): resolves the byte count, below min only at the end of input.
+Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
+  size_t offset = ArgSize(info, 2, "bufferOffset");
+  size_t min = ArgSize(info, 3, "min");
+  size_t max = ArgSize(info, 4, "max");
+  if (min > max) throw Napi::RangeError::New(info.Env(), "min must not be larger than max");
+  uint8_t* data = ViewRange(view, offset, max, "buffer");
+  return RunAsync(info.Env(), "read", "", [=] { return ReadAtLeast(fd, data, min, max); }, BytesResult, {view});
+}
+
 }  // namespace
 
 void InitIo(Napi::Env env, Napi::Object exports) {
@@ -232,6 +276,7 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("pwriteAsync", Napi::Function::New(env, BulkCall<Bulk::kPwrite, true>, "pwriteAsync"));
   exports.Set("read", Napi::Function::New(env, BulkCall<Bulk::kRead, false>, "read"));
   exports.Set("readAsync", Napi::Function::New(env, BulkCall<Bulk::kRead, true>, "readAsync"));
+  exports.Set("readAtLeastAsync", Napi::Function::New(env, ReadAtLeastAsync, "readAtLeastAsync"));
   exports.Set("write", Napi::Function::New(env, BulkCall<Bulk::kWrite, false>, "write"));
   exports.Set("writeAsync", Napi::Function::New(env, BulkCall<Bulk::kWrite, true>, "writeAsync"));
 }

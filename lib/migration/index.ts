@@ -48,4 +48,6 @@ export type { V2Support } from './v2';
 export { probeMigration } from './probe';
 export type { MigrationProbe } from './probe';
 export { StreamEncoder, StreamDecoder, StreamError, verifyStream, PHASE_STOP_COPY, STREAM_MAGIC, STREAM_VERSION } from './stream';
-export type { StreamHeader, StreamRecord, StreamSink, VerifyResult } from './stream';
+export type { StreamHeader, StreamRecord, StreamSink, StreamSource, VerifyResult } from './stream';
+export { FdSource, isByteSource } from './source';
+export type { ByteSource } from './source';

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Device } from '../device';
 import { MigrationError, type Recovery } from './errors';
-import { StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamHeader, type StreamSink, type VerifyResult } from './stream';
+import { StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamHeader, type StreamSink, type StreamSource, type VerifyResult } from './stream';
 import { readAhead } from './pipeline';
 import type { LoadOptions, LoadResult, MigrationEngine, Phase, Progress, SaveOptions, SaveResult } from './types';
 
@@ -145,7 +145,7 @@ export class Migration {
    * record's checksum before it reaches the device; the trailer before the device leaves
    * RESUMING. Any failure resets the destination.
    */
-  async load(source: AsyncIterable<Buffer | Uint8Array>, options: LoadOptions = {}): Promise<LoadResult> {
+  async load(source: StreamSource, options: LoadOptions = {}): Promise<LoadResult> {
     const start = Date.now();
     const report = progressReporter(start, options.onProgress);
     const decoder = new StreamDecoder(source);
@@ -177,7 +177,7 @@ export class Migration {
 }
 
 /** Checks a stream offline: magic, version, every checksum, sequence and the trailer. */
-export function verify(source: AsyncIterable<Buffer | Uint8Array>): Promise<VerifyResult> {
+export function verify(source: StreamSource): Promise<VerifyResult> {
   return verifyStream(source);
 }
 

@@ -4,6 +4,7 @@ import type { Writable } from 'node:stream';
 import { WriteStream } from 'node:fs';
 import { Socket } from 'node:net';
 import { crc32 } from 'node:zlib';
+import { ByteSourceReader, isByteSource, type ByteSource } from './source';
 
 // ---------------------------------------------------------------------------------------------
 // Layout, version 1, little-endian.
@@ -634,13 +635,23 @@ export interface StreamDecoderOptions {
 }
 
 /**
+ * Where a stream is read from: any async iterable of byte chunks (a Readable, a generator), or a
+ * ByteSource (FdSource), which the decoder reads into three buffers it reuses.
+ */
+export type StreamSource = AsyncIterable<Buffer | Uint8Array> | ByteSource;
+
+/**
  * Reads a stream: the header first, then the records, each returned only once its checksums and
  * sequence number are verified, then the trailer, verified before records() returns. Memory use
  * is about one record, whatever the stream's size. Any problem is a StreamError, after which the
  * source is released.
+ *
+ * From an async iterable, a record's payload is a view of the source's chunk or a copy, and may be
+ * kept. From a ByteSource, it lives in a buffer the decoder reuses: it stays valid while the next
+ * record is read, and is overwritten once the record after that is asked for (copy it to keep it).
  */
 export class StreamDecoder {
-  readonly #reader: ChunkReader;
+  readonly #reader: ChunkReader | ByteSourceReader;
   readonly #maxPayload: number;
   #header: Promise<StreamHeader> | undefined;
   #iterated = false;
@@ -649,8 +660,8 @@ export class StreamDecoder {
   #payloadBytes = 0n;
   #totals: StreamTotals | undefined;
 
-  constructor(source: AsyncIterable<Buffer | Uint8Array>, options: StreamDecoderOptions = {}) {
-    this.#reader = new ChunkReader(source);
+  constructor(source: StreamSource, options: StreamDecoderOptions = {}) {
+    this.#reader = isByteSource(source) ? new ByteSourceReader(source) : new ChunkReader(source);
     this.#maxPayload = checkMaxPayload(options.maxPayload);
   }
 
@@ -946,7 +957,7 @@ export interface VerifyResult {
 
 /** Decodes a whole stream, checking everything the loader would, and summarises it. */
 export async function verifyStream(
-  source: AsyncIterable<Buffer | Uint8Array>,
+  source: StreamSource,
   options: VerifyOptions = {},
 ): Promise<VerifyResult> {
   const { signal, ...decoderOptions } = options;

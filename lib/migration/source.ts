@@ -1,0 +1,163 @@
+// Byte sources the stream decoder reads into its own reused buffers (files, pipes, any fd), and the reader over them.
+import { FdHandle } from '../device';
+import { native } from '../native';
+import { O_RDONLY } from '../uapi';
+
+/**
+ * A source of stream bytes that reads into buffers the caller owns. The decoder then keeps three
+ * buffers and reads every record into one of them, instead of receiving a freshly allocated
+ * chunk per read: fresh memory means a page fault per 4 KiB, which costs more than the data's
+ * copy (bench/RESULTS.md, loads).
+ */
+export interface ByteSource {
+  /**
+   * Reads into buffer[offset, offset + max), resolving the byte count once at least `min` bytes
+   * came; fewer only when the input ended (0 at its end).
+   */
+  readAtLeast(buffer: Buffer, offset: number, min: number, max: number): Promise<number>;
+  /** Releases the source; a read in flight completes first. */
+  close(): void;
+}
+
+export function isByteSource(value: unknown): value is ByteSource {
+  return typeof value === 'object' && value !== null && typeof (value as ByteSource).readAtLeast === 'function' && typeof (value as ByteSource).close === 'function';
+}
+
+/**
+ * A ByteSource over a file descriptor: a regular file, a pipe, a socket or a terminal, blocking or
+ * not (a non-blocking fd is waited for on the thread pool, never on the JS thread). Also an async
+ * iterable of fresh Buffers, for consumers that keep what they are given.
+ */
+export class FdSource implements ByteSource, AsyncIterable<Buffer> {
+  readonly name: string;
+  readonly #handle: FdHandle;
+
+  /** Reads `fd`; close() closes it only when `closeFd` is set (stdin stays open by default). */
+  constructor(fd: number, options: { name?: string; closeFd?: boolean } = {}) {
+    if (!Number.isInteger(fd) || fd < 0) throw new TypeError(`FdSource: fd must be a non-negative integer, got ${String(fd)}`);
+    this.name = options.name ?? `fd ${fd}`;
+    this.#handle = new FdHandle(fd, this.name, { closeFd: options.closeFd ?? false });
+  }
+
+  /** Opens a file (O_RDONLY | O_CLOEXEC) to read a stream from; close() closes it. */
+  static open(path: string): FdSource {
+    return new FdSource(native.open(path, O_RDONLY), { name: path, closeFd: true });
+  }
+
+  readAtLeast(buffer: Buffer, offset: number, min: number, max: number): Promise<number> {
+    return this.#handle.run((fd) => native.readAtLeastAsync(fd, buffer, offset, min, max));
+  }
+
+  close(): void {
+    this.#handle.close();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
+    try {
+      for (;;) {
+        const chunk = Buffer.allocUnsafeSlow(1 << 20);
+        const n = await this.readAtLeast(chunk, 0, 1, chunk.length);
+        if (n === 0) return;
+        yield chunk.subarray(0, n);
+      }
+    } finally {
+      this.close();
+    }
+  }
+}
+
+// A refill reads this much past what it needs (the next record header, at least), and a buffer
+// is never smaller than MIN_CAPACITY, so small records do not cost one read each.
+const LOOKAHEAD = 4096;
+export const MIN_CAPACITY = 256 * 1024;
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Exact-length reads over a ByteSource into three buffers used in turn. A read returns a view
+ * of one of them; a buffer is written again only after two more buffer switches, and one read
+ * of the decoder's switches at most once, so a record's views (header and payload) stay valid
+ * while the decoder reads the next record (two reads): the consumer may hold one record while
+ * the next is decoded, and must be done with it when it asks for the one after.
+ */
+export class ByteSourceReader {
+  readonly #source: ByteSource;
+  readonly #buffers: Buffer[] = [EMPTY, EMPTY, EMPTY];
+  #turn = 0;
+  #buf: Buffer = EMPTY;
+  #head = 0; // next unread byte of #buf
+  #tail = 0; // end of the bytes read into #buf
+  #received = 0;
+  #ended = false;
+  #closed = false;
+
+  constructor(source: ByteSource) {
+    this.#source = source;
+  }
+
+  /** Stream offset of the next unread byte. */
+  get position(): number {
+    return this.#received - this.buffered;
+  }
+
+  /** Bytes received from the source so far: where the stream ends, once it has ended. */
+  get received(): number {
+    return this.#received;
+  }
+
+  get buffered(): number {
+    return this.#tail - this.#head;
+  }
+
+  /** Reads until `n` bytes are buffered; false when the source ended first. */
+  async fill(n: number): Promise<boolean> {
+    if (this.buffered >= n) return true;
+    if (this.#ended) return false;
+    // Bytes already handed out lie before #head: new bytes go after #tail, or into the next buffer.
+    if (this.#buf.length - this.#head < n) this.#switchBuffer(n);
+    while (this.buffered < n) {
+      const need = n - this.buffered;
+      const got = await this.#source.readAtLeast(this.#buf, this.#tail, need, this.#buf.length - this.#tail);
+      this.#tail += got;
+      this.#received += got;
+      if (got < need) {
+        this.#ended = true;
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** The next `n` bytes, or null when the source ends before them (see `received`). */
+  async read(n: number): Promise<Buffer | null> {
+    if (n === 0) return EMPTY;
+    return (await this.fill(n)) ? this.take(n) : null;
+  }
+
+  /** Takes `n` (<= buffered) bytes, as a view. */
+  take(n: number): Buffer {
+    const out = this.#buf.subarray(this.#head, this.#head + n);
+    this.#head += n;
+    return out;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#source.close();
+  }
+
+  /** Moves the unread bytes to the next buffer, grown to hold `n` bytes plus the look-ahead. */
+  #switchBuffer(n: number): void {
+    this.#turn = (this.#turn + 1) % this.#buffers.length;
+    let next = this.#buffers[this.#turn]!;
+    if (next.length < n + LOOKAHEAD) {
+      next = Buffer.allocUnsafeSlow(Math.max(n + LOOKAHEAD, MIN_CAPACITY));
+      this.#buffers[this.#turn] = next;
+    }
+    const have = this.buffered;
+    this.#buf.copy(next, 0, this.#head, this.#tail);
+    this.#buf = next;
+    this.#head = 0;
+    this.#tail = have;
+  }
+}

@@ -1,0 +1,220 @@
+// Host-side tests: decoding from a ByteSource (reused buffers, FdSource on real files and pipes) matches decoding from an iterable.
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import { native } from '../../lib/native';
+import { O_RDONLY } from '../../lib/uapi';
+
+const O_NONBLOCK = 0o4000;
+import { ByteSourceReader, FdSource, MIN_CAPACITY, type ByteSource } from '../../lib/migration/source';
+import { readAhead } from '../../lib/migration/pipeline';
+import { PHASE_STOP_COPY, StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamRecord } from '../../lib/migration/stream';
+
+const HEADER = { protocol: 'v2' as const, device: { kind: 'mdev', mdevType: 'test' } };
+
+async function encode(payloads: Buffer[]): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  const encoder = new StreamEncoder(async (chunk) => {
+    parts.push(Buffer.from(chunk));
+  }, HEADER);
+  payloads.forEach((p, i) => void encoder.writeRecord(i === payloads.length - 1 ? PHASE_STOP_COPY : 0, p));
+  await encoder.finish();
+  return Buffer.concat(parts);
+}
+
+/** A ByteSource over memory that hands over at most `step(i)` bytes per underlying read, like a pipe. */
+function memorySource(bytes: Buffer, step: (i: number) => number = () => bytes.length || 1): ByteSource & { closed: boolean } {
+  let at = 0;
+  let reads = 0;
+  const src = {
+    closed: false,
+    async readAtLeast(buffer: Buffer, offset: number, min: number, max: number): Promise<number> {
+      assert.ok(!src.closed, 'read after close');
+      assert.ok(min <= max && offset + max <= buffer.length, `read range [${offset}, +${max}) min ${min} in a ${buffer.length}-byte buffer`);
+      let got = 0;
+      while (got < min && at < bytes.length) {
+        const n = Math.min(Math.max(1, step(reads++)), max - got, bytes.length - at);
+        bytes.copy(buffer, offset + got, at, at + n);
+        at += n;
+        got += n;
+        await Promise.resolve();
+      }
+      return got;
+    },
+    close(): void {
+      src.closed = true;
+    },
+  };
+  return src;
+}
+
+async function* chunks(bytes: Buffer, size: number): AsyncGenerator<Buffer> {
+  for (let at = 0; at < bytes.length; at += size) yield bytes.subarray(at, at + size);
+}
+
+interface Outcome {
+  records: { phase: number; sequence: bigint; payload: Buffer }[];
+  error?: { code: string; offset: number; record?: bigint; message: string };
+}
+
+async function decodeAll(source: AsyncIterable<Buffer> | ByteSource): Promise<Outcome> {
+  const out: Outcome = { records: [] };
+  try {
+    for await (const r of new StreamDecoder(source).records()) out.records.push({ ...r, payload: Buffer.from(r.payload) });
+  } catch (err) {
+    assert.ok(err instanceof StreamError, `not a StreamError: ${String(err)}`);
+    out.error = { code: err.code, offset: err.offset, record: err.record, message: err.message };
+  }
+  return out;
+}
+
+const pattern = (i: number, n: number) => Buffer.alloc(n, (i * 37 + 11) & 0xff);
+
+describe('stream decoder over a ByteSource (in-process byte sources)', () => {
+  it('gives the same records and the same errors as over an iterable, for every flipped bit and every cut', async () => {
+    const payloads = [pattern(0, 10), Buffer.alloc(0), pattern(2, 300), pattern(3, 3)];
+    const bytes = await encode(payloads);
+    for (let pos = 0; pos < bytes.length; pos++) {
+      const bad = Buffer.from(bytes);
+      bad[pos]! ^= 1 << pos % 8;
+      const want = await decodeAll(chunks(bad, 7));
+      assert.ok(want.error, `flip at ${pos} accepted`);
+      assert.deepEqual(await decodeAll(memorySource(bad, (i) => (i % 3) + 1)), want, `flip at ${pos}`);
+      assert.deepEqual(await decodeAll(memorySource(bad)), want, `flip at ${pos}, one read`);
+    }
+    for (let cut = 0; cut <= bytes.length; cut++) {
+      const want = await decodeAll(chunks(bytes.subarray(0, cut), 5));
+      assert.deepEqual(await decodeAll(memorySource(bytes.subarray(0, cut), () => 4)), want, `cut at ${cut}`);
+    }
+    const trailing = Buffer.concat([bytes, Buffer.from('x')]);
+    assert.deepEqual(await decodeAll(memorySource(trailing)), await decodeAll(chunks(trailing, 64)));
+    assert.equal((await decodeAll(memorySource(trailing))).error?.code, 'ERR_STREAM_FORMAT');
+  });
+
+  it('keeps a record intact while the next is decoded, across buffer switches of every size', async () => {
+    // Sizes around the reader's buffer capacity (256 KiB) and look-ahead (4 KiB) force every
+    // kind of switch: header straddling, payload larger than the buffer, many small records.
+    const sizes = [1, 4096, 4064, 4065, 262_144, 262_145, 1 << 20, 17, 0, 300_000, 5, 5, 5, 1 << 20, 4096 * 3, 1];
+    const payloads = sizes.map((n, i) => pattern(i, n));
+    const bytes = await encode(payloads);
+    for (const step of [() => bytes.length, () => 65_536, (i: number) => 1 + ((i * 7919) % 9000)]) {
+      const decoder = new StreamDecoder(memorySource(bytes, step));
+      let previous: StreamRecord | undefined;
+      let i = 0;
+      // readAhead is how session.load consumes the decoder: one record held, the next being read.
+      for await (const r of readAhead(decoder.records())) {
+        if (previous) assert.ok(previous.payload.equals(payloads[i - 1]!), `record ${i - 1} was overwritten while record ${i} was read`);
+        assert.ok(r.payload.equals(payloads[i]!), `record ${i} (${sizes[i]} bytes)`);
+        await new Promise((resolve) => setImmediate(resolve)); // the read of the next record runs meanwhile
+        assert.ok(r.payload.equals(payloads[i]!), `record ${i} changed while held`);
+        previous = r;
+        i++;
+      }
+      assert.equal(i, sizes.length);
+      assert.equal(decoder.totals?.records, BigInt(sizes.length));
+    }
+  });
+
+  it('reader: a view survives the two buffer switches one record can cause (header, then payload)', async () => {
+    const bytes = Buffer.alloc(3 << 20);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 31) >> 3;
+    const reader = new ByteSourceReader(memorySource(bytes));
+    await reader.read(1 << 20); // the first buffer: 1 MiB plus the look-ahead
+    // A payload that ends 10 bytes short of that buffer's end: the next header cannot fit.
+    const held = await reader.read(4096 - 10);
+    const copy = Buffer.from(held!);
+    const header = await reader.read(32); // switch 1, to a new MIN_CAPACITY buffer
+    const payload = await reader.read(MIN_CAPACITY + 1000); // switch 2: more than that buffer holds
+    assert.ok(header && payload);
+    assert.ok(held!.equals(copy), 'the held payload was overwritten');
+    const at = (1 << 20) + 4096 - 10;
+    assert.ok(header.equals(bytes.subarray(at, at + 32)));
+    assert.ok(payload.equals(bytes.subarray(at + 32, at + 32 + MIN_CAPACITY + 1000)));
+  });
+
+  it('closes the source after the end, an error or an early break', async () => {
+    const bytes = await encode([pattern(0, 100), pattern(1, 100)]);
+    const done = memorySource(bytes);
+    await decodeAll(done);
+    assert.ok(done.closed);
+    const cut = memorySource(bytes.subarray(0, 150));
+    assert.equal((await decodeAll(cut)).error?.code, 'ERR_STREAM_TRUNCATED');
+    assert.ok(cut.closed);
+    const early = memorySource(bytes);
+    for await (const _ of new StreamDecoder(early).records()) break;
+    assert.ok(early.closed);
+  });
+});
+
+describe('FdSource (host kernel: files and pipes)', () => {
+  const openFds = () => readdirSync('/proc/self/fd').length;
+
+  it('reads a stream from a file, closes the fd it opened, and leaks none over many runs', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfmig-src-'));
+    try {
+      const payloads = [pattern(0, 1 << 20), pattern(1, 12_345), pattern(2, 1 << 20)];
+      const path = join(dir, 's.vfmig');
+      writeFileSync(path, await encode(payloads));
+      const before = openFds();
+      for (let k = 0; k < 20; k++) {
+        const got = await decodeAll(FdSource.open(path));
+        assert.equal(got.error, undefined);
+        assert.deepEqual(got.records.map((r) => r.payload.length), payloads.map((p) => p.length));
+        got.records.forEach((r, i) => assert.ok(r.payload.equals(payloads[i]!)));
+      }
+      assert.equal(openFds(), before, 'fds leaked');
+      assert.throws(() => FdSource.open(join(dir, 'missing')), { code: 'ENOENT' });
+      assert.equal((await verifyStream(FdSource.open(path))).records, 3n);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reads from a pipe fed in small pieces, blocking or non-blocking, and leaves a borrowed fd open', async () => {
+    const payloads = [pattern(0, 200_000), pattern(1, 3), pattern(2, 700_000)];
+    const bytes = await encode(payloads);
+    const dir = mkdtempSync(join(tmpdir(), 'vfmig-fifo-'));
+    try {
+      writeFileSync(join(dir, 'stream'), bytes);
+      for (const nonBlocking of [false, true]) {
+        const fifo = join(dir, `fifo-${nonBlocking}`);
+        execFileSync('mkfifo', [fifo]);
+        const before = openFds();
+        // A child writes the stream into the FIFO in 1000-byte pieces, waiting between them.
+        const writer = `const fs=require('fs');const b=fs.readFileSync(process.argv[1]);const fd=fs.openSync(process.argv[2],'w');let i=0;(function w(){if(i>=b.length)return fs.closeSync(fd);fs.writeSync(fd,b.subarray(i,i+=1000));setTimeout(w,i%50000?0:5);})()`;
+        const child = spawn(process.execPath, ['-e', writer, join(dir, 'stream'), fifo], { stdio: 'inherit' });
+        const blocking = native.open(fifo, O_RDONLY); // returns once the child opened its end
+        let fd = blocking;
+        if (nonBlocking) {
+          fd = native.open(`/proc/self/fd/${blocking}`, O_RDONLY | O_NONBLOCK);
+          native.close(blocking);
+        }
+        const got = await decodeAll(new FdSource(fd, { name: 'fifo' }));
+        assert.equal(got.error, undefined, got.error?.message);
+        assert.equal(got.records.length, payloads.length);
+        got.records.forEach((r, i) => assert.ok(r.payload.equals(payloads[i]!), `record ${i}`));
+        // Borrowed: still open after the decoder closed its source.
+        assert.equal(openFds(), before + 1);
+        native.close(fd);
+        await new Promise((resolve) => (child.exitCode !== null ? resolve(null) : child.once('exit', resolve)));
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reports a read error as the syscall error', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfmig-src-'));
+    try {
+      const fd = openSync(dir, 'r'); // read() on a directory fails with EISDIR
+      const decoder = new StreamDecoder(new FdSource(fd, { closeFd: true }));
+      await assert.rejects(decoder.readHeader(), { code: 'EISDIR', syscall: 'read' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
