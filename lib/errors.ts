@@ -1,11 +1,15 @@
 // Error classes of vfio-migration: one for failed syscalls (built by the addon), one for everything the library decides.
 
-/** A failed syscall: `code` ('EINVAL'), negative `errno`, `syscall` ('ioctl', 'pread', ...), and `ioctl` for ioctls. */
+/**
+ * A failed syscall: `code` ('EINVAL'), negative `errno`, `syscall` ('ioctl', 'pread', ...), `ioctl`
+ * for ioctls, and `stage` ('data' or 'register') for a bulk write that carried a register write.
+ */
 export class SyscallError extends Error {
   declare code: string;
   declare errno: number;
   declare syscall: string;
   declare ioctl?: string;
+  declare stage?: 'data' | 'register';
   declare path?: string;
 
   constructor(message: string) {

@@ -4,6 +4,9 @@ import { SyscallError } from './errors';
 export type Width = 1 | 2 | 4 | 8;
 export type Offset = number | bigint;
 
+/** A register pwrite run after a bulk write in the same pool job: fd, position, width, value. */
+export type RegisterWriteArgs = [fd: number, position: Offset, width: Width, value: number | bigint];
+
 export interface NativeMapping {
   /** Volatile load of exactly `width` bytes at an offset aligned to it. */
   read(offset: number, width: 1 | 2 | 4): number;
@@ -15,8 +18,8 @@ export interface NativeMapping {
   write(offset: number, width: Width, value: number | bigint): void;
   /** Copies mapping[offset, +length) into target off the JS thread. */
   readInto(offset: number, target: Uint8Array, targetOffset: number, length: number): Promise<void>;
-  /** Copies source into mapping[offset, +length) off the JS thread. */
-  writeFrom(offset: number, source: Uint8Array, sourceOffset: number, length: number): Promise<void>;
+  /** Copies source into mapping[offset, +length) off the JS thread, then the optional register write (fd, position, width, value) in the same job. */
+  writeFrom(offset: number, source: Uint8Array, sourceOffset: number, length: number, ...registerWrite: [] | RegisterWriteArgs): Promise<void>;
   /** Detaches `buffer` and unmaps (after in-flight copies); idempotent. */
   unmap(): void;
   /** A zero-copy view of the mapping, detached at unmap. */
@@ -48,6 +51,8 @@ export interface NativeAddon {
   preadAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): Promise<number>;
   pwrite(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): number;
   pwriteAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): Promise<number>;
+  /** Writes the whole range (short writes continued), then the optional register write, in one pool job; a failure's `stage` is 'data' or 'register'. */
+  pwriteAllAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset, ...registerWrite: [] | RegisterWriteArgs): Promise<void>;
   read(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
   readAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
   /** Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended (waits in poll() for a non-blocking fd). */

@@ -1,6 +1,8 @@
 // Shared helpers of the addon: argument conversion, syscall errors, and the off-thread worker.
 #include "common.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 
@@ -149,7 +151,9 @@ void SyscallWorker::OnOK() {
   Napi::HandleScope scope(env);
   if (done_) done_();
   if (outcome_.err != 0) {
-    deferred_.Reject(SyscallError(env, syscall_, outcome_.err, detail_.c_str()).Value());
+    Napi::Error error = SyscallError(env, syscall_, outcome_.err, detail_.c_str());
+    if (outcome_.stage) error.Set("stage", Napi::String::New(env, outcome_.stage));
+    deferred_.Reject(error.Value());
     return;
   }
   try {
@@ -162,6 +166,53 @@ void SyscallWorker::OnOK() {
 void SyscallWorker::OnError(const Napi::Error& error) {
   if (done_) done_();
   deferred_.Reject(error.Value());
+}
+
+RegisterWrite ArgRegisterWrite(const Napi::CallbackInfo& info, size_t first) {
+  RegisterWrite reg;
+  if (info.Length() <= first || info[first].IsUndefined()) return reg;
+  reg.present = true;
+  reg.fd = ArgFd(info, first, "registerFd");
+  reg.position = ArgOffset(info, first + 1, "registerPosition");
+  reg.width = ArgWidth(info, first + 2);
+  reg.value = ArgRegisterValue(info, first + 3, reg.width);
+  return reg;
+}
+
+Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value) {
+  Outcome out;
+  union {
+    uint8_t u8;
+    uint16_t u16;
+    uint32_t u32;
+    uint64_t u64;
+  } reg{};
+  switch (width) {
+    case 1: reg.u8 = static_cast<uint8_t>(value); break;
+    case 2: reg.u16 = static_cast<uint16_t>(value); break;
+    case 4: reg.u32 = static_cast<uint32_t>(value); break;
+    default: reg.u64 = value; break;
+  }
+  ssize_t n;
+  do {
+    n = pwrite(fd, &reg, width, offset);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    out.err = errno;
+  } else if (n != static_cast<ssize_t>(width)) {
+    out.err = EIO;
+    out.ret = n;
+  }
+  return out;
+}
+
+void RunRegisterWrite(const RegisterWrite& reg, Outcome& out) {
+  if (!reg.present || out.err != 0) return;
+  Outcome r = WriteRegister(reg.fd, reg.position, reg.width, reg.value);
+  if (r.err != 0) {
+    out.err = r.err;
+    out.stage = "register";
+  }
 }
 
 Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, SyscallWorker::Work work,

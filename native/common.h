@@ -40,7 +40,24 @@ struct Outcome {
   int err = 0;
   int64_t ret = 0;
   uint64_t value = 0;
+  // For a job of several syscalls: which one failed ("data", "register"), set as the error's `stage`.
+  const char* stage = nullptr;
 };
+
+// A register write that follows a bulk write in the same pool job (a doorbell such as the v1
+// data_size): optional trailing arguments (fd, position, width, value) of the bulk writes.
+struct RegisterWrite {
+  bool present = false;
+  int fd = -1;
+  int64_t position = 0;
+  unsigned width = 0;
+  uint64_t value = 0;
+};
+RegisterWrite ArgRegisterWrite(const Napi::CallbackInfo& info, size_t first);
+// One pwrite of exactly `width` bytes: registers must be accessed at their native width.
+Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value);
+// Runs the register write of a job whose data part succeeded; records the failure as stage "register".
+void RunRegisterWrite(const RegisterWrite& reg, Outcome& out);
 
 // Runs one blocking syscall on the libuv pool and settles a Promise on the JS thread.
 // Objects in `keep` (buffers, wrappers) stay referenced until the promise settles.

@@ -56,30 +56,6 @@ Outcome ReadRegister(int fd, int64_t offset, unsigned width) {
   return out;
 }
 
-Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value) {
-  Outcome out;
-  union {
-    uint8_t u8;
-    uint16_t u16;
-    uint32_t u32;
-    uint64_t u64;
-  } reg{};
-  switch (width) {
-    case 1: reg.u8 = static_cast<uint8_t>(value); break;
-    case 2: reg.u16 = static_cast<uint16_t>(value); break;
-    case 4: reg.u32 = static_cast<uint32_t>(value); break;
-    default: reg.u64 = value; break;
-  }
-  ssize_t n = RetryEintr([&] { return pwrite(fd, &reg, width, offset); });
-  if (n < 0) {
-    out.err = errno;
-  } else if (n != static_cast<ssize_t>(width)) {
-    out.err = EIO;
-    out.ret = n;
-  }
-  return out;
-}
-
 Outcome Done(ssize_t n) {
   Outcome out;
   if (n < 0) out.err = errno;
@@ -217,6 +193,36 @@ Napi::Value BulkCall(const Napi::CallbackInfo& info) {
   return BytesResult(info.Env(), out);
 }
 
+// pwriteAllAsync(fd, buffer, bufferOffset, length, position[, registerFd, registerPosition,
+// width, value]): writes the whole range (short writes continued, a write of 0 is EIO), then the
+// optional register, all in one pool job: a data window and its doorbell cost one thread hop.
+Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
+  size_t offset = ArgSize(info, 2, "bufferOffset");
+  size_t length = ArgSize(info, 3, "length");
+  uint8_t* data = ViewRange(view, offset, length, "buffer");
+  int64_t position = ArgOffset(info, 4, "position");
+  RegisterWrite reg = ArgRegisterWrite(info, 5);
+  auto work = [=] {
+    Outcome out;
+    size_t done = 0;
+    while (done < length) {
+      ssize_t n = RetryEintr([&] { return pwrite(fd, data + done, length - done, position + static_cast<int64_t>(done)); });
+      if (n <= 0) {
+        out.err = n < 0 ? errno : EIO;
+        out.stage = "data";
+        return out;
+      }
+      done += static_cast<size_t>(n);
+    }
+    out.ret = static_cast<int64_t>(done);
+    RunRegisterWrite(reg, out);
+    return out;
+  };
+  return RunAsync(info.Env(), "pwrite", "", work, nullptr, {view});
+}
+
 // Waits until a non-blocking fd is ready: on the pool, never on the JS thread.
 int AwaitReady(int fd, short events) {
   pollfd p{fd, events, 0};
@@ -274,6 +280,7 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("preadAsync", Napi::Function::New(env, BulkCall<Bulk::kPread, true>, "preadAsync"));
   exports.Set("pwrite", Napi::Function::New(env, BulkCall<Bulk::kPwrite, false>, "pwrite"));
   exports.Set("pwriteAsync", Napi::Function::New(env, BulkCall<Bulk::kPwrite, true>, "pwriteAsync"));
+  exports.Set("pwriteAllAsync", Napi::Function::New(env, PwriteAllAsync, "pwriteAllAsync"));
   exports.Set("read", Napi::Function::New(env, BulkCall<Bulk::kRead, false>, "read"));
   exports.Set("readAsync", Napi::Function::New(env, BulkCall<Bulk::kRead, true>, "readAsync"));
   exports.Set("readAtLeastAsync", Napi::Function::New(env, ReadAtLeastAsync, "readAtLeastAsync"));

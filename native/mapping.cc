@@ -123,11 +123,14 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   }
 
   // Bulk copies run on the libuv pool: a large data section must not stall the event loop.
+  // writeFrom takes an optional register write (fd, position, width, value) done after the copy
+  // in the same job: a data window and its doorbell cost one thread hop.
   Napi::Value Copy(const Napi::CallbackInfo& info, bool from_mapping) {
     size_t offset = ArgSize(info, 0, "offset");
     Napi::Uint8Array view = ArgBytes(info, 1, from_mapping ? "target" : "source");
     size_t view_offset = ArgSize(info, 2, "bufferOffset");
     size_t length = ArgSize(info, 3, "length");
+    RegisterWrite reg = from_mapping ? RegisterWrite{} : ArgRegisterWrite(info, 4);
     uint8_t* mapped = Check(info, offset, length);
     uint8_t* bytes = ViewRange(view, view_offset, length, "buffer");
     MapState* state = state_;
@@ -138,14 +141,16 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
       } else {
         memcpy(mapped, bytes, length);
       }
-      return Outcome{};
+      Outcome out;
+      RunRegisterWrite(reg, out);
+      return out;
     };
     auto done = [state] {
       state->inflight--;
       state->UnmapIfIdle();
       if (state->holders == 0 && state->inflight == 0) delete state;
     };
-    return RunAsync(info.Env(), "memcpy", "", work, nullptr, {view, info.This()}, done);
+    return RunAsync(info.Env(), reg.present ? "pwrite" : "memcpy", "", work, nullptr, {view, info.This()}, done);
   }
 
   Napi::Value ReadInto(const Napi::CallbackInfo& info) { return Copy(info, true); }

@@ -1,5 +1,6 @@
 // The v1 migration protocol (migration region of type (3, 1)): device_state machine, pending/data registers, data section.
 import type { Device, Mapping, Region } from '../device';
+import type { SyscallError } from '../errors';
 import { toSafeNumber } from '../device';
 import type { RegionInfo, SparseMmapArea } from '../region';
 import { VFIO_DEVICE_STATE_MASK, VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING, VFIO_DEVICE_STATE_V1_STOP, layout } from '../uapi';
@@ -274,17 +275,41 @@ export class V1Engine implements MigrationEngine {
   }
 
   async #transfer(direction: 'read' | 'write', offset: bigint, buffer: Buffer, length: number): Promise<void> {
-    for (const seg of splitByAreas(offset, length, this.#areas)) {
-      const step = `${direction} data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : direction === 'read' ? 'pread' : 'pwrite'}`;
-      await this.#step(step, () => {
-        if (seg.area >= 0) {
-          const area = this.#areas[seg.area];
-          const at = Number(seg.regionOffset - area.offset);
-          return direction === 'read' ? area.map.readInto(at, buffer, seg.bufferOffset, seg.length) : area.map.writeFrom(at, buffer, seg.bufferOffset, seg.length);
-        }
-        return direction === 'read' ? this.region.readBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length) : this.region.writeBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
-      });
+    for (const seg of splitByAreas(offset, length, this.#areas)) await this.#segment(direction, seg, buffer);
+  }
+
+  #segmentStep(direction: 'read' | 'write', seg: Segment): string {
+    return `${direction} data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : direction === 'read' ? 'pread' : 'pwrite'}`;
+  }
+
+  /** One segment of a data window, through its mapping or by pread/pwrite; `doorbell` follows a write in the same job. */
+  async #segment(direction: 'read' | 'write', seg: Segment, buffer: Buffer, doorbell?: { step: string; value: bigint }): Promise<void> {
+    const step = this.#segmentStep(direction, seg);
+    try {
+      if (seg.area >= 0) {
+        const area = this.#areas[seg.area];
+        const at = Number(seg.regionOffset - area.offset);
+        if (direction === 'read') return await area.map.readInto(at, buffer, seg.bufferOffset, seg.length);
+        if (doorbell) return await this.region.writeMappedThen(area.map, at, buffer, seg.bufferOffset, seg.length, { offset: REG.data_size, width: 8, value: doorbell.value });
+        return await area.map.writeFrom(at, buffer, seg.bufferOffset, seg.length);
+      }
+      if (direction === 'read') return await this.region.readBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
+      if (doorbell) return await this.region.writeBulkThen(seg.regionOffset, buffer, seg.bufferOffset, seg.length, { offset: REG.data_size, width: 8, value: doorbell.value });
+      return await this.region.writeBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
+    } catch (err) {
+      throw deviceStepError(doorbell && (err as SyscallError).stage === 'register' ? doorbell.step : step, err);
     }
+  }
+
+  /**
+   * Resuming steps b and c: the data into the window at `offset`, then data_size. The last (usually
+   * only) segment carries the data_size write in its own job, so a record costs one thread hop.
+   */
+  async #writeTransaction(offset: bigint, payload: Buffer, where: string): Promise<void> {
+    const segments = splitByAreas(offset, payload.length, this.#areas);
+    const last = segments.pop()!;
+    for (const seg of segments) await this.#segment('write', seg, payload);
+    await this.#segment('write', last, payload, { step: `${where}: write data_size`, value: BigInt(payload.length) });
   }
 
   // pending_bytes and data_size only report counters; data_offset is the read that may wait for
@@ -379,11 +404,11 @@ export class V1Engine implements MigrationEngine {
         const where = `record ${record.sequence}`;
         const length = record.payload.length;
         if (length === 0) throw new MigrationError('ERR_MIGRATION_STREAM', `${where} is empty: a v1 transaction carries data`, { record: record.sequence });
-        const offset = await this.#step(`${where}: read data_offset`, () => this.region.readAsync(REG.data_offset, 8));
+        // Resuming step a: a register read that only says where to write (the wait is in step c).
+        const offset = this.#stepSync(`${where}: read data_offset`, () => this.region.read(REG.data_offset, 8));
         this.#checkWindow(offset, BigInt(length), `${where}: read data_offset`);
         try {
-          await this.#transfer('write', offset, record.payload, length);
-          await this.#step(`${where}: write data_size`, () => this.region.writeAsync(REG.data_size, 8, BigInt(length)));
+          await this.#writeTransaction(offset, record.payload, where);
         } catch (err) {
           if (err instanceof MigrationError && err.record === undefined) err.record = record.sequence;
           throw err;

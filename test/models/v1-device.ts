@@ -158,6 +158,15 @@ export class V1ModelDevice {
         dev.#check('pwrite data');
         Buffer.from(source.buffer, source.byteOffset, source.byteLength).copy(dev.#section, Number(offset) - HEADER, sourceOffset, sourceOffset + length);
       },
+      // The kernel does these in one pool job; the model in sequence, marking a register failure as the addon does.
+      async writeBulkThen(offset: bigint, source: Uint8Array, sourceOffset: number, length: number, doorbell: { offset: number; width: number; value: bigint }): Promise<void> {
+        await this_region().writeBulk(offset, source, sourceOffset, length);
+        await ringDoorbell(doorbell);
+      },
+      async writeMappedThen(map: { writeFrom(at: number, s: Uint8Array, o: number, l: number): Promise<void> }, at: number, source: Uint8Array, sourceOffset: number, length: number, doorbell: { offset: number; width: number; value: bigint }): Promise<void> {
+        await map.writeFrom(at, source, sourceOffset, length);
+        await ringDoorbell(doorbell);
+      },
       mmap(offset: bigint, length: bigint) {
         const base = Number(offset) - HEADER;
         let mapped = true;
@@ -180,6 +189,14 @@ export class V1ModelDevice {
     };
     function this_region() {
       return dev.region(9);
+    }
+    async function ringDoorbell(doorbell: { offset: number; width: number; value: bigint }): Promise<void> {
+      try {
+        await this_region().writeAsync(doorbell.offset, doorbell.width, doorbell.value);
+      } catch (err) {
+        if (err instanceof SyscallError) err.stage = 'register';
+        throw err;
+      }
     }
   }
 

@@ -108,6 +108,39 @@ test('bulk pread/pwrite and read/write, sync and async', async () => {
   }
 });
 
+test('a bulk write carrying a register write: data then register in one job; a failure names its stage', async () => {
+  const fd = memfd(1 << 20);
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-'));
+  try {
+    const data = Buffer.alloc(300_000);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 13) & 0xff;
+    await native.pwriteAllAsync(fd, data, 1000, 200_000, 4096, fd, 8, 8, 200_000n);
+    const back = Buffer.alloc(200_000);
+    native.pread(fd, back, 0, back.length, 4096);
+    assert.ok(back.equals(data.subarray(1000, 201_000)));
+    assert.equal(native.preadWidth(fd, 8, 8), 200_000n);
+    // Through a mapping: the copy, then the register.
+    const map = mapFd(fd, 0n, 1 << 20);
+    await map.writeFrom(65_536, data, 0, 100, [fd, 16, 4, 0xabcd]);
+    assert.ok(Buffer.from(map.buffer, 65_536, 100).equals(data.subarray(0, 100)));
+    assert.equal(native.preadWidth(fd, 16, 4), 0xabcd);
+    // The register write fails (read-only fd): the data is written, the error says 'register'.
+    const ro = native.open(`/proc/self/fd/${fd}`, 0);
+    await assert.rejects(map.writeFrom(0, data, 0, 10, [ro, 24, 8, 1n]), (err: SyscallError) => err.code === 'EBADF' && err.stage === 'register' && err.syscall === 'pwrite');
+    await assert.rejects(native.pwriteAllAsync(fd, data, 0, 10, 0, ro, 24, 8, 1n), { code: 'EBADF', stage: 'register' });
+    // The data write fails: the register is not written.
+    native.pwriteWidth(fd, 32, 8, 7n);
+    await assert.rejects(native.pwriteAllAsync(ro, data, 0, 10, 0, fd, 32, 8, 99n), { code: 'EBADF', stage: 'data' });
+    assert.equal(native.preadWidth(fd, 32, 8), 7n);
+    native.close(ro);
+    map.unmap();
+    assert.throws(() => native.pwriteAllAsync(fd, data, 0, 10, 0, fd, 0, 3 as 4, 1), RangeError);
+  } finally {
+    native.close(fd);
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test('syscall errors carry code, negative errno, syscall and the ioctl name', async () => {
   const fd = native.open('/dev/null', O_RDWR);
   try {
