@@ -3,8 +3,18 @@ import { createWriteStream } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { FdSource, openDevice, requireMigration } from '../lib';
 
+/** The baseline: the worst event-loop delay of a Node process doing nothing for `ms` in the same guest. */
+async function idle(ms: number): Promise<void> {
+  const delay = monitorEventLoopDelay({ resolution: 5 });
+  delay.enable();
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  delay.disable();
+  process.stdout.write(`${JSON.stringify({ ms, loopDelayMaxMs: delay.max / 1e6, loopDelayP99Ms: delay.percentile(99) / 1e6 })}\n`);
+}
+
 async function main(): Promise<void> {
   const [op, uuid, file] = process.argv.slice(2);
+  if (op === 'idle') return idle(Number(uuid));
   const idleRssKb = process.resourceUsage().maxRSS;
   const delay = monitorEventLoopDelay({ resolution: 5 });
   using device = openDevice(uuid);

@@ -7,9 +7,9 @@ import { runInGuest } from '../test/vm/vm';
 
 const ROOT = join(__dirname, '../..');
 
-interface Op { ms: number; stopCopyMs?: number; bytes: number; maxRssKb?: number; idleRssKb?: number; loopDelayMaxMs?: number }
+interface Op { ms: number; stopCopyMs?: number; bytes: number; maxRssKb?: number; idleRssKb?: number; loopDelayMaxMs?: number; runsMs?: number[] }
 interface Qemu { ms?: number; downtimeMs?: number; totalTimeMs?: number; skipped?: string }
-interface Row { kind: string; mib: number; memcpyMs: number; ours: { save: Op; load: Op }; ref: { save: Op; load: Op }; qemu: Qemu; exact: boolean }
+interface Row { kind: string; mib: number; memcpyMs: number; ours: { save: Op; load: Op }; ref: { save: Op; load: Op }; qemu: Qemu; exact: boolean; idleLoopDelayMaxMs?: number }
 
 const mibs = (op: Op, mib: number) => (mib * 1000) / op.ms;
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-');
@@ -21,7 +21,8 @@ async function main(): Promise<void> {
   const ref = join(refDir, 'ref');
   execFileSync('gcc', ['-O2', '-Wall', '-o', ref, join(ROOT, 'bench/ref/ref.c')], { stdio: 'inherit' });
   const sizes = process.env.BENCH_SIZES ?? '1,64,256';
-  const command = ['env', `BENCH_REF=${ref}`, `BENCH_SIZES=${sizes}`, process.execPath, join(ROOT, 'dist/bench/guest.js')];
+  const repeat = process.env.BENCH_REPEAT ?? '3';
+  const command = ['env', `BENCH_REF=${ref}`, `BENCH_SIZES=${sizes}`, `BENCH_REPEAT=${repeat}`, process.execPath, join(ROOT, 'dist/bench/guest.js')];
   const started = Date.now();
   const r = await runInGuest({ kernel: '6.12', command, timeoutMs: 3600_000, memoryMiB: 4096, echo: process.stderr, prepare: true });
   const rows: Row[] = r.output
@@ -33,8 +34,8 @@ async function main(): Promise<void> {
     throw new Error(`the guest benchmark failed (status ${r.status})`);
   }
   const lines = [
-    '| type | state | op | ours MiB/s | ref (C) MiB/s | ours / ref | QEMU 7.2 ms | ours / QEMU | stop-copy ours ms | stop-copy ref ms | QEMU downtime ms | memcpy MiB/s | ours / memcpy | worst loop delay ms | peak RSS growth MiB | exact |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| type | state | op | ours MiB/s | ref (C) MiB/s | ours / ref | QEMU 7.2 ms | ours / QEMU | stop-copy ours ms | stop-copy ref ms | QEMU downtime ms | memcpy MiB/s | ours / memcpy | worst loop delay ms | idle Node loop delay ms | peak RSS growth MiB | exact |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const row of rows) {
     const memcpy = (row.mib * 1000) / row.memcpyMs;
@@ -42,17 +43,21 @@ async function main(): Promise<void> {
       const o = row.ours[op];
       const c = row.ref[op];
       lines.push(
-        `| ${row.kind} | ${row.mib} MiB | ${op} | ${f1(mibs(o, row.mib))} | ${f1(mibs(c, row.mib))} | ${f2(c.ms / o.ms)} | ${op === 'save' ? (row.qemu.ms !== undefined ? f1(row.qemu.ms) : 'n/a') : ''} | ${op === 'save' && row.qemu.ms !== undefined ? f2(row.qemu.ms / o.ms) : ''} | ${op === 'save' ? f1(o.stopCopyMs ?? NaN) : ''} | ${op === 'save' ? f1(c.stopCopyMs ?? NaN) : ''} | ${op === 'save' && row.qemu.downtimeMs !== undefined ? f1(row.qemu.downtimeMs) : ''} | ${f1(memcpy)} | ${f2(mibs(o, row.mib) / memcpy)} | ${f1(o.loopDelayMaxMs ?? NaN)} | ${f1(((o.maxRssKb ?? 0) - (o.idleRssKb ?? 0)) / 1024)} | ${row.exact ? 'yes' : 'NO'} |`,
+        `| ${row.kind} | ${row.mib} MiB | ${op} | ${f1(mibs(o, row.mib))} | ${f1(mibs(c, row.mib))} | ${f2(c.ms / o.ms)} | ${op === 'save' ? (row.qemu.ms !== undefined ? f1(row.qemu.ms) : 'n/a') : ''} | ${op === 'save' && row.qemu.ms !== undefined ? f2(row.qemu.ms / o.ms) : ''} | ${op === 'save' ? f1(o.stopCopyMs ?? NaN) : ''} | ${op === 'save' ? f1(c.stopCopyMs ?? NaN) : ''} | ${op === 'save' && row.qemu.downtimeMs !== undefined ? f1(row.qemu.downtimeMs) : ''} | ${f1(memcpy)} | ${f2(mibs(o, row.mib) / memcpy)} | ${f1(o.loopDelayMaxMs ?? NaN)} | ${f1(row.idleLoopDelayMaxMs ?? NaN)} | ${f1(((o.maxRssKb ?? 0) - (o.idleRssKb ?? 0)) / 1024)} | ${row.exact ? 'yes' : 'NO'} |`,
       );
     }
   }
   const table = lines.join('\n');
+  const raw = ['| type | state | op | ours, every run (ms) | ref (C), every run (ms) |', '|---|---|---|---|---|'];
+  for (const row of rows) {
+    for (const op of ['save', 'load'] as const) raw.push(`| ${row.kind} | ${row.mib} MiB | ${op} | ${(row.ours[op].runsMs ?? []).join(', ')} | ${(row.ref[op].runsMs ?? []).join(', ')} |`);
+  }
   console.log(table);
   const doc = `# Benchmark results
 
 Date: ${new Date().toISOString()}
 Machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, ${Math.round(totalmem() / 2 ** 30)} GiB; guest: Debian 6.12 kernel under QEMU (${r.accel}), 4 GiB, 2 vCPUs.
-Command: \`npm run bench\` (BENCH_SIZES=${sizes}); ${((Date.now() - started) / 1000).toFixed(0)} s.
+Command: \`npm run bench\` (BENCH_SIZES=${sizes} BENCH_REPEAT=${repeat}); ${((Date.now() - started) / 1000).toFixed(0)} s.
 
 Every figure is measured in the same run, inside the guest, against the project's test driver
 (chunk_size 1 MiB). "ref (C)" is bench/ref/ref.c, a minimal client doing the same protocol steps
@@ -60,9 +65,15 @@ with the same chunking and nothing else (no checksums, no stream format). "ours 
 ratio of elapsed times (1.0 = as fast as the reference; above 1 = faster). "memcpy" is a plain
 copy of the same number of bytes in the guest: the physical ceiling. Event-loop delay and RSS
 are measured in the process running our save or load (RSS growth over the process's own idle
-peak). Absolute numbers are TCG-emulated; the ratios are the point.
+peak). Absolute numbers are TCG-emulated; the ratios are the point. Each time is the median of
+${repeat} runs, ours and the reference taking turns (every run is listed below); the loop delay and
+the RSS growth are the worst of those runs. "idle Node loop delay" is the baseline for the loop
+delay: the worst delay of a Node process that does nothing, in the same guest, while the
+reference saves the same state (the emulator's own stalls).
 
 ${table}
+
+${raw.join('\n')}
 
 "QEMU 7.2" is Debian's qemu-system-x86_64 in the guest (-machine q35 -S -nodefaults -m 64, vfio-pci
 sysfsdev=..., x-enable-migration=on) saving the same device with a QMP migrate to a file; its time runs
