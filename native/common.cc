@@ -181,12 +181,7 @@ RegisterWrite ArgRegisterWrite(const Napi::CallbackInfo& info, size_t first) {
 
 Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value) {
   Outcome out;
-  union {
-    uint8_t u8;
-    uint16_t u16;
-    uint32_t u32;
-    uint64_t u64;
-  } reg{};
+  RegisterBytes reg{};
   switch (width) {
     case 1: reg.u8 = static_cast<uint8_t>(value); break;
     case 2: reg.u16 = static_cast<uint16_t>(value); break;

@@ -54,6 +54,14 @@ struct RegisterWrite {
   uint64_t value = 0;
 };
 RegisterWrite ArgRegisterWrite(const Napi::CallbackInfo& info, size_t first);
+// A register's bytes at each access width (1, 2, 4 or 8).
+union RegisterBytes {
+  uint8_t u8;
+  uint16_t u16;
+  uint32_t u32;
+  uint64_t u64;
+};
+
 // One pwrite of exactly `width` bytes: registers must be accessed at their native width.
 Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value);
 // Runs the register write of a job whose data part succeeded; records the failure as stage "register".

@@ -29,12 +29,7 @@ std::string ShortDetail(const char* what, ssize_t got, unsigned width) {
 Outcome ReadRegister(int fd, int64_t offset, unsigned width) {
   Outcome out;
   uint64_t value = 0;
-  union {
-    uint8_t u8;
-    uint16_t u16;
-    uint32_t u32;
-    uint64_t u64;
-  } reg{};
+  RegisterBytes reg{};
   ssize_t n = RetryEintr([&] { return pread(fd, &reg, width, offset); });
   if (n < 0) {
     out.err = errno;
