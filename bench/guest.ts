@@ -15,7 +15,7 @@ const OURS_FILE = '/tmp/bench-ours.vfmig';
 const REF_FILE = '/tmp/bench-ref.bin';
 const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
 
-interface Op { ms: number; stopCopyMs?: number; bytes: number; maxRssKb?: number; idleRssKb?: number; loopDelayMaxMs?: number; runsMs?: number[] }
+export interface Op { ms: number; stopCopyMs?: number; bytes: number; maxRssKb?: number; idleRssKb?: number; loopDelayMaxMs?: number; runsMs?: number[] }
 
 /**
  * The run with the median time, with the worst event-loop delay and the largest RSS growth of all

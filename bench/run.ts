@@ -4,10 +4,10 @@ import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { runInGuest } from '../test/vm/vm';
+import type { Op } from './guest';
 
 const ROOT = join(__dirname, '../..');
 
-interface Op { ms: number; stopCopyMs?: number; bytes: number; maxRssKb?: number; idleRssKb?: number; loopDelayMaxMs?: number; runsMs?: number[] }
 interface Qemu { ms?: number; downtimeMs?: number; totalTimeMs?: number; skipped?: string }
 interface Row { kind: string; mib: number; memcpyMs: number; ours: { save: Op; load: Op }; ref: { save: Op; load: Op }; qemu: Qemu; exact: boolean; idleLoopDelayMaxMs?: number }
 

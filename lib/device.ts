@@ -270,7 +270,7 @@ export class Mapping {
   readInto(offset: number, target: Uint8Array, targetOffset = 0, length = target.length - targetOffset): Promise<void> {
     return this.#map.readInto(offset, target, targetOffset, length);
   }
-  /** Copies into the mapping off the JS thread; `then` is a register pwrite done after it in the same job (see Region.writeMapped). */
+  /** Copies into the mapping off the JS thread; `then` is a register pwrite done after it in the same job (see Region.writeMappedThen). */
   writeFrom(offset: number, source: Uint8Array, sourceOffset = 0, length = source.length - sourceOffset, then?: RegisterWriteArgs): Promise<void> {
     return then ? this.#map.writeFrom(offset, source, sourceOffset, length, ...then) : this.#map.writeFrom(offset, source, sourceOffset, length);
   }

@@ -1,5 +1,5 @@
 // The v1 migration protocol (migration region of type (3, 1)): device_state machine, pending/data registers, data section.
-import type { Device, Mapping, Region } from '../device';
+import type { Device, Doorbell, Mapping, Region } from '../device';
 import type { SyscallError } from '../errors';
 import { toSafeNumber } from '../device';
 import type { RegionInfo, SparseMmapArea } from '../region';
@@ -278,23 +278,19 @@ export class V1Engine implements MigrationEngine {
     for (const seg of splitByAreas(offset, length, this.#areas)) await this.#segment(direction, seg, buffer);
   }
 
-  #segmentStep(direction: 'read' | 'write', seg: Segment): string {
-    return `${direction} data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : direction === 'read' ? 'pread' : 'pwrite'}`;
-  }
-
   /** One segment of a data window, through its mapping or by pread/pwrite; `doorbell` follows a write in the same job. */
-  async #segment(direction: 'read' | 'write', seg: Segment, buffer: Buffer, doorbell?: { step: string; value: bigint }): Promise<void> {
-    const step = this.#segmentStep(direction, seg);
+  async #segment(direction: 'read' | 'write', seg: Segment, buffer: Buffer, doorbell?: { step: string; write: Doorbell }): Promise<void> {
+    const step = `${direction} data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : direction === 'read' ? 'pread' : 'pwrite'}`;
     try {
       if (seg.area >= 0) {
         const area = this.#areas[seg.area];
         const at = Number(seg.regionOffset - area.offset);
         if (direction === 'read') return await area.map.readInto(at, buffer, seg.bufferOffset, seg.length);
-        if (doorbell) return await this.region.writeMappedThen(area.map, at, buffer, seg.bufferOffset, seg.length, { offset: REG.data_size, width: 8, value: doorbell.value });
+        if (doorbell) return await this.region.writeMappedThen(area.map, at, buffer, seg.bufferOffset, seg.length, doorbell.write);
         return await area.map.writeFrom(at, buffer, seg.bufferOffset, seg.length);
       }
       if (direction === 'read') return await this.region.readBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
-      if (doorbell) return await this.region.writeBulkThen(seg.regionOffset, buffer, seg.bufferOffset, seg.length, { offset: REG.data_size, width: 8, value: doorbell.value });
+      if (doorbell) return await this.region.writeBulkThen(seg.regionOffset, buffer, seg.bufferOffset, seg.length, doorbell.write);
       return await this.region.writeBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
     } catch (err) {
       throw deviceStepError(doorbell && (err as SyscallError).stage === 'register' ? doorbell.step : step, err);
@@ -309,7 +305,7 @@ export class V1Engine implements MigrationEngine {
     const segments = splitByAreas(offset, payload.length, this.#areas);
     const last = segments.pop()!;
     for (const seg of segments) await this.#segment('write', seg, payload);
-    await this.#segment('write', last, payload, { step: `${where}: write data_size`, value: BigInt(payload.length) });
+    await this.#segment('write', last, payload, { step: `${where}: write data_size`, write: { offset: REG.data_size, width: 8, value: BigInt(payload.length) } });
   }
 
   // pending_bytes and data_size only report counters; data_offset is the read that may wait for
