@@ -15,7 +15,15 @@ const OURS_FILE = '/tmp/bench-ours.vfmig';
 const REF_FILE = '/tmp/bench-ref.bin';
 const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
 
-export interface Op { ms: number; stopCopyMs?: number; bytes: number; maxRssKb?: number; idleRssKb?: number; loopDelayMaxMs?: number; runsMs?: number[] }
+export interface Op {
+  ms: number;
+  stopCopyMs?: number;
+  bytes: number;
+  maxRssKb?: number;
+  idleRssKb?: number;
+  loopDelayMaxMs?: number;
+  runsMs?: number[];
+}
 
 /**
  * The run with the median time, with the worst event-loop delay and the largest RSS growth of all
@@ -28,7 +36,7 @@ function summarize(ops: Op[]): Op {
   if (delays.length) median.loopDelayMaxMs = Math.max(...delays);
   const growth = ops.filter((o) => o.maxRssKb !== undefined);
   if (growth.length) {
-    const worst = growth.reduce((a, b) => ((b.maxRssKb! - b.idleRssKb!) > (a.maxRssKb! - a.idleRssKb!) ? b : a));
+    const worst = growth.reduce((a, b) => (b.maxRssKb! - b.idleRssKb! > a.maxRssKb! - a.idleRssKb! ? b : a));
     median.maxRssKb = worst.maxRssKb;
     median.idleRssKb = worst.idleRssKb;
   }
@@ -46,12 +54,22 @@ function create(kind: string, size: number): string {
   writeFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/state_size`, String(size));
   return uuid;
 }
-const attr = (uuid: string, name: string) => readFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/${name}`, 'utf8').trim();
-const run = (cmd: string, args: string[]) => JSON.parse(execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 20 }).trim().split('\n').pop()!);
+const attr = (uuid: string, name: string) =>
+  readFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/${name}`, 'utf8').trim();
+const run = (cmd: string, args: string[]) =>
+  JSON.parse(
+    execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 20 })
+      .trim()
+      .split('\n')
+      .pop()!,
+  );
 
 /** QEMU 7.2's v1 client saving the same device: QMP migrate to a file, QEMU's own timings. */
-async function qemuSave(uuid: string): Promise<{ ms: number; downtimeMs: number; totalTimeMs: number; bytes: number } | { skipped: string }> {
-  if (!qemuVersion || Number(qemuVersion[1]) >= 8) return { skipped: 'QEMU with a v1 client (5.2-7.2) is not installed' };
+async function qemuSave(
+  uuid: string,
+): Promise<{ ms: number; downtimeMs: number; totalTimeMs: number; bytes: number } | { skipped: string }> {
+  if (!qemuVersion || Number(qemuVersion[1]) >= 8)
+    return { skipped: 'QEMU with a v1 client (5.2-7.2) is not installed' };
   const file = '/tmp/bench-qemu.mig';
   const vm = await startQemu('/tmp', `bench-${uuid.slice(0, 8)}`, uuid, []);
   try {
@@ -60,7 +78,12 @@ async function qemuSave(uuid: string): Promise<{ ms: number; downtimeMs: number;
     const info = await waitMigration(vm, 'benchmark');
     const ms = Number(process.hrtime.bigint() - start) / 1e6;
     const ram = (info.ram ?? {}) as { transferred?: number };
-    return { ms, downtimeMs: Number(info.downtime ?? NaN), totalTimeMs: Number(info['total-time'] ?? NaN), bytes: Number(ram.transferred ?? 0) };
+    return {
+      ms,
+      downtimeMs: Number(info.downtime ?? NaN),
+      totalTimeMs: Number(info['total-time'] ?? NaN),
+      bytes: Number(ram.transferred ?? 0),
+    };
   } finally {
     await quit(vm);
     rmSync(file, { force: true });
@@ -68,54 +91,68 @@ async function qemuSave(uuid: string): Promise<{ ms: number; downtimeMs: number;
 }
 
 async function main(): Promise<void> {
-const results: unknown[] = [];
-for (const mib of SIZES_MIB) {
-  const size = mib << 20;
-  const memcpy = run(REF, ['memcpy', String(size)]);
-  for (const kind of KINDS) {
-    const src = create(kind, size);
-    const dst = create(kind, size);
-    try {
-      writeFileSync(`/sys/bus/mdev/devices/${src}/${DRIVER}/mutate`, '0x5eed');
-      const proto = kind === 'v2' ? 'v2' : 'v1';
-      const runs: { ours: { save: Op; load: Op }; ref: { save: Op; load: Op } }[] = [];
-      let exact = true;
-      const idleDelays: number[] = [];
-      // Ours and the reference take turns, REPEAT times: a slow spell of the emulator hits both.
-      for (let rep = 0; rep < REPEAT; rep++) {
-        const ours = { save: run(process.execPath, [ONE, 'save', src, OURS_FILE]), load: run(process.execPath, [ONE, 'load', dst, OURS_FILE]) };
-        exact &&= attr(src, 'checksum') === attr(dst, 'checksum');
-        rmSync(OURS_FILE, { force: true });
-        // Baseline for the loop delay: an idle Node process while the reference saves.
-        const idle = spawn(process.execPath, [ONE, 'idle', String(Math.max(200, Math.round(ours.save.ms)))], { stdio: ['ignore', 'pipe', 'inherit'] });
-        const idleOut = new Promise<string>((resolve) => {
-          let text = '';
-          idle.stdout.on('data', (d: Buffer) => (text += d.toString()));
-          idle.on('close', () => resolve(text));
-        });
-        const refSave = run(REF, [`${proto}-save`, src, REF_FILE]);
-        idleDelays.push(JSON.parse((await idleOut).trim().split('\n').pop()!).loopDelayMaxMs);
-        // The reference leaves the source stopped; the driver needs RUNNING for the next save.
-        execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
-        const refLoad = run(REF, [`${proto}-load`, dst, REF_FILE]);
-        rmSync(REF_FILE, { force: true });
-        execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
-        runs.push({ ours, ref: { save: refSave, load: refLoad } });
+  const results: unknown[] = [];
+  for (const mib of SIZES_MIB) {
+    const size = mib << 20;
+    const memcpy = run(REF, ['memcpy', String(size)]);
+    for (const kind of KINDS) {
+      const src = create(kind, size);
+      const dst = create(kind, size);
+      try {
+        writeFileSync(`/sys/bus/mdev/devices/${src}/${DRIVER}/mutate`, '0x5eed');
+        const proto = kind === 'v2' ? 'v2' : 'v1';
+        const runs: { ours: { save: Op; load: Op }; ref: { save: Op; load: Op } }[] = [];
+        let exact = true;
+        const idleDelays: number[] = [];
+        // Ours and the reference take turns, REPEAT times: a slow spell of the emulator hits both.
+        for (let rep = 0; rep < REPEAT; rep++) {
+          const ours = {
+            save: run(process.execPath, [ONE, 'save', src, OURS_FILE]),
+            load: run(process.execPath, [ONE, 'load', dst, OURS_FILE]),
+          };
+          exact &&= attr(src, 'checksum') === attr(dst, 'checksum');
+          rmSync(OURS_FILE, { force: true });
+          // Baseline for the loop delay: an idle Node process while the reference saves.
+          const idle = spawn(process.execPath, [ONE, 'idle', String(Math.max(200, Math.round(ours.save.ms)))], {
+            stdio: ['ignore', 'pipe', 'inherit'],
+          });
+          const idleOut = new Promise<string>((resolve) => {
+            let text = '';
+            idle.stdout.on('data', (d: Buffer) => (text += d.toString()));
+            idle.on('close', () => resolve(text));
+          });
+          const refSave = run(REF, [`${proto}-save`, src, REF_FILE]);
+          idleDelays.push(JSON.parse((await idleOut).trim().split('\n').pop()!).loopDelayMaxMs);
+          // The reference leaves the source stopped; the driver needs RUNNING for the next save.
+          execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
+          const refLoad = run(REF, [`${proto}-load`, dst, REF_FILE]);
+          rmSync(REF_FILE, { force: true });
+          execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
+          runs.push({ ours, ref: { save: refSave, load: refLoad } });
+        }
+        const pick = (side: 'ours' | 'ref', op: 'save' | 'load') => summarize(runs.map((r) => r[side][op]));
+        const ours = { save: pick('ours', 'save'), load: pick('ours', 'load') };
+        const refSave = pick('ref', 'save');
+        const refLoad = pick('ref', 'load');
+        const qemu = kind === 'v2' ? { skipped: 'QEMU 7.2 has no v2 client' } : await qemuSave(src);
+        const row = {
+          kind,
+          mib,
+          memcpyMs: memcpy.ms,
+          ours,
+          ref: { save: refSave, load: refLoad },
+          qemu,
+          exact,
+          idleLoopDelayMaxMs: Math.max(...idleDelays),
+        };
+        results.push(row);
+        console.log(`@@bench ${JSON.stringify(row)}`);
+      } finally {
+        for (const u of [src, dst]) writeFileSync(`/sys/bus/mdev/devices/${u}/remove`, '1');
       }
-      const pick = (side: 'ours' | 'ref', op: 'save' | 'load') => summarize(runs.map((r) => r[side][op]));
-      const ours = { save: pick('ours', 'save'), load: pick('ours', 'load') };
-      const refSave = pick('ref', 'save');
-      const refLoad = pick('ref', 'load');
-      const qemu = kind === 'v2' ? { skipped: 'QEMU 7.2 has no v2 client' } : await qemuSave(src);
-      const row = { kind, mib, memcpyMs: memcpy.ms, ours, ref: { save: refSave, load: refLoad }, qemu, exact, idleLoopDelayMaxMs: Math.max(...idleDelays) };
-      results.push(row);
-      console.log(`@@bench ${JSON.stringify(row)}`);
-    } finally {
-      for (const u of [src, dst]) writeFileSync(`/sys/bus/mdev/devices/${u}/remove`, '1');
     }
   }
-}
-console.log(`@@bench-done ${results.length}`);
+  console.log(`@@bench-done ${results.length}`);
 }
 
 main().catch((err) => {

@@ -9,7 +9,9 @@ async function idle(ms: number): Promise<void> {
   delay.enable();
   await new Promise((resolve) => setTimeout(resolve, ms));
   delay.disable();
-  process.stdout.write(`${JSON.stringify({ ms, loopDelayMaxMs: delay.max / 1e6, loopDelayP99Ms: delay.percentile(99) / 1e6 })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ ms, loopDelayMaxMs: delay.max / 1e6, loopDelayP99Ms: delay.percentile(99) / 1e6 })}\n`,
+  );
 }
 
 async function main(): Promise<void> {

@@ -1,6 +1,6 @@
 // npm run bench: builds the C reference client, runs bench/guest.js in the VM, prints the table and writes bench/RESULTS.md.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { runInGuest } from '../test/vm/vm';
@@ -8,8 +8,22 @@ import type { Op } from './guest';
 
 const ROOT = join(__dirname, '../..');
 
-interface Qemu { ms?: number; downtimeMs?: number; totalTimeMs?: number; skipped?: string }
-interface Row { kind: string; mib: number; memcpyMs: number; ours: { save: Op; load: Op }; ref: { save: Op; load: Op }; qemu: Qemu; exact: boolean; idleLoopDelayMaxMs?: number }
+interface Qemu {
+  ms?: number;
+  downtimeMs?: number;
+  totalTimeMs?: number;
+  skipped?: string;
+}
+interface Row {
+  kind: string;
+  mib: number;
+  memcpyMs: number;
+  ours: { save: Op; load: Op };
+  ref: { save: Op; load: Op };
+  qemu: Qemu;
+  exact: boolean;
+  idleLoopDelayMaxMs?: number;
+}
 
 const mibs = (op: Op, mib: number) => (mib * 1000) / op.ms;
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-');
@@ -22,9 +36,23 @@ async function main(): Promise<void> {
   execFileSync('gcc', ['-O2', '-Wall', '-o', ref, join(ROOT, 'bench/ref/ref.c')], { stdio: 'inherit' });
   const sizes = process.env.BENCH_SIZES ?? '1,64,256';
   const repeat = process.env.BENCH_REPEAT ?? '3';
-  const command = ['env', `BENCH_REF=${ref}`, `BENCH_SIZES=${sizes}`, `BENCH_REPEAT=${repeat}`, process.execPath, join(ROOT, 'dist/bench/guest.js')];
+  const command = [
+    'env',
+    `BENCH_REF=${ref}`,
+    `BENCH_SIZES=${sizes}`,
+    `BENCH_REPEAT=${repeat}`,
+    process.execPath,
+    join(ROOT, 'dist/bench/guest.js'),
+  ];
   const started = Date.now();
-  const r = await runInGuest({ kernel: '6.12', command, timeoutMs: 3600_000, memoryMiB: 4096, echo: process.stderr, prepare: true });
+  const r = await runInGuest({
+    kernel: '6.12',
+    command,
+    timeoutMs: 3600_000,
+    memoryMiB: 4096,
+    echo: process.stderr,
+    prepare: true,
+  });
   const rows: Row[] = r.output
     .split('\n')
     .filter((l: string) => l.includes('@@bench '))
@@ -50,7 +78,10 @@ async function main(): Promise<void> {
   const table = lines.join('\n');
   const raw = ['| type | state | op | ours, every run (ms) | ref (C), every run (ms) |', '|---|---|---|---|---|'];
   for (const row of rows) {
-    for (const op of ['save', 'load'] as const) raw.push(`| ${row.kind} | ${row.mib} MiB | ${op} | ${(row.ours[op].runsMs ?? []).join(', ')} | ${(row.ref[op].runsMs ?? []).join(', ')} |`);
+    for (const op of ['save', 'load'] as const)
+      raw.push(
+        `| ${row.kind} | ${row.mib} MiB | ${op} | ${(row.ours[op].runsMs ?? []).join(', ')} | ${(row.ref[op].runsMs ?? []).join(', ')} |`,
+      );
   }
   console.log(table);
   const doc = `# Benchmark results

@@ -37,10 +37,14 @@ export class ProgressView {
     const rate = `${formatBytes(p.throughput)}/s`;
     const pending = p.pendingBytes !== undefined ? `, pending ${formatBytes(p.pendingBytes)}` : '';
     if (this.#tty) {
-      const eta = p.pendingBytes !== undefined && p.throughput > 0 ? ` ETA ${formatEta(Number(p.pendingBytes) / p.throughput)}` : '';
+      const eta =
+        p.pendingBytes !== undefined && p.throughput > 0
+          ? ` ETA ${formatEta(Number(p.pendingBytes) / p.throughput)}`
+          : '';
       const width = 24;
       const total = p.pendingBytes !== undefined ? p.bytes + Number(p.pendingBytes) : 0;
-      const filled = total > 0 ? Math.min(width, Math.round((p.bytes / total) * width)) : p.phase === 'done' ? width : 0;
+      const filled =
+        total > 0 ? Math.min(width, Math.round((p.bytes / total) * width)) : p.phase === 'done' ? width : 0;
       const bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]`;
       this.#out.write(`\r\x1b[K${phase.padEnd(12)} ${bar} ${formatBytes(p.bytes)}${pending} ${rate}${eta}`);
       this.#drawn = true;

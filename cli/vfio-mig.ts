@@ -25,7 +25,6 @@ export const EXIT = { ok: 0, failure: 1, usage: 2, device: 3, protocol: 4, strea
 
 class UsageError extends Error {}
 
-
 const HELP: Record<string, string> = {
   main: `vfio-mig: save and restore the internal state of VFIO devices (v1 and v2 migration)
 
@@ -110,7 +109,11 @@ Example:  vfio-mig reset 0000:3b:00.1`,
 };
 
 function json(value: unknown): string {
-  return JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString()) : v), 2);
+  return JSON.stringify(
+    value,
+    (_k, v) => (typeof v === 'bigint' ? (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString()) : v),
+    2,
+  );
 }
 
 interface Io {
@@ -127,13 +130,26 @@ function openInput(input: string): FdSource {
   try {
     return FdSource.open(input);
   } catch (err) {
-    throw new MigrationError('ERR_MIGRATION_IO', `cannot open ${input}: ${(err as Error).message}`, { cause: err, errno: (err as NodeJS.ErrnoException).code });
+    throw new MigrationError('ERR_MIGRATION_IO', `cannot open ${input}: ${(err as Error).message}`, {
+      cause: err,
+      errno: (err as NodeJS.ErrnoException).code,
+    });
   }
 }
 
 function exitCodeOf(err: unknown): number {
-  if (err instanceof UsageError || String((err as { code?: string })?.code).startsWith('ERR_PARSE_ARGS')) return EXIT.usage;
-  if (err instanceof VfioError) return ['ERR_VFIO_NOT_FOUND', 'ERR_VFIO_NOT_BOUND', 'ERR_VFIO_PERMISSION', 'ERR_VFIO_BUSY', 'ERR_VFIO_GROUP_NOT_VIABLE'].includes(err.code) ? EXIT.device : EXIT.protocol;
+  if (err instanceof UsageError || String((err as { code?: string })?.code).startsWith('ERR_PARSE_ARGS'))
+    return EXIT.usage;
+  if (err instanceof VfioError)
+    return [
+      'ERR_VFIO_NOT_FOUND',
+      'ERR_VFIO_NOT_BOUND',
+      'ERR_VFIO_PERMISSION',
+      'ERR_VFIO_BUSY',
+      'ERR_VFIO_GROUP_NOT_VIABLE',
+    ].includes(err.code)
+      ? EXIT.device
+      : EXIT.protocol;
   if (err instanceof MigrationError) {
     if (err.code === 'ERR_MIGRATION_ABORTED') return EXIT.aborted;
     if (err.code === 'ERR_MIGRATION_STREAM' || err.code === 'ERR_MIGRATION_MISMATCH') return EXIT.stream;
@@ -146,8 +162,10 @@ function exitCodeOf(err: unknown): number {
 }
 
 function hint(err: unknown): string {
-  if (err instanceof MigrationError && err.code === 'ERR_MIGRATION_MISMATCH') return 'if the devices are compatible, retry with --force';
-  if (err instanceof VfioError && err.code === 'ERR_VFIO_BUSY') return 'close the other user of the device (a VM, another vfio-mig) and retry';
+  if (err instanceof MigrationError && err.code === 'ERR_MIGRATION_MISMATCH')
+    return 'if the devices are compatible, retry with --force';
+  if (err instanceof VfioError && err.code === 'ERR_VFIO_BUSY')
+    return 'close the other user of the device (a VM, another vfio-mig) and retry';
   return '';
 }
 
@@ -181,7 +199,8 @@ function precopyOption(values: Record<string, string | boolean | undefined>): Pr
 
 function leaveOption(value: unknown, fallback: 'running' | 'stopped'): 'running' | 'stopped' {
   if (value === undefined) return fallback;
-  if (value !== 'running' && value !== 'stopped') throw new UsageError(`--leave must be running or stopped, not '${String(value)}'`);
+  if (value !== 'running' && value !== 'stopped')
+    throw new UsageError(`--leave must be running or stopped, not '${String(value)}'`);
   return value;
 }
 
@@ -228,7 +247,11 @@ async function withDevice<T>(spec: string | undefined, fn: (d: Device) => Promis
   }
 }
 
-export async function main(argv: string[], io: Io = { stdout: process.stdout, stderr: process.stderr }, signal?: AbortSignal): Promise<number> {
+export async function main(
+  argv: string[],
+  io: Io = { stdout: process.stdout, stderr: process.stderr },
+  signal?: AbortSignal,
+): Promise<number> {
   const command = argv[0];
   let values: Record<string, string | boolean | undefined> = {};
   let positionals: string[] = [];
@@ -238,7 +261,8 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
       io.stdout.write(`${HELP.main}\n`);
       return command ? EXIT.ok : EXIT.usage;
     }
-    if (!HELP[command] || command === 'main') throw new UsageError(`unknown command '${command}' (vfio-mig --help lists them)`);
+    if (!HELP[command] || command === 'main')
+      throw new UsageError(`unknown command '${command}' (vfio-mig --help lists them)`);
     const parsed = parseArgs({
       args: argv.slice(1),
       allowPositionals: true,
@@ -270,7 +294,9 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
       case 'list': {
         const devices = await listDevices({ probe: !values['no-probe'] });
         const rows = devices.map((d) => {
-          const flags = d.migrationFlags ? `(${['STOP_COPY', d.migrationFlags.p2p && 'P2P', d.migrationFlags.preCopy && 'PRE_COPY'].filter(Boolean).join('|')})` : '';
+          const flags = d.migrationFlags
+            ? `(${['STOP_COPY', d.migrationFlags.p2p && 'P2P', d.migrationFlags.preCopy && 'PRE_COPY'].filter(Boolean).join('|')})`
+            : '';
           return `${d.name.padEnd(38)} ${d.kind.padEnd(5)} ${(d.driver ?? '-').padEnd(16)} group ${String(d.group ?? '-').padEnd(4)} ${`${d.migration}${flags}`.padEnd(28)} ${d.state ?? (d.probeError ? `? ${d.probeError}` : '')}`;
         });
         print(rows.length ? rows.join('\n') : 'no VFIO devices on this host', devices);
@@ -282,15 +308,27 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           const irqs = device.irqs();
           const migration = device.migration;
           const state = migration ? await migration.state() : undefined;
-          const data = { name: device.name, sysfs: device.sysfs, flags: device.info.flags, regions, irqs, migration: migration ? { protocol: migration.protocol, ...migration.engine.describe(), state } : null };
+          const data = {
+            name: device.name,
+            sysfs: device.sysfs,
+            flags: device.info.flags,
+            regions,
+            irqs,
+            migration: migration ? { protocol: migration.protocol, ...migration.engine.describe(), state } : null,
+          };
           const lines = [
             `${device.name} (${device.sysfs?.kind ?? 'device'}, driver ${device.sysfs?.driver ?? '?'}, group ${device.group?.number ?? '?'})`,
             `flags 0x${device.info.flags.toString(16)}, ${device.info.numRegions} regions, ${device.info.numIrqs} IRQ indexes`,
             'regions:',
-            ...regions.map((r) => `  ${String(r.index).padStart(2)}: size 0x${r.size.toString(16)} offset 0x${r.offset.toString(16)} ${[r.readable && 'read', r.writable && 'write', r.mmapable && 'mmap'].filter(Boolean).join(',')}${r.capabilities.length ? `; ${r.capabilities.map(capabilityText).join('; ')}` : ''}`),
+            ...regions.map(
+              (r) =>
+                `  ${String(r.index).padStart(2)}: size 0x${r.size.toString(16)} offset 0x${r.offset.toString(16)} ${[r.readable && 'read', r.writable && 'write', r.mmapable && 'mmap'].filter(Boolean).join(',')}${r.capabilities.length ? `; ${r.capabilities.map(capabilityText).join('; ')}` : ''}`,
+            ),
             'irqs:',
             ...irqs.map((i) => `  ${i.index}: count ${i.count} flags 0x${i.flags.toString(16)}`),
-            migration ? `migration: ${migration.protocol} ${JSON.stringify(migration.engine.describe())}, state ${state}` : 'migration: none',
+            migration
+              ? `migration: ${migration.protocol} ${JSON.stringify(migration.engine.describe())}, state ${state}`
+              : 'migration: none',
           ];
           print(lines.join('\n'), data);
           return EXIT.ok;
@@ -328,9 +366,17 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
           const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
           const source = openInput(input);
           try {
-            const result = await migration.load(source, { force: !!values.force, leave: leaveOption(values.leave, 'running'), signal, onProgress: view.update });
+            const result = await migration.load(source, {
+              force: !!values.force,
+              leave: leaveOption(values.leave, 'running'),
+              signal,
+              onProgress: view.update,
+            });
             view.finish();
-            print(`loaded ${device.name} (${migration.protocol}): ${formatBytes(result.bytes)} in ${result.records} records, ${(result.elapsedMs / 1000).toFixed(2)} s`, { device: device.name, protocol: migration.protocol, input, ...result });
+            print(
+              `loaded ${device.name} (${migration.protocol}): ${formatBytes(result.bytes)} in ${result.records} records, ${(result.elapsedMs / 1000).toFixed(2)} s`,
+              { device: device.name, protocol: migration.protocol, input, ...result },
+            );
             return EXIT.ok;
           } finally {
             view.finish();
@@ -343,7 +389,16 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
         if (!input) throw new UsageError('verify needs FILE (or - for stdin)');
         const r = await verify(openInput(input));
         print(
-          [`${input}: OK`, `protocol ${r.header.protocol}, device ${JSON.stringify(r.header.device)}`, `created ${String(r.header.created ?? '?')} by ${JSON.stringify(r.header.tool ?? '?')}`, `${r.records} records, ${formatBytes(r.payloadBytes)} payload, ${formatBytes(r.streamBytes)} stream`, ...r.phases.map((p) => `  ${p.phase === 0xffffffff ? 'stop-and-copy' : `pre-copy ${p.phase}`}: ${p.records} records, ${formatBytes(p.bytes)}`)].join('\n'),
+          [
+            `${input}: OK`,
+            `protocol ${r.header.protocol}, device ${JSON.stringify(r.header.device)}`,
+            `created ${String(r.header.created ?? '?')} by ${JSON.stringify(r.header.tool ?? '?')}`,
+            `${r.records} records, ${formatBytes(r.payloadBytes)} payload, ${formatBytes(r.streamBytes)} stream`,
+            ...r.phases.map(
+              (p) =>
+                `  ${p.phase === 0xffffffff ? 'stop-and-copy' : `pre-copy ${p.phase}`}: ${p.records} records, ${formatBytes(p.bytes)}`,
+            ),
+          ].join('\n'),
           { file: input, ok: true, ...r },
         );
         return EXIT.ok;
@@ -368,7 +423,9 @@ export async function main(argv: string[], io: Io = { stdout: process.stdout, st
     const code = exitCodeOf(err);
     const message = err instanceof Error ? err.message : String(err);
     if (values.json) {
-      io.stderr.write(`${json({ error: { message, code: (err as { code?: string }).code ?? null, exitCode: code, step: (err as MigrationError).step, errno: (err as MigrationError).errno, recovery: (err as MigrationError).recovery } })}\n`);
+      io.stderr.write(
+        `${json({ error: { message, code: (err as { code?: string }).code ?? null, exitCode: code, step: (err as MigrationError).step, errno: (err as MigrationError).errno, recovery: (err as MigrationError).recovery } })}\n`,
+      );
     } else {
       log(`vfio-mig ${command ?? ''}: ${message}`);
       const h = hint(err);

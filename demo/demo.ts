@@ -57,11 +57,19 @@ try {
   const destSum = read(dst, 'checksum');
 
   console.log('\nsummary');
-  console.log(`  state           ${mib(STATE_SIZE)}, stream ${mib(statSync(FILE).size)} in ${saved.records} records (${saved.precopyIterations} pre-copy iterations, ${mib(saved.precopyBytes)} while running)`);
-  console.log(`  save            ${(saved.elapsedMs / 1000).toFixed(2)} s, ${mib((saved.bytes / saved.elapsedMs) * 1000)}/s`);
+  console.log(
+    `  state           ${mib(STATE_SIZE)}, stream ${mib(statSync(FILE).size)} in ${saved.records} records (${saved.precopyIterations} pre-copy iterations, ${mib(saved.precopyBytes)} while running)`,
+  );
+  console.log(
+    `  save            ${(saved.elapsedMs / 1000).toFixed(2)} s, ${mib((saved.bytes / saved.elapsedMs) * 1000)}/s`,
+  );
   console.log(`  downtime        ${saved.stopCopyMs} ms (stop-and-copy)`);
-  console.log(`  load            ${(loaded.elapsedMs / 1000).toFixed(2)} s, ${mib((loaded.bytes / Math.max(1, loaded.elapsedMs)) * 1000)}/s`);
-  console.log(`  checksums       source ${sourceSum}, destination ${destSum}: ${sourceSum === destSum ? 'MATCH' : 'DIFFER'}`);
+  console.log(
+    `  load            ${(loaded.elapsedMs / 1000).toFixed(2)} s, ${mib((loaded.bytes / Math.max(1, loaded.elapsedMs)) * 1000)}/s`,
+  );
+  console.log(
+    `  checksums       source ${sourceSum}, destination ${destSum}: ${sourceSum === destSum ? 'MATCH' : 'DIFFER'}`,
+  );
   if (sourceSum !== destSum) die('the restored device differs from the saved one');
 } finally {
   rmSync(FILE, { force: true });

@@ -1,7 +1,15 @@
 // Container, Group, Device, Region and Mapping: the typed VFIO device layer over the addon.
 import { native, type NativeMapping, type RegisterWriteArgs, type Width } from './native';
 import { SyscallError, VfioError, isSyscallError } from './errors';
-import { decodeDeviceInfo, decodeIrqInfo, decodeRegionInfo, type DeviceInfo, type IrqInfo, type RegionInfo, type SparseMmapArea } from './region';
+import {
+  decodeDeviceInfo,
+  decodeIrqInfo,
+  decodeRegionInfo,
+  type DeviceInfo,
+  type IrqInfo,
+  type RegionInfo,
+  type SparseMmapArea,
+} from './region';
 import { groupMembers, isVfioPciDriver, resolveDevice, type SysfsDevice } from './sysfs';
 import {
   O_RDWR,
@@ -15,7 +23,8 @@ import {
 
 /** Converts a kernel-sized bigint to a number, refusing any loss. */
 export function toSafeNumber(value: bigint, what: string): number {
-  if (value < 0n || value > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError(`${what} (${value}) does not fit in a safe integer`);
+  if (value < 0n || value > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new RangeError(`${what} (${value}) does not fit in a safe integer`);
   return Number(value);
 }
 
@@ -78,7 +87,11 @@ function openNode(path: string, hint: string): number {
     return native.open(path, O_RDWR);
   } catch (err) {
     if (isSyscallError(err, 'EACCES') || isSyscallError(err, 'EPERM')) {
-      throw new VfioError('ERR_VFIO_PERMISSION', `permission denied opening ${path}: run as root or give this user read/write access to ${path} (${hint})`, { cause: err });
+      throw new VfioError(
+        'ERR_VFIO_PERMISSION',
+        `permission denied opening ${path}: run as root or give this user read/write access to ${path} (${hint})`,
+        { cause: err },
+      );
     }
     if (isSyscallError(err, 'ENOENT')) {
       throw new VfioError('ERR_VFIO_NOT_FOUND', `${path} does not exist (${hint})`, { cause: err });
@@ -100,7 +113,8 @@ export class Container {
     this.#handle = new FdHandle(fd, 'VFIO container');
     try {
       const version = native.getApiVersion(fd);
-      if (version !== VFIO_API_VERSION) throw new VfioError('ERR_VFIO_API', `VFIO API version ${version}, expected ${VFIO_API_VERSION}`);
+      if (version !== VFIO_API_VERSION)
+        throw new VfioError('ERR_VFIO_API', `VFIO API version ${version}, expected ${VFIO_API_VERSION}`);
     } catch (err) {
       this.close();
       throw err;
@@ -271,8 +285,16 @@ export class Mapping {
     return this.#map.readInto(offset, target, targetOffset, length);
   }
   /** Copies into the mapping off the JS thread; `then` is a register pwrite done after it in the same job (see Region.writeMappedThen). */
-  writeFrom(offset: number, source: Uint8Array, sourceOffset = 0, length = source.length - sourceOffset, then?: RegisterWriteArgs): Promise<void> {
-    return then ? this.#map.writeFrom(offset, source, sourceOffset, length, ...then) : this.#map.writeFrom(offset, source, sourceOffset, length);
+  writeFrom(
+    offset: number,
+    source: Uint8Array,
+    sourceOffset = 0,
+    length = source.length - sourceOffset,
+    then?: RegisterWriteArgs,
+  ): Promise<void> {
+    return then
+      ? this.#map.writeFrom(offset, source, sourceOffset, length, ...then)
+      : this.#map.writeFrom(offset, source, sourceOffset, length);
   }
   unmap(): void {
     this.#map.unmap();
@@ -346,12 +368,23 @@ export class Region {
   }
 
   /** Reads exactly target.length bytes from offset, off the JS thread, in as few preads as the kernel allows. */
-  async readBulk(offset: number | bigint, target: Uint8Array, targetOffset = 0, length = target.length - targetOffset): Promise<void> {
+  async readBulk(
+    offset: number | bigint,
+    target: Uint8Array,
+    targetOffset = 0,
+    length = target.length - targetOffset,
+  ): Promise<void> {
     const at = this.#at(offset, length);
     let done = 0;
     while (done < length) {
-      const n = await this.device.handle.run((fd) => native.preadAsync(fd, target, targetOffset + done, length - done, at + BigInt(done)));
-      if (n === 0) throw new VfioError('ERR_VFIO_BAD_INFO', `region ${this.index}: pread at ${BigInt(offset) + BigInt(done)} returned end of region`);
+      const n = await this.device.handle.run((fd) =>
+        native.preadAsync(fd, target, targetOffset + done, length - done, at + BigInt(done)),
+      );
+      if (n === 0)
+        throw new VfioError(
+          'ERR_VFIO_BAD_INFO',
+          `region ${this.index}: pread at ${BigInt(offset) + BigInt(done)} returned end of region`,
+        );
       done += n;
     }
   }
@@ -360,34 +393,69 @@ export class Region {
    * Writes exactly `length` bytes at offset and then the register `doorbell`, in one job off the
    * JS thread: one thread hop instead of two. A failure of the register write has stage 'register'.
    */
-  writeBulkThen(offset: number | bigint, source: Uint8Array, sourceOffset: number, length: number, doorbell: Doorbell): Promise<void> {
+  writeBulkThen(
+    offset: number | bigint,
+    source: Uint8Array,
+    sourceOffset: number,
+    length: number,
+    doorbell: Doorbell,
+  ): Promise<void> {
     const at = this.#at(offset, length);
     const reg = this.#at(doorbell.offset, doorbell.width);
-    return this.device.handle.run((fd) => native.pwriteAllAsync(fd, source, sourceOffset, length, at, fd, reg, doorbell.width, doorbell.value));
+    return this.device.handle.run((fd) =>
+      native.pwriteAllAsync(fd, source, sourceOffset, length, at, fd, reg, doorbell.width, doorbell.value),
+    );
   }
 
   /** Copies into `map` (a mapping of this region) at `mapOffset`, then writes the register `doorbell`, in one job off the JS thread. */
-  writeMappedThen(map: Mapping, mapOffset: number, source: Uint8Array, sourceOffset: number, length: number, doorbell: Doorbell): Promise<void> {
+  writeMappedThen(
+    map: Mapping,
+    mapOffset: number,
+    source: Uint8Array,
+    sourceOffset: number,
+    length: number,
+    doorbell: Doorbell,
+  ): Promise<void> {
     const reg = this.#at(doorbell.offset, doorbell.width);
-    return this.device.handle.run((fd) => map.writeFrom(mapOffset, source, sourceOffset, length, [fd, reg, doorbell.width, doorbell.value]));
+    return this.device.handle.run((fd) =>
+      map.writeFrom(mapOffset, source, sourceOffset, length, [fd, reg, doorbell.width, doorbell.value]),
+    );
   }
 
   /** Writes exactly `length` bytes at offset, off the JS thread. */
-  async writeBulk(offset: number | bigint, source: Uint8Array, sourceOffset = 0, length = source.length - sourceOffset): Promise<void> {
+  async writeBulk(
+    offset: number | bigint,
+    source: Uint8Array,
+    sourceOffset = 0,
+    length = source.length - sourceOffset,
+  ): Promise<void> {
     const at = this.#at(offset, length);
     let done = 0;
     while (done < length) {
-      const n = await this.device.handle.run((fd) => native.pwriteAsync(fd, source, sourceOffset + done, length - done, at + BigInt(done)));
-      if (n === 0) throw new VfioError('ERR_VFIO_BAD_INFO', `region ${this.index}: pwrite at ${BigInt(offset) + BigInt(done)} wrote nothing`);
+      const n = await this.device.handle.run((fd) =>
+        native.pwriteAsync(fd, source, sourceOffset + done, length - done, at + BigInt(done)),
+      );
+      if (n === 0)
+        throw new VfioError(
+          'ERR_VFIO_BAD_INFO',
+          `region ${this.index}: pwrite at ${BigInt(offset) + BigInt(done)} wrote nothing`,
+        );
       done += n;
     }
   }
 
   /** Maps [offset, +length) of the region; the range must lie inside one mmap-able area. */
   mmap(offset: bigint, length: bigint, writable = this.info.writable): Mapping {
-    const area = this.info.mmapAreas.find((a: SparseMmapArea) => offset >= a.offset && offset + length <= a.offset + a.size);
+    const area = this.info.mmapAreas.find(
+      (a: SparseMmapArea) => offset >= a.offset && offset + length <= a.offset + a.size,
+    );
     if (!area) throw new RangeError(`region ${this.index}: [${offset}, +${length}) is not inside an mmap-able area`);
-    const map = new native.Mapping(this.device.fd, this.#at(offset, length), toSafeNumber(length, 'mapping length'), PROT_READ | (writable ? PROT_WRITE : 0));
+    const map = new native.Mapping(
+      this.device.fd,
+      this.#at(offset, length),
+      toSafeNumber(length, 'mapping length'),
+      PROT_READ | (writable ? PROT_WRITE : 0),
+    );
     return new Mapping(map, offset);
   }
 }
@@ -523,10 +591,16 @@ export function openDevice(spec: string | { group: number; name: string }, optio
       );
     }
     if (sysfs.kind === 'mdev' && !sysfs.driver) {
-      throw new VfioError('ERR_VFIO_NOT_BOUND', `mdev device ${sysfs.name} is not bound to a driver (is its parent's vendor driver loaded?)`);
+      throw new VfioError(
+        'ERR_VFIO_NOT_BOUND',
+        `mdev device ${sysfs.name} is not bound to a driver (is its parent's vendor driver loaded?)`,
+      );
     }
     if (sysfs.group === null) {
-      throw new VfioError('ERR_VFIO_NOT_BOUND', `${sysfs.kind} device ${sysfs.name} has no IOMMU group (${sysfs.path}/iommu_group is missing): is an IOMMU enabled (intel_iommu=on) or, for mdev, vfio_iommu_type1 loaded?`);
+      throw new VfioError(
+        'ERR_VFIO_NOT_BOUND',
+        `${sysfs.kind} device ${sysfs.name} has no IOMMU group (${sysfs.path}/iommu_group is missing): is an IOMMU enabled (intel_iommu=on) or, for mdev, vfio_iommu_type1 loaded?`,
+      );
     }
     group = sysfs.group;
     name = sysfs.name;
@@ -543,7 +617,9 @@ export function openDevice(spec: string | { group: number; name: string }, optio
   } catch (err) {
     releaseGroup(lease);
     if (err instanceof SyscallError && err.code === 'EBUSY') {
-      throw new VfioError('ERR_VFIO_BUSY', `device ${name} is already open (by this or another process)`, { cause: err });
+      throw new VfioError('ERR_VFIO_BUSY', `device ${name} is already open (by this or another process)`, {
+        cause: err,
+      });
     }
     throw err;
   }

@@ -19,7 +19,13 @@ export interface NativeMapping {
   /** Copies mapping[offset, +length) into target off the JS thread. */
   readInto(offset: number, target: Uint8Array, targetOffset: number, length: number): Promise<void>;
   /** Copies source into mapping[offset, +length) off the JS thread, then the optional register write (fd, position, width, value) in the same job. */
-  writeFrom(offset: number, source: Uint8Array, sourceOffset: number, length: number, ...registerWrite: [] | RegisterWriteArgs): Promise<void>;
+  writeFrom(
+    offset: number,
+    source: Uint8Array,
+    sourceOffset: number,
+    length: number,
+    ...registerWrite: [] | RegisterWriteArgs
+  ): Promise<void>;
   /** Detaches `buffer` and unmaps (after in-flight copies); idempotent. */
   unmap(): void;
   /** A zero-copy view of the mapping, detached at unmap. */
@@ -52,7 +58,14 @@ export interface NativeAddon {
   pwrite(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): number;
   pwriteAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset): Promise<number>;
   /** Writes the whole range (short writes continued), then the optional register write, in one pool job; a failure's `stage` is 'data' or 'register'. */
-  pwriteAllAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number, position: Offset, ...registerWrite: [] | RegisterWriteArgs): Promise<void>;
+  pwriteAllAsync(
+    fd: number,
+    buffer: Uint8Array,
+    bufferOffset: number,
+    length: number,
+    position: Offset,
+    ...registerWrite: [] | RegisterWriteArgs
+  ): Promise<void>;
   read(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
   readAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
   /** Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended (waits in poll() for a non-blocking fd). */
@@ -83,6 +96,7 @@ export interface NativeAddon {
 }
 
 // bindings finds build/Release (or Debug) from the package root, wherever dist/ is run from.
+// eslint-disable-next-line @typescript-eslint/no-require-imports -- bindings has no ES module form
 const loadBinding = require('bindings') as (name: string) => unknown;
 
 export const native = loadBinding('vfio_native') as NativeAddon;

@@ -63,7 +63,13 @@ function badInfo(what: string, detail: string): VfioError {
  * past the fixed struct (`fixedSize`) and inside both the buffer and the kernel's argsz; a
  * loop or an over-long chain is an error, never an endless walk.
  */
-export function parseCapabilityChain(raw: Buffer, first: number, argsz: number, fixedSize: number, what: string): Capability[] {
+export function parseCapabilityChain(
+  raw: Buffer,
+  first: number,
+  argsz: number,
+  fixedSize: number,
+  what: string,
+): Capability[] {
   const end = Math.min(argsz, raw.length);
   const caps: Capability[] = [];
   const seen = new Set<number>();
@@ -87,9 +93,17 @@ export function parseCapabilityChain(raw: Buffer, first: number, argsz: number, 
   return caps;
 }
 
-function decodeCapability(raw: Buffer, at: number, capEnd: number, id: number, version: number, what: string): Capability {
+function decodeCapability(
+  raw: Buffer,
+  at: number,
+  capEnd: number,
+  id: number,
+  version: number,
+  what: string,
+): Capability {
   const need = (bytes: number) => {
-    if (at + bytes > capEnd) throw badInfo(what, `capability ${id} at offset ${at} needs ${bytes} bytes, has ${capEnd - at}`);
+    if (at + bytes > capEnd)
+      throw badInfo(what, `capability ${id} at offset ${at} needs ${bytes} bytes, has ${capEnd - at}`);
   };
   switch (id) {
     case VFIO_REGION_INFO_CAP_SPARSE_MMAP: {
@@ -98,7 +112,10 @@ function decodeCapability(raw: Buffer, at: number, capEnd: number, id: number, v
       const count = raw.readUInt32LE(at + l.fields.nr_areas);
       const areaSize = layout.vfio_region_sparse_mmap_area.size;
       if (count > (capEnd - at - l.size) / areaSize) {
-        throw badInfo(what, `sparse mmap capability claims ${count} areas, room for ${Math.floor((capEnd - at - l.size) / areaSize)}`);
+        throw badInfo(
+          what,
+          `sparse mmap capability claims ${count} areas, room for ${Math.floor((capEnd - at - l.size) / areaSize)}`,
+        );
       }
       const areas: SparseMmapArea[] = [];
       for (let i = 0; i < count; i++) {
@@ -110,12 +127,23 @@ function decodeCapability(raw: Buffer, at: number, capEnd: number, id: number, v
     case VFIO_REGION_INFO_CAP_TYPE: {
       const l = layout.vfio_region_info_cap_type;
       need(l.size);
-      return { kind: 'type', id, version, type: raw.readUInt32LE(at + l.fields.type), subtype: raw.readUInt32LE(at + l.fields.subtype) };
+      return {
+        kind: 'type',
+        id,
+        version,
+        type: raw.readUInt32LE(at + l.fields.type),
+        subtype: raw.readUInt32LE(at + l.fields.subtype),
+      };
     }
     case VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:
       return { kind: 'msix-mappable', id, version };
     default:
-      return { kind: 'unknown', id, version, bytes: Buffer.from(raw.subarray(at + layout.vfio_info_cap_header.size, capEnd)) };
+      return {
+        kind: 'unknown',
+        id,
+        version,
+        bytes: Buffer.from(raw.subarray(at + layout.vfio_info_cap_header.size, capEnd)),
+      };
   }
 }
 
@@ -131,7 +159,10 @@ export function decodeRegionInfo(raw: Buffer): RegionInfo {
   const size = raw.readBigUInt64LE(f.size);
   const offset = raw.readBigUInt64LE(f.offset);
   const capOffset = raw.readUInt32LE(f.cap_offset);
-  const capabilities = flags & VFIO_REGION_INFO_FLAG_CAPS && capOffset !== 0 ? parseCapabilityChain(raw, capOffset, argsz, l.size, what) : [];
+  const capabilities =
+    flags & VFIO_REGION_INFO_FLAG_CAPS && capOffset !== 0
+      ? parseCapabilityChain(raw, capOffset, argsz, l.size, what)
+      : [];
   const mmapable = (flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0;
   const sparse = capabilities.find((c) => c.kind === 'sparse-mmap');
   let mmapAreas: SparseMmapArea[] = [];
@@ -172,12 +203,19 @@ export function decodeDeviceInfo(raw: Buffer): DeviceInfo {
     flags,
     numRegions: raw.readUInt32LE(l.fields.num_regions),
     numIrqs: raw.readUInt32LE(l.fields.num_irqs),
-    capabilities: flags & VFIO_DEVICE_FLAGS_CAPS && capOffset ? parseCapabilityChain(raw, capOffset, argsz, l.size, 'device info') : [],
+    capabilities:
+      flags & VFIO_DEVICE_FLAGS_CAPS && capOffset
+        ? parseCapabilityChain(raw, capOffset, argsz, l.size, 'device info')
+        : [],
   };
 }
 
 export function decodeIrqInfo(raw: Buffer): IrqInfo {
   const l = layout.vfio_irq_info;
   if (raw.length < l.size) throw badInfo('irq info', `${raw.length} bytes, too short`);
-  return { index: raw.readUInt32LE(l.fields.index), flags: raw.readUInt32LE(l.fields.flags), count: raw.readUInt32LE(l.fields.count) };
+  return {
+    index: raw.readUInt32LE(l.fields.index),
+    flags: raw.readUInt32LE(l.fields.flags),
+    count: raw.readUInt32LE(l.fields.count),
+  };
 }

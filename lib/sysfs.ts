@@ -81,7 +81,8 @@ export function resolveDevice(spec: string, sysRoot = '/sys'): SysfsDevice {
   if (pci) {
     const address = `${(pci[1] ?? '0000').toLowerCase()}:${pci[2].toLowerCase()}:${pci[3].toLowerCase()}.${pci[4]}`;
     const path = join(sysRoot, 'bus/pci/devices', address);
-    if (!existsSync(path)) throw new VfioError('ERR_VFIO_NOT_FOUND', `no PCI device ${address} (${path} does not exist)`);
+    if (!existsSync(path))
+      throw new VfioError('ERR_VFIO_NOT_FOUND', `no PCI device ${address} (${path} does not exist)`);
     return describeDevice(path, 'pci');
   }
   if (UUID.test(spec)) {
@@ -97,11 +98,16 @@ export function resolveDevice(spec: string, sysRoot = '/sys'): SysfsDevice {
       throw new VfioError('ERR_VFIO_NOT_FOUND', `no such sysfs path ${spec}`);
     }
     const name = basename(real);
-    if (PCI_ADDRESS.test(name) && existsSync(join(sysRoot, 'bus/pci/devices', name))) return describeDevice(join(sysRoot, 'bus/pci/devices', name), 'pci');
-    if (UUID.test(name) && existsSync(join(sysRoot, 'bus/mdev/devices', name))) return describeDevice(join(sysRoot, 'bus/mdev/devices', name), 'mdev');
+    if (PCI_ADDRESS.test(name) && existsSync(join(sysRoot, 'bus/pci/devices', name)))
+      return describeDevice(join(sysRoot, 'bus/pci/devices', name), 'pci');
+    if (UUID.test(name) && existsSync(join(sysRoot, 'bus/mdev/devices', name)))
+      return describeDevice(join(sysRoot, 'bus/mdev/devices', name), 'mdev');
     throw new VfioError('ERR_VFIO_NOT_FOUND', `${spec} is not a PCI or mdev device directory`);
   }
-  throw new VfioError('ERR_VFIO_NOT_FOUND', `cannot tell what device '${spec}' is: expected a PCI address (0000:3b:00.1), an mdev UUID or a sysfs path`);
+  throw new VfioError(
+    'ERR_VFIO_NOT_FOUND',
+    `cannot tell what device '${spec}' is: expected a PCI address (0000:3b:00.1), an mdev UUID or a sysfs path`,
+  );
 }
 
 function listDir(path: string): string[] {

@@ -7,7 +7,8 @@ namespace {
 
 // setErrorClass(cls): the one error class every syscall failure is built from.
 Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "error class must be a function");
+  if (info.Length() < 1 || !info[0].IsFunction())
+    throw Napi::TypeError::New(info.Env(), "error class must be a function");
   info.Env().GetInstanceData<AddonData>()->error_class = Napi::Persistent(info[0].As<Napi::Function>());
   return info.Env().Undefined();
 }

@@ -103,7 +103,8 @@ uint64_t ArgRegisterValue(const Napi::CallbackInfo& info, size_t i, unsigned wid
   }
   double v = ArgNumber(info, i, "value");
   double limit = width == 4 ? 4294967295.0 : width == 2 ? 65535.0 : 255.0;
-  if (v < 0 || v > limit) throw Napi::RangeError::New(env, "value does not fit in " + std::to_string(width * 8) + " bits");
+  if (v < 0 || v > limit)
+    throw Napi::RangeError::New(env, "value does not fit in " + std::to_string(width * 8) + " bits");
   return static_cast<uint64_t>(v);
 }
 
@@ -211,10 +212,9 @@ void RunRegisterWrite(const RegisterWrite& reg, Outcome& out) {
 }
 
 Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, SyscallWorker::Work work,
-                       SyscallWorker::Convert convert, const std::vector<Napi::Value>& keep,
-                       SyscallWorker::Done done) {
-  auto* worker = new SyscallWorker(env, syscall, std::move(detail), std::move(work), std::move(convert), keep,
-                                   std::move(done));
+                       SyscallWorker::Convert convert, const std::vector<Napi::Value>& keep, SyscallWorker::Done done) {
+  auto* worker =
+      new SyscallWorker(env, syscall, std::move(detail), std::move(work), std::move(convert), keep, std::move(done));
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -79,8 +79,8 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
     int err = errno;
     Napi::Error e = SyscallError(env, "open", err);
     e.Set("path", Napi::String::New(env, path));
-    e.Set("message", Napi::String::New(env, "open " + path + " " + e.Get("code").ToString().Utf8Value() + ": " +
-                                                strerror(err)));
+    e.Set("message",
+          Napi::String::New(env, "open " + path + " " + e.Get("code").ToString().Utf8Value() + ": " + strerror(err)));
     throw e;
   }
   return Napi::Number::New(env, fd);
@@ -134,7 +134,8 @@ Napi::Value PwriteWidthAsync(const Napi::CallbackInfo& info) {
   int64_t offset = ArgOffset(info, 1, "offset");
   unsigned width = ArgWidth(info, 2);
   uint64_t value = ArgRegisterValue(info, 3, width);
-  return RunAsync(info.Env(), "pwrite", "", [=] { return WriteRegister(fd, offset, width, value); }, nullptr);
+  return RunAsync(
+      info.Env(), "pwrite", "", [=] { return WriteRegister(fd, offset, width, value); }, nullptr);
 }
 
 // Bulk transfers: (fd, buffer, bufferOffset, length[, position]); one syscall, EINTR retried.
@@ -168,7 +169,9 @@ Outcome BulkNow(const BulkArgs& a) {
   }));
 }
 
-Napi::Value BytesResult(Napi::Env env, const Outcome& out) { return Napi::Number::New(env, static_cast<double>(out.ret)); }
+Napi::Value BytesResult(Napi::Env env, const Outcome& out) {
+  return Napi::Number::New(env, static_cast<double>(out.ret));
+}
 
 // One entry point per (syscall, sync/async): the same argument checks, the same syscall.
 template <Bulk op, bool async>
@@ -203,7 +206,8 @@ Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
     Outcome out;
     size_t done = 0;
     while (done < length) {
-      ssize_t n = RetryEintr([&] { return pwrite(fd, data + done, length - done, position + static_cast<int64_t>(done)); });
+      ssize_t n =
+          RetryEintr([&] { return pwrite(fd, data + done, length - done, position + static_cast<int64_t>(done)); });
       if (n <= 0) {
         out.err = n < 0 ? errno : EIO;
         out.stage = "data";

@@ -1,4 +1,5 @@
-// Struct sizes, field offsets and constants straight from the C compiler, so TS decoders can be checked against the header.
+// Struct sizes, field offsets and constants straight from the C compiler, so TS decoders can be checked against the
+// header.
 #include <fcntl.h>
 #include <sys/mman.h>
 

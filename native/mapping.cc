@@ -18,8 +18,8 @@ const napi_type_tag kMappingTag = {0x7f1a3c5e9b2d4a61ULL, 0x8c0e4f2a6d1b3e59ULL}
 struct MapState {
   uint8_t* addr = nullptr;
   size_t length = 0;
-  int holders = 0;      // wrapper + live views
-  int inflight = 0;     // async copies running
+  int holders = 0;   // wrapper + live views
+  int inflight = 0;  // async copies running
   bool unmap_requested = false;
 
   void UnmapIfIdle() {
@@ -61,7 +61,8 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     size_t length = ArgSize(info, 2, "length");
     uint32_t prot = ArgU32(info, 3, "prot");
     if (length == 0) throw Napi::RangeError::New(env, "length must be greater than 0");
-    if (prot & ~static_cast<uint32_t>(PROT_READ | PROT_WRITE)) throw Napi::RangeError::New(env, "prot may only hold PROT_READ and PROT_WRITE");
+    if (prot & ~static_cast<uint32_t>(PROT_READ | PROT_WRITE))
+      throw Napi::RangeError::New(env, "prot may only hold PROT_READ and PROT_WRITE");
     void* addr = mmap(nullptr, length, static_cast<int>(prot), MAP_SHARED, fd, offset);
     if (addr == MAP_FAILED) throw SyscallError(env, "mmap", errno);
     state_ = new MapState();

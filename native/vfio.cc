@@ -124,8 +124,8 @@ void PrepareDeviceInfo(struct vfio_device_info*, uint32_t) {}
 void PrepareRegionInfo(struct vfio_region_info* r, uint32_t index) { r->index = index; }
 
 Napi::Value DeviceGetInfo(const Napi::CallbackInfo& info) {
-  return GetVariableInfo<struct vfio_device_info>(info, VFIO_DEVICE_GET_INFO, "VFIO_DEVICE_GET_INFO",
-                                                  PrepareDeviceInfo, 0);
+  return GetVariableInfo<struct vfio_device_info>(info, VFIO_DEVICE_GET_INFO, "VFIO_DEVICE_GET_INFO", PrepareDeviceInfo,
+                                                  0);
 }
 
 Napi::Value DeviceGetRegionInfo(const Napi::CallbackInfo& info) {
@@ -160,7 +160,8 @@ Napi::Value DeviceReset(const Napi::CallbackInfo& info) {
 
 Napi::Value DeviceResetAsync(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "deviceFd");
-  return RunAsync(info.Env(), "ioctl", "VFIO_DEVICE_RESET", [fd] { return ResetNow(fd); }, nullptr);
+  return RunAsync(
+      info.Env(), "ioctl", "VFIO_DEVICE_RESET", [fd] { return ResetNow(fd); }, nullptr);
 }
 
 // VFIO_DEVICE_FEATURE on a caller-built struct vfio_device_feature (argsz, flags, data[]), in place.
@@ -197,8 +198,8 @@ Outcome FeatureNow(const FeatureArgs& a) {
   uint32_t flags;
   memcpy(&flags, a.data + offsetof(struct vfio_device_feature, flags), sizeof(flags));
   size_t fd_at = sizeof(struct vfio_device_feature) + offsetof(struct vfio_device_feature_mig_state, data_fd);
-  if ((flags & VFIO_DEVICE_FEATURE_SET) &&
-      (flags & VFIO_DEVICE_FEATURE_MASK) == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && a.length >= fd_at + sizeof(int32_t)) {
+  if ((flags & VFIO_DEVICE_FEATURE_SET) && (flags & VFIO_DEVICE_FEATURE_MASK) == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE &&
+      a.length >= fd_at + sizeof(int32_t)) {
     int32_t data_fd;
     memcpy(&data_fd, a.data + fd_at, sizeof(data_fd));
     if (data_fd >= 0) EnsureCloexec(data_fd);
@@ -221,7 +222,6 @@ Napi::Value DeviceFeatureAsync(const Napi::CallbackInfo& info) {
       info.Env(), "ioctl", "VFIO_DEVICE_FEATURE", [a] { return FeatureNow(a); },
       [](Napi::Env env, const Outcome& out) { return Napi::Number::New(env, static_cast<double>(out.ret)); }, {view});
 }
-
 
 Outcome PrecopyNow(int fd, struct vfio_precopy_info* pi) {
   Outcome out;

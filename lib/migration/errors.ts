@@ -24,7 +24,11 @@ export class MigrationError extends Error {
   record?: bigint;
   recovery: Recovery = 'none';
 
-  constructor(code: MigrationErrorCode, message: string, options: { cause?: unknown; step?: string; errno?: string; record?: bigint } = {}) {
+  constructor(
+    code: MigrationErrorCode,
+    message: string,
+    options: { cause?: unknown; step?: string; errno?: string; record?: bigint } = {},
+  ) {
     super(message, { cause: options.cause });
     this.name = 'MigrationError';
     this.code = code;
@@ -36,7 +40,10 @@ export class MigrationError extends Error {
 
 export function abortError(signal: AbortSignal, step: string): MigrationError {
   const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason ?? 'aborted');
-  return new MigrationError('ERR_MIGRATION_ABORTED', `aborted during ${step}: ${reason}`, { step, cause: signal.reason });
+  return new MigrationError('ERR_MIGRATION_ABORTED', `aborted during ${step}: ${reason}`, {
+    step,
+    cause: signal.reason,
+  });
 }
 
 /** The errno name ('EIO') of a failed syscall, else undefined. */
@@ -49,5 +56,10 @@ export function deviceStepError(step: string, err: unknown, record?: bigint): Mi
   if (err instanceof MigrationError) return err;
   const errno = errnoOf(err);
   const detail = err instanceof Error ? err.message : String(err);
-  return new MigrationError('ERR_MIGRATION_DEVICE', `${step} failed${errno ? ` with ${errno}` : ''}: ${detail}`, { cause: err, step, errno, record });
+  return new MigrationError('ERR_MIGRATION_DEVICE', `${step} failed${errno ? ` with ${errno}` : ''}: ${detail}`, {
+    cause: err,
+    step,
+    errno,
+    record,
+  });
 }

@@ -34,7 +34,11 @@ Object.defineProperty(Device.prototype, 'migration', {
 /** The device's migration, or a clear error when it has none. */
 export function requireMigration(device: Device): Migration {
   const m = device.migration;
-  if (!m) throw new MigrationError('ERR_MIGRATION_NONE', `device ${device.name} offers no migration protocol (neither VFIO_DEVICE_FEATURE_MIGRATION nor a v1 migration region)`);
+  if (!m)
+    throw new MigrationError(
+      'ERR_MIGRATION_NONE',
+      `device ${device.name} offers no migration protocol (neither VFIO_DEVICE_FEATURE_MIGRATION nor a v1 migration region)`,
+    );
   return m;
 }
 
@@ -47,7 +51,15 @@ export { V2Engine, v2Path, v2StateName, supportedStates } from './v2';
 export type { V2Support } from './v2';
 export { probeMigration } from './probe';
 export type { MigrationProbe } from './probe';
-export { StreamEncoder, StreamDecoder, StreamError, verifyStream, PHASE_STOP_COPY, STREAM_MAGIC, STREAM_VERSION } from './stream';
+export {
+  StreamEncoder,
+  StreamDecoder,
+  StreamError,
+  verifyStream,
+  PHASE_STOP_COPY,
+  STREAM_MAGIC,
+  STREAM_VERSION,
+} from './stream';
 export type { StreamHeader, StreamRecord, StreamSink, StreamSource, VerifyResult } from './stream';
 export { FdSource, isByteSource } from './source';
 export type { ByteSource } from './source';

@@ -27,7 +27,8 @@ export function probeV2Flags(device: Device): bigint | null {
     device.feature(buf);
   } catch (err) {
     // ENOTTY: no migration feature; EINVAL/EOPNOTSUPP: kernels without VFIO_DEVICE_FEATURE at all.
-    if (isSyscallError(err, 'ENOTTY') || isSyscallError(err, 'EINVAL') || isSyscallError(err, 'EOPNOTSUPP')) return null;
+    if (isSyscallError(err, 'ENOTTY') || isSyscallError(err, 'EINVAL') || isSyscallError(err, 'EOPNOTSUPP'))
+      return null;
     throw err;
   }
   return buf.readBigUInt64LE(head.size + layout.vfio_device_feature_migration.fields.flags);
@@ -36,7 +37,11 @@ export function probeV2Flags(device: Device): bigint | null {
 /** Finds the v1 migration region by its type capability, on any region index. */
 export function findV1Region(device: Device): RegionInfo | null {
   for (const info of device.regions()) {
-    if (info.type?.type === VFIO_REGION_TYPE_MIGRATION_DEPRECATED && info.type.subtype === VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED) return info;
+    if (
+      info.type?.type === VFIO_REGION_TYPE_MIGRATION_DEPRECATED &&
+      info.type.subtype === VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED
+    )
+      return info;
   }
   return null;
 }

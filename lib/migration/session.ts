@@ -3,7 +3,16 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Device } from '../device';
 import { MigrationError, type Recovery } from './errors';
-import { StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamHeader, type StreamSink, type StreamSource, type VerifyResult } from './stream';
+import {
+  StreamDecoder,
+  StreamEncoder,
+  StreamError,
+  verifyStream,
+  type StreamHeader,
+  type StreamSink,
+  type StreamSource,
+  type VerifyResult,
+} from './stream';
 import { readAhead } from './pipeline';
 import type { LoadOptions, LoadResult, MigrationEngine, Phase, Progress, SaveOptions, SaveResult } from './types';
 
@@ -24,15 +33,29 @@ export function deviceIdentity(device: Device): Record<string, unknown> {
   const s = device.sysfs;
   if (!s) return { kind: 'unknown', name: device.name };
   if (s.kind === 'pci') {
-    return { kind: 'pci', vendor: s.vendor, device: s.device, subsystemVendor: s.subsystemVendor, subsystemDevice: s.subsystemDevice, driver: s.driver };
+    return {
+      kind: 'pci',
+      vendor: s.vendor,
+      device: s.device,
+      subsystemVendor: s.subsystemVendor,
+      subsystemDevice: s.subsystemDevice,
+      driver: s.driver,
+    };
   }
   return { kind: 'mdev', mdevType: s.mdevType, driver: s.driver };
 }
 
 /** Differences between a stream's device identity and a destination's, empty when they match. */
 export function identityMismatches(saved: Record<string, unknown>, here: Record<string, unknown>): string[] {
-  const keys = saved.kind === 'pci' ? ['kind', 'vendor', 'device', 'subsystemVendor', 'subsystemDevice'] : saved.kind === 'mdev' ? ['kind', 'mdevType'] : ['kind'];
-  return keys.filter((k) => saved[k] !== here[k]).map((k) => `${k}: stream has ${JSON.stringify(saved[k])}, device has ${JSON.stringify(here[k])}`);
+  const keys =
+    saved.kind === 'pci'
+      ? ['kind', 'vendor', 'device', 'subsystemVendor', 'subsystemDevice']
+      : saved.kind === 'mdev'
+        ? ['kind', 'mdevType']
+        : ['kind'];
+  return keys
+    .filter((k) => saved[k] !== here[k])
+    .map((k) => `${k}: stream has ${JSON.stringify(saved[k])}, device has ${JSON.stringify(here[k])}`);
 }
 
 /** Calls onProgress at phase changes and at most every 100 ms in between. */
@@ -48,7 +71,14 @@ function progressReporter(start: number, onProgress?: (p: Progress) => void) {
     lastIteration = iteration;
     lastAt = now;
     const elapsedMs = now - start;
-    onProgress({ phase, iteration, bytes, pendingBytes, elapsedMs, throughput: elapsedMs > 0 ? (bytes * 1000) / elapsedMs : 0 });
+    onProgress({
+      phase,
+      iteration,
+      bytes,
+      pendingBytes,
+      elapsedMs,
+      throughput: elapsedMs > 0 ? (bytes * 1000) / elapsedMs : 0,
+    });
   };
 }
 
@@ -57,10 +87,16 @@ function withRecovery(err: unknown, recovery: Recovery, role: 'source' | 'destin
   if (err instanceof MigrationError) {
     error = err;
   } else if (err instanceof StreamError) {
-    error = new MigrationError('ERR_MIGRATION_STREAM', `bad stream: ${err.message}`, { cause: err, record: err.record });
+    error = new MigrationError('ERR_MIGRATION_STREAM', `bad stream: ${err.message}`, {
+      cause: err,
+      record: err.record,
+    });
   } else {
     const e = err as NodeJS.ErrnoException;
-    error = new MigrationError('ERR_MIGRATION_IO', `stream I/O failed: ${e?.message ?? String(err)}`, { cause: err, errno: e?.code });
+    error = new MigrationError('ERR_MIGRATION_IO', `stream I/O failed: ${e?.message ?? String(err)}`, {
+      cause: err,
+      errno: e?.code,
+    });
   }
   if (error.recovery === 'none' || error.recovery === 'running') error.recovery = recovery;
   const said: Record<Recovery, string> = {
@@ -70,7 +106,8 @@ function withRecovery(err: unknown, recovery: Recovery, role: 'source' | 'destin
     reset: `the ${role} device was reset (VFIO_DEVICE_RESET)`,
     failed: `the ${role} device could not be recovered: reset it before use`,
   };
-  if (said[error.recovery] && !error.message.includes(said[error.recovery])) error.message += `; ${said[error.recovery]}`;
+  if (said[error.recovery] && !error.message.includes(said[error.recovery]))
+    error.message += `; ${said[error.recovery]}`;
   return error;
 }
 
@@ -106,7 +143,12 @@ export class Migration {
   async save(sink: StreamSink, options: SaveOptions = {}): Promise<SaveResult> {
     const start = Date.now();
     const report = progressReporter(start, options.onProgress);
-    if (options.signal?.aborted) throw withRecovery(new MigrationError('ERR_MIGRATION_ABORTED', 'aborted before the save started', { step: 'start' }), 'none', 'source');
+    if (options.signal?.aborted)
+      throw withRecovery(
+        new MigrationError('ERR_MIGRATION_ABORTED', 'aborted before the save started', { step: 'start' }),
+        'none',
+        'source',
+      );
     const header: StreamHeader = {
       ...options.meta,
       protocol: this.protocol,
@@ -133,7 +175,14 @@ export class Migration {
       stopCopyMs = stoppedAt ? Date.now() - stoppedAt : 0;
       const totals = await encoder.finish();
       report('done', 0, Number(totals.payloadBytes), 0n, true);
-      return { records: totals.records, bytes: totals.payloadBytes, precopyIterations: r.precopyIterations, precopyBytes: r.precopyBytes, stopCopyMs, elapsedMs: Date.now() - start };
+      return {
+        records: totals.records,
+        bytes: totals.payloadBytes,
+        precopyIterations: r.precopyIterations,
+        precopyBytes: r.precopyBytes,
+        stopCopyMs,
+        elapsedMs: Date.now() - start,
+      };
     } catch (err) {
       const recovery = await this.engine.recoverSource();
       throw withRecovery(err, recovery, 'source');
@@ -156,15 +205,26 @@ export class Migration {
       throw withRecovery(err, 'none', 'destination');
     }
     if (header.protocol !== this.protocol) {
-      throw new MigrationError('ERR_MIGRATION_MISMATCH', `the stream was saved with migration protocol ${header.protocol}, this device speaks ${this.protocol}; nothing was written to the device`);
+      throw new MigrationError(
+        'ERR_MIGRATION_MISMATCH',
+        `the stream was saved with migration protocol ${header.protocol}, this device speaks ${this.protocol}; nothing was written to the device`,
+      );
     }
     const mismatches = identityMismatches(header.device, deviceIdentity(this.device));
     if (mismatches.length && !options.force) {
-      throw new MigrationError('ERR_MIGRATION_MISMATCH', `the stream was saved from another kind of device (${mismatches.join('; ')}); use force to load it anyway; nothing was written to the device`);
+      throw new MigrationError(
+        'ERR_MIGRATION_MISMATCH',
+        `the stream was saved from another kind of device (${mismatches.join('; ')}); use force to load it anyway; nothing was written to the device`,
+      );
     }
     try {
-      if (options.signal?.aborted) throw new MigrationError('ERR_MIGRATION_ABORTED', 'aborted before the load started', { step: 'start' });
-      await this.engine.load(readAhead(decoder.records()), { leave: options.leave ?? 'running', signal: options.signal, progress: report });
+      if (options.signal?.aborted)
+        throw new MigrationError('ERR_MIGRATION_ABORTED', 'aborted before the load started', { step: 'start' });
+      await this.engine.load(readAhead(decoder.records()), {
+        leave: options.leave ?? 'running',
+        signal: options.signal,
+        progress: report,
+      });
     } catch (err) {
       const recovery = await this.engine.recoverDestination();
       throw withRecovery(err, recovery, 'destination');

@@ -20,7 +20,12 @@ export interface ByteSource {
 }
 
 export function isByteSource(value: unknown): value is ByteSource {
-  return typeof value === 'object' && value !== null && typeof (value as ByteSource).readAtLeast === 'function' && typeof (value as ByteSource).close === 'function';
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as ByteSource).readAtLeast === 'function' &&
+    typeof (value as ByteSource).close === 'function'
+  );
 }
 
 /**
@@ -34,7 +39,8 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
 
   /** Reads `fd`; close() closes it only when `closeFd` is set (stdin stays open by default). */
   constructor(fd: number, options: { name?: string; closeFd?: boolean } = {}) {
-    if (!Number.isInteger(fd) || fd < 0) throw new TypeError(`FdSource: fd must be a non-negative integer, got ${String(fd)}`);
+    if (!Number.isInteger(fd) || fd < 0)
+      throw new TypeError(`FdSource: fd must be a non-negative integer, got ${String(fd)}`);
     this.name = options.name ?? `fd ${fd}`;
     this.#handle = new FdHandle(fd, this.name, { closeFd: options.closeFd ?? false });
   }

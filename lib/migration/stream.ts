@@ -182,9 +182,7 @@ function encodeRecordHeader(
 function checkMaxPayload(value: number | undefined): number {
   if (value === undefined) return DEFAULT_MAX_PAYLOAD;
   if (!Number.isSafeInteger(value) || value < 0 || value > bufferConstants.MAX_LENGTH) {
-    throw new RangeError(
-      `maxPayload must be an integer from 0 to ${bufferConstants.MAX_LENGTH}, got ${String(value)}`,
-    );
+    throw new RangeError(`maxPayload must be an integer from 0 to ${bufferConstants.MAX_LENGTH}, got ${String(value)}`);
   }
   return value;
 }
@@ -356,7 +354,9 @@ export class StreamEncoder {
     }
     const jsonLength = Buffer.byteLength(json, 'utf8');
     if (jsonLength > MAX_HEADER_JSON) {
-      throw new RangeError(`StreamEncoder: the stream header is ${jsonLength} bytes of JSON, more than ${MAX_HEADER_JSON}`);
+      throw new RangeError(
+        `StreamEncoder: the stream header is ${jsonLength} bytes of JSON, more than ${MAX_HEADER_JSON}`,
+      );
     }
     // Encoded now so that a bad header fails in the constructor, not at the first write.
     const bytes = Buffer.allocUnsafe(FIXED_HEADER_SIZE + jsonLength + 4);
@@ -387,13 +387,19 @@ export class StreamEncoder {
    */
   writeRecord(phase: number, payload: Buffer | Uint8Array): Promise<void> {
     if (!Number.isInteger(phase) || phase < 0 || phase > PHASE_STOP_COPY) {
-      return Promise.reject(new RangeError(`StreamEncoder: phase must be an integer from 0 to ${PHASE_STOP_COPY}, got ${String(phase)}`));
+      return Promise.reject(
+        new RangeError(`StreamEncoder: phase must be an integer from 0 to ${PHASE_STOP_COPY}, got ${String(phase)}`),
+      );
     }
     if (!(payload instanceof Uint8Array)) {
       return Promise.reject(new TypeError('StreamEncoder: payload must be a Buffer or Uint8Array'));
     }
     if (payload.byteLength > this.#maxPayload) {
-      return Promise.reject(new RangeError(`StreamEncoder: payload of ${payload.byteLength} bytes is larger than maxPayload (${this.#maxPayload})`));
+      return Promise.reject(
+        new RangeError(
+          `StreamEncoder: payload of ${payload.byteLength} bytes is larger than maxPayload (${this.#maxPayload})`,
+        ),
+      );
     }
     if (this.#finishing !== undefined) {
       return Promise.reject(new Error('StreamEncoder: writeRecord() after finish()'));
@@ -401,7 +407,9 @@ export class StreamEncoder {
     return this.#run(async () => {
       if (this.#state === 'new') await this.#writeHeader();
       const length = payload.byteLength;
-      const record = this.#pool ? this.#pool.take(RECORD_HEADER_SIZE + length) : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
+      const record = this.#pool
+        ? this.#pool.take(RECORD_HEADER_SIZE + length)
+        : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
       // Buffer#copy is a plain memmove; TypedArray#set measured 10x slower under emulation (bench).
       toBuffer(payload).copy(record, RECORD_HEADER_SIZE);
       const body = record.subarray(RECORD_HEADER_SIZE);
@@ -727,7 +735,11 @@ export class StreamDecoder {
     }
     const flags = fixed.readUInt16LE(10);
     if (flags !== 0) {
-      throw new StreamError('ERR_STREAM_FORMAT', `stream header at offset 10: unsupported flags 0x${flags.toString(16)}`, 10);
+      throw new StreamError(
+        'ERR_STREAM_FORMAT',
+        `stream header at offset 10: unsupported flags 0x${flags.toString(16)}`,
+        10,
+      );
     }
     const jsonLength = fixed.readUInt32LE(12);
     if (jsonLength === 0 || jsonLength > MAX_HEADER_JSON) {
@@ -769,7 +781,11 @@ export class StreamDecoder {
     }
     const problem = headerProblem(header);
     if (problem !== undefined) {
-      throw new StreamError('ERR_STREAM_FORMAT', `stream header at offset ${FIXED_HEADER_SIZE}: ${problem}`, FIXED_HEADER_SIZE);
+      throw new StreamError(
+        'ERR_STREAM_FORMAT',
+        `stream header at offset ${FIXED_HEADER_SIZE}: ${problem}`,
+        FIXED_HEADER_SIZE,
+      );
     }
     return header as StreamHeader;
   }
@@ -808,10 +824,20 @@ export class StreamDecoder {
     }
     const kind = head[0]!;
     if (kind !== KIND_DATA && kind !== KIND_TRAILER) {
-      throw new StreamError('ERR_STREAM_FORMAT', `record ${index} at offset ${at}: unknown record kind 0x${kind.toString(16)}`, at, index);
+      throw new StreamError(
+        'ERR_STREAM_FORMAT',
+        `record ${index} at offset ${at}: unknown record kind 0x${kind.toString(16)}`,
+        at,
+        index,
+      );
     }
     if (head[1] !== 0 || head.readUInt16LE(2) !== 0) {
-      throw new StreamError('ERR_STREAM_FORMAT', `record ${index} at offset ${at}: reserved header bytes are not 0`, at, index);
+      throw new StreamError(
+        'ERR_STREAM_FORMAT',
+        `record ${index} at offset ${at}: reserved header bytes are not 0`,
+        at,
+        index,
+      );
     }
     const phase = head.readUInt32LE(4);
     const sequence = head.readBigUInt64LE(8);
@@ -956,10 +982,7 @@ export interface VerifyResult {
 }
 
 /** Decodes a whole stream, checking everything the loader would, and summarises it. */
-export async function verifyStream(
-  source: StreamSource,
-  options: VerifyOptions = {},
-): Promise<VerifyResult> {
+export async function verifyStream(source: StreamSource, options: VerifyOptions = {}): Promise<VerifyResult> {
   const { signal, ...decoderOptions } = options;
   signal?.throwIfAborted();
   const decoder = new StreamDecoder(source, decoderOptions);

@@ -3,7 +3,14 @@ import type { Device, Doorbell, Mapping, Region } from '../device';
 import type { SyscallError } from '../errors';
 import { toSafeNumber } from '../device';
 import type { RegionInfo, SparseMmapArea } from '../region';
-import { VFIO_DEVICE_STATE_MASK, VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING, VFIO_DEVICE_STATE_V1_STOP, layout } from '../uapi';
+import {
+  VFIO_DEVICE_STATE_MASK,
+  VFIO_DEVICE_STATE_V1_RESUMING,
+  VFIO_DEVICE_STATE_V1_RUNNING,
+  VFIO_DEVICE_STATE_V1_SAVING,
+  VFIO_DEVICE_STATE_V1_STOP,
+  layout,
+} from '../uapi';
 import { MigrationError, abortError, deviceStepError, errnoOf, type Recovery } from './errors';
 import { PHASE_STOP_COPY, type StreamRecord } from './stream';
 import type { LoadContext, MigrationEngine, SaveContext } from './types';
@@ -77,13 +84,23 @@ export function checkV1Transition(from: number, to: number): void {
   const t = to & VFIO_DEVICE_STATE_MASK;
   const step = `set state ${v1StateName(f)} -> ${v1StateName(t)}`;
   if (!isValidV1State(t) || t === V1_ERROR) {
-    throw new MigrationError('ERR_MIGRATION_STATE', `${step}: ${v1StateName(t)} is not a state a client may request`, { step });
+    throw new MigrationError('ERR_MIGRATION_STATE', `${step}: ${v1StateName(t)} is not a state a client may request`, {
+      step,
+    });
   }
   if (isV1ErrorState(f)) {
-    throw new MigrationError('ERR_MIGRATION_STATE', `${step}: the device is in the error state; only VFIO_DEVICE_RESET recovers it`, { step });
+    throw new MigrationError(
+      'ERR_MIGRATION_STATE',
+      `${step}: the device is in the error state; only VFIO_DEVICE_RESET recovers it`,
+      { step },
+    );
   }
   if (!(V1_ARCS.get(f) ?? []).includes(t)) {
-    throw new MigrationError('ERR_MIGRATION_STATE', `${step}: not a legal transition (from ${v1StateName(f)} the device may go to ${(V1_ARCS.get(f) ?? []).map(v1StateName).join(', ') || 'nowhere'})`, { step });
+    throw new MigrationError(
+      'ERR_MIGRATION_STATE',
+      `${step}: not a legal transition (from ${v1StateName(f)} the device may go to ${(V1_ARCS.get(f) ?? []).map(v1StateName).join(', ') || 'nowhere'})`,
+      { step },
+    );
   }
 }
 
@@ -127,14 +144,20 @@ export function splitByAreas(start: bigint, length: number, areas: readonly Spar
 export function checkV1Region(info: RegionInfo): void {
   const what = `migration region (index ${info.index})`;
   if (info.size < BigInt(V1_HEADER_SIZE)) {
-    throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${what} is ${info.size} bytes, smaller than the ${V1_HEADER_SIZE}-byte header`);
+    throw new MigrationError(
+      'ERR_MIGRATION_PROTOCOL',
+      `${what} is ${info.size} bytes, smaller than the ${V1_HEADER_SIZE}-byte header`,
+    );
   }
   if (!info.readable || !info.writable) {
     throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${what} must be readable and writable`);
   }
   for (const a of info.mmapAreas) {
     if (a.offset < BigInt(V1_HEADER_SIZE)) {
-      throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${what}: mmap area [${a.offset}, +${a.size}) overlaps the trapped header`);
+      throw new MigrationError(
+        'ERR_MIGRATION_PROTOCOL',
+        `${what}: mmap area [${a.offset}, +${a.size}) overlaps the trapped header`,
+      );
     }
   }
 }
@@ -200,7 +223,11 @@ export class V1Engine implements MigrationEngine {
 
   async setStateByName(name: string): Promise<void> {
     const state = V1_STATE_BY_NAME[name.toUpperCase()];
-    if (state === undefined) throw new MigrationError('ERR_MIGRATION_STATE', `unknown v1 state '${name}' (one of ${this.stateNames.join(', ')})`);
+    if (state === undefined)
+      throw new MigrationError(
+        'ERR_MIGRATION_STATE',
+        `unknown v1 state '${name}' (one of ${this.stateNames.join(', ')})`,
+      );
     await this.setState(state);
   }
 
@@ -267,10 +294,18 @@ export class V1Engine implements MigrationEngine {
   #checkWindow(offset: bigint, size: bigint, step: string): void {
     const regionSize = this.region.info.size;
     if (offset < BigInt(V1_HEADER_SIZE) || offset > regionSize || size > regionSize - offset) {
-      throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${step}: data_offset ${offset} + data_size ${size} is outside the data section [${V1_HEADER_SIZE}, ${regionSize})`, { step });
+      throw new MigrationError(
+        'ERR_MIGRATION_PROTOCOL',
+        `${step}: data_offset ${offset} + data_size ${size} is outside the data section [${V1_HEADER_SIZE}, ${regionSize})`,
+        { step },
+      );
     }
     if (size > BigInt(MAX_TRANSACTION)) {
-      throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${step}: data_size ${size} is larger than ${MAX_TRANSACTION} bytes`, { step });
+      throw new MigrationError(
+        'ERR_MIGRATION_PROTOCOL',
+        `${step}: data_size ${size} is larger than ${MAX_TRANSACTION} bytes`,
+        { step },
+      );
     }
   }
 
@@ -279,18 +314,26 @@ export class V1Engine implements MigrationEngine {
   }
 
   /** One segment of a data window, through its mapping or by pread/pwrite; `doorbell` follows a write in the same job. */
-  async #segment(direction: 'read' | 'write', seg: Segment, buffer: Buffer, doorbell?: { step: string; write: Doorbell }): Promise<void> {
+  async #segment(
+    direction: 'read' | 'write',
+    seg: Segment,
+    buffer: Buffer,
+    doorbell?: { step: string; write: Doorbell },
+  ): Promise<void> {
     const step = `${direction} data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : direction === 'read' ? 'pread' : 'pwrite'}`;
     try {
       if (seg.area >= 0) {
         const area = this.#areas[seg.area];
         const at = Number(seg.regionOffset - area.offset);
         if (direction === 'read') return await area.map.readInto(at, buffer, seg.bufferOffset, seg.length);
-        if (doorbell) return await this.region.writeMappedThen(area.map, at, buffer, seg.bufferOffset, seg.length, doorbell.write);
+        if (doorbell)
+          return await this.region.writeMappedThen(area.map, at, buffer, seg.bufferOffset, seg.length, doorbell.write);
         return await area.map.writeFrom(at, buffer, seg.bufferOffset, seg.length);
       }
-      if (direction === 'read') return await this.region.readBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
-      if (doorbell) return await this.region.writeBulkThen(seg.regionOffset, buffer, seg.bufferOffset, seg.length, doorbell.write);
+      if (direction === 'read')
+        return await this.region.readBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
+      if (doorbell)
+        return await this.region.writeBulkThen(seg.regionOffset, buffer, seg.bufferOffset, seg.length, doorbell.write);
       return await this.region.writeBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
     } catch (err) {
       throw deviceStepError(doorbell && (err as SyscallError).stage === 'register' ? doorbell.step : step, err);
@@ -305,7 +348,10 @@ export class V1Engine implements MigrationEngine {
     const segments = splitByAreas(offset, payload.length, this.#areas);
     const last = segments.pop()!;
     for (const seg of segments) await this.#segment('write', seg, payload);
-    await this.#segment('write', last, payload, { step: `${where}: write data_size`, write: { offset: REG.data_size, width: 8, value: BigInt(payload.length) } });
+    await this.#segment('write', last, payload, {
+      step: `${where}: write data_size`,
+      write: { offset: REG.data_size, width: 8, value: BigInt(payload.length) },
+    });
   }
 
   // pending_bytes and data_size only report counters; data_offset is the read that may wait for
@@ -319,7 +365,14 @@ export class V1Engine implements MigrationEngine {
    * transaction, pending_bytes re-read after each chunk. Stops when pending_bytes is 0 or, in
    * pre-copy, once `budget` bytes moved (a self-dirtying device never reaches 0 while running).
    */
-  async #drain(pending: bigint, phase: number, ctx: SaveContext, window: EmitWindow, moved: { total: number }, budget?: bigint): Promise<bigint> {
+  async #drain(
+    pending: bigint,
+    phase: number,
+    ctx: SaveContext,
+    window: EmitWindow,
+    moved: { total: number },
+    budget?: bigint,
+  ): Promise<bigint> {
     let thisPass = 0n;
     const name = phase === PHASE_STOP_COPY ? 'stop-and-copy' : `pre-copy iteration ${phase}`;
     while (pending > 0n && (budget === undefined || thisPass < budget)) {
@@ -327,7 +380,11 @@ export class V1Engine implements MigrationEngine {
       const offset = await this.#step('read data_offset', () => this.region.readAsync(REG.data_offset, 8));
       const size = this.#stepSync('read data_size', () => this.region.read(REG.data_size, 8));
       if (size === 0n) {
-        throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${name}: data_size is 0 while pending_bytes is ${pending}`, { step: 'read data_size' });
+        throw new MigrationError(
+          'ERR_MIGRATION_PROTOCOL',
+          `${name}: data_size is 0 while pending_bytes is ${pending}`,
+          { step: 'read data_size' },
+        );
       }
       this.#checkWindow(offset, size, 'read data_offset/data_size');
       const length = toSafeNumber(size, 'data_size');
@@ -338,7 +395,12 @@ export class V1Engine implements MigrationEngine {
       thisPass += size;
       moved.total += length;
       pending = this.#readPending();
-      ctx.progress(phase === PHASE_STOP_COPY ? 'stop-copy' : 'precopy', phase === PHASE_STOP_COPY ? 0 : phase, moved.total, pending);
+      ctx.progress(
+        phase === PHASE_STOP_COPY ? 'stop-copy' : 'precopy',
+        phase === PHASE_STOP_COPY ? 0 : phase,
+        moved.total,
+        pending,
+      );
     }
     return pending;
   }
@@ -350,7 +412,7 @@ export class V1Engine implements MigrationEngine {
       const moved = { total: 0 };
       let iterations = 0;
       const policy = ctx.policy;
-      const maxIterations = policy ? policy.maxIterations ?? 8 : 0;
+      const maxIterations = policy ? (policy.maxIterations ?? 8) : 0;
       if (policy && maxIterations > 0) {
         await this.setState(V1_PRECOPY);
         const started = Date.now();
@@ -399,7 +461,10 @@ export class V1Engine implements MigrationEngine {
         if (ctx.signal?.aborted) throw abortError(ctx.signal, `resuming, record ${record.sequence}`);
         const where = `record ${record.sequence}`;
         const length = record.payload.length;
-        if (length === 0) throw new MigrationError('ERR_MIGRATION_STREAM', `${where} is empty: a v1 transaction carries data`, { record: record.sequence });
+        if (length === 0)
+          throw new MigrationError('ERR_MIGRATION_STREAM', `${where} is empty: a v1 transaction carries data`, {
+            record: record.sequence,
+          });
         // Resuming step a: a register read that only says where to write (the wait is in step c).
         const offset = this.#stepSync(`${where}: read data_offset`, () => this.region.read(REG.data_offset, 8));
         this.#checkWindow(offset, BigInt(length), `${where}: read data_offset`);

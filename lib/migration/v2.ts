@@ -160,7 +160,10 @@ export class V2Engine implements MigrationEngine {
   }
 
   async getState(): Promise<number> {
-    const buf = this.#featureBuffer(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, layout.vfio_device_feature_mig_state.size);
+    const buf = this.#featureBuffer(
+      VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+      layout.vfio_device_feature_mig_state.size,
+    );
     try {
       await this.device.featureAsync(buf);
     } catch (err) {
@@ -180,7 +183,10 @@ export class V2Engine implements MigrationEngine {
   async setStateByName(name: string): Promise<void> {
     const entry = Object.entries(V2_STATE_NAMES).find(([, n]) => n === name.toUpperCase());
     if (!entry || Number(entry[0]) === VFIO_DEVICE_STATE_ERROR) {
-      throw new MigrationError('ERR_MIGRATION_STATE', `unknown v2 state '${name}' (one of ${this.stateNames.join(', ')})`);
+      throw new MigrationError(
+        'ERR_MIGRATION_STATE',
+        `unknown v2 state '${name}' (one of ${this.stateNames.join(', ')})`,
+      );
     }
     await this.setState(Number(entry[0]));
     // A session opened by this expert move has no reader; close it rather than leak it.
@@ -189,12 +195,16 @@ export class V2Engine implements MigrationEngine {
 
   /** Estimated stop-copy size (kernel 6.3+); undefined when the device or kernel has none. */
   async dataSizeEstimate(): Promise<bigint | undefined> {
-    const buf = this.#featureBuffer(VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, layout.vfio_device_feature_mig_data_size.size);
+    const buf = this.#featureBuffer(
+      VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
+      layout.vfio_device_feature_mig_data_size.size,
+    );
     try {
       await this.device.featureAsync(buf);
     } catch (err) {
       // Kernels before 6.3 and drivers without the feature say ENOTTY (or EINVAL/EOPNOTSUPP): no estimate.
-      if (isSyscallError(err, 'ENOTTY') || isSyscallError(err, 'EINVAL') || isSyscallError(err, 'EOPNOTSUPP')) return undefined;
+      if (isSyscallError(err, 'ENOTTY') || isSyscallError(err, 'EINVAL') || isSyscallError(err, 'EOPNOTSUPP'))
+        return undefined;
       throw deviceStepError('get MIG_DATA_SIZE', err);
     }
     return buf.readBigUInt64LE(layout.vfio_device_feature.size);
@@ -202,7 +212,10 @@ export class V2Engine implements MigrationEngine {
 
   /** Sets one FSM arc; adopts a returned data_fd (the previous one stays open if none is returned). */
   async #setArc(from: number, to: number): Promise<void> {
-    const buf = this.#featureBuffer(VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, layout.vfio_device_feature_mig_state.size);
+    const buf = this.#featureBuffer(
+      VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+      layout.vfio_device_feature_mig_state.size,
+    );
     const at = layout.vfio_device_feature.size;
     buf.writeUInt32LE(to, at + layout.vfio_device_feature_mig_state.fields.device_state);
     buf.writeInt32LE(-1, at + layout.vfio_device_feature_mig_state.fields.data_fd);
@@ -224,11 +237,19 @@ export class V2Engine implements MigrationEngine {
     const from = await this.getState();
     if (from === target) return;
     if (from === VFIO_DEVICE_STATE_ERROR) {
-      throw new MigrationError('ERR_MIGRATION_STATE', `set state ${v2StateName(from)} -> ${v2StateName(target)}: the device is in the ERROR state; only VFIO_DEVICE_RESET recovers it`, { step: `set state ${v2StateName(target)}` });
+      throw new MigrationError(
+        'ERR_MIGRATION_STATE',
+        `set state ${v2StateName(from)} -> ${v2StateName(target)}: the device is in the ERROR state; only VFIO_DEVICE_RESET recovers it`,
+        { step: `set state ${v2StateName(target)}` },
+      );
     }
     const path = v2Path(from, target, this.support);
     if (!path) {
-      throw new MigrationError('ERR_MIGRATION_STATE', `set state ${v2StateName(from)} -> ${v2StateName(target)}: no path (the device supports ${[...supportedStates(this.support)].map(v2StateName).join(', ')})`, { step: `set state ${v2StateName(target)}` });
+      throw new MigrationError(
+        'ERR_MIGRATION_STATE',
+        `set state ${v2StateName(from)} -> ${v2StateName(target)}: no path (the device supports ${[...supportedStates(this.support)].map(v2StateName).join(', ')})`,
+        { step: `set state ${v2StateName(target)}` },
+      );
     }
     let cur = from;
     for (const next of path) {
@@ -243,7 +264,11 @@ export class V2Engine implements MigrationEngine {
           /* unreadable */
         }
         const errno = errnoOf(err);
-        throw new MigrationError('ERR_MIGRATION_STATE', `${step} failed${errno ? ` with ${errno}` : ''}; device state is now ${now === undefined ? 'unreadable' : v2StateName(now)}`, { cause: err, step, errno });
+        throw new MigrationError(
+          'ERR_MIGRATION_STATE',
+          `${step} failed${errno ? ` with ${errno}` : ''}; device state is now ${now === undefined ? 'unreadable' : v2StateName(now)}`,
+          { cause: err, step, errno },
+        );
       }
       cur = next;
     }
@@ -255,7 +280,8 @@ export class V2Engine implements MigrationEngine {
   }
 
   #requireFd(step: string): FdHandle {
-    if (!this.#dataFd) throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${step}: the device returned no data_fd`, { step });
+    if (!this.#dataFd)
+      throw new MigrationError('ERR_MIGRATION_PROTOCOL', `${step}: the device returned no data_fd`, { step });
     return this.#dataFd;
   }
 
@@ -274,7 +300,14 @@ export class V2Engine implements MigrationEngine {
    * Reads the data_fd into records. In STOP_COPY a 0 read is the end of the data. In PRE_COPY a
    * 0 read or ENOMSG only means "nothing for now", and the pass ends after `budget` bytes.
    */
-  async #readPass(phase: number, ctx: SaveContext, window: EmitWindow, moved: { total: number }, budget?: bigint, pending?: () => Promise<bigint | undefined>): Promise<number> {
+  async #readPass(
+    phase: number,
+    ctx: SaveContext,
+    window: EmitWindow,
+    moved: { total: number },
+    budget?: bigint,
+    pending?: () => Promise<bigint | undefined>,
+  ): Promise<number> {
     const fd = this.#requireFd('read data_fd');
     const buffers = new ChunkBuffers();
     const precopy = phase !== PHASE_STOP_COPY;
@@ -299,7 +332,12 @@ export class V2Engine implements MigrationEngine {
       await window.push(phase, buf.subarray(0, n));
       thisPass += n;
       moved.total += n;
-      ctx.progress(precopy ? 'precopy' : 'stop-copy', precopy ? phase : 0, moved.total, pending ? await pending() : undefined);
+      ctx.progress(
+        precopy ? 'precopy' : 'stop-copy',
+        precopy ? phase : 0,
+        moved.total,
+        pending ? await pending() : undefined,
+      );
     }
   }
 
@@ -307,7 +345,7 @@ export class V2Engine implements MigrationEngine {
     const moved = { total: 0 };
     let iterations = 0;
     const policy = ctx.policy;
-    const maxIterations = policy ? policy.maxIterations ?? 8 : 0;
+    const maxIterations = policy ? (policy.maxIterations ?? 8) : 0;
     const window = new EmitWindow(ctx.emit);
     try {
       if (policy && maxIterations > 0 && this.support.preCopy) {
@@ -345,7 +383,13 @@ export class V2Engine implements MigrationEngine {
       const estimate = await this.dataSizeEstimate();
       ctx.progress('stop-copy', 0, moved.total, estimate);
       const base = moved.total;
-      await this.#readPass(PHASE_STOP_COPY, ctx, window, moved, undefined, async () => (estimate === undefined ? undefined : estimate > BigInt(moved.total - base) ? estimate - BigInt(moved.total - base) : 0n));
+      await this.#readPass(PHASE_STOP_COPY, ctx, window, moved, undefined, async () =>
+        estimate === undefined
+          ? undefined
+          : estimate > BigInt(moved.total - base)
+            ? estimate - BigInt(moved.total - base)
+            : 0n,
+      );
       await window.flush();
       await this.setState(STOP);
       this.closeDataFd();
@@ -378,7 +422,11 @@ export class V2Engine implements MigrationEngine {
             }
             throw deviceStepError(`record ${record.sequence}: write data_fd`, err, record.sequence);
           }
-          if (n === 0) throw new MigrationError('ERR_MIGRATION_DEVICE', `record ${record.sequence}: data_fd accepted no bytes`, { step: 'write data_fd', record: record.sequence });
+          if (n === 0)
+            throw new MigrationError('ERR_MIGRATION_DEVICE', `record ${record.sequence}: data_fd accepted no bytes`, {
+              step: 'write data_fd',
+              record: record.sequence,
+            });
           done += n;
         }
         bytes += payload.length;

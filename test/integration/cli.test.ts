@@ -64,7 +64,11 @@ describe('vfio-mig against real devices', { skip: needsTestDriver }, () => {
     a.set('mutate', '7');
     // Exactly what an operator types (ssh left out): a shell pipeline, progress on stderr.
     const node = process.execPath;
-    const r = spawnSync('bash', ['-o', 'pipefail', '-c', `"${node}" "${BIN}" save ${a.uuid} -o - | "${node}" "${BIN}" load ${b.uuid} -i -`], { encoding: 'utf8' });
+    const r = spawnSync(
+      'bash',
+      ['-o', 'pipefail', '-c', `"${node}" "${BIN}" save ${a.uuid} -o - | "${node}" "${BIN}" load ${b.uuid} -i -`],
+      { encoding: 'utf8' },
+    );
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /saved .* \(v2\)/);
     assert.match(r.stdout, /loaded .* \(v2\)/);
@@ -89,7 +93,11 @@ describe('vfio-mig against real devices', { skip: needsTestDriver }, () => {
     assert.equal(code, 130, err);
     assert.match(err, /interrupted by SIGINT/);
     assert.ok(!existsSync(file), 'no file under the final name');
-    assert.deepEqual(readdirSync(TMP).filter((f) => f.includes('interrupted')), [], 'no temporary left');
+    assert.deepEqual(
+      readdirSync(TMP).filter((f) => f.includes('interrupted')),
+      [],
+      'no temporary left',
+    );
     assert.equal(run('state', a.uuid).stdout.trim(), 'RUNNING');
     assert.equal(a.get('checksum'), sum);
   });

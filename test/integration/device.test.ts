@@ -5,7 +5,11 @@ import { listDevices, openDevice, VfioError, uapi } from '../../lib';
 import { createMdev, guestKernel, inGuest, needsGuest, needsMdevParent, openFdCount, removeMdev } from './helpers';
 
 const pciAddress = process.env.VFIO_MIG_PCI;
-const needsPci: string | false = !inGuest ? needsGuest : pciAddress ? false : 'the guest has no e1000e bound to vfio-pci (VFIO_MIG_PCI unset)';
+const needsPci: string | false = !inGuest
+  ? needsGuest
+  : pciAddress
+    ? false
+    : 'the guest has no e1000e bound to vfio-pci (VFIO_MIG_PCI unset)';
 
 describe('mtty (the kernel sample, an mdev nobody here wrote)', { skip: needsMdevParent('mtty') }, () => {
   let uuid = '';
@@ -23,7 +27,10 @@ describe('mtty (the kernel sample, an mdev nobody here wrote)', { skip: needsMde
     assert.equal(config.read(0, 2), 0x4348, 'mtty vendor id');
     assert.equal(config.read(2, 2), 0x3253, 'mtty device id');
     const regions = dev.regions();
-    assert.ok(regions.some((r) => r.index === 0 && r.size > 0n), 'BAR0 present');
+    assert.ok(
+      regions.some((r) => r.index === 0 && r.size > 0n),
+      'BAR0 present',
+    );
     assert.equal(dev.group?.viable, true);
     assert.ok(dev.irqs().length >= 1);
   });
@@ -70,7 +77,10 @@ describe('mtty (the kernel sample, an mdev nobody here wrote)', { skip: needsMde
   });
 
   test('a missing device is a clear not-found error', () => {
-    assert.throws(() => openDevice('00000000-0000-0000-0000-000000000000'), (e: VfioError) => e.code === 'ERR_VFIO_NOT_FOUND');
+    assert.throws(
+      () => openDevice('00000000-0000-0000-0000-000000000000'),
+      (e: VfioError) => e.code === 'ERR_VFIO_NOT_FOUND',
+    );
   });
 });
 

@@ -2,7 +2,18 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
-import { DRIVER, Inst, buildClient, cleanupClient, kernel, needsDriver, ok, removeAll, typeDirName, type Kind } from './driver-util';
+import {
+  DRIVER,
+  Inst,
+  buildClient,
+  cleanupClient,
+  kernel,
+  needsDriver,
+  ok,
+  removeAll,
+  typeDirName,
+  type Kind,
+} from './driver-util';
 
 const kinds: Kind[] = ['v1', 'v1-trapped', 'v2', 'none'];
 const VFIO_DEVICE_FLAGS_PCI = 2;
@@ -24,8 +35,21 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
     test(`${kind}: looks like a PCI device (info, regions, config IDs, INTx info)`, () => {
       const d = new Inst(kind);
       const [info, cfg, bar0, bar1, rom, vga, mig, vendor, device, bar0reg, pin, irq0, irq1, irq4] = d.run(
-        'info', 'region 0', 'region 0 0', 'region 1', 'region 6', 'region 8', 'region 9',
-        'rd 7 0 2', 'rd 7 2 2', 'rd 7 0x10 4', 'rd 7 0x3d 1', 'irq 0', 'irq 1', 'irq 4');
+        'info',
+        'region 0',
+        'region 0 0',
+        'region 1',
+        'region 6',
+        'region 8',
+        'region 9',
+        'rd 7 0 2',
+        'rd 7 2 2',
+        'rd 7 0x10 4',
+        'rd 7 0x3d 1',
+        'irq 0',
+        'irq 1',
+        'irq 4',
+      );
       void cfg;
       assert.ok(info!.ok);
       assert.equal(Number(info!.kv.flags) & (VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET), 3);
@@ -50,8 +74,18 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
 
   test('config space: any width, BAR0 sizing, read-only IDs, out of range refused', () => {
     const d = new Inst('v2');
-    const r = d.run('rdn 7 0 256', 'wr 7 0x10 4 0xffffffff', 'rd 7 0x10 4', 'wr 7 0 2 0x1234', 'rd 7 0 2',
-      'wr 7 4 2 0x6', 'rd 7 4 2', 'rd 7 0x100 1', 'rdn 7 0xf0 32', 'rd 7 0x3f 1');
+    const r = d.run(
+      'rdn 7 0 256',
+      'wr 7 0x10 4 0xffffffff',
+      'rd 7 0x10 4',
+      'wr 7 0 2 0x1234',
+      'rd 7 0 2',
+      'wr 7 4 2 0x6',
+      'rd 7 4 2',
+      'rd 7 0x100 1',
+      'rdn 7 0xf0 32',
+      'rd 7 0x3f 1',
+    );
     assert.equal(r[0]!.kv.n, '256');
     assert.equal(r[2]!.value, 0xfffff000n, 'BAR0 is 4 KiB');
     assert.equal(r[4]!.value, 0x5654n, 'vendor ID is read-only');
@@ -64,8 +98,21 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
 
   test('BAR0 registers: magic, version, state size; native width only', () => {
     const d = new Inst('none', { stateSize: 12345 });
-    const r = d.run('rd 0 0 4', 'rd 0 4 4', 'rd 0 8 8', 'rd 0 0 8', 'rd 0 8 4', 'rd 0 2 2', 'rd 0 1 4',
-      'rd 0 0x1000 4', 'rd 0 0xff8 8', 'wr 0 0x10 8 5', 'wr 0 0x20 4 1', 'rd 0 0x20 8', 'rd 0 0x100 4');
+    const r = d.run(
+      'rd 0 0 4',
+      'rd 0 4 4',
+      'rd 0 8 8',
+      'rd 0 0 8',
+      'rd 0 8 4',
+      'rd 0 2 2',
+      'rd 0 1 4',
+      'rd 0 0x1000 4',
+      'rd 0 0xff8 8',
+      'wr 0 0x10 8 5',
+      'wr 0 0x20 4 1',
+      'rd 0 0x20 8',
+      'rd 0 0x100 4',
+    );
     assert.equal(r[0]!.value, 0x564d5431n);
     assert.equal(r[1]!.value, 1n);
     assert.equal(r[2]!.value, 12345n);
@@ -144,15 +191,37 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
     list.forEach((d, i) => d.set('mutate', i + 1));
     const sums = new Set(list.map((d) => d.checksum()));
     assert.equal(sums.size, list.length);
-    assert.equal(Number(readdirSync(`/sys/class/mdev_bus/${DRIVER}/mdev_supported_types/${typeDirName('v1')}/devices`).length) >= 3, true);
+    assert.equal(
+      Number(readdirSync(`/sys/class/mdev_bus/${DRIVER}/mdev_supported_types/${typeDirName('v1')}/devices`).length) >=
+        3,
+      true,
+    );
     for (const d of list) d.remove();
   });
 
   test('VFIO_DEVICE_RESET, unknown ioctls, hostile offsets, a second fd, INTx eventfd', () => {
     const d = new Inst('v1');
-    const r = d.run('reset', 'ioctl 0x3b99', 'rawrd -1 4', 'rawrd 0xffffffffffffff00 4', 'rawrd 0x0a0000000000 4',
-      'rawwr 0x7fffffffffffffff 1 0', 'rdn 9 0x1000 0x7fffffff', 'open2', 'use 1', 'rd 0 0 4', 'use 0', 'closedev 1',
-      'intx', 'intxfire', 'intxfire', 'irqset 0 0x21 0 0', 'intx -1', 'irqset 1 0x21 0 1', 'irq 5');
+    const r = d.run(
+      'reset',
+      'ioctl 0x3b99',
+      'rawrd -1 4',
+      'rawrd 0xffffffffffffff00 4',
+      'rawrd 0x0a0000000000 4',
+      'rawwr 0x7fffffffffffffff 1 0',
+      'rdn 9 0x1000 0x7fffffff',
+      'open2',
+      'use 1',
+      'rd 0 0 4',
+      'use 0',
+      'closedev 1',
+      'intx',
+      'intxfire',
+      'intxfire',
+      'irqset 0 0x21 0 0',
+      'intx -1',
+      'irqset 1 0x21 0 1',
+      'irq 5',
+    );
     assert.ok(r[0]!.ok);
     assert.equal(r[1]!.err, 'ENOTTY');
     for (const i of [2, 3, 4, 5, 6]) assert.ok(!r[i]!.ok, `hostile access ${i} refused`);

@@ -3,7 +3,16 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { Inst, buildClient, cleanupClient, hasPrecopy, needsDriver, removeAll, tmpFile, type Kind } from './driver-util';
+import {
+  Inst,
+  buildClient,
+  cleanupClient,
+  hasPrecopy,
+  needsDriver,
+  removeAll,
+  tmpFile,
+  type Kind,
+} from './driver-util';
 
 /** For each point: commands that reach it, the last one being the one that fails. */
 function triggers(kind: Kind, junk: string): Record<string, string[]> {
@@ -45,12 +54,28 @@ function triggers(kind: Kind, junk: string): Record<string, string[]> {
   };
   if (kind === 'v1') t['v1.mmap'] = ['mmap 9 0x1000 4096'];
   const path: Record<string, string[]> = {
-    running: [], stop: ['v1to 0'], saving: ['v1to 2'], precopy: ['v1to 3'], resuming: ['v1to 4'],
+    running: [],
+    stop: ['v1to 0'],
+    saving: ['v1to 2'],
+    precopy: ['v1to 3'],
+    resuming: ['v1to 4'],
   };
   const val: Record<string, number> = { stop: 0, running: 1, saving: 2, precopy: 3, resuming: 4 };
-  for (const [from, to] of [['running', 'stop'], ['running', 'saving'], ['running', 'precopy'], ['running', 'resuming'],
-    ['stop', 'running'], ['stop', 'saving'], ['stop', 'resuming'], ['precopy', 'saving'], ['precopy', 'running'],
-    ['saving', 'stop'], ['saving', 'running'], ['resuming', 'running'], ['resuming', 'stop']] as const) {
+  for (const [from, to] of [
+    ['running', 'stop'],
+    ['running', 'saving'],
+    ['running', 'precopy'],
+    ['running', 'resuming'],
+    ['stop', 'running'],
+    ['stop', 'saving'],
+    ['stop', 'resuming'],
+    ['precopy', 'saving'],
+    ['precopy', 'running'],
+    ['saving', 'stop'],
+    ['saving', 'running'],
+    ['resuming', 'running'],
+    ['resuming', 'stop'],
+  ] as const) {
     t[`v1.transition.${from}_${to}`] = [...path[from]!, `v1to ${val[to]}`];
   }
   return t;
@@ -92,8 +117,13 @@ for (const kind of ['v1', 'v1-trapped', 'v2'] as const) {
         assert.equal(Number(d.counters()['faults_fired']), fired + 1);
         // the same steps succeed without the fault
         const again = d.run(...cmds);
-        assert.ok(again[cmds.length - 1]!.ok || point.endsWith('resuming_stop') || point === 'v2.data.write'
-          || point === 'v1.write.data_size', `${point} without fault: ${again[cmds.length - 1]!.text}`);
+        assert.ok(
+          again[cmds.length - 1]!.ok ||
+            point.endsWith('resuming_stop') ||
+            point === 'v2.data.write' ||
+            point === 'v1.write.data_size',
+          `${point} without fault: ${again[cmds.length - 1]!.text}`,
+        );
       });
       d.remove();
     });
@@ -128,8 +158,11 @@ for (const kind of ['v1', 'v1-trapped', 'v2'] as const) {
 
     test('writing "error" to fault puts the open device into the error state now', async () => {
       const d = new Inst(kind);
-      const child = spawn(buildClient(), [d.uuid, 'sleep 1500', kind === 'v2' ? 'v2get' : 'v1state', 'reset',
-        kind === 'v2' ? 'v2get' : 'v1state'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const child = spawn(
+        buildClient(),
+        [d.uuid, 'sleep 1500', kind === 'v2' ? 'v2get' : 'v1state', 'reset', kind === 'v2' ? 'v2get' : 'v1state'],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
       let out = '';
       child.stdout.on('data', (b: Buffer) => (out += b.toString()));
       const done = new Promise<number | null>((res) => child.on('close', res));

@@ -27,37 +27,41 @@ describe('vfio_mig_test v1 with QEMU 7.2 (vfio-pci x-enable-migration=on)', { sk
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test('QMP migrate to a file saves the device; a second QEMU with -incoming restores it; checksums match', { timeout: 600_000 }, async () => {
-    const knobs = { stateSize: 256 * 1024, chunkSize: 65536 };
-    const src = new Inst('v1', knobs);
-    const dst = new Inst('v1', knobs);
-    src.set('mutate', 0x1234);
-    dst.set('mutate', 0x9999);
-    const saved = src.checksum();
-    assert.notEqual(dst.checksum(), saved);
-    const file = join(dir, 'vm.mig');
+  test(
+    'QMP migrate to a file saves the device; a second QEMU with -incoming restores it; checksums match',
+    { timeout: 600_000 },
+    async () => {
+      const knobs = { stateSize: 256 * 1024, chunkSize: 65536 };
+      const src = new Inst('v1', knobs);
+      const dst = new Inst('v1', knobs);
+      src.set('mutate', 0x1234);
+      dst.set('mutate', 0x9999);
+      const saved = src.checksum();
+      assert.notEqual(dst.checksum(), saved);
+      const file = join(dir, 'vm.mig');
 
-    const a = await startQemu(dir, 'src', src.uuid, []);
-    vms.push(a);
-    await a.qmp.cmd('migrate', { uri: `exec:cat > ${file}` });
-    await waitMigration(a, 'outgoing');
-    await quit(a);
-    assert.ok(existsSync(file) && statSync(file).size > knobs.stateSize, 'the migration file holds the device state');
-    const sc = src.counters();
-    assert.ok(sc['records_saved']! > 0n, 'QEMU read records from the data section');
-    assert.ok(sc['v1.read.pending_bytes']! > 0n && sc['v1.transitions']! >= 3n);
-    assert.equal(src.checksum(), saved, 'the source state did not change');
+      const a = await startQemu(dir, 'src', src.uuid, []);
+      vms.push(a);
+      await a.qmp.cmd('migrate', { uri: `exec:cat > ${file}` });
+      await waitMigration(a, 'outgoing');
+      await quit(a);
+      assert.ok(existsSync(file) && statSync(file).size > knobs.stateSize, 'the migration file holds the device state');
+      const sc = src.counters();
+      assert.ok(sc['records_saved']! > 0n, 'QEMU read records from the data section');
+      assert.ok(sc['v1.read.pending_bytes']! > 0n && sc['v1.transitions']! >= 3n);
+      assert.equal(src.checksum(), saved, 'the source state did not change');
 
-    const b = await startQemu(dir, 'dst', dst.uuid, ['-incoming', `exec:cat ${file}`]);
-    vms.push(b);
-    await waitMigration(b, 'incoming');
-    await b.qmp.cmd('cont'); // RESUMING -> RUNNING
-    const st = await b.qmp.cmd('query-status');
-    assert.equal(st.status, 'running', `destination runs: ${b.log()}`);
-    await quit(b);
-    const dc = dst.counters();
-    assert.ok(dc['records_loaded']! > 0n, `QEMU wrote records: ${b.log()}`);
-    assert.equal(dc['records_rejected'], 0n);
-    assert.equal(dst.checksum(), saved, 'restored == saved');
-  });
+      const b = await startQemu(dir, 'dst', dst.uuid, ['-incoming', `exec:cat ${file}`]);
+      vms.push(b);
+      await waitMigration(b, 'incoming');
+      await b.qmp.cmd('cont'); // RESUMING -> RUNNING
+      const st = await b.qmp.cmd('query-status');
+      assert.equal(st.status, 'running', `destination runs: ${b.log()}`);
+      await quit(b);
+      const dc = dst.counters();
+      assert.ok(dc['records_loaded']! > 0n, `QEMU wrote records: ${b.log()}`);
+      assert.equal(dc['records_rejected'], 0n);
+      assert.equal(dst.checksum(), saved, 'restored == saved');
+    },
+  );
 });

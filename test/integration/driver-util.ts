@@ -33,7 +33,10 @@ const live = new Set<Inst>();
 /** One mdev instance of the driver. */
 export class Inst {
   readonly uuid = randomUUID();
-  constructor(readonly kind: Kind, knobs: Knobs = {}) {
+  constructor(
+    readonly kind: Kind,
+    knobs: Knobs = {},
+  ) {
     writeFileSync(`/sys/class/mdev_bus/${DRIVER}/mdev_supported_types/${typeDirName(kind)}/create`, this.uuid);
     live.add(this);
     if (knobs.chunkSize !== undefined) this.set('chunk_size', knobs.chunkSize);
@@ -147,7 +150,8 @@ export function vmtc(uuid: string, cmds: string[], timeoutMs = 120_000): Result[
   if (r.error) throw r.error;
   const lines = r.stdout.split('\n').filter((l) => l.length > 0);
   if (r.status !== 0) throw new Error(`vmtc ${cmds.join(' | ')}: exit ${r.status}: ${r.stdout}${r.stderr}`);
-  if (lines.length !== cmds.length) throw new Error(`vmtc: ${cmds.length} commands, ${lines.length} lines: ${r.stdout}${r.stderr}`);
+  if (lines.length !== cmds.length)
+    throw new Error(`vmtc: ${cmds.length} commands, ${lines.length} lines: ${r.stdout}${r.stderr}`);
   return lines.map(parse);
 }
 

@@ -17,7 +17,7 @@ const names = Object.keys(V1) as V1Name[];
 function records(file: string): Buffer[] {
   const b = readFileSync(file);
   const out: Buffer[] = [];
-  for (let o = 0; o < b.length; ) {
+  for (let o = 0; o < b.length;) {
     const len = Number(b.readBigUInt64LE(o));
     out.push(b.subarray(o + 8, o + 8 + len));
     o += 8 + len;
@@ -101,8 +101,20 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     test('reserved: the reserved field reads 0 and ignores writes; device_state bits 3-31 are reported and must be preserved', () => {
       const d = new Inst(kind);
       d.set('reserved_bits', '0xdead0000');
-      const r = d.run('rd 9 4 4', 'wr 9 4 4 0xffffffff', 'rd 9 4 4', 'v1state', 'v1to 0', 'v1state',
-        'v1set 1', 'v1set 0xdead0001', 'v1state', 'v1set 0xdead0009', 'reset', 'v1state');
+      const r = d.run(
+        'rd 9 4 4',
+        'wr 9 4 4 0xffffffff',
+        'rd 9 4 4',
+        'v1state',
+        'v1to 0',
+        'v1state',
+        'v1set 1',
+        'v1set 0xdead0001',
+        'v1state',
+        'v1set 0xdead0009',
+        'reset',
+        'v1state',
+      );
       assert.equal(r[0]!.value, 0n);
       assert.ok(r[1]!.ok);
       assert.equal(r[2]!.value, 0n);
@@ -119,12 +131,36 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
 
     test('native width and alignment only; read-only registers refuse writes', () => {
       const d = new Inst(kind);
-      const bad = ['rd 9 0 8', 'rd 9 0 2', 'rd 9 2 2', 'rd 9 1 4', 'rd 9 4 8', 'rd 9 8 4', 'rd 9 12 4', 'rd 9 16 4',
-        'rd 9 20 4', 'rd 9 24 4', 'rd 9 28 4', 'rd 9 32 4', 'rd 9 0xff8 8', 'rd 9 9 8', 'rdn 9 0 32', 'rdn 9 0xff0 32',
-        'wr 9 8 8 1', 'wr 9 16 8 0x1000', 'wr 9 0 8 1', 'wr 9 0 1 1', 'rdn 9 0x1000 0x10001', 'rd 9 0x10ffc 8'];
+      const bad = [
+        'rd 9 0 8',
+        'rd 9 0 2',
+        'rd 9 2 2',
+        'rd 9 1 4',
+        'rd 9 4 8',
+        'rd 9 8 4',
+        'rd 9 12 4',
+        'rd 9 16 4',
+        'rd 9 20 4',
+        'rd 9 24 4',
+        'rd 9 28 4',
+        'rd 9 32 4',
+        'rd 9 0xff8 8',
+        'rd 9 9 8',
+        'rdn 9 0 32',
+        'rdn 9 0xff0 32',
+        'wr 9 8 8 1',
+        'wr 9 16 8 0x1000',
+        'wr 9 0 8 1',
+        'wr 9 0 1 1',
+        'rdn 9 0x1000 0x10001',
+        'rd 9 0x10ffc 8',
+      ];
       const r = d.run(...bad, 'rd 9 0x1001 1', 'rd 9 0x1003 2', 'rdn 9 0x1000 0x10000', 'v1state');
       bad.forEach((c, i) => assert.equal(r[i]!.err, 'EINVAL', c));
-      assert.ok(r[bad.length]!.ok && r[bad.length + 1]!.ok && r[bad.length + 2]!.ok, 'the data section takes any width');
+      assert.ok(
+        r[bad.length]!.ok && r[bad.length + 1]!.ok && r[bad.length + 2]!.ok,
+        'the data section takes any width',
+      );
       assert.equal(r[bad.length + 3]!.value, 1n, 'nothing changed the state');
       assert.ok(d.counters()['bad_accesses']! >= BigInt(bad.length - 2));
       d.remove();
@@ -133,9 +169,31 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     test('steps a-f: pending_bytes re-read has no side effects; data_offset/data_size re-read return the current buffer', () => {
       const d = new Inst(kind, { stateSize: 3 * 4096, chunkSize: 4096 });
       d.set('mutate', 7);
-      const r = ok(d.run('v1to 3', 'rd 9 8 8', 'rd 9 8 8', 'rd 9 16 8', 'rd 9 24 8', 'rdn 9 0x1000 4096',
-        'rd 9 16 8', 'rd 9 24 8', 'rdn 9 0x1000 4096', 'rd 9 8 8', 'rd 9 8 8', 'rd 9 16 8', 'rd 9 24 8',
-        'rdn 9 0x1000 4096', 'v1to 2', 'v1drain /dev/null', 'rd 9 8 8', 'rd 9 16 8', 'rd 9 24 8', 'v1to 0', 'v1state'));
+      const r = ok(
+        d.run(
+          'v1to 3',
+          'rd 9 8 8',
+          'rd 9 8 8',
+          'rd 9 16 8',
+          'rd 9 24 8',
+          'rdn 9 0x1000 4096',
+          'rd 9 16 8',
+          'rd 9 24 8',
+          'rdn 9 0x1000 4096',
+          'rd 9 8 8',
+          'rd 9 8 8',
+          'rd 9 16 8',
+          'rd 9 24 8',
+          'rdn 9 0x1000 4096',
+          'v1to 2',
+          'v1drain /dev/null',
+          'rd 9 8 8',
+          'rd 9 16 8',
+          'rd 9 24 8',
+          'v1to 0',
+          'v1state',
+        ),
+      );
       const [, p1, p2, off1, size1, data1, off2, size2, data2, p3, p4, , size3, data3] = r;
       assert.equal(p1!.value, 3n * 4096n + 32n, 'pre-copy: all pages plus the stream header');
       assert.equal(p2!.value, p1!.value, 'repeated pending_bytes read');
@@ -160,8 +218,19 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
       const dst = new Inst(kind, { stateSize: 256 * 1024, chunkSize: 65536 });
       src.set('mutate', 99);
       const f = fresh('dirty.rec');
-      const r = ok(src.run('v1to 3', `v1drain ${f} 1000 ${mmap}`, 'sleep 300', 'rd 9 8 8', `v1drain ${f} 1000 ${mmap}`,
-        'v1to 2', `v1drain ${f} 1000000 ${mmap}`, 'v1to 0', 'csum'));
+      const r = ok(
+        src.run(
+          'v1to 3',
+          `v1drain ${f} 1000 ${mmap}`,
+          'sleep 300',
+          'rd 9 8 8',
+          `v1drain ${f} 1000 ${mmap}`,
+          'v1to 2',
+          `v1drain ${f} 1000000 ${mmap}`,
+          'v1to 0',
+          'csum',
+        ),
+      );
       assert.ok(r[3]!.value! > 0n, 'the device dirtied state during pre-copy');
       assert.ok(Number(src.counters()['dirty_ticks']) > 3);
       const [load, sum] = ok(dst.run(`v1load ${f} ${mmap}`, 'csum'));
@@ -218,7 +287,14 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
         const dst = new Inst(kind, { stateSize: 5 * 4096, chunkSize: 8192 });
         const g = fresh(`bad-${name.replace(' ', '-')}.rec`);
         writeRecords(g, list);
-        const [load, st, ...rest] = dst.run(`v1load ${g} ${mmap}`, 'v1state', 'v1set 1', 'rd 9 8 8', 'reset', 'v1state');
+        const [load, st, ...rest] = dst.run(
+          `v1load ${g} ${mmap}`,
+          'v1state',
+          'v1set 1',
+          'rd 9 8 8',
+          'reset',
+          'v1state',
+        );
         assert.equal(load!.err, 'EINVAL', name);
         assert.equal(st!.value, 6n, `${name}: error state 110b`);
         assert.equal(rest[0]!.err, 'EINVAL', 'only reset leaves the error state');
@@ -271,8 +347,22 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     test('error state: entered on an internal error, reported as 110b, left only by VFIO_DEVICE_RESET', () => {
       const d = new Inst(kind);
       d.set('fault', 'v1.read.pending_bytes EIO error');
-      const r = d.run('v1to 3', 'rd 9 8 8', 'v1state', 'v1set 1', 'v1set 6', 'v1to 0', 'rd 9 16 8', 'rd 9 24 8',
-        'rd 9 0x1000 4', 'wr 9 24 8 1', 'reset', 'v1state', 'v1to 3', 'rd 9 8 8');
+      const r = d.run(
+        'v1to 3',
+        'rd 9 8 8',
+        'v1state',
+        'v1set 1',
+        'v1set 6',
+        'v1to 0',
+        'rd 9 16 8',
+        'rd 9 24 8',
+        'rd 9 0x1000 4',
+        'wr 9 24 8 1',
+        'reset',
+        'v1state',
+        'v1to 3',
+        'rd 9 8 8',
+      );
       assert.equal(r[1]!.err, 'EIO');
       assert.equal(r[2]!.value, 6n);
       for (const i of [3, 4, 5]) assert.equal(r[i]!.err, 'EINVAL');
@@ -286,9 +376,23 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     if (kind === 'v1') {
       test('mmap: VM_SHARED only, data section only, bounds checked; writes through the map reach resuming', () => {
         const d = new Inst(kind, { chunkSize: 8192 });
-        const r = d.run('mmap 9 0 4096', 'mmap 9 0x1000 4096 private', 'mmap 9 0x1000 12288', 'mmap 9 0x2000 8192',
-          'mmap 9 0x800 4096', 'mmap 0 0 4096', 'mmap 7 0 4096', 'mmap 9 0x2000 4096', 'mmap 9 0x1000 8192',
-          'mwr 0 8 0x1122334455667788', 'rd 9 0x1000 8', 'v1to 4', 'mwr 8 4 0xabcd', 'rd 9 0x1008 4', 'munmap');
+        const r = d.run(
+          'mmap 9 0 4096',
+          'mmap 9 0x1000 4096 private',
+          'mmap 9 0x1000 12288',
+          'mmap 9 0x2000 8192',
+          'mmap 9 0x800 4096',
+          'mmap 0 0 4096',
+          'mmap 7 0 4096',
+          'mmap 9 0x2000 4096',
+          'mmap 9 0x1000 8192',
+          'mwr 0 8 0x1122334455667788',
+          'rd 9 0x1000 8',
+          'v1to 4',
+          'mwr 8 4 0xabcd',
+          'rd 9 0x1008 4',
+          'munmap',
+        );
         for (let i = 0; i < 7; i++) assert.ok(!r[i]!.ok, `mapping ${i} refused`);
         assert.ok(r[7]!.ok && r[8]!.ok);
         assert.equal(r[10]!.value, 0x1122334455667788n, 'pread sees the map');

@@ -2,9 +2,21 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync, existsSync, unlinkSync } from 'node:fs';
-import { Inst, buildClient, cleanupClient, hasPrecopy, needsDriver, needsPrecopy, ok, removeAll, tmpFile } from './driver-util';
+import {
+  Inst,
+  buildClient,
+  cleanupClient,
+  hasPrecopy,
+  needsDriver,
+  needsPrecopy,
+  ok,
+  removeAll,
+  tmpFile,
+} from './driver-util';
 
-const STOP_COPY = 1n, P2P = 2n, PRE_COPY = 4n;
+const STOP_COPY = 1n,
+  P2P = 2n,
+  PRE_COPY = 4n;
 
 function fresh(name: string): string {
   const f = tmpFile(name);
@@ -36,8 +48,23 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
 
   test('states and arcs: every reachable state, data fds only where the header says, ERROR not settable', () => {
     const d = new Inst('v2', { stateSize: 8192 });
-    const cmds = ['v2set running_p2p', 'v2get', 'v2set stop', 'v2get', 'v2set running', 'v2set stop_copy', 'v2get',
-      'v2set stop', 'v2set resuming', 'v2get', 'v2set error', 'v2set 9', 'v2set running', 'reset', 'v2get'];
+    const cmds = [
+      'v2set running_p2p',
+      'v2get',
+      'v2set stop',
+      'v2get',
+      'v2set running',
+      'v2set stop_copy',
+      'v2get',
+      'v2set stop',
+      'v2set resuming',
+      'v2get',
+      'v2set error',
+      'v2set 9',
+      'v2set running',
+      'reset',
+      'v2get',
+    ];
     const r = d.run(...cmds);
     assert.equal(r[0]!.kv.fd, 'no');
     assert.equal(r[1]!.text, 'running_p2p');
@@ -53,8 +80,18 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
     assert.ok(r[13]!.ok);
     assert.equal(r[14]!.text, 'running');
     if (hasPrecopy) {
-      const p = d.run('v2set pre_copy', 'v2get', 'v2set pre_copy_p2p', 'v2get', 'v2set pre_copy', 'v2set running',
-        'v2set pre_copy_p2p', 'v2set stop_copy', 'v2set pre_copy', 'v2get');
+      const p = d.run(
+        'v2set pre_copy',
+        'v2get',
+        'v2set pre_copy_p2p',
+        'v2get',
+        'v2set pre_copy',
+        'v2set running',
+        'v2set pre_copy_p2p',
+        'v2set stop_copy',
+        'v2set pre_copy',
+        'v2get',
+      );
       assert.equal(p[0]!.kv.fd, 'yes');
       assert.equal(p[1]!.text, 'pre_copy');
       assert.equal(p[2]!.kv.fd, 'no', 'the saving group shares one fd');
@@ -77,7 +114,9 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
       const dst = new Inst('v2', { stateSize: size, chunkSize: 8192 });
       if (size) src.set('mutate', size + 11);
       const f = fresh(`v2-${size}.bin`);
-      const r = ok(src.run('v2set stop_copy', `v2read ${f} 1000`, 'v2readn 100', 'v2readn 100', 'v2poll', 'v2set stop', 'v2get'));
+      const r = ok(
+        src.run('v2set stop_copy', `v2read ${f} 1000`, 'v2readn 100', 'v2readn 100', 'v2poll', 'v2set stop', 'v2get'),
+      );
       assert.equal(r[1]!.kv.end, 'eof');
       assert.equal(r[2]!.kv.n, '0', 'end of stream stays 0');
       assert.equal(r[3]!.kv.n, '0');
@@ -92,8 +131,17 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
   test('the data fd after the arc that ends its session: ENODEV; after close of the device fd: still safe', () => {
     const d = new Inst('v2', { stateSize: 65536 });
     d.set('mutate', 2);
-    const r = d.run('v2set stop_copy', 'v2readn 64', 'v2set stop', 'v2readn 64', 'v2poll', 'v2set stop_copy',
-      'closedev 0', 'v2readn 64', 'v2close');
+    const r = d.run(
+      'v2set stop_copy',
+      'v2readn 64',
+      'v2set stop',
+      'v2readn 64',
+      'v2poll',
+      'v2set stop_copy',
+      'closedev 0',
+      'v2readn 64',
+      'v2close',
+    );
     assert.equal(r[1]!.kv.n, '64');
     assert.equal(r[3]!.err, 'ENODEV');
     assert.ok(Number(r[4]!.kv.revents) & 0x18, 'POLLERR|POLLHUP');
@@ -149,21 +197,43 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
     test('PRECOPY_INFO: initial bytes fall as data is read, dirty bytes rise as the device dirties itself; ENOMSG when idle', () => {
       const d = new Inst('v2', { stateSize: 64 * 1024, chunkSize: 16384 });
       d.set('mutate', 5);
-      const r = ok(d.run('v2set pre_copy', 'v2info', 'v2readn 16384', 'v2info', `v2read ${fresh('pc.bin')} 16384`,
-        'v2info', 'v2poll'));
+      const r = ok(
+        d.run(
+          'v2set pre_copy',
+          'v2info',
+          'v2readn 16384',
+          'v2info',
+          `v2read ${fresh('pc.bin')} 16384`,
+          'v2info',
+          'v2poll',
+        ),
+      );
       const init0 = BigInt(r[1]!.kv.initial!);
       const init1 = BigInt(r[3]!.kv.initial!);
       assert.equal(init0, 64n * 1024n + 32n, 'all pages plus the stream header');
       assert.equal(r[1]!.kv.dirty, '0');
-      assert.ok(init1 < init0 && init0 - init1 <= 16384n, `initial bytes fall with the data read (${init0} -> ${init1})`);
+      assert.ok(
+        init1 < init0 && init0 - init1 <= 16384n,
+        `initial bytes fall with the data read (${init0} -> ${init1})`,
+      );
       assert.equal(r[4]!.kv.end, 'enomsg', 'temporary end of stream');
       assert.equal(r[5]!.kv.initial, '0');
       assert.equal(r[5]!.kv.dirty, '0');
       assert.equal(Number(r[6]!.kv.revents) & 1, 0, 'nothing to read: not readable');
 
       d.set('dirty_rate', 400_000);
-      const dd = ok(d.run('v2set pre_copy', `v2read ${fresh('pc2.bin')}`, 'sleep 300', 'v2info', 'v2poll 1000',
-        `v2read ${fresh('pc3.bin')}`, 'v2set stop_copy', `v2read ${fresh('pc4.bin')}`));
+      const dd = ok(
+        d.run(
+          'v2set pre_copy',
+          `v2read ${fresh('pc2.bin')}`,
+          'sleep 300',
+          'v2info',
+          'v2poll 1000',
+          `v2read ${fresh('pc3.bin')}`,
+          'v2set stop_copy',
+          `v2read ${fresh('pc4.bin')}`,
+        ),
+      );
       assert.ok(BigInt(dd[3]!.kv.dirty!) > 0n, 'dirty bytes appear while running');
       assert.equal(dd[3]!.kv.initial, '0');
       assert.ok(Number(dd[4]!.kv.revents) & 1, 'poll wakes up on new dirty data');
@@ -187,8 +257,20 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
       const dst = new Inst('v2', { stateSize: 512 * 1024 });
       src.set('mutate', 31);
       const f = fresh('live.bin');
-      const r = ok(src.run('v2set pre_copy', `v2read ${f} 65536 append`, 'sleep 200', `v2read ${f} 65536 append`,
-        'sleep 200', `v2read ${f} 65536 append`, 'v2set stop_copy', `v2read ${f} 65536 append`, 'v2set stop', 'csum'));
+      const r = ok(
+        src.run(
+          'v2set pre_copy',
+          `v2read ${f} 65536 append`,
+          'sleep 200',
+          `v2read ${f} 65536 append`,
+          'sleep 200',
+          `v2read ${f} 65536 append`,
+          'v2set stop_copy',
+          `v2read ${f} 65536 append`,
+          'v2set stop',
+          'csum',
+        ),
+      );
       assert.ok(Number(r[3]!.kv.bytes) > 0, 'second pass had dirty data');
       ok(dst.run('v2set resuming', `v2write ${f} 100000`, 'v2set running'));
       assert.equal(dst.checksum(), r[9]!.value);

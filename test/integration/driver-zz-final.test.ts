@@ -6,7 +6,8 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DRIVER, Inst, ROOT, instancesOfDriver, kernel, liveAllocs, needsDriver } from './driver-util';
 
-const BAD = /(WARNING:|BUG:|Oops|general protection fault|Call Trace:|possible circular locking|INFO: task .* blocked|kernel BUG|UBSAN:|KASAN:)/;
+const BAD =
+  /(WARNING:|BUG:|Oops|general protection fault|Call Trace:|possible circular locking|INFO: task .* blocked|kernel BUG|UBSAN:|KASAN:)/;
 
 function dmesg(): string {
   const r = spawnSync('dmesg', [], { encoding: 'utf8' });
@@ -29,7 +30,9 @@ describe('vfio_mig_test: no leaks, clean unload, quiet kernel log', { skip: need
   });
 
   test('the kernel log has no WARN, BUG, oops or lockdep report', () => {
-    const bad = dmesg().split('\n').filter((l) => BAD.test(l));
+    const bad = dmesg()
+      .split('\n')
+      .filter((l) => BAD.test(l));
     assert.deepEqual(bad, [], bad.join('\n'));
   });
 
@@ -47,7 +50,9 @@ describe('vfio_mig_test: no leaks, clean unload, quiet kernel log', { skip: need
     assert.equal(ins.status, 0, `insmod: ${ins.stderr}`);
     assert.ok(existsSync(`/sys/class/mdev_bus/${DRIVER}`));
     assert.equal(liveAllocs(), 0);
-    const bad = dmesg().split('\n').filter((l) => BAD.test(l));
+    const bad = dmesg()
+      .split('\n')
+      .filter((l) => BAD.test(l));
     assert.deepEqual(bad, [], bad.join('\n'));
   });
 });

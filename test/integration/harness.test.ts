@@ -66,9 +66,16 @@ describe('the VM guest (test/vm harness)', { skip }, () => {
     assert.deepEqual(readdirSync(`/sys/kernel/iommu_groups/${group}/devices`), [pci]);
   });
 
-  test('loads the test vendor driver when the project has one', { skip: process.env.VFIO_MIG_TEST_DRIVER === '1' ? false : 'vfio_mig_test was not loaded (no test/driver module built)' }, () => {
-    assert.ok(moduleLoaded('vfio_mig_test'));
-  });
+  test(
+    'loads the test vendor driver when the project has one',
+    {
+      skip:
+        process.env.VFIO_MIG_TEST_DRIVER === '1' ? false : 'vfio_mig_test was not loaded (no test/driver module built)',
+    },
+    () => {
+      assert.ok(moduleLoaded('vfio_mig_test'));
+    },
+  );
 
   test('gives a writable results share at VFIO_MIG_OUT and a read-only project tree', () => {
     const out = process.env.VFIO_MIG_OUT;

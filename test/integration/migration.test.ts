@@ -10,7 +10,10 @@ function memorySink(): { chunks: Buffer[]; sink: (c: Buffer) => Promise<void>; s
   return {
     chunks,
     sink: async (c) => void chunks.push(Buffer.from(c)),
-    source: () => (async function* () { yield* chunks; })(),
+    source: () =>
+      (async function* () {
+        yield* chunks;
+      })(),
   };
 }
 
@@ -60,22 +63,29 @@ for (const kind of KINDS) {
       });
     }
 
-    test('pre-copy with the device dirtying itself: iterations happen and the result is exact', { skip: kind === 'v2' && guestKernel === '6.1' ? 'PRE_COPY needs kernel 6.2+' : false }, async () => {
-      const a = make(kind, { stateSize: 4 << 20, chunkSize: CHUNK, dirtyRate: 65536 });
-      const b = make(kind, { stateSize: 4 << 20, chunkSize: CHUNK });
-      using src = a.open();
-      using dst = b.open();
-      mutate(src, 77n);
-      const phases = new Set<string>();
-      const io = memorySink();
-      const saved = await requireMigration(src).save(io.sink, { precopy: { maxIterations: 4 }, onProgress: (p) => phases.add(p.phase) });
-      assert.ok(saved.precopyIterations >= 1, `pre-copy iterated (${saved.precopyIterations})`);
-      assert.ok(saved.precopyBytes > 0);
-      assert.ok(phases.has('precopy') && phases.has('stop-copy'));
-      const stopped = checksum(src);
-      await requireMigration(dst).load(io.source());
-      assert.equal(checksum(dst), stopped, 'destination equals the source as it stopped');
-    });
+    test(
+      'pre-copy with the device dirtying itself: iterations happen and the result is exact',
+      { skip: kind === 'v2' && guestKernel === '6.1' ? 'PRE_COPY needs kernel 6.2+' : false },
+      async () => {
+        const a = make(kind, { stateSize: 4 << 20, chunkSize: CHUNK, dirtyRate: 65536 });
+        const b = make(kind, { stateSize: 4 << 20, chunkSize: CHUNK });
+        using src = a.open();
+        using dst = b.open();
+        mutate(src, 77n);
+        const phases = new Set<string>();
+        const io = memorySink();
+        const saved = await requireMigration(src).save(io.sink, {
+          precopy: { maxIterations: 4 },
+          onProgress: (p) => phases.add(p.phase),
+        });
+        assert.ok(saved.precopyIterations >= 1, `pre-copy iterated (${saved.precopyIterations})`);
+        assert.ok(saved.precopyBytes > 0);
+        assert.ok(phases.has('precopy') && phases.has('stop-copy'));
+        const stopped = checksum(src);
+        await requireMigration(dst).load(io.source());
+        assert.equal(checksum(dst), stopped, 'destination equals the source as it stopped');
+      },
+    );
 
     test('abort mid-save: the source runs again with its state intact, the stream has no trailer', async () => {
       const a = make(kind, { stateSize: 8 << 20, chunkSize: CHUNK });
@@ -89,7 +99,10 @@ for (const kind of KINDS) {
         await io.sink(c);
         if (++n === 4) ac.abort(new Error('test abort'));
       };
-      await assert.rejects(requireMigration(src).save(sink, { signal: ac.signal }), (e: MigrationError) => e.code === 'ERR_MIGRATION_ABORTED' && e.recovery === 'running');
+      await assert.rejects(
+        requireMigration(src).save(sink, { signal: ac.signal }),
+        (e: MigrationError) => e.code === 'ERR_MIGRATION_ABORTED' && e.recovery === 'running',
+      );
       assert.equal(await requireMigration(src).state(), 'RUNNING');
       assert.equal(checksum(src), before);
       await assert.rejects(verify(io.source()));
@@ -120,7 +133,11 @@ for (const kind of KINDS) {
           } catch (err) {
             failedSaves++;
             assert.ok(err instanceof MigrationError, `${point}: ${String(err)}`);
-            assert.match(err.message, /\bE[A-Z0-9]+\b|ERROR|error state/, `${point}${suffix}: the message names the errno or state`);
+            assert.match(
+              err.message,
+              /\bE[A-Z0-9]+\b|ERROR|error state/,
+              `${point}${suffix}: the message names the errno or state`,
+            );
             assert.ok(['running', 'reset'].includes(err.recovery), `${point}${suffix}: recovery ${err.recovery}`);
           }
           a.set('fault', 'none');
@@ -136,10 +153,19 @@ for (const kind of KINDS) {
             assert.equal(err.recovery, 'reset', `${point}${suffix}: destination reset`);
             // A register fault is named as that register's step, also when its write shares a job with the data.
             const register = /^v1\.(read|write)\.(data_offset|data_size)$/.exec(point);
-            if (register) assert.match(err.message, new RegExp(`${register[1]} ${register[2]} failed`), `${point}${suffix}: ${err.message}`);
+            if (register)
+              assert.match(
+                err.message,
+                new RegExp(`${register[1]} ${register[2]} failed`),
+                `${point}${suffix}: ${err.message}`,
+              );
           }
           b.set('fault', 'none');
-          assert.equal(await requireMigration(dst).state(), 'RUNNING', `${point}${suffix}: destination out of RESUMING`);
+          assert.equal(
+            await requireMigration(dst).state(),
+            'RUNNING',
+            `${point}${suffix}: destination out of RESUMING`,
+          );
         }
       }
       assert.ok(failedSaves > 0 && failedLoads > 0, `faults were hit (saves ${failedSaves}, loads ${failedLoads})`);
@@ -157,10 +183,16 @@ describe(`wrong streams and devices without migration on ${guestKernel || 'host'
     using plain = c.open();
     const io = memorySink();
     await requireMigration(src).save(io.sink);
-    await assert.rejects(requireMigration(dst).load(io.source()), (e: MigrationError) => e.code === 'ERR_MIGRATION_MISMATCH' && /v1/.test(e.message));
+    await assert.rejects(
+      requireMigration(dst).load(io.source()),
+      (e: MigrationError) => e.code === 'ERR_MIGRATION_MISMATCH' && /v1/.test(e.message),
+    );
     assert.equal(await requireMigration(dst).state(), 'RUNNING');
     assert.equal(plain.migration, null);
-    assert.throws(() => requireMigration(plain), (e: MigrationError) => e.code === 'ERR_MIGRATION_NONE');
+    assert.throws(
+      () => requireMigration(plain),
+      (e: MigrationError) => e.code === 'ERR_MIGRATION_NONE',
+    );
   });
 
   test('a v1 stream from the mmap type is refused by the trapped type unless forced', async () => {
@@ -171,33 +203,44 @@ describe(`wrong streams and devices without migration on ${guestKernel || 'host'
     mutate(src, 3n);
     const io = memorySink();
     await requireMigration(src).save(io.sink);
-    await assert.rejects(requireMigration(dst).load(io.source()), (e: MigrationError) => e.code === 'ERR_MIGRATION_MISMATCH' && /mdevType/.test(e.message));
+    await assert.rejects(
+      requireMigration(dst).load(io.source()),
+      (e: MigrationError) => e.code === 'ERR_MIGRATION_MISMATCH' && /mdevType/.test(e.message),
+    );
     await requireMigration(dst).load(io.source(), { force: true });
     assert.equal(checksum(dst), checksum(src));
   });
 });
 
-describe(`several devices: P2P first, then stop, then save each on ${guestKernel || 'host'}`, { skip: needsTestDriver }, () => {
-  test('stopDevices moves every v2 device through RUNNING_P2P before any is stopped; saves from STOP are exact', async () => {
-    const { stopDevices } = await import('../../lib');
-    const sources = [make('v2', { stateSize: 100000 }), make('v2', { stateSize: 100000 }), make('v1', { stateSize: 100000 })];
-    const targets = sources.map((s) => make(s.kind, { stateSize: 100000 }));
-    const open = sources.map((s) => s.open());
-    const dsts = targets.map((t) => t.open());
-    try {
-      open.forEach((d, i) => mutate(d, BigInt(i + 10)));
-      await stopDevices(open.map((d) => requireMigration(d)));
-      for (const d of open) assert.equal(await requireMigration(d).state(), 'STOP');
-      const arcs = sources[0].get('counters');
-      assert.match(arcs, /v2\.arcs/);
-      for (let i = 0; i < open.length; i++) {
-        const io = memorySink();
-        await requireMigration(open[i]).save(io.sink);
-        await requireMigration(dsts[i]).load(io.source());
-        assert.equal(checksum(dsts[i]), checksum(open[i]));
+describe(
+  `several devices: P2P first, then stop, then save each on ${guestKernel || 'host'}`,
+  { skip: needsTestDriver },
+  () => {
+    test('stopDevices moves every v2 device through RUNNING_P2P before any is stopped; saves from STOP are exact', async () => {
+      const { stopDevices } = await import('../../lib');
+      const sources = [
+        make('v2', { stateSize: 100000 }),
+        make('v2', { stateSize: 100000 }),
+        make('v1', { stateSize: 100000 }),
+      ];
+      const targets = sources.map((s) => make(s.kind, { stateSize: 100000 }));
+      const open = sources.map((s) => s.open());
+      const dsts = targets.map((t) => t.open());
+      try {
+        open.forEach((d, i) => mutate(d, BigInt(i + 10)));
+        await stopDevices(open.map((d) => requireMigration(d)));
+        for (const d of open) assert.equal(await requireMigration(d).state(), 'STOP');
+        const arcs = sources[0].get('counters');
+        assert.match(arcs, /v2\.arcs/);
+        for (let i = 0; i < open.length; i++) {
+          const io = memorySink();
+          await requireMigration(open[i]).save(io.sink);
+          await requireMigration(dsts[i]).load(io.source());
+          assert.equal(checksum(dsts[i]), checksum(open[i]));
+        }
+      } finally {
+        [...open, ...dsts].forEach((d) => d.close());
       }
-    } finally {
-      [...open, ...dsts].forEach((d) => d.close());
-    }
-  });
-});
+    });
+  },
+);

@@ -68,14 +68,31 @@ export interface Vm {
 
 export async function startQemu(dir: string, name: string, uuid: string, extra: string[]): Promise<Vm> {
   const sock = join(dir, `${name}.qmp`);
-  const args = ['-machine', 'q35', '-accel', 'tcg', '-m', '64', '-S', '-nodefaults', '-display', 'none', '-no-user-config',
-    '-qmp', `unix:${sock},server=on,wait=off`,
-    '-device', `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${uuid},x-enable-migration=on`, ...extra];
+  const args = [
+    '-machine',
+    'q35',
+    '-accel',
+    'tcg',
+    '-m',
+    '64',
+    '-S',
+    '-nodefaults',
+    '-display',
+    'none',
+    '-no-user-config',
+    '-qmp',
+    `unix:${sock},server=on,wait=off`,
+    '-device',
+    `vfio-pci,sysfsdev=/sys/bus/mdev/devices/${uuid},x-enable-migration=on`,
+    ...extra,
+  ];
   const proc = spawn(QEMU, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   proc.stdout!.on('data', (b: Buffer) => (log += b.toString()));
   proc.stderr!.on('data', (b: Buffer) => (log += b.toString()));
-  const exited = new Promise<never>((_, rej) => proc.once('exit', (c) => rej(new Error(`QEMU ${name} exited ${c}: ${log}`))));
+  const exited = new Promise<never>((_, rej) =>
+    proc.once('exit', (c) => rej(new Error(`QEMU ${name} exited ${c}: ${log}`))),
+  );
   exited.catch(() => undefined);
   const qmp = await Promise.race([Qmp.open(sock, Date.now() + 60_000), exited]);
   return { proc, qmp, log: () => log };

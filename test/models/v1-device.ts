@@ -47,7 +47,19 @@ export class V1ModelDevice {
     this.#section = Buffer.alloc(opts.chunkSize);
     const size = BigInt(HEADER + opts.chunkSize);
     const areas = opts.mmap ? [{ offset: BigInt(HEADER), size: BigInt(opts.chunkSize) }] : [];
-    this.info = { index: 9, flags: 3, size, offset: 0n, argsz: 0, readable: true, writable: true, mmapable: !!opts.mmap, capabilities: [], mmapAreas: areas, type: { type: 3, subtype: 1 } };
+    this.info = {
+      index: 9,
+      flags: 3,
+      size,
+      offset: 0n,
+      argsz: 0,
+      readable: true,
+      writable: true,
+      mmapable: !!opts.mmap,
+      capabilities: [],
+      mmapAreas: areas,
+      type: { type: 3, subtype: 1 },
+    };
   }
 
   fill(seed: number): void {
@@ -67,6 +79,7 @@ export class V1ModelDevice {
 
   region(index: number) {
     if (index !== 9) throw new VfioError('ERR_VFIO_BAD_INFO', 'model has only region 9');
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the returned object's methods need the model itself
     const dev = this;
     return {
       info: this.info,
@@ -128,7 +141,7 @@ export class V1ModelDevice {
           const v = Number(value);
           const to = v & 7;
           if (to === 5 || to === 7 || to === 6) throw sysErr('EINVAL', 'invalid state');
-          if (((v & ~7) >>> 0) !== dev.reserved) throw sysErr('EINVAL', 'reserved bits changed');
+          if ((v & ~7) >>> 0 !== dev.reserved) throw sysErr('EINVAL', 'reserved bits changed');
           const from = dev.deviceState;
           if (to & 2 && !(from & 2)) dev.#saving = { sent: 0, dirty: new Set() };
           if (!(to & 2)) dev.#saving = null;
@@ -145,7 +158,12 @@ export class V1ModelDevice {
         }
         throw sysErr('EINVAL', 'register write');
       },
-      async readBulk(offset: bigint, target: Uint8Array, targetOffset = 0, length = target.length - targetOffset): Promise<void> {
+      async readBulk(
+        offset: bigint,
+        target: Uint8Array,
+        targetOffset = 0,
+        length = target.length - targetOffset,
+      ): Promise<void> {
         dev.#check('pread data');
         const s = dev.#saving;
         if (s?.window) {
@@ -154,16 +172,39 @@ export class V1ModelDevice {
           s.window = undefined;
         }
       },
-      async writeBulk(offset: bigint, source: Uint8Array, sourceOffset = 0, length = source.length - sourceOffset): Promise<void> {
+      async writeBulk(
+        offset: bigint,
+        source: Uint8Array,
+        sourceOffset = 0,
+        length = source.length - sourceOffset,
+      ): Promise<void> {
         dev.#check('pwrite data');
-        Buffer.from(source.buffer, source.byteOffset, source.byteLength).copy(dev.#section, Number(offset) - HEADER, sourceOffset, sourceOffset + length);
+        Buffer.from(source.buffer, source.byteOffset, source.byteLength).copy(
+          dev.#section,
+          Number(offset) - HEADER,
+          sourceOffset,
+          sourceOffset + length,
+        );
       },
       // The kernel does these in one pool job; the model in sequence, marking a register failure as the addon does.
-      async writeBulkThen(offset: bigint, source: Uint8Array, sourceOffset: number, length: number, doorbell: { offset: number; width: number; value: bigint }): Promise<void> {
+      async writeBulkThen(
+        offset: bigint,
+        source: Uint8Array,
+        sourceOffset: number,
+        length: number,
+        doorbell: { offset: number; width: number; value: bigint },
+      ): Promise<void> {
         await this_region().writeBulk(offset, source, sourceOffset, length);
         await ringDoorbell(doorbell);
       },
-      async writeMappedThen(map: { writeFrom(at: number, s: Uint8Array, o: number, l: number): Promise<void> }, at: number, source: Uint8Array, sourceOffset: number, length: number, doorbell: { offset: number; width: number; value: bigint }): Promise<void> {
+      async writeMappedThen(
+        map: { writeFrom(at: number, s: Uint8Array, o: number, l: number): Promise<void> },
+        at: number,
+        source: Uint8Array,
+        sourceOffset: number,
+        length: number,
+        doorbell: { offset: number; width: number; value: bigint },
+      ): Promise<void> {
         await map.writeFrom(at, source, sourceOffset, length);
         await ringDoorbell(doorbell);
       },

@@ -12,7 +12,10 @@ const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], {
 
 async function streamBytes(): Promise<Buffer> {
   const parts: Buffer[] = [];
-  const enc = new StreamEncoder(async (c) => void parts.push(Buffer.from(c)), { protocol: 'v1', device: { kind: 'mdev', mdevType: 'x-v1' } });
+  const enc = new StreamEncoder(async (c) => void parts.push(Buffer.from(c)), {
+    protocol: 'v1',
+    device: { kind: 'mdev', mdevType: 'x-v1' },
+  });
   await enc.writeRecord(0, Buffer.alloc(1000, 1));
   await enc.writeRecord(PHASE_STOP_COPY, Buffer.alloc(3000, 2));
   await enc.finish();

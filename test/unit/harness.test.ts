@@ -7,7 +7,16 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { CACHE_DIR, parseArgs, prepare, PROJECT_ROOT, runInGuest, shQuote, statusFromQemuExit, stripCR } from '../vm/vm';
+import {
+  CACHE_DIR,
+  parseArgs,
+  prepare,
+  PROJECT_ROOT,
+  runInGuest,
+  shQuote,
+  statusFromQemuExit,
+  stripCR,
+} from '../vm/vm';
 
 describe('harness helpers', () => {
   test('shQuote survives the shell', () => {
@@ -61,7 +70,11 @@ describe('runInGuest boots a guest', { skip: inGuest ? 'already in the guest' : 
 
   test('a succeeding command gives status 0, with the guest environment set', async () => {
     const r = await runInGuest({
-      command: ['sh', '-c', 'test "$VFIO_MIG_GUEST" = 1 && test -n "$VFIO_MIG_PCI" && test "$VFIO_MIG_MTTY" = 1 && test -c /dev/vfio/vfio'],
+      command: [
+        'sh',
+        '-c',
+        'test "$VFIO_MIG_GUEST" = 1 && test -n "$VFIO_MIG_PCI" && test "$VFIO_MIG_MTTY" = 1 && test -c /dev/vfio/vfio',
+      ],
       timeoutMs: 120_000,
     });
     assert.equal(r.error, undefined, r.error);
@@ -70,10 +83,14 @@ describe('runInGuest boots a guest', { skip: inGuest ? 'already in the guest' : 
   });
 
   test('the CLI exits with the guest status', () => {
-    const r = spawnSync(process.execPath, [join(PROJECT_ROOT, 'dist/test/vm/vm.js'), '--no-prepare', '--batch', 'sh', '-c', 'exit 7'], {
-      encoding: 'utf8',
-      timeout: 120_000,
-    });
+    const r = spawnSync(
+      process.execPath,
+      [join(PROJECT_ROOT, 'dist/test/vm/vm.js'), '--no-prepare', '--batch', 'sh', '-c', 'exit 7'],
+      {
+        encoding: 'utf8',
+        timeout: 120_000,
+      },
+    );
     assert.equal(r.status, 7, r.stderr);
   });
 

@@ -1,7 +1,16 @@
 // Host-side tests of the native addon against ordinary files and memfds (no kernel VFIO needed).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../lib/native';
@@ -32,7 +41,10 @@ test('struct layouts in lib/uapi.ts match the C compiler', () => {
 });
 
 test('constants in lib/uapi.ts match the C header', () => {
-  const nameInTs: Record<string, string> = { VFIO_MIG_STATE_PRE_COPY: 'VFIO_DEVICE_STATE_PRE_COPY', VFIO_MIG_STATE_PRE_COPY_P2P: 'VFIO_DEVICE_STATE_PRE_COPY_P2P' };
+  const nameInTs: Record<string, string> = {
+    VFIO_MIG_STATE_PRE_COPY: 'VFIO_DEVICE_STATE_PRE_COPY',
+    VFIO_MIG_STATE_PRE_COPY_P2P: 'VFIO_DEVICE_STATE_PRE_COPY_P2P',
+  };
   const ts = uapi as unknown as Record<string, number>;
   let checked = 0;
   for (const [name, value] of Object.entries(native.constants)) {
@@ -57,7 +69,10 @@ test('width-exact pread/pwrite on a memfd, every width, little-endian at the rig
     assert.equal(native.preadWidth(fd, 8, 8), 0x0123456789abcdefn);
     const bytes = Buffer.alloc(16);
     assert.equal(native.pread(fd, bytes, 0, 16, 0), 16);
-    assert.deepEqual([...bytes], [0xab, 0, 0xef, 0xbe, 0xef, 0xbe, 0xad, 0xde, 0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01]);
+    assert.deepEqual(
+      [...bytes],
+      [0xab, 0, 0xef, 0xbe, 0xef, 0xbe, 0xad, 0xde, 0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01],
+    );
   } finally {
     native.close(fd);
   }
@@ -66,7 +81,10 @@ test('width-exact pread/pwrite on a memfd, every width, little-endian at the rig
 test('a register read past the end is a short read, reported as EIO with the counts', () => {
   const fd = memfd(6);
   try {
-    assert.throws(() => native.preadWidth(fd, 4, 4), (e: SyscallError) => e.code === 'EIO' && /short read \(2 of 4 bytes\)/.test(e.message));
+    assert.throws(
+      () => native.preadWidth(fd, 4, 4),
+      (e: SyscallError) => e.code === 'EIO' && /short read \(2 of 4 bytes\)/.test(e.message),
+    );
   } finally {
     native.close(fd);
   }
@@ -126,8 +144,14 @@ test('a bulk write carrying a register write: data then register in one job; a f
     assert.equal(native.preadWidth(fd, 16, 4), 0xabcd);
     // The register write fails (read-only fd): the data is written, the error says 'register'.
     const ro = native.open(`/proc/self/fd/${fd}`, 0);
-    await assert.rejects(map.writeFrom(0, data, 0, 10, [ro, 24, 8, 1n]), (err: SyscallError) => err.code === 'EBADF' && err.stage === 'register' && err.syscall === 'pwrite');
-    await assert.rejects(native.pwriteAllAsync(fd, data, 0, 10, 0, ro, 24, 8, 1n), { code: 'EBADF', stage: 'register' });
+    await assert.rejects(
+      map.writeFrom(0, data, 0, 10, [ro, 24, 8, 1n]),
+      (err: SyscallError) => err.code === 'EBADF' && err.stage === 'register' && err.syscall === 'pwrite',
+    );
+    await assert.rejects(native.pwriteAllAsync(fd, data, 0, 10, 0, ro, 24, 8, 1n), {
+      code: 'EBADF',
+      stage: 'register',
+    });
     // The data write fails: the register is not written.
     native.pwriteWidth(fd, 32, 8, 7n);
     await assert.rejects(native.pwriteAllAsync(ro, data, 0, 10, 0, fd, 32, 8, 99n), { code: 'EBADF', stage: 'data' });
@@ -144,22 +168,40 @@ test('a bulk write carrying a register write: data then register in one job; a f
 test('syscall errors carry code, negative errno, syscall and the ioctl name', async () => {
   const fd = native.open('/dev/null', O_RDWR);
   try {
-    assert.throws(() => native.getApiVersion(fd), (e: unknown) => {
-      assert.ok(e instanceof SyscallError);
-      assert.equal(e.code, 'ENOTTY');
-      assert.equal(e.errno, -25);
-      assert.equal(e.syscall, 'ioctl');
-      assert.match(e.message, /^ioctl VFIO_GET_API_VERSION ENOTTY/);
-      return true;
-    });
-    await assert.rejects(native.deviceResetAsync(fd), (e: SyscallError) => e.code === 'ENOTTY' && /VFIO_DEVICE_RESET/.test(e.message));
-    assert.throws(() => native.deviceGetRegionInfo(fd, 0), (e: SyscallError) => e.code === 'ENOTTY' && /VFIO_DEVICE_GET_REGION_INFO/.test(e.message));
-    assert.throws(() => native.migGetPrecopyInfo(fd), (e: SyscallError) => /VFIO_MIG_GET_PRECOPY_INFO/.test(e.message));
+    assert.throws(
+      () => native.getApiVersion(fd),
+      (e: unknown) => {
+        assert.ok(e instanceof SyscallError);
+        assert.equal(e.code, 'ENOTTY');
+        assert.equal(e.errno, -25);
+        assert.equal(e.syscall, 'ioctl');
+        assert.match(e.message, /^ioctl VFIO_GET_API_VERSION ENOTTY/);
+        return true;
+      },
+    );
+    await assert.rejects(
+      native.deviceResetAsync(fd),
+      (e: SyscallError) => e.code === 'ENOTTY' && /VFIO_DEVICE_RESET/.test(e.message),
+    );
+    assert.throws(
+      () => native.deviceGetRegionInfo(fd, 0),
+      (e: SyscallError) => e.code === 'ENOTTY' && /VFIO_DEVICE_GET_REGION_INFO/.test(e.message),
+    );
+    assert.throws(
+      () => native.migGetPrecopyInfo(fd),
+      (e: SyscallError) => /VFIO_MIG_GET_PRECOPY_INFO/.test(e.message),
+    );
   } finally {
     native.close(fd);
   }
-  assert.throws(() => native.open('/nonexistent/vfio', O_RDWR), (e: SyscallError) => e.code === 'ENOENT' && e.syscall === 'open' && /\/nonexistent\/vfio/.test(e.message));
-  await assert.rejects(native.preadAsync(987654, Buffer.alloc(4), 0, 4, 0), (e: SyscallError) => e.code === 'EBADF' && e.syscall === 'pread' && e.errno === -9);
+  assert.throws(
+    () => native.open('/nonexistent/vfio', O_RDWR),
+    (e: SyscallError) => e.code === 'ENOENT' && e.syscall === 'open' && /\/nonexistent\/vfio/.test(e.message),
+  );
+  await assert.rejects(
+    native.preadAsync(987654, Buffer.alloc(4), 0, 4, 0),
+    (e: SyscallError) => e.code === 'EBADF' && e.syscall === 'pread' && e.errno === -9,
+  );
 });
 
 test('every fd the addon opens is O_CLOEXEC', () => {
@@ -260,7 +302,10 @@ test('abuse: foreign receivers, wrong argument types and closed objects throw, n
   raw.unmap();
   assert.throws(() => raw.write(0, 4, 1), /unmapped/);
   native.close(fd);
-  assert.throws(() => native.close(fd), (e: SyscallError) => e.code === 'EBADF');
+  assert.throws(
+    () => native.close(fd),
+    (e: SyscallError) => e.code === 'EBADF',
+  );
 });
 
 test('no fd leaks across a loop of open/close, memfd, mmap/unmap', () => {

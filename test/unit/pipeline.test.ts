@@ -23,7 +23,10 @@ test('EmitWindow keeps one emit in flight, in order, and never lets a buffer be 
     await window.push(i, b.subarray(0, 4));
   }
   await window.flush();
-  assert.deepEqual(seen, Array.from({ length: 10 }, (_, i) => `${i}:${`c${i}`.padEnd(4, '.')}`));
+  assert.deepEqual(
+    seen,
+    Array.from({ length: 10 }, (_, i) => `${i}:${`c${i}`.padEnd(4, '.')}`),
+  );
   assert.equal(maxRunning, 1);
 });
 

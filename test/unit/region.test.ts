@@ -22,7 +22,15 @@ interface CapFixture {
 }
 
 /** Builds VFIO_DEVICE_GET_REGION_INFO bytes: the 32-byte struct followed by a capability chain. */
-function regionInfo(opts: { index?: number; flags?: number; size?: bigint; offset?: bigint; caps?: CapFixture[]; argsz?: number; firstCap?: number }): Buffer {
+function regionInfo(opts: {
+  index?: number;
+  flags?: number;
+  size?: bigint;
+  offset?: bigint;
+  caps?: CapFixture[];
+  argsz?: number;
+  firstCap?: number;
+}): Buffer {
   const caps = opts.caps ?? [];
   const parts: Buffer[] = [];
   let at = 32;
@@ -41,7 +49,11 @@ function regionInfo(opts: { index?: number; flags?: number; size?: bigint; offse
   const fixed = Buffer.alloc(32);
   const total = at;
   fixed.writeUInt32LE(opts.argsz ?? total, 0);
-  fixed.writeUInt32LE((opts.flags ?? VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE) | (caps.length ? VFIO_REGION_INFO_FLAG_CAPS : 0), 4);
+  fixed.writeUInt32LE(
+    (opts.flags ?? VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE) |
+      (caps.length ? VFIO_REGION_INFO_FLAG_CAPS : 0),
+    4,
+  );
   fixed.writeUInt32LE(opts.index ?? 9, 8);
   fixed.writeUInt32LE(opts.firstCap ?? (caps.length ? 32 : 0), 12);
   fixed.writeBigUInt64LE(opts.size ?? 0x10000n, 16);
@@ -66,10 +78,13 @@ function typeCap(type: number, subtype: number): CapFixture {
   return { id: VFIO_REGION_INFO_CAP_TYPE, body };
 }
 
-const bad = (pattern: RegExp) => (e: unknown) => e instanceof VfioError && e.code === 'ERR_VFIO_BAD_INFO' && pattern.test(e.message);
+const bad = (pattern: RegExp) => (e: unknown) =>
+  e instanceof VfioError && e.code === 'ERR_VFIO_BAD_INFO' && pattern.test(e.message);
 
 test('a plain region without capabilities', () => {
-  const info = decodeRegionInfo(regionInfo({ index: 0, flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP, size: 4096n, offset: 0n }));
+  const info = decodeRegionInfo(
+    regionInfo({ index: 0, flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_MMAP, size: 4096n, offset: 0n }),
+  );
   assert.equal(info.index, 0);
   assert.equal(info.size, 4096n);
   assert.equal(info.offset, 0n);
@@ -84,11 +99,22 @@ test('type, sparse mmap, msix-mappable and unknown capabilities decode in chain 
   const raw = regionInfo({
     flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP,
     size: 0x3000n,
-    caps: [typeCap(3, 1), sparse([[0x1000n, 0x2000n], [0x2000n, 0n]]), { id: VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, body: Buffer.alloc(0) }, { id: 77, version: 2, body: Buffer.from([1, 2, 3, 4]) }],
+    caps: [
+      typeCap(3, 1),
+      sparse([
+        [0x1000n, 0x2000n],
+        [0x2000n, 0n],
+      ]),
+      { id: VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, body: Buffer.alloc(0) },
+      { id: 77, version: 2, body: Buffer.from([1, 2, 3, 4]) },
+    ],
   });
   const info = decodeRegionInfo(raw);
   assert.deepEqual(info.type, { type: 3, subtype: 1 });
-  assert.deepEqual(info.capabilities.map((c) => c.kind), ['type', 'sparse-mmap', 'msix-mappable', 'unknown']);
+  assert.deepEqual(
+    info.capabilities.map((c) => c.kind),
+    ['type', 'sparse-mmap', 'msix-mappable', 'unknown'],
+  );
   const unknown = info.capabilities[3];
   assert.ok(unknown.kind === 'unknown');
   assert.equal(unknown.id, 77);
@@ -103,21 +129,42 @@ test('hostile: a capability offset past argsz, inside the fixed struct, or past 
   assert.throws(() => decodeRegionInfo(raw), bad(/outside|needs/));
   assert.throws(() => decodeRegionInfo(regionInfo({ caps: [typeCap(3, 1)], firstCap: 8 })), bad(/outside \[32/));
   assert.throws(() => decodeRegionInfo(regionInfo({ caps: [typeCap(3, 1)], firstCap: 4000 })), bad(/outside/));
-  assert.throws(() => decodeRegionInfo(regionInfo({ caps: [typeCap(3, 1)], argsz: 4096 }).subarray(0, 44)), bad(/needs 16 bytes/));
+  assert.throws(
+    () => decodeRegionInfo(regionInfo({ caps: [typeCap(3, 1)], argsz: 4096 }).subarray(0, 44)),
+    bad(/needs 16 bytes/),
+  );
 });
 
 test('hostile: capability loops (self and longer) stop with an error', () => {
-  assert.throws(() => decodeRegionInfo(regionInfo({ caps: [{ ...typeCap(3, 1), next: 32 }] })), bad(/loops back to offset 32/));
-  assert.throws(() => decodeRegionInfo(regionInfo({ caps: [typeCap(3, 1), { ...typeCap(3, 1), next: 32 }] })), bad(/loops/));
+  assert.throws(
+    () => decodeRegionInfo(regionInfo({ caps: [{ ...typeCap(3, 1), next: 32 }] })),
+    bad(/loops back to offset 32/),
+  );
+  assert.throws(
+    () => decodeRegionInfo(regionInfo({ caps: [typeCap(3, 1), { ...typeCap(3, 1), next: 32 }] })),
+    bad(/loops/),
+  );
 });
 
 test('hostile: sparse areas: count larger than the capability, areas past the region end', () => {
   const cap = sparse([[0n, 0x1000n]]);
   cap.body.writeUInt32LE(1000, 0);
-  assert.throws(() => decodeRegionInfo(regionInfo({ flags: VFIO_REGION_INFO_FLAG_MMAP, caps: [cap] })), bad(/claims 1000 areas, room for 1/));
-  assert.throws(() => decodeRegionInfo(regionInfo({ flags: VFIO_REGION_INFO_FLAG_MMAP, size: 0x1000n, caps: [sparse([[0x800n, 0x1000n]])] })), bad(/past the region size/));
+  assert.throws(
+    () => decodeRegionInfo(regionInfo({ flags: VFIO_REGION_INFO_FLAG_MMAP, caps: [cap] })),
+    bad(/claims 1000 areas, room for 1/),
+  );
+  assert.throws(
+    () =>
+      decodeRegionInfo(
+        regionInfo({ flags: VFIO_REGION_INFO_FLAG_MMAP, size: 0x1000n, caps: [sparse([[0x800n, 0x1000n]])] }),
+      ),
+    bad(/past the region size/),
+  );
   const huge = sparse([[0xffffffffffffff00n, 0x1000n]]);
-  assert.throws(() => decodeRegionInfo(regionInfo({ flags: VFIO_REGION_INFO_FLAG_MMAP, caps: [huge] })), bad(/past the region size/));
+  assert.throws(
+    () => decodeRegionInfo(regionInfo({ flags: VFIO_REGION_INFO_FLAG_MMAP, caps: [huge] })),
+    bad(/past the region size/),
+  );
 });
 
 test('hostile: truncated fixed part; unknown capability near the end keeps its bytes', () => {

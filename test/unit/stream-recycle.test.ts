@@ -9,7 +9,10 @@ import { StreamDecoder, StreamEncoder } from '../../lib/migration/stream';
 
 const payloadOf = (i: number, size: number) => Buffer.alloc(size, i & 0xff);
 
-async function roundTrip(makeSink: () => { sink: NodeJS.WritableStream; done: () => Promise<AsyncIterable<Buffer>> }, recycle?: boolean) {
+async function roundTrip(
+  makeSink: () => { sink: NodeJS.WritableStream; done: () => Promise<AsyncIterable<Buffer>> },
+  recycle?: boolean,
+) {
   // Yield to the event loop between records so that write callbacks run and buffers can come back.
   const { sink, done } = makeSink();
   const enc = new StreamEncoder(sink, { protocol: 'v2', device: {} }, { recycle });
@@ -48,7 +51,13 @@ test('an in-process PassThrough is not recycled by default (it keeps chunks afte
     const sink = new PassThrough({ highWaterMark: 1 << 30 });
     const chunks: Buffer[] = [];
     sink.on('data', (c: Buffer) => chunks.push(c));
-    return { sink, done: async () => (async function* () { yield* chunks; })() };
+    return {
+      sink,
+      done: async () =>
+        (async function* () {
+          yield* chunks;
+        })(),
+    };
   });
 });
 
@@ -58,7 +67,13 @@ test('forcing recycle onto a PassThrough would corrupt records: the check above 
       const sink = new PassThrough({ highWaterMark: 1 << 30 });
       const chunks: Buffer[] = [];
       sink.on('data', (c: Buffer) => chunks.push(c));
-      return { sink, done: async () => (async function* () { yield* chunks; })() };
+      return {
+        sink,
+        done: async () =>
+          (async function* () {
+            yield* chunks;
+          })(),
+      };
     }, true),
   );
 });

@@ -12,7 +12,14 @@ import { O_RDONLY } from '../../lib/uapi';
 const O_NONBLOCK = 0o4000;
 import { ByteSourceReader, FdSource, MIN_CAPACITY, type ByteSource } from '../../lib/migration/source';
 import { readAhead } from '../../lib/migration/pipeline';
-import { PHASE_STOP_COPY, StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamRecord } from '../../lib/migration/stream';
+import {
+  PHASE_STOP_COPY,
+  StreamDecoder,
+  StreamEncoder,
+  StreamError,
+  verifyStream,
+  type StreamRecord,
+} from '../../lib/migration/stream';
 
 const HEADER = { protocol: 'v2' as const, device: { kind: 'mdev', mdevType: 'test' } };
 
@@ -27,14 +34,20 @@ async function encode(payloads: Buffer[]): Promise<Buffer> {
 }
 
 /** A ByteSource over memory that hands over at most `step(i)` bytes per underlying read, like a pipe. */
-function memorySource(bytes: Buffer, step: (i: number) => number = () => bytes.length || 1): ByteSource & { closed: boolean } {
+function memorySource(
+  bytes: Buffer,
+  step: (i: number) => number = () => bytes.length || 1,
+): ByteSource & { closed: boolean } {
   let at = 0;
   let reads = 0;
   const src = {
     closed: false,
     async readAtLeast(buffer: Buffer, offset: number, min: number, max: number): Promise<number> {
       assert.ok(!src.closed, 'read after close');
-      assert.ok(min <= max && offset + max <= buffer.length, `read range [${offset}, +${max}) min ${min} in a ${buffer.length}-byte buffer`);
+      assert.ok(
+        min <= max && offset + max <= buffer.length,
+        `read range [${offset}, +${max}) min ${min} in a ${buffer.length}-byte buffer`,
+      );
       let got = 0;
       while (got < min && at < bytes.length) {
         const n = Math.min(Math.max(1, step(reads++)), max - got, bytes.length - at);
@@ -64,7 +77,8 @@ interface Outcome {
 async function decodeAll(source: AsyncIterable<Buffer> | ByteSource): Promise<Outcome> {
   const out: Outcome = { records: [] };
   try {
-    for await (const r of new StreamDecoder(source).records()) out.records.push({ ...r, payload: Buffer.from(r.payload) });
+    for await (const r of new StreamDecoder(source).records())
+      out.records.push({ ...r, payload: Buffer.from(r.payload) });
   } catch (err) {
     assert.ok(err instanceof StreamError, `not a StreamError: ${String(err)}`);
     out.error = { code: err.code, offset: err.offset, record: err.record, message: err.message };
@@ -80,7 +94,7 @@ describe('stream decoder over a ByteSource (in-process byte sources)', () => {
     const bytes = await encode(payloads);
     for (let pos = 0; pos < bytes.length; pos++) {
       const bad = Buffer.from(bytes);
-      bad[pos]! ^= 1 << pos % 8;
+      bad[pos]! ^= 1 << (pos % 8);
       const want = await decodeAll(chunks(bad, 7));
       assert.ok(want.error, `flip at ${pos} accepted`);
       assert.deepEqual(await decodeAll(memorySource(bad, (i) => (i % 3) + 1)), want, `flip at ${pos}`);
@@ -107,7 +121,11 @@ describe('stream decoder over a ByteSource (in-process byte sources)', () => {
       let i = 0;
       // readAhead is how session.load consumes the decoder: one record held, the next being read.
       for await (const r of readAhead(decoder.records())) {
-        if (previous) assert.ok(previous.payload.equals(payloads[i - 1]!), `record ${i - 1} was overwritten while record ${i} was read`);
+        if (previous)
+          assert.ok(
+            previous.payload.equals(payloads[i - 1]!),
+            `record ${i - 1} was overwritten while record ${i} was read`,
+          );
         assert.ok(r.payload.equals(payloads[i]!), `record ${i} (${sizes[i]} bytes)`);
         await new Promise((resolve) => setImmediate(resolve)); // the read of the next record runs meanwhile
         assert.ok(r.payload.equals(payloads[i]!), `record ${i} changed while held`);
@@ -163,7 +181,10 @@ describe('FdSource (host kernel: files and pipes)', () => {
       for (let k = 0; k < 20; k++) {
         const got = await decodeAll(FdSource.open(path));
         assert.equal(got.error, undefined);
-        assert.deepEqual(got.records.map((r) => r.payload.length), payloads.map((p) => p.length));
+        assert.deepEqual(
+          got.records.map((r) => r.payload.length),
+          payloads.map((p) => p.length),
+        );
         got.records.forEach((r, i) => assert.ok(r.payload.equals(payloads[i]!)));
       }
       assert.equal(openFds(), before, 'fds leaked');

@@ -45,7 +45,15 @@ interface RawStream {
   json?: Buffer;
   jsonLength?: number;
   records: RawRecord[];
-  trailer?: { phase?: number; sequence?: bigint; length?: bigint; records?: bigint; payloadBytes?: bigint; streamCrc?: number; body?: Buffer } | null;
+  trailer?: {
+    phase?: number;
+    sequence?: bigint;
+    length?: bigint;
+    records?: bigint;
+    payloadBytes?: bigint;
+    streamCrc?: number;
+    body?: Buffer;
+  } | null;
 }
 
 function u16(v: number): Buffer {
@@ -64,8 +72,22 @@ function u64(v: bigint): Buffer {
   return b;
 }
 
-function rawRecordHeader(kind: number, phase: number, sequence: bigint, length: bigint, payloadCrc: number, reserved = 0): Buffer {
-  const h = Buffer.concat([Buffer.from([kind, reserved & 0xff]), u16(reserved >>> 8), u32(phase), u64(sequence), u64(length), u32(payloadCrc)]);
+function rawRecordHeader(
+  kind: number,
+  phase: number,
+  sequence: bigint,
+  length: bigint,
+  payloadCrc: number,
+  reserved = 0,
+): Buffer {
+  const h = Buffer.concat([
+    Buffer.from([kind, reserved & 0xff]),
+    u16(reserved >>> 8),
+    u32(phase),
+    u64(sequence),
+    u64(length),
+    u32(payloadCrc),
+  ]);
   return Buffer.concat([h, u32(crc32(h))]);
 }
 
@@ -79,7 +101,13 @@ interface Layout {
 
 function buildStream(s: RawStream): Layout {
   const json = s.json ?? Buffer.from(JSON.stringify(HEADER));
-  const fixed = Buffer.concat([s.magic ?? STREAM_MAGIC, u16(s.version ?? 1), u16(s.flags ?? 0), u32(s.jsonLength ?? json.length), json]);
+  const fixed = Buffer.concat([
+    s.magic ?? STREAM_MAGIC,
+    u16(s.version ?? 1),
+    u16(s.flags ?? 0),
+    u32(s.jsonLength ?? json.length),
+    json,
+  ]);
   const parts = [fixed, u32(crc32(fixed))];
   let offset = fixed.length + 4;
   const headerEnd = offset;
@@ -87,7 +115,14 @@ function buildStream(s: RawStream): Layout {
   let payloadBytes = 0n;
   s.records.forEach((r, i) => {
     records.push(offset);
-    const h = rawRecordHeader(r.kind ?? 1, r.phase, r.sequence ?? BigInt(i), r.length ?? BigInt(r.payload.length), crc32(r.payload), r.reserved ?? 0);
+    const h = rawRecordHeader(
+      r.kind ?? 1,
+      r.phase,
+      r.sequence ?? BigInt(i),
+      r.length ?? BigInt(r.payload.length),
+      crc32(r.payload),
+      r.reserved ?? 0,
+    );
     parts.push(h, r.payload);
     offset += h.length + r.payload.length;
     payloadBytes += BigInt(r.payload.length);
@@ -97,8 +132,22 @@ function buildStream(s: RawStream): Layout {
     const t = s.trailer ?? {};
     const streamCrc = crc32(Buffer.concat(parts));
     const body =
-      t.body ?? Buffer.concat([u64(t.records ?? BigInt(s.records.length)), u64(t.payloadBytes ?? payloadBytes), u32(t.streamCrc ?? streamCrc)]);
-    parts.push(rawRecordHeader(0xff, t.phase ?? 0, t.sequence ?? BigInt(s.records.length), t.length ?? BigInt(body.length), crc32(body)), body);
+      t.body ??
+      Buffer.concat([
+        u64(t.records ?? BigInt(s.records.length)),
+        u64(t.payloadBytes ?? payloadBytes),
+        u32(t.streamCrc ?? streamCrc),
+      ]);
+    parts.push(
+      rawRecordHeader(
+        0xff,
+        t.phase ?? 0,
+        t.sequence ?? BigInt(s.records.length),
+        t.length ?? BigInt(body.length),
+        crc32(body),
+      ),
+      body,
+    );
   }
   return { bytes: Buffer.concat(parts), headerEnd, records, trailer };
 }
@@ -134,7 +183,10 @@ async function encode(records: { phase: number; payload: Buffer }[], header: Str
 }
 
 /** Yields `bytes` in chunks of the given sizes, cycling through them. */
-async function* chunked(bytes: Buffer, sizes: number[] | ((i: number) => number) = [bytes.length || 1]): AsyncGenerator<Buffer> {
+async function* chunked(
+  bytes: Buffer,
+  sizes: number[] | ((i: number) => number) = [bytes.length || 1],
+): AsyncGenerator<Buffer> {
   const size = typeof sizes === 'function' ? sizes : (i: number) => sizes[i % sizes.length]!;
   for (let offset = 0, i = 0; offset < bytes.length; i++) {
     const n = Math.max(1, size(i));
@@ -162,13 +214,22 @@ async function decode(source: AsyncIterable<Buffer | Uint8Array>, options?: { ma
   return out;
 }
 
-async function decodeError(bytes: Buffer | AsyncIterable<Buffer>, options?: { maxPayload?: number }): Promise<StreamError> {
+async function decodeError(
+  bytes: Buffer | AsyncIterable<Buffer>,
+  options?: { maxPayload?: number },
+): Promise<StreamError> {
   const { error } = await decode(Buffer.isBuffer(bytes) ? chunked(bytes) : bytes, options);
   assert.ok(error instanceof StreamError, `expected a StreamError, got ${String(error)}`);
   return error;
 }
 
-function assertError(err: StreamError, code: string, offset: number, record: bigint | undefined, ...message: RegExp[]): void {
+function assertError(
+  err: StreamError,
+  code: string,
+  offset: number,
+  record: bigint | undefined,
+  ...message: RegExp[]
+): void {
   assert.equal(err.code, code, err.message);
   assert.equal(err.offset, offset, err.message);
   assert.equal(err.record, record, err.message);
@@ -227,7 +288,10 @@ describe('stream format: layout', () => {
   it('keeps the running stream checksum right across large payloads of many sizes', async () => {
     // Large payloads take the CRC-combination path; its result must equal a plain CRC of the bytes.
     const rand = prng(7);
-    const records = [5000, 4096, 4095, 65536, 65536, 100_003, 1 << 20, 3].map((n, i) => ({ phase: i, payload: randomBytes(rand, n) }));
+    const records = [5000, 4096, 4095, 65536, 65536, 100_003, 1 << 20, 3].map((n, i) => ({
+      phase: i,
+      payload: randomBytes(rand, n),
+    }));
     const bytes = await encode(records);
     const trailer = bytes.length - 52;
     assert.equal(bytes.readUInt32LE(trailer + 48), crc32(bytes.subarray(0, trailer)));
@@ -250,7 +314,10 @@ describe('stream format: round trips', () => {
       records,
       SMALL_RECORDS.map((r, i) => ({ phase: r.phase, sequence: BigInt(i), payload: r.payload })),
     );
-    assert.deepEqual(decoder.totals, { records: 4n, payloadBytes: BigInt(SMALL_RECORDS.reduce((n, r) => n + r.payload.length, 0)) });
+    assert.deepEqual(decoder.totals, {
+      records: 4n,
+      payloadBytes: BigInt(SMALL_RECORDS.reduce((n, r) => n + r.payload.length, 0)),
+    });
     assert.equal(decoder.bytesRead, bytes.length);
   });
 
@@ -266,7 +333,13 @@ describe('stream format: round trips', () => {
     assert.deepEqual(header, HEADER);
     assert.deepEqual(records, []);
     const result = await verifyStream(chunked(bytes));
-    assert.deepEqual(result, { header: HEADER, records: 0n, payloadBytes: 0n, phases: [], streamBytes: BigInt(bytes.length) });
+    assert.deepEqual(result, {
+      header: HEADER,
+      records: 0n,
+      payloadBytes: 0n,
+      phases: [],
+      streamBytes: BigInt(bytes.length),
+    });
   });
 
   it('round-trips random streams through random re-chunking (property)', async () => {
@@ -281,16 +354,23 @@ describe('stream format: round trips', () => {
         const size = [0, 1, rand(64), rand(5000), big ? rand(200_000) : rand(300)][rand(5)]!;
         records.push({ phase, payload: randomBytes(rand, size) });
       }
-      const header: StreamHeader = { protocol: rand(2) ? 'v1' : 'v2', device: { seed, name: 'ü' }, regions: [{ index: rand(9) }] };
+      const header: StreamHeader = {
+        protocol: rand(2) ? 'v1' : 'v2',
+        device: { seed, name: 'ü' },
+        regions: [{ index: rand(9) }],
+      };
       const bytes = await encode(records, header);
       const total = bytes.length;
       // Chunkings: single bytes (small streams only, for time), random small, random large, one chunk.
       const mode = total < 20_000 ? rand(4) : 1 + rand(3);
-      const sizes =
-        mode === 0 ? [1] : mode === 1 ? () => 1 + rand(64) : mode === 2 ? () => 1 + rand(150_000) : [total];
+      const sizes = mode === 0 ? [1] : mode === 1 ? () => 1 + rand(64) : mode === 2 ? () => 1 + rand(150_000) : [total];
       // Some sources yield plain Uint8Arrays, as a web stream would.
       const plain = rand(2) === 0;
-      const source = plain ? (async function* () { for await (const c of chunked(bytes, sizes)) yield new Uint8Array(c); })() : chunked(bytes, sizes);
+      const source = plain
+        ? (async function* () {
+            for await (const c of chunked(bytes, sizes)) yield new Uint8Array(c);
+          })()
+        : chunked(bytes, sizes);
       const got = await decode(source);
       const what = `seed ${seed} (${count} records, ${total} bytes, chunking mode ${mode})`;
       assert.equal(got.error, undefined, `${what}: ${String(got.error)}`);
@@ -312,7 +392,10 @@ describe('stream format: round trips', () => {
       { phase: 0, payload: new Uint8Array(new ArrayBuffer(0)) as Buffer },
     ];
     const bytes = await encode(records);
-    assert.deepEqual(bytes, buildStream({ records: records.map((r) => ({ ...r, payload: Buffer.from(r.payload) })) }).bytes);
+    assert.deepEqual(
+      bytes,
+      buildStream({ records: records.map((r) => ({ ...r, payload: Buffer.from(r.payload) })) }).bytes,
+    );
     for (let round = 0; round < 2; round++) {
       const decoder = new StreamDecoder(chunked(bytes));
       const payloads: Buffer[] = [];
@@ -352,7 +435,7 @@ describe('stream format: round trips', () => {
     await assert.rejects(verifyStream(chunked(bytes), { signal: controller.signal }), /stop/);
   });
 
-  it('does not keep the caller\'s payload buffer: it may be reused once writeRecord resolves', async () => {
+  it("does not keep the caller's payload buffer: it may be reused once writeRecord resolves", async () => {
     const parts: Buffer[] = [];
     const encoder = new StreamEncoder(async (c) => void parts.push(c), HEADER);
     const reused = Buffer.alloc(70_000);
@@ -367,7 +450,10 @@ describe('stream format: round trips', () => {
     await encoder.finish();
     const { records, error } = await decode(chunked(Buffer.concat(parts)));
     assert.equal(error, undefined);
-    assert.deepEqual(records.map((r) => r.payload), expected);
+    assert.deepEqual(
+      records.map((r) => r.payload),
+      expected,
+    );
   });
 
   it('serialises calls made without waiting', async () => {
@@ -379,7 +465,10 @@ describe('stream format: round trips', () => {
     const writes = SMALL_RECORDS.map((r) => encoder.writeRecord(r.phase, r.payload));
     const totals = encoder.finish();
     await Promise.all(writes);
-    assert.deepEqual(await totals, { records: 4n, payloadBytes: BigInt(SMALL_RECORDS.reduce((n, r) => n + r.payload.length, 0)) });
+    assert.deepEqual(await totals, {
+      records: 4n,
+      payloadBytes: BigInt(SMALL_RECORDS.reduce((n, r) => n + r.payload.length, 0)),
+    });
     assert.deepEqual(Buffer.concat(parts), buildStream({ records: SMALL_RECORDS }).bytes);
     assert.equal(encoder.finish(), encoder.finish(), 'finish() again returns the same promise');
   });
@@ -413,7 +502,10 @@ describe('stream format: encoder and sinks', () => {
 
   it('streams through a PassThrough into a decoder running concurrently', async () => {
     const pipe = new PassThrough({ highWaterMark: 4096 });
-    const records = Array.from({ length: 50 }, (_, i) => ({ phase: i < 40 ? 0 : PHASE_STOP_COPY, payload: Buffer.alloc(i * 997, i) }));
+    const records = Array.from({ length: 50 }, (_, i) => ({
+      phase: i < 40 ? 0 : PHASE_STOP_COPY,
+      payload: Buffer.alloc(i * 997, i),
+    }));
     const writer = (async () => {
       const encoder = new StreamEncoder(pipe, HEADER);
       for (const r of records) await encoder.writeRecord(r.phase, r.payload);
@@ -422,7 +514,10 @@ describe('stream format: encoder and sinks', () => {
     })();
     const [got] = await Promise.all([decode(pipe), writer]);
     assert.equal(got.error, undefined);
-    assert.deepEqual(got.records.map((r) => r.payload), records.map((r) => r.payload));
+    assert.deepEqual(
+      got.records.map((r) => r.payload),
+      records.map((r) => r.payload),
+    );
   });
 
   it('reports a sink error, and refuses to go on after it', async () => {
@@ -505,14 +600,25 @@ describe('stream format: corruption', () => {
    * Which structure byte `pos` belongs to: the stream header, record i's header or payload, or the
    * trailer's; `start` is where that structure starts, `recordStart` where its record starts.
    */
-  function whereIs(pos: number): { part: 'header' | 'record' | 'payload' | 'trailer'; record?: bigint; start: number; recordStart: number } {
+  function whereIs(pos: number): {
+    part: 'header' | 'record' | 'payload' | 'trailer';
+    record?: bigint;
+    start: number;
+    recordStart: number;
+  } {
     if (pos < layout.headerEnd) return { part: 'header', start: 0, recordStart: 0 };
     const t = layout.trailer;
-    if (pos >= t) return { part: 'trailer', record: BigInt(records.length), start: pos < t + 32 ? t : t + 32, recordStart: t };
+    if (pos >= t)
+      return { part: 'trailer', record: BigInt(records.length), start: pos < t + 32 ? t : t + 32, recordStart: t };
     let i = layout.records.length - 1;
     while (layout.records[i]! > pos) i--;
     const r = layout.records[i]!;
-    return { part: pos < r + 32 ? 'record' : 'payload', record: BigInt(i), start: pos < r + 32 ? r : r + 32, recordStart: r };
+    return {
+      part: pos < r + 32 ? 'record' : 'payload',
+      record: BigInt(i),
+      start: pos < r + 32 ? r : r + 32,
+      recordStart: r,
+    };
   }
 
   it('the reference stream is valid', async () => {
@@ -529,20 +635,41 @@ describe('stream format: corruption', () => {
         const got = await decode(chunked(bad, [pos % 2 ? 1 : 13]));
         const what = `bit ${bit} of byte ${pos}`;
         assert.ok(got.error instanceof StreamError, `${what}: accepted (${String(got.error)})`);
-        got.records.forEach((r, i) => assert.ok(r.payload.equals(records[i]!.payload), `${what}: corrupt payload of record ${i} yielded`));
+        got.records.forEach((r, i) =>
+          assert.ok(r.payload.equals(records[i]!.payload), `${what}: corrupt payload of record ${i} yielded`),
+        );
         const err = got.error;
         const where = whereIs(pos);
         if (where.part === 'header') {
           // The fixed fields are judged before the checksum, so that a newer version is called that.
-          const code = pos < 8 ? 'ERR_STREAM_BAD_MAGIC' : pos < 10 ? 'ERR_STREAM_VERSION' : pos < 12 ? 'ERR_STREAM_FORMAT' : undefined;
+          const code =
+            pos < 8
+              ? 'ERR_STREAM_BAD_MAGIC'
+              : pos < 10
+                ? 'ERR_STREAM_VERSION'
+                : pos < 12
+                  ? 'ERR_STREAM_FORMAT'
+                  : undefined;
           if (code !== undefined) assertError(err, code, pos < 8 ? 0 : pos < 10 ? 8 : 10, undefined);
-          else if (pos < json) assert.ok(['ERR_STREAM_FORMAT', 'ERR_STREAM_CHECKSUM', 'ERR_STREAM_TRUNCATED'].includes(err.code), `${what}: ${err.message}`);
+          else if (pos < json)
+            assert.ok(
+              ['ERR_STREAM_FORMAT', 'ERR_STREAM_CHECKSUM', 'ERR_STREAM_TRUNCATED'].includes(err.code),
+              `${what}: ${err.message}`,
+            );
           else assertError(err, 'ERR_STREAM_CHECKSUM', 0, undefined, /stream header/, /checksum mismatch/);
           assert.equal(got.header, undefined, what);
         } else {
           // Every record byte is under a checksum, which the decoder tests before anything else.
-          assertError(err, 'ERR_STREAM_CHECKSUM', where.start, where.record, /checksum mismatch/, new RegExp(`offset ${where.recordStart}:`));
-          if (where.part !== 'trailer') assert.equal(got.records.length, Number(where.record), `${what}: records before the bad one are yielded`);
+          assertError(
+            err,
+            'ERR_STREAM_CHECKSUM',
+            where.start,
+            where.record,
+            /checksum mismatch/,
+            new RegExp(`offset ${where.recordStart}:`),
+          );
+          if (where.part !== 'trailer')
+            assert.equal(got.records.length, Number(where.record), `${what}: records before the bad one are yielded`);
         }
       }
     }
@@ -558,7 +685,14 @@ describe('stream format: corruption', () => {
         assert.equal(err.record, undefined, what);
         assert.match(err.message, cut === 0 ? /empty/ : /stream header/, what);
       } else if (cut === layout.headerEnd || layout.records.includes(cut) || cut === layout.trailer) {
-        assertError(err, 'ERR_STREAM_TRUNCATED', cut, undefined, /^no trailer: the stream is incomplete/, new RegExp(`offset ${cut}`));
+        assertError(
+          err,
+          'ERR_STREAM_TRUNCATED',
+          cut,
+          undefined,
+          /^no trailer: the stream is incomplete/,
+          new RegExp(`offset ${cut}`),
+        );
       } else {
         const where = whereIs(cut);
         assert.equal(err.record, where.record, what);
@@ -567,14 +701,32 @@ describe('stream format: corruption', () => {
           where.part === 'trailer' && where.start > where.recordStart
             ? 'the trailer'
             : `the ${where.part === 'payload' ? 'payload' : 'header'} of record ${where.record}`;
-        assert.match(err.message, new RegExp(`ends at offset ${cut}, inside ${inside} \\(at offset ${where.recordStart}\\)|ends at offset ${cut}, inside ${inside} \\(\\d+ bytes at offset ${where.start}\\)`), what);
+        assert.match(
+          err.message,
+          new RegExp(
+            `ends at offset ${cut}, inside ${inside} \\(at offset ${where.recordStart}\\)|ends at offset ${cut}, inside ${inside} \\(\\d+ bytes at offset ${where.start}\\)`,
+          ),
+          what,
+        );
       }
     }
   });
 
   it('rejects a bad magic', async () => {
-    for (const magic of [Buffer.from('VFIOMIG1'), Buffer.from('vfiomig\0'), Buffer.alloc(8), Buffer.from('\0VFIOMIG')]) {
-      assertError(await decodeError(buildStream({ magic, records }).bytes), 'ERR_STREAM_BAD_MAGIC', 0, undefined, /bad magic/, /not a vfio-migration stream/);
+    for (const magic of [
+      Buffer.from('VFIOMIG1'),
+      Buffer.from('vfiomig\0'),
+      Buffer.alloc(8),
+      Buffer.from('\0VFIOMIG'),
+    ]) {
+      assertError(
+        await decodeError(buildStream({ magic, records }).bytes),
+        'ERR_STREAM_BAD_MAGIC',
+        0,
+        undefined,
+        /bad magic/,
+        /not a vfio-migration stream/,
+      );
     }
     // Too short to hold a header, but plainly something else.
     assertError(await decodeError(Buffer.from('{"a":1}')), 'ERR_STREAM_BAD_MAGIC', 0, undefined);
@@ -590,7 +742,13 @@ describe('stream format: corruption', () => {
   });
 
   it('rejects nonzero flags', async () => {
-    assertError(await decodeError(buildStream({ flags: 4, records }).bytes), 'ERR_STREAM_FORMAT', 10, undefined, /unsupported flags 0x4/);
+    assertError(
+      await decodeError(buildStream({ flags: 4, records }).bytes),
+      'ERR_STREAM_FORMAT',
+      10,
+      undefined,
+      /unsupported flags 0x4/,
+    );
   });
 
   it('rejects a JSON length of 0 or over 1 MiB before reading it', async () => {
@@ -622,7 +780,13 @@ describe('stream format: corruption', () => {
     for (const kind of [0, 2, 0x7f, 0xfe]) {
       const bad = buildStream({ records: records.map((r, i) => (i === 2 ? { ...r, kind } : r)) });
       const err = await decodeError(bad.bytes);
-      assertError(err, 'ERR_STREAM_FORMAT', bad.records[2]!, 2n, new RegExp(`record 2 at offset ${bad.records[2]}: unknown record kind 0x${kind.toString(16)}`));
+      assertError(
+        err,
+        'ERR_STREAM_FORMAT',
+        bad.records[2]!,
+        2n,
+        new RegExp(`record 2 at offset ${bad.records[2]}: unknown record kind 0x${kind.toString(16)}`),
+      );
     }
     for (const reserved of [1, 0x100, 0x8000_00]) {
       const bad = buildStream({ records: records.map((r, i) => (i === 1 ? { ...r, reserved } : r)) });
@@ -633,29 +797,81 @@ describe('stream format: corruption', () => {
   it('rejects a payload length over maxPayload before reading or allocating it', async () => {
     for (const length of [(1n << 30n) + 1n, (1n << 64n) - 1n]) {
       // A header claiming a huge payload, then nothing: the limit is what is reported, not truncation.
-      const bad = buildStream({ records: [records[0]!, { phase: 0, payload: Buffer.alloc(0), length }], trailer: null });
+      const bad = buildStream({
+        records: [records[0]!, { phase: 0, payload: Buffer.alloc(0), length }],
+        trailer: null,
+      });
       const before = process.memoryUsage().arrayBuffers;
       const err = await decodeError(bad.bytes);
-      assertError(err, 'ERR_STREAM_LIMIT', bad.records[1]!, 1n, new RegExp(`payload length ${length} is larger than maxPayload \\(1073741824\\)`));
+      assertError(
+        err,
+        'ERR_STREAM_LIMIT',
+        bad.records[1]!,
+        1n,
+        new RegExp(`payload length ${length} is larger than maxPayload \\(1073741824\\)`),
+      );
       assert.ok(process.memoryUsage().arrayBuffers - before < 1 << 20);
     }
-    const limited = buildStream({ records: [{ phase: 0, payload: Buffer.alloc(16) }, { phase: 0, payload: Buffer.alloc(17) }] });
-    assertError(await decodeError(limited.bytes, { maxPayload: 16 }), 'ERR_STREAM_LIMIT', limited.records[1]!, 1n, /maxPayload \(16\)/);
+    const limited = buildStream({
+      records: [
+        { phase: 0, payload: Buffer.alloc(16) },
+        { phase: 0, payload: Buffer.alloc(17) },
+      ],
+    });
+    assertError(
+      await decodeError(limited.bytes, { maxPayload: 16 }),
+      'ERR_STREAM_LIMIT',
+      limited.records[1]!,
+      1n,
+      /maxPayload \(16\)/,
+    );
     assert.equal((await decode(chunked(limited.bytes), { maxPayload: 17 })).error, undefined);
   });
 
   it('rejects reordered, duplicated and dropped records', async () => {
     const at = (s: Layout, i: number): number => s.records[i]!;
     // Swapped: each record keeps its own (valid) sequence number.
-    const swapped = buildStream({ records: [records[0]!, { ...records[2]!, sequence: 2n }, { ...records[1]!, sequence: 1n }, records[3]!] });
-    assertError(await decodeError(swapped.bytes), 'ERR_STREAM_SEQUENCE', at(swapped, 1), 1n, /record 1 at offset \d+: sequence number 2, expected 1/, /reordered, dropped or duplicated/);
-    const duplicated = buildStream({ records: [records[0]!, records[1]!, { ...records[1]!, sequence: 1n }, { ...records[2]!, sequence: 2n }] });
-    assertError(await decodeError(duplicated.bytes), 'ERR_STREAM_SEQUENCE', at(duplicated, 2), 2n, /sequence number 1, expected 2/);
-    const dropped = buildStream({ records: [records[0]!, { ...records[2]!, sequence: 2n }, { ...records[3]!, sequence: 3n }], trailer: { sequence: 4n, records: 4n } });
-    assertError(await decodeError(dropped.bytes), 'ERR_STREAM_SEQUENCE', at(dropped, 1), 1n, /sequence number 2, expected 1/);
+    const swapped = buildStream({
+      records: [records[0]!, { ...records[2]!, sequence: 2n }, { ...records[1]!, sequence: 1n }, records[3]!],
+    });
+    assertError(
+      await decodeError(swapped.bytes),
+      'ERR_STREAM_SEQUENCE',
+      at(swapped, 1),
+      1n,
+      /record 1 at offset \d+: sequence number 2, expected 1/,
+      /reordered, dropped or duplicated/,
+    );
+    const duplicated = buildStream({
+      records: [records[0]!, records[1]!, { ...records[1]!, sequence: 1n }, { ...records[2]!, sequence: 2n }],
+    });
+    assertError(
+      await decodeError(duplicated.bytes),
+      'ERR_STREAM_SEQUENCE',
+      at(duplicated, 2),
+      2n,
+      /sequence number 1, expected 2/,
+    );
+    const dropped = buildStream({
+      records: [records[0]!, { ...records[2]!, sequence: 2n }, { ...records[3]!, sequence: 3n }],
+      trailer: { sequence: 4n, records: 4n },
+    });
+    assertError(
+      await decodeError(dropped.bytes),
+      'ERR_STREAM_SEQUENCE',
+      at(dropped, 1),
+      1n,
+      /sequence number 2, expected 1/,
+    );
     // The last record dropped: only the trailer can tell.
     const lastDropped = buildStream({ records: records.slice(0, 3), trailer: { sequence: 4n, records: 4n } });
-    assertError(await decodeError(lastDropped.bytes), 'ERR_STREAM_SEQUENCE', lastDropped.trailer, 3n, /trailer at offset \d+: it counts 4 records, but 3 were read/);
+    assertError(
+      await decodeError(lastDropped.bytes),
+      'ERR_STREAM_SEQUENCE',
+      lastDropped.trailer,
+      3n,
+      /trailer at offset \d+: it counts 4 records, but 3 were read/,
+    );
     // Records cut out of the encoded stream, whole, at their boundaries.
     const full = buildStream({ records });
     assert.deepEqual(full.bytes, await encode(records));
@@ -667,7 +883,13 @@ describe('stream format: corruption', () => {
     const empty = buildStream({ records: [] });
     for (const extra of [Buffer.from([0]), Buffer.from('garbage'), empty.bytes.subarray(empty.headerEnd)]) {
       const err = await decodeError(Buffer.concat([bytes, extra]));
-      assertError(err, 'ERR_STREAM_FORMAT', bytes.length, undefined, new RegExp(`trailing data after trailer, at offset ${bytes.length}`));
+      assertError(
+        err,
+        'ERR_STREAM_FORMAT',
+        bytes.length,
+        undefined,
+        new RegExp(`trailing data after trailer, at offset ${bytes.length}`),
+      );
     }
     // Also when the extra bytes come as a chunk of their own, after an empty one.
     const err = await decodeError(chunked(Buffer.concat([bytes, Buffer.from('x')]), [bytes.length, 0, 1]));
@@ -677,7 +899,12 @@ describe('stream format: corruption', () => {
   it('rejects a trailer whose totals or checksum are wrong', async () => {
     const t = layout.trailer;
     const cases: [RawStream['trailer'], string, number, RegExp][] = [
-      [{ records: 5n }, 'ERR_STREAM_TRAILER', t, /trailer's totals \(5 records, 39 payload bytes\) differ from the stream's \(4 records, 39 payload bytes\)/],
+      [
+        { records: 5n },
+        'ERR_STREAM_TRAILER',
+        t,
+        /trailer's totals \(5 records, 39 payload bytes\) differ from the stream's \(4 records, 39 payload bytes\)/,
+      ],
       [{ payloadBytes: 40n }, 'ERR_STREAM_TRAILER', t, /40 payload bytes/],
       [{ streamCrc: 0x12345678 }, 'ERR_STREAM_CHECKSUM', t, /stream checksum mismatch \(stored 0x12345678/],
       [{ phase: 1 }, 'ERR_STREAM_TRAILER', t, /malformed trailer \(phase 1/],
@@ -705,7 +932,13 @@ describe('stream format: corruption', () => {
         for await (const r of decoder.records()) seen.push(r.payload.toString('latin1'));
       })(),
       (err: StreamError) => {
-        assertError(err, 'ERR_STREAM_CHECKSUM', layout.records[2]! + 32, 2n, /record 2 at offset \d+: payload checksum mismatch \(26 bytes at offset/);
+        assertError(
+          err,
+          'ERR_STREAM_CHECKSUM',
+          layout.records[2]! + 32,
+          2n,
+          /record 2 at offset \d+: payload checksum mismatch \(26 bytes at offset/,
+        );
         return true;
       },
     );

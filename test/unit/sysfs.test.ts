@@ -61,8 +61,14 @@ test('resolves PCI addresses (full and short), mdev UUIDs and sysfs paths', () =
     assert.equal(m.mdevType, 'mtty-2');
     assert.equal(m.driver, 'mtty');
     assert.equal(resolveDevice(join(root, 'bus/pci/devices/0000:00:03.0'), root).name, '0000:00:03.0');
-    assert.throws(() => resolveDevice('0000:00:09.0', root), (e: VfioError) => e.code === 'ERR_VFIO_NOT_FOUND' && /0000:00:09.0/.test(e.message));
-    assert.throws(() => resolveDevice('eth0', root), (e: VfioError) => e.code === 'ERR_VFIO_NOT_FOUND' && /PCI address/.test(e.message));
+    assert.throws(
+      () => resolveDevice('0000:00:09.0', root),
+      (e: VfioError) => e.code === 'ERR_VFIO_NOT_FOUND' && /0000:00:09.0/.test(e.message),
+    );
+    assert.throws(
+      () => resolveDevice('eth0', root),
+      (e: VfioError) => e.code === 'ERR_VFIO_NOT_FOUND' && /PCI address/.test(e.message),
+    );
   } finally {
     rmSync(root, { recursive: true });
   }
@@ -71,7 +77,10 @@ test('resolves PCI addresses (full and short), mdev UUIDs and sysfs paths', () =
 test('lists vfio-bound PCI devices and mdevs; group members name their drivers', () => {
   const root = fakeSys();
   try {
-    assert.deepEqual(listSysfsDevices(root).map((d) => d.name), ['0000:00:03.0', '0000:00:05.0', '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001']);
+    assert.deepEqual(
+      listSysfsDevices(root).map((d) => d.name),
+      ['0000:00:03.0', '0000:00:05.0', '83b8f4f2-509f-382f-3c1e-e6bfe0fa1001'],
+    );
     assert.deepEqual(groupMembers(8, root), [
       { name: '0000:00:04.0', driver: 'e1000e' },
       { name: '0000:00:05.0', driver: 'vfio-pci' },
@@ -84,7 +93,11 @@ test('lists vfio-bound PCI devices and mdevs; group members name their drivers',
 test('opening a device not bound to vfio-pci says which driver has it and how to rebind', () => {
   const root = fakeSys();
   try {
-    assert.throws(() => openDevice('0000:00:04.0', { sysRoot: root }), (e: VfioError) => e.code === 'ERR_VFIO_NOT_BOUND' && /bound to e1000e/.test(e.message) && /driver_override/.test(e.message));
+    assert.throws(
+      () => openDevice('0000:00:04.0', { sysRoot: root }),
+      (e: VfioError) =>
+        e.code === 'ERR_VFIO_NOT_BOUND' && /bound to e1000e/.test(e.message) && /driver_override/.test(e.message),
+    );
   } finally {
     rmSync(root, { recursive: true });
   }

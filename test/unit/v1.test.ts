@@ -2,8 +2,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Device } from '../../lib/device';
-import { Migration, MigrationError, V1Engine, V1_ARCS, checkV1Transition, isValidV1State, splitByAreas, verify } from '../../lib/migration';
+import {
+  Migration,
+  MigrationError,
+  V1Engine,
+  V1_ARCS,
+  checkV1Transition,
+  isValidV1State,
+  splitByAreas,
+  verify,
+} from '../../lib/migration';
 import { V1ModelDevice, type ModelOptions } from '../models/v1-device';
+import { SyscallError } from '../../lib/errors';
 
 function model(opts: Partial<ModelOptions> = {}): { dev: V1ModelDevice; mig: Migration } {
   const dev = new V1ModelDevice({ stateSize: 10000, chunkSize: 4096, ...opts });
@@ -30,7 +40,11 @@ test('model: the transition table allows the spec arcs and refuses the rest befo
     for (let to = 0; to < 8; to++) {
       const allowed = (V1_ARCS.get(from) ?? []).includes(to);
       if (allowed) assert.doesNotThrow(() => checkV1Transition(from, to));
-      else assert.throws(() => checkV1Transition(from, to), (e: MigrationError) => e.code === 'ERR_MIGRATION_STATE');
+      else
+        assert.throws(
+          () => checkV1Transition(from, to),
+          (e: MigrationError) => e.code === 'ERR_MIGRATION_STATE',
+        );
     }
   }
   assert.equal(isValidV1State(0b101), false);
@@ -76,7 +90,17 @@ test('model: spec steps a-f in order: pending, offset, size, data, then pending 
   const { dev, mig } = model({ stateSize: 5000 });
   await mig.save(collector().sink);
   const seq = dev.accesses.filter((a) => a !== 'read device_state' && a !== 'write device_state');
-  assert.deepEqual(seq.slice(0, 9), ['read pending_bytes', 'read data_offset', 'read data_size', 'pread data', 'read pending_bytes', 'read data_offset', 'read data_size', 'pread data', 'read pending_bytes']);
+  assert.deepEqual(seq.slice(0, 9), [
+    'read pending_bytes',
+    'read data_offset',
+    'read data_size',
+    'pread data',
+    'read pending_bytes',
+    'read data_offset',
+    'read data_size',
+    'pread data',
+    'read pending_bytes',
+  ]);
 });
 
 test('model: reserved bits 3-31 are preserved by every state write', async () => {
@@ -107,13 +131,22 @@ test('model: pre-copy threshold stops iterating at once when pending is below it
 });
 
 test('model: data_size 0 while pending_bytes > 0 is a protocol error, and the source runs again', async () => {
-  const { dev, mig } = model({ stateSize: 100 });
+  const { dev } = model({ stateSize: 100 });
   const region = dev.region(9);
   const orig = region.read;
-  dev.region = () => ({ ...region, read: (o: number, w: number) => (o === 24 ? 0n : orig(o, w)) }) as ReturnType<V1ModelDevice['region']>;
+  dev.region = () =>
+    ({ ...region, read: (o: number, w: number) => (o === 24 ? 0n : orig(o, w)) }) as ReturnType<
+      V1ModelDevice['region']
+    >;
   const m = new Migration(dev as unknown as Device, new V1Engine(dev as unknown as Device, dev.info));
   const io = collector();
-  await assert.rejects(m.save(io.sink), (e: MigrationError) => e.code === 'ERR_MIGRATION_PROTOCOL' && /data_size is 0 while pending_bytes is 100/.test(e.message) && e.recovery === 'running');
+  await assert.rejects(
+    m.save(io.sink),
+    (e: MigrationError) =>
+      e.code === 'ERR_MIGRATION_PROTOCOL' &&
+      /data_size is 0 while pending_bytes is 100/.test(e.message) &&
+      e.recovery === 'running',
+  );
   assert.equal(dev.deviceState, 1);
   await assert.rejects(verify(io.source()), /trailer|incomplete/, 'no trailer was written');
 });
@@ -122,9 +155,19 @@ test('model: data_offset outside the region is refused before any data access', 
   const { dev } = model({ stateSize: 100 });
   const region = dev.region(9);
   const orig = region.readAsync;
-  dev.region = () => ({ ...region, readAsync: async (o: number, w: number) => { const v = await orig(o, w); return o === 16 ? 1n << 40n : v; } }) as ReturnType<V1ModelDevice['region']>;
+  dev.region = () =>
+    ({
+      ...region,
+      readAsync: async (o: number, w: number) => {
+        const v = await orig(o, w);
+        return o === 16 ? 1n << 40n : v;
+      },
+    }) as ReturnType<V1ModelDevice['region']>;
   const m = new Migration(dev as unknown as Device, new V1Engine(dev as unknown as Device, dev.info));
-  await assert.rejects(m.save(collector().sink), (e: MigrationError) => e.code === 'ERR_MIGRATION_PROTOCOL' && /outside the data section/.test(e.message));
+  await assert.rejects(
+    m.save(collector().sink),
+    (e: MigrationError) => e.code === 'ERR_MIGRATION_PROTOCOL' && /outside the data section/.test(e.message),
+  );
   assert.ok(!dev.accesses.includes('pread data'));
 });
 
@@ -137,11 +180,19 @@ test('model: a failing step names the step and errno; the source goes back to RU
         armed = false;
         const e = new Error('pread EIO') as Error & { code: string };
         e.code = 'EIO';
-        throw Object.assign(new (require('../../lib/errors').SyscallError)('pread EIO'), { code: 'EIO', errno: -5, syscall: 'pread' });
+        throw Object.assign(new SyscallError('pread EIO'), { code: 'EIO', errno: -5, syscall: 'pread' });
       }
     },
   });
-  await assert.rejects(mig.save(collector().sink), (e: MigrationError) => e.code === 'ERR_MIGRATION_DEVICE' && e.step === 'read data_size' && e.errno === 'EIO' && e.recovery === 'running' && /RUNNING again/.test(e.message));
+  await assert.rejects(
+    mig.save(collector().sink),
+    (e: MigrationError) =>
+      e.code === 'ERR_MIGRATION_DEVICE' &&
+      e.step === 'read data_size' &&
+      e.errno === 'EIO' &&
+      e.recovery === 'running' &&
+      /RUNNING again/.test(e.message),
+  );
   assert.equal(dev.deviceState, 1);
 });
 
@@ -151,11 +202,18 @@ test('model: a state write that leaves the device in the error state is recovere
     fault: (a) => {
       if (a === 'write device_state' && dev.deviceState === 1) {
         dev.deviceState = 6;
-        throw Object.assign(new (require('../../lib/errors').SyscallError)('pwrite EIO'), { code: 'EIO', errno: -5, syscall: 'pwrite' });
+        throw Object.assign(new SyscallError('pwrite EIO'), { code: 'EIO', errno: -5, syscall: 'pwrite' });
       }
     },
   });
-  await assert.rejects(mig.save(collector().sink), (e: MigrationError) => e.code === 'ERR_MIGRATION_STATE' && e.recovery === 'reset' && /ERROR/.test(e.message) && /VFIO_DEVICE_RESET/.test(e.message));
+  await assert.rejects(
+    mig.save(collector().sink),
+    (e: MigrationError) =>
+      e.code === 'ERR_MIGRATION_STATE' &&
+      e.recovery === 'reset' &&
+      /ERROR/.test(e.message) &&
+      /VFIO_DEVICE_RESET/.test(e.message),
+  );
   assert.equal(dev.resets, 1);
   assert.equal(dev.deviceState, 1);
 });
@@ -169,7 +227,10 @@ test('model: abort mid-save: the source runs again and the stream has no trailer
     await io.sink(c);
     if (++n === 5) ac.abort(new Error('operator pressed Ctrl-C'));
   };
-  await assert.rejects(mig.save(sink, { signal: ac.signal }), (e: MigrationError) => e.code === 'ERR_MIGRATION_ABORTED' && /Ctrl-C/.test(e.message) && e.recovery === 'running');
+  await assert.rejects(
+    mig.save(sink, { signal: ac.signal }),
+    (e: MigrationError) => e.code === 'ERR_MIGRATION_ABORTED' && /Ctrl-C/.test(e.message) && e.recovery === 'running',
+  );
   assert.equal(dev.deviceState, 1);
   await assert.rejects(verify(io.source()));
 });
@@ -183,7 +244,11 @@ test('model: a corrupt or truncated stream leaves the destination reset with an 
   const cut = whole.subarray(0, whole.length - 30);
   const dst = model({ stateSize: 20000 });
   await assert.rejects(
-    dst.mig.load((async function* () { yield cut; })()),
+    dst.mig.load(
+      (async function* () {
+        yield cut;
+      })(),
+    ),
     (e: MigrationError) => e.code === 'ERR_MIGRATION_STREAM' && e.recovery === 'reset',
   );
   assert.equal(dst.dev.resets, 1);
@@ -191,5 +256,12 @@ test('model: a corrupt or truncated stream leaves the destination reset with an 
   const flipped = Buffer.from(whole);
   flipped[whole.length - 100] ^= 1;
   const dst2 = model({ stateSize: 20000 });
-  await assert.rejects(dst2.mig.load((async function* () { yield flipped; })()), (e: MigrationError) => e.code === 'ERR_MIGRATION_STREAM' && e.record !== undefined && e.recovery === 'reset');
+  await assert.rejects(
+    dst2.mig.load(
+      (async function* () {
+        yield flipped;
+      })(),
+    ),
+    (e: MigrationError) => e.code === 'ERR_MIGRATION_STREAM' && e.record !== undefined && e.recovery === 'reset',
+  );
 });

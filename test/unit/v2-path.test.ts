@@ -3,7 +3,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { v2Path, v2StateName } from '../../lib/migration/v2';
 
-const R = 2, S = 1, SC = 3, RS = 4, RP = 5, PC = 6, PP = 7;
+const R = 2,
+  S = 1,
+  SC = 3,
+  RS = 4,
+  RP = 5,
+  PC = 6,
+  PP = 7;
 const ALL = [S, R, SC, RS, RP, PC, PP];
 
 /** from -> to -> expected path (null: refused). Pairs not listed with from === to give []. */
@@ -32,21 +38,32 @@ const PRECOPY_NO_P2P: Record<number, Record<number, number[] | null>> = {
   [PC]: { [R]: [R], [S]: [R, S], [SC]: [SC], [RS]: [R, S, RS] },
 };
 
-function check(table: Record<number, Record<number, number[] | null>>, support: { p2p: boolean; preCopy: boolean }, states: number[]) {
+function check(
+  table: Record<number, Record<number, number[] | null>>,
+  support: { p2p: boolean; preCopy: boolean },
+  states: number[],
+) {
   for (const from of states) {
     for (const to of states) {
       const expected = from === to ? [] : table[from]?.[to];
       assert.notEqual(expected, undefined, `table has ${v2StateName(from)} -> ${v2StateName(to)}`);
       const got = v2Path(from, to, support);
-      assert.deepEqual(got?.map(v2StateName) ?? null, expected?.map(v2StateName) ?? null, `${v2StateName(from)} -> ${v2StateName(to)}`);
+      assert.deepEqual(
+        got?.map(v2StateName) ?? null,
+        expected?.map(v2StateName) ?? null,
+        `${v2StateName(from)} -> ${v2StateName(to)}`,
+      );
     }
   }
 }
 
 test('every (from, to) pair with STOP_COPY | P2P | PRE_COPY', () => check(FULL, { p2p: true, preCopy: true }, ALL));
-test('every pair with STOP_COPY only: P2P states fold into RUNNING', () => check(STOP_COPY_ONLY, { p2p: false, preCopy: false }, [S, R, SC, RS]));
-test('every pair with STOP_COPY | PRE_COPY, no P2P', () => check(PRECOPY_NO_P2P, { p2p: false, preCopy: true }, [S, R, SC, RS, PC]));
-test('every pair with STOP_COPY | P2P: the full table minus PRE_COPY states', () => check(FULL, { p2p: true, preCopy: false }, [S, R, SC, RS, RP]));
+test('every pair with STOP_COPY only: P2P states fold into RUNNING', () =>
+  check(STOP_COPY_ONLY, { p2p: false, preCopy: false }, [S, R, SC, RS]));
+test('every pair with STOP_COPY | PRE_COPY, no P2P', () =>
+  check(PRECOPY_NO_P2P, { p2p: false, preCopy: true }, [S, R, SC, RS, PC]));
+test('every pair with STOP_COPY | P2P: the full table minus PRE_COPY states', () =>
+  check(FULL, { p2p: true, preCopy: false }, [S, R, SC, RS, RP]));
 test('unsupported targets and ERROR are refused', () => {
   assert.equal(v2Path(R, RP, { p2p: false, preCopy: false }), null);
   assert.equal(v2Path(R, PC, { p2p: true, preCopy: false }), null);

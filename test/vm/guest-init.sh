@@ -57,6 +57,7 @@ NEWROOT=/newroot
 mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=262144,cache=loose hostroot "$NEWROOT" 2>&1 \
 	|| fail "mounting the host's / (9p tag hostroot) failed"
 [ -f "$NEWROOT$vmrun/guest.env" ] || fail "$vmrun/guest.env not found through the root share"
+# shellcheck source=/dev/null # guest.env is written per run by vm.ts
 . "$NEWROOT$vmrun/guest.env"
 # the run directory may live under /tmp, which the chroot's tmpfs hides
 cp "$NEWROOT$vmrun/cmd.sh" /cmd.sh || fail "cannot read $vmrun/cmd.sh"

@@ -11,7 +11,16 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join, relative } from 'node:path';
-import { EXIT_HARNESS, PROJECT_ROOT, prepare, runInGuest, SERIES, type GuestResult, type Series, type TextSink } from './vm';
+import {
+  EXIT_HARNESS,
+  PROJECT_ROOT,
+  prepare,
+  runInGuest,
+  SERIES,
+  type GuestResult,
+  type Series,
+  type TextSink,
+} from './vm';
 
 const SUITE_DIR = join(PROJECT_ROOT, 'dist', 'test', 'integration');
 const RESULTS_DIR = join(PROJECT_ROOT, '.cache', 'vm', 'results');
@@ -49,7 +58,11 @@ export function parseCounts(output: string): KernelRun['counts'] {
 export function dmesgProblems(dmesg: string): string[] {
   return dmesg
     .split('\n')
-    .filter((l) => /\b(WARNING:|BUG:|Oops|general protection fault|Kernel panic|kernel BUG|UBSAN:|KASAN:|refcount_t:|list_add corruption|list_del corruption|INFO: task .* blocked)/.test(l));
+    .filter((l) =>
+      /\b(WARNING:|BUG:|Oops|general protection fault|Kernel panic|kernel BUG|UBSAN:|KASAN:|refcount_t:|list_add corruption|list_del corruption|INFO: task .* blocked)/.test(
+        l,
+      ),
+    );
 }
 
 /** Writes complete lines with a prefix (output of guests that run side by side). */
@@ -100,7 +113,8 @@ async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, ext
   if (r.error) run.reason = r.error;
   else if (r.status !== 0) run.reason = `the suite exited with status ${r.status}`;
   else if (!run.counts.pass) run.reason = 'no test passed (all skipped?)';
-  else if (run.dmesgProblems.length) run.reason = `the kernel log has ${run.dmesgProblems.length} problem line(s) (${dmesgFile})`;
+  else if (run.dmesgProblems.length)
+    run.reason = `the kernel log has ${run.dmesgProblems.length} problem line(s) (${dmesgFile})`;
   run.ok = run.reason === undefined;
   if (echo instanceof LinePrefixer) echo.flush();
   echo.write(`=== ${kernel}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
@@ -119,7 +133,10 @@ async function main(): Promise<number> {
   let doPrepare = true;
   // both kernels at once when the host has the cores: a guest running the suite keeps
   // about one host core busy, so two side by side take little longer than one
-  let parallel = process.env.VFIO_MIG_VM_PARALLEL !== undefined ? process.env.VFIO_MIG_VM_PARALLEL === '1' : availableParallelism() >= 2;
+  let parallel =
+    process.env.VFIO_MIG_VM_PARALLEL !== undefined
+      ? process.env.VFIO_MIG_VM_PARALLEL === '1'
+      : availableParallelism() >= 2;
   const extra: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
@@ -141,7 +158,9 @@ async function main(): Promise<number> {
     } else if (a === '--sequential') {
       parallel = false;
     } else if (a === '-h' || a === '--help') {
-      process.stdout.write('usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [-- <run-tests flags>]\n');
+      process.stdout.write(
+        'usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [-- <run-tests flags>]\n',
+      );
       return 0;
     } else {
       throw new Error(`unknown argument ${a}`);
@@ -158,7 +177,13 @@ async function main(): Promise<number> {
   process.stdout.write(`test:vm: ${tests.length} integration test file(s), kernels ${kernels.join(', ')}\n`);
 
   const started = Date.now();
-  const runs: KernelRun[] = kernels.map((kernel) => ({ kernel, ok: false, counts: {}, prepareMs: 0, dmesgProblems: [] }));
+  const runs: KernelRun[] = kernels.map((kernel) => ({
+    kernel,
+    ok: false,
+    counts: {},
+    prepareMs: 0,
+    dmesgProblems: [],
+  }));
   // prepare first (it holds a lock anyway), then boot
   for (const run of runs) {
     const t0 = Date.now();
@@ -172,14 +197,21 @@ async function main(): Promise<number> {
   }
   const ready = runs.filter((r) => r.reason === undefined);
   if (parallel && ready.length > 1) {
-    process.stdout.write(`test:vm: booting ${ready.map((r) => r.kernel).join(' and ')} side by side; lines are prefixed with the kernel\n`);
-    await Promise.all(ready.map((run) => runKernel(run, new LinePrefixer(`[${run.kernel}] `, process.stdout), timeoutSec, extra)));
+    process.stdout.write(
+      `test:vm: booting ${ready.map((r) => r.kernel).join(' and ')} side by side; lines are prefixed with the kernel\n`,
+    );
+    await Promise.all(
+      ready.map((run) => runKernel(run, new LinePrefixer(`[${run.kernel}] `, process.stdout), timeoutSec, extra)),
+    );
   } else {
     for (const run of ready) await runKernel(run, process.stdout, timeoutSec, extra);
   }
 
   const total = Date.now() - started;
-  const lines = ['', `test:vm summary (integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`];
+  const lines = [
+    '',
+    `test:vm summary (integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`,
+  ];
   for (const run of runs) {
     const r = run.result;
     const c = run.counts;
@@ -193,7 +225,9 @@ async function main(): Promise<number> {
     if (!run.ok && run.reason) lines.push(`        ${run.reason.split('\n')[0]}`);
   }
   const ok = runs.every((r) => r.ok);
-  lines.push(`  ${ok ? 'all passed' : 'FAILED'} in ${fmt(total)}; logs and dmesg in ${relative(PROJECT_ROOT, RESULTS_DIR)}/<kernel>/`);
+  lines.push(
+    `  ${ok ? 'all passed' : 'FAILED'} in ${fmt(total)}; logs and dmesg in ${relative(PROJECT_ROOT, RESULTS_DIR)}/<kernel>/`,
+  );
   process.stdout.write(lines.join('\n') + '\n');
   return ok ? 0 : 1;
 }

@@ -8,7 +8,18 @@
 // The exit status of the command comes back through isa-debug-exit; the runner
 // exits with it (124 when the guest timed out, 125 when the harness failed).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir, release } from 'node:os';
 import { createServer, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
@@ -161,10 +172,13 @@ export function checkPrepared(kernel: Series): { kver: string; dir: string } {
   const dir = seriesDir(kernel);
   const ready = join(dir, 'ready');
   if (!existsSync(ready)) {
-    throw new Error(`the ${kernel} guest is not prepared (${ready} missing): run bash test/vm/prepare.sh --kernel ${kernel}`);
+    throw new Error(
+      `the ${kernel} guest is not prepared (${ready} missing): run bash test/vm/prepare.sh --kernel ${kernel}`,
+    );
   }
   for (const f of ['vmlinux', 'initramfs.cpio', 'kver']) {
-    if (!existsSync(join(dir, f))) throw new Error(`${join(dir, f)} missing: run bash test/vm/prepare.sh --kernel ${kernel}`);
+    if (!existsSync(join(dir, f)))
+      throw new Error(`${join(dir, f)} missing: run bash test/vm/prepare.sh --kernel ${kernel}`);
   }
   return { kver: readFileSync(join(dir, 'kver'), 'utf8').trim(), dir };
 }
@@ -321,7 +335,10 @@ export async function detectAccel(kernel: Series = '6.12'): Promise<Accel> {
     `vm: KVM probe ${ok ? 'passed' : `failed (${r.error ?? `status ${r.status}`}`.split('\n')[0] + ')'}: using ${verdict.toUpperCase()} (remembered in ${ACCEL_MEMO})\n`,
   );
   mkdirSync(CACHE_DIR, { recursive: true });
-  writeFileSync(ACCEL_MEMO, JSON.stringify({ fingerprint: fp, accel: verdict, probedAt: new Date().toISOString() }) + '\n');
+  writeFileSync(
+    ACCEL_MEMO,
+    JSON.stringify({ fingerprint: fp, accel: verdict, probedAt: new Date().toISOString() }) + '\n',
+  );
   return verdict;
 }
 
@@ -366,9 +383,12 @@ function buildCommandScript(opts: GuestOptions, kernel: Series): string {
 export async function runInGuest(opts: GuestOptions): Promise<GuestResult> {
   for (let attempt = 1; ; attempt++) {
     const result = await runInGuestOnce(opts);
-    const diedBooting = result.status === null && !result.timedOut && result.phase === 'kernel' && /Kernel panic/.test(result.console);
+    const diedBooting =
+      result.status === null && !result.timedOut && result.phase === 'kernel' && /Kernel panic/.test(result.console);
     if (!diedBooting || attempt === 3) return result;
-    process.stderr.write(`# vm: the ${result.kernel} kernel died while booting (before /init ran): booting again (attempt ${attempt + 1} of 3)\n`);
+    process.stderr.write(
+      `# vm: the ${result.kernel} kernel died while booting (before /init ran): booting again (attempt ${attempt + 1} of 3)\n`,
+    );
   }
 }
 
@@ -376,7 +396,8 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
   const kernel: Series = opts.kernel ?? '6.12';
   if (!SERIES.includes(kernel)) throw new Error(`unknown kernel series ${kernel} (6.12 or 6.1)`);
   if (opts.command.length === 0) throw new Error('runInGuest: empty command');
-  if (/\s/.test(PROJECT_ROOT)) throw new Error(`the project path has whitespace, which the harness does not support: ${PROJECT_ROOT}`);
+  if (/\s/.test(PROJECT_ROOT))
+    throw new Error(`the project path has whitespace, which the harness does not support: ${PROJECT_ROOT}`);
   if (opts.prepare) prepare(kernel, { quiet: true, projectModules: opts.projectModules });
   const { kver, dir } = checkPrepared(kernel);
   const accel: Accel = opts.accel === 'kvm' || opts.accel === 'tcg' ? opts.accel : await detectAccel(kernel);
@@ -630,7 +651,9 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
   const where = (): string =>
     [
       `phase reached: ${phase} (${PHASES[phase] ?? phase})`,
-      consoleLog.trim() ? `last console lines (kernel + /init):\n${indent(lastLines(consoleLog.replace(/@@vm hang-report begin[\s\S]*$/, ''), 15))}` : 'no console output at all',
+      consoleLog.trim()
+        ? `last console lines (kernel + /init):\n${indent(lastLines(consoleLog.replace(/@@vm hang-report begin[\s\S]*$/, ''), 15))}`
+        : 'no console output at all',
       output.trim() ? `last output lines:\n${indent(lastLines(output, 15))}` : 'no output from the command',
       qemuSaid() ? `QEMU said:\n${indent(lastLines(qemuSaid(), 10))}` : '',
       timedOut ? hangReport() : '',
@@ -655,7 +678,11 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
     // the status line was lost, the debug-exit port still carries 7 bits
     status = fromQemu;
   } else {
-    const how = signal ? `was killed by ${signal}` : code === 0 ? 'powered off without handing back a status (kernel panic?)' : `exited with code ${code}`;
+    const how = signal
+      ? `was killed by ${signal}`
+      : code === 0
+        ? 'powered off without handing back a status (kernel panic?)'
+        : `exited with code ${code}`;
     error = `QEMU ${how}\n${where()}`;
   }
 
