@@ -1,9 +1,6 @@
 #!/usr/bin/env node
 // vfio-mig: the command line of vfio-migration, built on the public API only.
-import { createWriteStream, fsyncSync, openSync, closeSync, renameSync, unlinkSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { randomBytes } from 'node:crypto';
 import {
   listDevices,
   openDevice,
@@ -19,6 +16,7 @@ import {
   type PrecopyPolicy,
 } from '../lib';
 import { ProgressView, formatBytes } from './progress';
+import { openOutput, type Output } from './output';
 
 /** Exit codes: documented in the README and in --help. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, device: 3, protocol: 4, stream: 5, aborted: 130 } as const;
@@ -204,38 +202,8 @@ function leaveOption(value: unknown, fallback: 'running' | 'stopped'): 'running'
   return value;
 }
 
-/** Writes to a temporary name beside `path`; rename() on success, unlink on failure. */
-function atomicFile(path: string) {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const stream = createWriteStream(tmp, { flags: 'wx', highWaterMark: 1 << 20 });
-  return {
-    stream,
-    async commit(): Promise<void> {
-      await new Promise<void>((resolve, reject) => stream.end((err?: Error | null) => (err ? reject(err) : resolve())));
-      const fd = openSync(tmp, 'r');
-      try {
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
-      renameSync(tmp, path);
-      const dirFd = openSync(dirname(path), 'r');
-      try {
-        fsyncSync(dirFd);
-      } finally {
-        closeSync(dirFd);
-      }
-    },
-    discard(): void {
-      stream.destroy();
-      try {
-        unlinkSync(tmp);
-      } catch {
-        /* already gone */
-      }
-    },
-  };
-}
+/** Outputs being written: a forced exit (third signal) removes their temporary files synchronously. */
+const pendingOutputs = new Set<Output>();
 
 async function withDevice<T>(spec: string | undefined, fn: (d: Device) => Promise<T>): Promise<T> {
   if (!spec) throw new UsageError('missing <device>: a PCI address, an mdev UUID or a sysfs path');
@@ -336,27 +304,33 @@ export async function main(
       case 'save': {
         const output = values.output as string | undefined;
         if (!output) throw new UsageError('save needs -o FILE (or -o - for stdout)');
+        if (!positionals[0]) throw new UsageError('missing <device>: a PCI address, an mdev UUID or a sysfs path');
         const options = { precopy: precopyOption(values), leave: leaveOption(values.leave, 'stopped'), signal };
-        return await withDevice(positionals[0], async (device) => {
-          const migration = requireMigration(device);
-          const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
-          const file = output === '-' ? null : atomicFile(output);
-          const sink = file ? file.stream : io.stdout;
-          try {
-            const result = await migration.save(sink, { ...options, onProgress: view.update });
-            view.finish();
-            await file?.commit();
-            const summary = { device: device.name, protocol: migration.protocol, output, ...result };
-            const human = `saved ${device.name} (${migration.protocol}): ${formatBytes(result.bytes)} in ${result.records} records, ${result.precopyIterations} pre-copy iterations, ${(result.elapsedMs / 1000).toFixed(2)} s, stop-and-copy ${result.stopCopyMs} ms`;
-            if (output === '-') io.stderr.write(`${asJson ? json(summary) : human}\n`);
-            else print(human, summary);
-            return EXIT.ok;
-          } catch (err) {
-            view.finish();
-            file?.discard();
-            throw err;
-          }
-        });
+        // The output is checked and created before the device is opened: a bad -o costs no downtime.
+        const file = output === '-' ? null : openOutput(output);
+        if (file) pendingOutputs.add(file);
+        try {
+          return await withDevice(positionals[0], async (device) => {
+            const migration = requireMigration(device);
+            const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
+            const sink = file ? file.stream : io.stdout;
+            try {
+              // commit runs inside save(): if the fsync or rename fails, the source is recovered.
+              const result = await migration.save(sink, { ...options, onProgress: view.update, commit: file?.commit });
+              view.finish();
+              const summary = { device: device.name, protocol: migration.protocol, output, ...result };
+              const human = `saved ${device.name} (${migration.protocol}): ${formatBytes(result.bytes)} in ${result.records} records, ${result.precopyIterations} pre-copy iterations, ${(result.elapsedMs / 1000).toFixed(2)} s, stop-and-copy ${result.stopCopyMs} ms`;
+              if (output === '-') io.stderr.write(`${asJson ? json(summary) : human}\n`);
+              else print(human, summary);
+              return EXIT.ok;
+            } finally {
+              view.finish();
+            }
+          });
+        } finally {
+          file?.discard();
+          if (file) pendingOutputs.delete(file);
+        }
       }
       case 'load': {
         const input = values.input as string | undefined;
@@ -439,12 +413,19 @@ export async function main(
 if (require.main === module) {
   const controller = new AbortController();
   let interrupts = 0;
+  // First signal: abort, which returns a source to RUNNING or resets a destination and removes a
+  // partial output. Second: say what is still running. Third: exit at once (partial output removed).
   const onSignal = (name: string) => {
-    if (++interrupts > 1) process.exit(EXIT.aborted);
-    controller.abort(new Error(`interrupted by ${name}`));
+    interrupts++;
+    if (interrupts === 1) controller.abort(new Error(`interrupted by ${name}`));
+    else if (interrupts === 2)
+      process.stderr.write(`vfio-mig: ${name} again: recovering the device first; once more exits without recovery\n`);
+    else process.exit(EXIT.aborted);
   };
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGHUP', () => onSignal('SIGHUP'));
+  process.on('exit', () => pendingOutputs.forEach((o) => o.discard()));
   // A closed pipe downstream (ssh gone) is a stream failure, reported by save itself.
   process.stdout.on('error', () => undefined);
   main(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr }, controller.signal).then(

@@ -174,6 +174,7 @@ export class Migration {
       });
       stopCopyMs = stoppedAt ? Date.now() - stoppedAt : 0;
       const totals = await encoder.finish();
+      await options.commit?.();
       report('done', 0, Number(totals.payloadBytes), 0n, true);
       return {
         records: totals.records,

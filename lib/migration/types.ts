@@ -34,6 +34,12 @@ export interface SaveOptions {
   onProgress?: (progress: Progress) => void;
   /** Extra fields for the stream header. */
   meta?: Record<string, unknown>;
+  /**
+   * Makes the complete stream durable (fsync, rename): awaited after the trailer is written and
+   * before save() resolves. If it fails, the save fails like any other step and the source device
+   * returns to RUNNING, so a device is never left stopped without a stream that holds its state.
+   */
+  commit?: () => Promise<void>;
 }
 
 export interface LoadOptions {

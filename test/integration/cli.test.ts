@@ -2,7 +2,7 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestDevice, needsTestDriver } from './testdev';
 
@@ -100,6 +100,37 @@ describe('vfio-mig against real devices', { skip: needsTestDriver }, () => {
     );
     assert.equal(run('state', a.uuid).stdout.trim(), 'RUNNING');
     assert.equal(a.get('checksum'), sum);
+  });
+
+  test('save -o: a bad output is refused before the device stops; a FIFO or /dev/null is written in place', () => {
+    const a = make('v2');
+    a.set('mutate', '5');
+    spawnSync('mkdir', ['-p', join(TMP, 'adir')]);
+    const arcs = () => /^v2\.arcs (\d+)$/m.exec(a.get('counters'))?.[1];
+    const before = arcs();
+    for (const bad of [join(TMP, 'adir'), join(TMP, 'missing', 'x.vfmig')]) {
+      const r = run('save', a.uuid, '-o', bad);
+      assert.equal(r.status, 1, r.stderr);
+      assert.match(r.stderr, /cannot write the stream to/);
+      assert.equal(arcs(), before, `the device changed state for -o ${bad}`);
+    }
+    assert.ok(statSync(join(TMP, 'adir')).isDirectory());
+    // /dev/null stays a character device (it was replaced by a regular file).
+    const toNull = run('save', a.uuid, '-o', '/dev/null');
+    assert.equal(toNull.status, 0, toNull.stderr);
+    assert.ok(statSync('/dev/null').isCharacterDevice(), '/dev/null was replaced');
+    // A FIFO: its reader gets the whole stream, and it stays a FIFO.
+    const fifo = join(TMP, 'fifo');
+    rmSync(fifo, { force: true });
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    const viaFifo = spawnSync(
+      'bash',
+      ['-c', `cat "${fifo}" > "${TMP}/from-fifo" & "${process.execPath}" "${BIN}" save ${a.uuid} -o "${fifo}"; wait`],
+      { encoding: 'utf8' },
+    );
+    assert.equal(viaFifo.status, 0, viaFifo.stderr);
+    assert.ok(statSync(fifo).isFIFO(), 'the FIFO was replaced');
+    assert.equal(run('verify', join(TMP, 'from-fifo')).status, 0);
   });
 
   test('a corrupt file on load exits 5, names the record, and resets the destination', () => {
