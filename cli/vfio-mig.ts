@@ -2,6 +2,7 @@
 // vfio-mig: the command line of vfio-migration, built on the public API only.
 import { parseArgs } from 'node:util';
 import {
+  DEFAULT_PRECOPY_ITERATIONS,
   listDevices,
   openDevice,
   requireMigration,
@@ -192,7 +193,7 @@ function precopyOption(values: Record<string, string | boolean | undefined>): Pr
   const threshold = num('precopy-threshold');
   const timeMs = num('precopy-time');
   if (!iterations && threshold === undefined && timeMs === undefined) return false;
-  return { maxIterations: iterations ?? 8, threshold, timeMs };
+  return { maxIterations: iterations ?? DEFAULT_PRECOPY_ITERATIONS, threshold, timeMs };
 }
 
 function leaveOption(value: unknown, fallback: 'running' | 'stopped'): 'running' | 'stopped' {
@@ -282,7 +283,7 @@ export async function main(
             flags: device.info.flags,
             regions,
             irqs,
-            migration: migration ? { protocol: migration.protocol, ...migration.engine.describe(), state } : null,
+            migration: migration ? { protocol: migration.protocol, ...migration.describe(), state } : null,
           };
           const lines = [
             `${device.name} (${device.sysfs?.kind ?? 'device'}, driver ${device.sysfs?.driver ?? '?'}, group ${device.group?.number ?? '?'})`,
@@ -295,7 +296,7 @@ export async function main(
             'irqs:',
             ...irqs.map((i) => `  ${i.index}: count ${i.count} flags 0x${i.flags.toString(16)}`),
             migration
-              ? `migration: ${migration.protocol} ${JSON.stringify(migration.engine.describe())}, state ${state}`
+              ? `migration: ${migration.protocol} ${JSON.stringify(migration.describe())}, state ${state}`
               : 'migration: none',
           ];
           print(lines.join('\n'), data);

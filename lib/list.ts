@@ -25,10 +25,10 @@ export async function listDevices(options: { probe?: boolean; sysRoot?: string }
       const migration = createMigration(device);
       listed.migration = migration ? migration.protocol : 'none';
       if (migration) {
-        const described = migration.engine.describe() as { flags?: ListedDevice['migrationFlags'] };
+        const described = migration.describe() as { flags?: ListedDevice['migrationFlags'] };
         if (described.flags) listed.migrationFlags = described.flags;
         listed.state = await migration.state();
-        migration.engine.close();
+        migration.close();
       }
     } catch (err) {
       listed.probeError = err instanceof Error ? err.message : String(err);

@@ -17,17 +17,14 @@ declare module '../device' {
 export function createMigration(device: Device, options: { noReset?: boolean } = {}): Migration | null {
   const found = probeMigration(device);
   if (!found) return null;
-  if (found.protocol === 'v1') return new Migration(device, new V1Engine(device, found.region, options));
-  return new Migration(device, new V2Engine(device, { p2p: found.p2p, preCopy: found.preCopy }, options));
+  if (found.protocol === 'v1') return new Migration(device, new V1Engine(device, found.region), options);
+  return new Migration(device, new V2Engine(device, { p2p: found.p2p, preCopy: found.preCopy }), options);
 }
 
 Object.defineProperty(Device.prototype, 'migration', {
   configurable: true,
   get(this: Device): Migration | null {
-    return this.extension('migration', () => {
-      const m = createMigration(this);
-      return m ? Object.assign(m, { close: () => m.engine.close() }) : null;
-    });
+    return this.extension('migration', () => createMigration(this));
   },
 });
 
@@ -45,7 +42,18 @@ export function requireMigration(device: Device): Migration {
 export { Migration, verify, deviceIdentity, identityMismatches, stopDevices } from './session';
 export { MigrationError } from './errors';
 export type { MigrationErrorCode, Recovery } from './errors';
-export type { Progress, PrecopyPolicy, SaveOptions, LoadOptions, SaveResult, LoadResult, Phase } from './types';
+export type {
+  Progress,
+  PrecopyPolicy,
+  SaveOptions,
+  LoadOptions,
+  SaveResult,
+  LoadResult,
+  Phase,
+  ProgressPhase,
+  MigrationEngine,
+} from './types';
+export { DEFAULT_PRECOPY_ITERATIONS } from './policy';
 export { V1Engine, V1_ARCS, checkV1Transition, isValidV1State, v1StateName, splitByAreas } from './v1';
 export { V2Engine, v2Path, v2StateName, supportedStates } from './v2';
 export type { V2Support } from './v2';

@@ -1,69 +1,37 @@
-// save()/load() for any protocol: stream header and identity, progress, abort, and the rollback rules of DESIGN.md.
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+// save()/load() for any protocol: the engines' steps composed with pre-copy policy, progress, abort and recovery.
 import type { Device } from '../device';
-import { MigrationError, type Recovery } from './errors';
+import { MigrationError, abortError } from './errors';
+import { deviceIdentity, identityMismatches, version } from './identity';
+import { EmitWindow, readAhead } from './pipeline';
+import { precopyStop, wantsPrecopy } from './policy';
+import { recoverDestination, recoverSource, withRecovery } from './recovery';
 import {
+  PHASE_STOP_COPY,
   StreamDecoder,
   StreamEncoder,
-  StreamError,
   verifyStream,
   type StreamHeader,
   type StreamSink,
   type StreamSource,
   type VerifyResult,
 } from './stream';
-import { readAhead } from './pipeline';
-import type { LoadOptions, LoadResult, MigrationEngine, Phase, Progress, SaveOptions, SaveResult } from './types';
-
-let toolVersion: string | undefined;
-function version(): string {
-  if (toolVersion === undefined) {
-    try {
-      toolVersion = String(JSON.parse(readFileSync(join(__dirname, '../../../package.json'), 'utf8')).version);
-    } catch {
-      toolVersion = 'unknown';
-    }
-  }
-  return toolVersion;
-}
-
-/** What a stream records about its source device, and what a destination is compared on. */
-export function deviceIdentity(device: Device): Record<string, unknown> {
-  const s = device.sysfs;
-  if (!s) return { kind: 'unknown', name: device.name };
-  if (s.kind === 'pci') {
-    return {
-      kind: 'pci',
-      vendor: s.vendor,
-      device: s.device,
-      subsystemVendor: s.subsystemVendor,
-      subsystemDevice: s.subsystemDevice,
-      driver: s.driver,
-    };
-  }
-  return { kind: 'mdev', mdevType: s.mdevType, driver: s.driver };
-}
-
-/** Differences between a stream's device identity and a destination's, empty when they match. */
-export function identityMismatches(saved: Record<string, unknown>, here: Record<string, unknown>): string[] {
-  const keys =
-    saved.kind === 'pci'
-      ? ['kind', 'vendor', 'device', 'subsystemVendor', 'subsystemDevice']
-      : saved.kind === 'mdev'
-        ? ['kind', 'mdevType']
-        : ['kind'];
-  return keys
-    .filter((k) => saved[k] !== here[k])
-    .map((k) => `${k}: stream has ${JSON.stringify(saved[k])}, device has ${JSON.stringify(here[k])}`);
-}
+import type {
+  LoadOptions,
+  LoadResult,
+  MigrationEngine,
+  PrecopyPolicy,
+  Progress,
+  ProgressPhase,
+  SaveOptions,
+  SaveResult,
+} from './types';
 
 /** Calls onProgress at phase changes and at most every 100 ms in between. */
 function progressReporter(start: number, onProgress?: (p: Progress) => void) {
-  let lastPhase: Phase | undefined;
+  let lastPhase: ProgressPhase | undefined;
   let lastIteration = -1;
   let lastAt = 0;
-  return (phase: Phase, iteration: number, bytes: number, pendingBytes?: bigint, force = false) => {
+  return (phase: ProgressPhase, iteration: number, bytes: number, pendingBytes?: bigint, force = false) => {
     if (!onProgress) return;
     const now = Date.now();
     if (!force && phase === lastPhase && iteration === lastIteration && now - lastAt < 100) return;
@@ -81,48 +49,33 @@ function progressReporter(start: number, onProgress?: (p: Progress) => void) {
     });
   };
 }
-
-function withRecovery(err: unknown, recovery: Recovery, role: 'source' | 'destination'): MigrationError {
-  let error: MigrationError;
-  if (err instanceof MigrationError) {
-    error = err;
-  } else if (err instanceof StreamError) {
-    error = new MigrationError('ERR_MIGRATION_STREAM', `bad stream: ${err.message}`, {
-      cause: err,
-      record: err.record,
-    });
-  } else {
-    const e = err as NodeJS.ErrnoException;
-    error = new MigrationError('ERR_MIGRATION_IO', `stream I/O failed: ${e?.message ?? String(err)}`, {
-      cause: err,
-      errno: e?.code,
-    });
-  }
-  if (error.recovery === 'none' || error.recovery === 'running') error.recovery = recovery;
-  const said: Record<Recovery, string> = {
-    none: '',
-    running: `the ${role} device is RUNNING again`,
-    stopped: `the ${role} device is stopped`,
-    reset: `the ${role} device was reset (VFIO_DEVICE_RESET)`,
-    failed: `the ${role} device could not be recovered: reset it before use`,
-  };
-  if (said[error.recovery] && !error.message.includes(said[error.recovery]))
-    error.message += `; ${said[error.recovery]}`;
-  return error;
-}
+type Report = ReturnType<typeof progressReporter>;
 
 /** The migration API of one device, the same for v1 and v2. */
 export class Migration {
   readonly device: Device;
   readonly engine: MigrationEngine;
+  /** Never VFIO_DEVICE_RESET a device on recovery (it is then reported as 'failed'). */
+  readonly noReset: boolean;
 
-  constructor(device: Device, engine: MigrationEngine) {
+  constructor(device: Device, engine: MigrationEngine, options: { noReset?: boolean } = {}) {
     this.device = device;
     this.engine = engine;
+    this.noReset = options.noReset ?? false;
   }
 
   get protocol(): 'v1' | 'v2' {
     return this.engine.protocol;
+  }
+
+  /** Protocol details: v1 region layout, v2 flags (what the stream header records). */
+  describe(): Record<string, unknown> {
+    return this.engine.describe();
+  }
+
+  /** The states setState() accepts. */
+  get stateNames(): readonly string[] {
+    return this.engine.stateNames;
   }
 
   /** The device's migration state, as a name ('RUNNING', 'STOP', ...). */
@@ -133,6 +86,11 @@ export class Migration {
   /** Moves the device to a named state (expert use: 'RUNNING', 'STOP', ...). */
   setState(name: string): Promise<void> {
     return this.engine.setStateByName(name);
+  }
+
+  /** After a failed or aborted save of this device: back to RUNNING, else reset; says which. */
+  recoverSource(): ReturnType<typeof recoverSource> {
+    return recoverSource(this.engine, this.device, this.noReset);
   }
 
   /**
@@ -158,36 +116,84 @@ export class Migration {
       created: new Date().toISOString(),
     };
     const encoder = new StreamEncoder(sink, header);
+    // One emit in flight while the engine reads the next chunk from the device.
+    const window = new EmitWindow((phase, payload) => encoder.writeRecord(phase, payload));
     let stoppedAt = 0;
-    let stopCopyMs = 0;
     try {
       await encoder.writeHeader();
-      const r = await this.engine.save({
-        emit: (phase, payload) => encoder.writeRecord(phase, payload),
-        policy: options.precopy ?? false,
-        leave: options.leave ?? 'stopped',
-        signal: options.signal,
-        progress: report,
-        markStopped: () => {
-          stoppedAt = Date.now();
-        },
+      const precopy = wantsPrecopy(options.precopy) && this.engine.canPrecopy;
+      const pre = precopy
+        ? await this.#precopy(options.precopy as PrecopyPolicy, window, report, options.signal)
+        : { iterations: 0, bytes: 0 };
+      if (options.signal?.aborted) throw abortError(options.signal, 'entering stop-and-copy');
+      await this.engine.enterStopCopy(() => {
+        stoppedAt = Date.now();
       });
-      stopCopyMs = stoppedAt ? Date.now() - stoppedAt : 0;
+      const pending = await this.engine.pending();
+      report('stop-copy', 0, pre.bytes, pending.bytes);
+      await this.engine.copy({
+        stage: 'stop-copy',
+        pending,
+        emit: (payload) => window.push(PHASE_STOP_COPY, payload),
+        signal: options.signal,
+        onChunk: (bytes, pending) => report('stop-copy', 0, pre.bytes + bytes, pending),
+      });
+      await window.flush();
+      await this.engine.finishSave(options.leave ?? 'stopped');
+      const stopCopyMs = stoppedAt ? Date.now() - stoppedAt : 0;
       const totals = await encoder.finish();
       await options.commit?.();
       report('done', 0, Number(totals.payloadBytes), 0n, true);
       return {
         records: totals.records,
         bytes: totals.payloadBytes,
-        precopyIterations: r.precopyIterations,
-        precopyBytes: r.precopyBytes,
+        precopyIterations: pre.iterations,
+        precopyBytes: pre.bytes,
         stopCopyMs,
         elapsedMs: Date.now() - start,
       };
     } catch (err) {
-      const recovery = await this.engine.recoverSource();
-      throw withRecovery(err, recovery, 'source');
+      // Let the emit in flight settle so nothing reaches the sink after save() rejects.
+      await window.flush().catch(() => undefined);
+      throw withRecovery(err, await this.recoverSource(), 'source');
     }
+  }
+
+  /** Pre-copy passes while the device runs, until the policy says stop. */
+  async #precopy(
+    policy: PrecopyPolicy,
+    window: EmitWindow,
+    report: Report,
+    signal: AbortSignal | undefined,
+  ): Promise<{ iterations: number; bytes: number }> {
+    const engine = this.engine;
+    await engine.enterPrecopy();
+    const started = Date.now();
+    let iterations = 0;
+    let bytes = 0;
+    let previous: bigint | undefined;
+    for (;;) {
+      if (signal?.aborted) throw abortError(signal, `pre-copy iteration ${iterations}`);
+      const pending = await engine.pending();
+      report('precopy', iterations, bytes, pending.bytes);
+      if (precopyStop(policy, pending, { iterations, previous, elapsedMs: Date.now() - started })) break;
+      previous = pending.bytes;
+      const iteration = iterations;
+      const moved = await engine.copy({
+        stage: 'precopy',
+        pending,
+        emit: (payload) => window.push(iteration, payload),
+        budget: pending.bytes,
+        signal,
+        onChunk: (passBytes, left) => report('precopy', iteration, bytes + passBytes, left),
+      });
+      bytes += moved;
+      iterations++;
+      // A running device with nothing more to give: further passes would spin.
+      if (moved === 0 && pending.initialDone) break;
+    }
+    await window.flush();
+    return { iterations, bytes };
   }
 
   /**
@@ -221,19 +227,33 @@ export class Migration {
     try {
       if (options.signal?.aborted)
         throw new MigrationError('ERR_MIGRATION_ABORTED', 'aborted before the load started', { step: 'start' });
-      await this.engine.load(readAhead(decoder.records()), {
-        leave: options.leave ?? 'running',
-        signal: options.signal,
-        progress: report,
-      });
+      await this.engine.enterResuming();
+      let bytes = 0;
+      // Record N+1 is decoded (and checksummed) while record N goes into the device.
+      for await (const record of readAhead(decoder.records())) {
+        if (options.signal?.aborted) throw abortError(options.signal, `resuming, record ${record.sequence}`);
+        await this.engine.writeRecord(record);
+        bytes += record.payload.length;
+        report('resuming', 0, bytes);
+      }
+      await this.engine.finishLoad(options.leave ?? 'running');
     } catch (err) {
-      const recovery = await this.engine.recoverDestination();
+      const recovery = await recoverDestination(this.engine, this.device, this.noReset || !!options.noReset);
       throw withRecovery(err, recovery, 'destination');
     }
-    // The engine consumed the whole stream, so the decoder verified the trailer and has its totals.
+    // The whole stream was consumed, so the decoder verified the trailer and has its totals.
     const totals = decoder.totals!;
     report('done', 0, Number(totals.payloadBytes), undefined, true);
     return { records: totals.records, bytes: totals.payloadBytes, elapsedMs: Date.now() - start };
+  }
+
+  /** Releases what an unfinished save or load holds; the device stays open (it is the caller's). */
+  close(): void {
+    this.engine.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 
@@ -252,7 +272,7 @@ export async function stopDevices(migrations: readonly Migration[]): Promise<voi
   const moved: Migration[] = [];
   try {
     for (const m of migrations) {
-      if (m.engine.stateNames.includes('RUNNING_P2P')) {
+      if (m.stateNames.includes('RUNNING_P2P')) {
         await m.setState('RUNNING_P2P');
         moved.push(m);
       }
@@ -262,7 +282,9 @@ export async function stopDevices(migrations: readonly Migration[]): Promise<voi
       if (!moved.includes(m)) moved.push(m);
     }
   } catch (err) {
-    for (const m of moved) await m.engine.recoverSource().catch(() => 'failed');
+    for (const m of moved) await m.recoverSource().catch(() => 'failed');
     throw err;
   }
 }
+
+export { deviceIdentity, identityMismatches };

@@ -1,10 +1,13 @@
 // The protocol-independent shapes of a migration: engine interface, options, progress and results.
 import type { StreamRecord } from './stream';
 
-export type Phase = 'precopy' | 'stop-copy' | 'resuming' | 'done';
+/** What a save or load is doing, for progress (a stream record's `phase` is a number: see stream.ts). */
+export type ProgressPhase = 'precopy' | 'stop-copy' | 'resuming' | 'done';
+/** @deprecated the old name of ProgressPhase */
+export type Phase = ProgressPhase;
 
 export interface Progress {
-  phase: Phase;
+  phase: ProgressPhase;
   /** Pre-copy iteration (0-based); 0 in other phases. */
   iteration: number;
   /** Payload bytes moved so far. */
@@ -69,41 +72,80 @@ export interface LoadResult {
   elapsedMs: number;
 }
 
-/** Callback an engine uses to emit one chunk; the payload view may be reused after it resolves. */
+/** Callback that takes one chunk of a save; the payload view may be reused after it resolves. */
 export type EmitChunk = (phase: number, payload: Uint8Array) => Promise<void>;
 
-export interface SaveContext {
-  emit: EmitChunk;
-  policy: PrecopyPolicy | false;
-  leave: 'stopped' | 'running';
-  signal?: AbortSignal;
-  progress: (phase: Phase, iteration: number, bytes: number, pending?: bigint) => void;
-  /** Set by the engine when the device stops (start of downtime). */
-  markStopped(): void;
+/** Where a saving device stands, as its engine reads it. */
+export interface PendingData {
+  /** Bytes the device reports as still to move (v2: an estimate); undefined when it cannot tell. */
+  bytes: bigint | undefined;
+  /** False while the device still has its initial data to send (v2 initial_bytes > 0); v1 always true. */
+  initialDone: boolean;
 }
 
-export interface LoadContext {
-  leave: 'running' | 'stopped';
+/** One pass of data out of a saving device (CopyPass.stage says whether it still runs). */
+export interface CopyPass {
+  stage: 'precopy' | 'stop-copy';
+  /**
+   * Takes one chunk. The engine may refill a chunk's buffer once the next emit() has resolved:
+   * the caller keeps at most one emit in flight (EmitWindow), so two buffers used in turn suffice.
+   */
+  emit: (payload: Uint8Array) => Promise<void>;
+  /** What pending() said just before this pass (v1: spec step a), so the engine need not ask again. */
+  pending?: PendingData;
+  /** Pre-copy only: end the pass after this many bytes (a device that dirties itself never runs dry). */
+  budget?: bigint;
   signal?: AbortSignal;
-  progress: (phase: Phase, iteration: number, bytes: number, pending?: bigint) => void;
+  /** After each chunk: bytes of this pass so far, and what is pending when the engine knows it for free. */
+  onChunk(bytesThisPass: number, pending?: bigint): void;
 }
 
-/** One migration protocol bound to one device. */
+/** A device's migration state as the recovery ladder needs it. */
+export interface StateReading {
+  name: string;
+  running: boolean;
+  error: boolean;
+}
+
+/**
+ * One migration protocol bound to one device: protocol steps only, no policy. The session
+ * (session.ts) composes them into save and load, and owns pre-copy policy, abort and recovery;
+ * the conformance checker and migrate drive the same steps.
+ */
 export interface MigrationEngine {
   readonly protocol: 'v1' | 'v2';
-  /** Protocol facts for the stream header (region layout, flags). */
+  /** Protocol facts for the stream header and `info` (region layout, flags). */
   describe(): Record<string, unknown>;
-  /** Current state as a readable name. */
-  stateName(): Promise<string>;
-  /** Names the protocol accepts for setState (expert use). */
+  /** Names the protocol accepts for setStateByName (expert use). */
   readonly stateNames: readonly string[];
+  stateName(): Promise<string>;
   /** Moves the device to a named state along the protocol's legal arcs (expert use). */
   setStateByName(name: string): Promise<void>;
-  save(ctx: SaveContext): Promise<{ precopyIterations: number; precopyBytes: number }>;
-  load(records: AsyncIterable<StreamRecord>, ctx: LoadContext): Promise<void>;
-  /** After a failed or aborted save: back to RUNNING (or reset), never silently. */
-  recoverSource(): Promise<import('./errors').Recovery>;
-  /** After a failed load: reset, out of RESUMING. */
-  recoverDestination(): Promise<import('./errors').Recovery>;
+  readState(): Promise<StateReading>;
+
+  /** Whether the device can be saved while it runs (v1: always; v2: PRE_COPY). */
+  readonly canPrecopy: boolean;
+  /** RUNNING -> pre-copy (v1 RUNNING|SAVING, v2 PRE_COPY). */
+  enterPrecopy(): Promise<void>;
+  /** What the device still has to send, in pre-copy or stop-and-copy. */
+  pending(): Promise<PendingData>;
+  /** Moves one pass of data to pass.emit; resolves the bytes moved. Stop-and-copy passes run dry. */
+  copy(pass: CopyPass): Promise<number>;
+  /** Stops the device (through RUNNING_P2P where offered) into stop-and-copy; `onStopped` marks the downtime's start. */
+  enterStopCopy(onStopped: () => void): Promise<void>;
+  /** After the last stop-and-copy pass: STOP, then RUNNING when asked. */
+  finishSave(leave: 'running' | 'stopped'): Promise<void>;
+
+  /** Into RESUMING, ready for records. */
+  enterResuming(): Promise<void>;
+  /** Writes one record (v1: one transaction of the same size). */
+  writeRecord(record: StreamRecord): Promise<void>;
+  /** RESUMING -> STOP (where the driver validates the whole stream), then RUNNING unless asked not to. */
+  finishLoad(leave: 'running' | 'stopped'): Promise<void>;
+
+  /** To RUNNING along legal arcs (recovery of a source). */
+  toRunning(): Promise<void>;
+  /** Drops what an unfinished save or load holds (data_fd, data section mappings). Idempotent. */
+  release(): void;
   close(): void;
 }

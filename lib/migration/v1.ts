@@ -11,10 +11,10 @@ import {
   VFIO_DEVICE_STATE_V1_STOP,
   layout,
 } from '../uapi';
-import { MigrationError, abortError, deviceStepError, errnoOf, type Recovery } from './errors';
-import { PHASE_STOP_COPY, type StreamRecord } from './stream';
-import type { LoadContext, MigrationEngine, SaveContext } from './types';
-import { ChunkBuffers, EmitWindow } from './pipeline';
+import { MigrationError, abortError, deviceStepError, errnoOf } from './errors';
+import type { StreamRecord } from './stream';
+import type { CopyPass, MigrationEngine, PendingData, StateReading } from './types';
+import { ChunkBuffers } from './pipeline';
 
 const REG = layout.vfio_device_migration_info.fields;
 /** The trapped header (struct vfio_device_migration_info) the data section must not overlap. */
@@ -173,15 +173,13 @@ export class V1Engine implements MigrationEngine {
   readonly protocol = 'v1' as const;
   readonly device: Device;
   readonly region: Region;
-  readonly noReset: boolean;
   #areas: MappedArea[] = [];
   #chunks = new ChunkBuffers();
 
-  constructor(device: Device, info: RegionInfo, options: { noReset?: boolean } = {}) {
+  constructor(device: Device, info: RegionInfo) {
     checkV1Region(info);
     this.device = device;
     this.region = device.region(info.index);
-    this.noReset = options.noReset ?? false;
   }
 
   describe(): Record<string, unknown> {
@@ -231,13 +229,9 @@ export class V1Engine implements MigrationEngine {
     await this.setState(state);
   }
 
-  async #reset(): Promise<void> {
-    await this.#step('VFIO_DEVICE_RESET', () => this.device.reset());
-  }
-
   /**
    * Read-modify-write of device_state that keeps bits 3-31. A failed write re-reads the state
-   * (the spec's rule); in the error state the device is reset unless the caller opted out.
+   * (the spec's rule) and reports it; recovery (reset from the error state) is the caller's.
    */
   async setState(target: number): Promise<void> {
     const raw = await this.readDeviceState();
@@ -256,22 +250,11 @@ export class V1Engine implements MigrationEngine {
       } catch {
         /* reported below as unknown */
       }
-      const error = new MigrationError(
+      throw new MigrationError(
         'ERR_MIGRATION_STATE',
         `${step} failed${errno ? ` with ${errno}` : ''}; device_state is now ${now === undefined ? 'unreadable' : v1StateName(now)}`,
         { cause: err, step, errno },
       );
-      if (now !== undefined && isV1ErrorState(now)) {
-        if (this.noReset) {
-          error.recovery = 'failed';
-          error.message += ' (left in the error state: reset disabled by the caller)';
-        } else {
-          await this.#reset();
-          error.recovery = 'reset';
-          error.message += '; recovered with VFIO_DEVICE_RESET (device state lost, device RUNNING)';
-        }
-      }
-      throw error;
     }
   }
 
@@ -360,30 +343,36 @@ export class V1Engine implements MigrationEngine {
     return this.#stepSync('read pending_bytes', () => this.region.read(REG.pending_bytes, 8));
   }
 
+  readonly canPrecopy = true;
+
+  async enterPrecopy(): Promise<void> {
+    await this.setState(V1_PRECOPY);
+  }
+
+  async pending(): Promise<PendingData> {
+    return { bytes: this.#readPending(), initialDone: true };
+  }
+
   /**
-   * Spec steps b-f, starting from a pending_bytes value just read (step a): one record per
-   * transaction, pending_bytes re-read after each chunk. Stops when pending_bytes is 0 or, in
-   * pre-copy, once `budget` bytes moved (a self-dirtying device never reaches 0 while running).
+   * Spec steps a-f: one record per transaction, pending_bytes re-read after each. Ends when
+   * pending_bytes is 0 or, in pre-copy, once the budget moved.
    */
-  async #drain(
-    pending: bigint,
-    phase: number,
-    ctx: SaveContext,
-    window: EmitWindow,
-    moved: { total: number },
-    budget?: bigint,
-  ): Promise<bigint> {
-    let thisPass = 0n;
-    const name = phase === PHASE_STOP_COPY ? 'stop-and-copy' : `pre-copy iteration ${phase}`;
-    while (pending > 0n && (budget === undefined || thisPass < budget)) {
-      if (ctx.signal?.aborted) throw abortError(ctx.signal, name);
+  async copy(pass: CopyPass): Promise<number> {
+    this.#mapAreas();
+    const name = pass.stage === 'stop-copy' ? 'stop-and-copy' : 'pre-copy';
+    let pending = pass.pending?.bytes ?? this.#readPending();
+    let moved = 0;
+    while (pending > 0n && (pass.budget === undefined || BigInt(moved) < pass.budget)) {
+      if (pass.signal?.aborted) throw abortError(pass.signal, name);
       const offset = await this.#step('read data_offset', () => this.region.readAsync(REG.data_offset, 8));
       const size = this.#stepSync('read data_size', () => this.region.read(REG.data_size, 8));
       if (size === 0n) {
         throw new MigrationError(
           'ERR_MIGRATION_PROTOCOL',
           `${name}: data_size is 0 while pending_bytes is ${pending}`,
-          { step: 'read data_size' },
+          {
+            step: 'read data_size',
+          },
         );
       }
       this.#checkWindow(offset, size, 'read data_offset/data_size');
@@ -391,128 +380,63 @@ export class V1Engine implements MigrationEngine {
       const chunk = this.#chunks.next(length);
       await this.#transfer('read', offset, chunk, length);
       // The previous chunk's emit ran while this one was read; the device moves on meanwhile.
-      await window.push(phase, chunk.subarray(0, length));
-      thisPass += size;
-      moved.total += length;
+      await pass.emit(chunk.subarray(0, length));
+      moved += length;
       pending = this.#readPending();
-      ctx.progress(
-        phase === PHASE_STOP_COPY ? 'stop-copy' : 'precopy',
-        phase === PHASE_STOP_COPY ? 0 : phase,
-        moved.total,
-        pending,
-      );
+      pass.onChunk(moved, pending);
     }
-    return pending;
+    return moved;
   }
 
-  async save(ctx: SaveContext): Promise<{ precopyIterations: number; precopyBytes: number }> {
+  async enterStopCopy(onStopped: () => void): Promise<void> {
+    await this.setState(V1_SAVING);
+    onStopped();
+  }
+
+  async finishSave(leave: 'running' | 'stopped'): Promise<void> {
+    await this.setState(leave === 'running' ? V1_RUNNING : V1_STOP);
+    this.release();
+  }
+
+  async enterResuming(): Promise<void> {
     this.#mapAreas();
-    const window = new EmitWindow(ctx.emit);
-    try {
-      const moved = { total: 0 };
-      let iterations = 0;
-      const policy = ctx.policy;
-      const maxIterations = policy ? (policy.maxIterations ?? 8) : 0;
-      if (policy && maxIterations > 0) {
-        await this.setState(V1_PRECOPY);
-        const started = Date.now();
-        const threshold = policy.threshold === undefined ? 0n : BigInt(policy.threshold);
-        let previous: bigint | undefined;
-        for (;;) {
-          if (ctx.signal?.aborted) throw abortError(ctx.signal, `pre-copy iteration ${iterations}`);
-          const pending = this.#readPending();
-          ctx.progress('precopy', iterations, moved.total, pending);
-          const stop =
-            pending === 0n ||
-            pending < threshold ||
-            (previous !== undefined && pending >= previous) ||
-            iterations >= maxIterations ||
-            (policy.timeMs !== undefined && Date.now() - started >= policy.timeMs);
-          if (stop) break;
-          previous = pending;
-          await this.#drain(pending, iterations, ctx, window, moved, pending);
-          iterations++;
-        }
-      }
-      await window.flush();
-      const precopyBytes = moved.total;
-      if (ctx.signal?.aborted) throw abortError(ctx.signal, 'entering stop-and-copy');
-      await this.setState(V1_SAVING);
-      ctx.markStopped();
-      const pending = this.#readPending();
-      ctx.progress('stop-copy', 0, moved.total, pending);
-      await this.#drain(pending, PHASE_STOP_COPY, ctx, window, moved);
-      await window.flush();
-      await this.setState(ctx.leave === 'running' ? V1_RUNNING : V1_STOP);
-      return { precopyIterations: iterations, precopyBytes };
-    } finally {
-      // On failure, let the emit in flight settle so nothing is written to the sink after we return.
-      await window.flush().catch(() => undefined);
-      this.#unmapAreas();
-    }
+    await this.setState(V1_RESUMING);
   }
 
-  async load(records: AsyncIterable<StreamRecord>, ctx: LoadContext): Promise<void> {
-    this.#mapAreas();
+  async writeRecord(record: StreamRecord): Promise<void> {
+    const where = `record ${record.sequence}`;
+    const length = record.payload.length;
+    if (length === 0)
+      throw new MigrationError('ERR_MIGRATION_STREAM', `${where} is empty: a v1 transaction carries data`, {
+        record: record.sequence,
+      });
+    // Resuming step a: a register read that only says where to write (the wait is in step c).
+    const offset = this.#stepSync(`${where}: read data_offset`, () => this.region.read(REG.data_offset, 8));
+    this.#checkWindow(offset, BigInt(length), `${where}: read data_offset`);
     try {
-      await this.setState(V1_RESUMING);
-      let bytes = 0;
-      for await (const record of records) {
-        if (ctx.signal?.aborted) throw abortError(ctx.signal, `resuming, record ${record.sequence}`);
-        const where = `record ${record.sequence}`;
-        const length = record.payload.length;
-        if (length === 0)
-          throw new MigrationError('ERR_MIGRATION_STREAM', `${where} is empty: a v1 transaction carries data`, {
-            record: record.sequence,
-          });
-        // Resuming step a: a register read that only says where to write (the wait is in step c).
-        const offset = this.#stepSync(`${where}: read data_offset`, () => this.region.read(REG.data_offset, 8));
-        this.#checkWindow(offset, BigInt(length), `${where}: read data_offset`);
-        try {
-          await this.#writeTransaction(offset, record.payload, where);
-        } catch (err) {
-          if (err instanceof MigrationError && err.record === undefined) err.record = record.sequence;
-          throw err;
-        }
-        bytes += length;
-        ctx.progress('resuming', 0, bytes);
-      }
-      await this.setState(ctx.leave === 'stopped' ? V1_STOP : V1_RUNNING);
-    } finally {
-      this.#unmapAreas();
-    }
-  }
-
-  async recoverSource(): Promise<Recovery> {
-    try {
-      const state = (await this.readDeviceState()) & VFIO_DEVICE_STATE_MASK;
-      if (state === V1_RUNNING) return 'running';
-      if (isV1ErrorState(state)) {
-        if (this.noReset) return 'failed';
-        await this.#reset();
-        return 'reset';
-      }
-      await this.setState(V1_RUNNING);
-      return 'running';
+      await this.#writeTransaction(offset, record.payload, where);
     } catch (err) {
-      if (err instanceof MigrationError && err.recovery === 'reset') return 'reset';
-      if (this.noReset) return 'failed';
-      try {
-        await this.#reset();
-        return 'reset';
-      } catch {
-        return 'failed';
-      }
+      if (err instanceof MigrationError && err.record === undefined) err.record = record.sequence;
+      throw err;
     }
   }
 
-  async recoverDestination(): Promise<Recovery> {
-    try {
-      await this.#reset();
-      return 'reset';
-    } catch {
-      return 'failed';
-    }
+  async finishLoad(leave: 'running' | 'stopped'): Promise<void> {
+    await this.setState(leave === 'stopped' ? V1_STOP : V1_RUNNING);
+    this.release();
+  }
+
+  async readState(): Promise<StateReading> {
+    const state = (await this.readDeviceState()) & VFIO_DEVICE_STATE_MASK;
+    return { name: v1StateName(state), running: state === V1_RUNNING, error: isV1ErrorState(state) };
+  }
+
+  toRunning(): Promise<void> {
+    return this.setState(V1_RUNNING);
+  }
+
+  release(): void {
+    this.#unmapAreas();
   }
 
   close(): void {

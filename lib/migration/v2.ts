@@ -18,10 +18,10 @@ import {
   VFIO_DEVICE_STATE_STOP_COPY,
   layout,
 } from '../uapi';
-import { MigrationError, abortError, deviceStepError, errnoOf, type Recovery } from './errors';
-import { PHASE_STOP_COPY, type StreamRecord } from './stream';
-import type { LoadContext, MigrationEngine, SaveContext } from './types';
-import { ChunkBuffers, EmitWindow } from './pipeline';
+import { MigrationError, abortError, deviceStepError, errnoOf } from './errors';
+import type { StreamRecord } from './stream';
+import type { CopyPass, MigrationEngine, PendingData, StateReading } from './types';
+import { ChunkBuffers } from './pipeline';
 
 export const V2_STATE_NAMES: Record<number, string> = {
   [VFIO_DEVICE_STATE_ERROR]: 'ERROR',
@@ -136,14 +136,15 @@ export class V2Engine implements MigrationEngine {
   readonly protocol = 'v2' as const;
   readonly device: Device;
   readonly support: V2Support;
-  readonly noReset: boolean;
   readonly readSize: number;
   #dataFd: FdHandle | null = null;
+  #chunks = new ChunkBuffers();
+  // Set in STOP_COPY: the kernel's size estimate (6.3+) and the bytes read since, for progress.
+  #stopCopy: { estimate: bigint | undefined; moved: bigint } | null = null;
 
-  constructor(device: Device, support: V2Support, options: { noReset?: boolean; readSize?: number } = {}) {
+  constructor(device: Device, support: V2Support, options: { readSize?: number } = {}) {
     this.device = device;
     this.support = support;
-    this.noReset = options.noReset ?? false;
     this.readSize = options.readSize ?? V2_READ_SIZE;
   }
 
@@ -296,177 +297,125 @@ export class V2Engine implements MigrationEngine {
     }
   }
 
+  get canPrecopy(): boolean {
+    return this.support.preCopy;
+  }
+
+  async enterPrecopy(): Promise<void> {
+    this.#stopCopy = null;
+    await this.setState(PRE_COPY);
+  }
+
+  async pending(): Promise<PendingData> {
+    if (this.#stopCopy) {
+      const { estimate, moved } = this.#stopCopy;
+      return {
+        bytes: estimate === undefined ? undefined : estimate > moved ? estimate - moved : 0n,
+        initialDone: true,
+      };
+    }
+    // Every figure is an estimate from the device: it only steers the policy, never sizes a buffer.
+    const info = await this.#precopyInfo();
+    return { bytes: info.initial + info.dirty, initialDone: info.initial === 0n };
+  }
+
   /**
-   * Reads the data_fd into records. In STOP_COPY a 0 read is the end of the data. In PRE_COPY a
-   * 0 read or ENOMSG only means "nothing for now", and the pass ends after `budget` bytes.
+   * Reads the data_fd. In STOP_COPY a 0 read is the end of the data. In PRE_COPY a 0 read or
+   * ENOMSG only means "nothing for now", and the pass ends after its budget.
    */
-  async #readPass(
-    phase: number,
-    ctx: SaveContext,
-    window: EmitWindow,
-    moved: { total: number },
-    budget?: bigint,
-    pending?: () => Promise<bigint | undefined>,
-  ): Promise<number> {
+  async copy(pass: CopyPass): Promise<number> {
+    const precopy = pass.stage === 'precopy';
     const fd = this.#requireFd('read data_fd');
-    const buffers = new ChunkBuffers();
-    const precopy = phase !== PHASE_STOP_COPY;
-    let thisPass = 0;
+    const stopCopy = precopy ? null : this.#stopCopy;
+    let moved = 0;
     let again = 0;
     for (;;) {
-      if (ctx.signal?.aborted) throw abortError(ctx.signal, precopy ? `pre-copy iteration ${phase}` : 'stop-and-copy');
-      if (budget !== undefined && BigInt(thisPass) >= budget) return thisPass;
+      if (pass.signal?.aborted) throw abortError(pass.signal, precopy ? 'pre-copy' : 'stop-and-copy');
+      if (pass.budget !== undefined && BigInt(moved) >= pass.budget) return moved;
       let n: number;
-      const buf = buffers.next(this.readSize);
+      const buf = this.#chunks.next(this.readSize);
       try {
         n = await fd.run((f) => native.readAsync(f, buf, 0, this.readSize));
       } catch (err) {
-        if (precopy && (isSyscallError(err, 'ENOMSG') || isSyscallError(err, 'EAGAIN'))) return thisPass;
+        if (precopy && (isSyscallError(err, 'ENOMSG') || isSyscallError(err, 'EAGAIN'))) return moved;
         if (!precopy && isSyscallError(err, 'EAGAIN') && again++ < 100) {
           await new Promise((r) => setTimeout(r, 10));
           continue;
         }
         throw deviceStepError(`read data_fd in ${precopy ? 'PRE_COPY' : 'STOP_COPY'}`, err);
       }
-      if (n === 0) return thisPass;
-      await window.push(phase, buf.subarray(0, n));
-      thisPass += n;
-      moved.total += n;
-      ctx.progress(
-        precopy ? 'precopy' : 'stop-copy',
-        precopy ? phase : 0,
-        moved.total,
-        pending ? await pending() : undefined,
-      );
+      if (n === 0) return moved;
+      await pass.emit(buf.subarray(0, n));
+      moved += n;
+      if (stopCopy) stopCopy.moved += BigInt(n);
+      pass.onChunk(moved, stopCopy ? (await this.pending()).bytes : undefined);
     }
   }
 
-  async save(ctx: SaveContext): Promise<{ precopyIterations: number; precopyBytes: number }> {
-    const moved = { total: 0 };
-    let iterations = 0;
-    const policy = ctx.policy;
-    const maxIterations = policy ? (policy.maxIterations ?? 8) : 0;
-    const window = new EmitWindow(ctx.emit);
-    try {
-      if (policy && maxIterations > 0 && this.support.preCopy) {
-        await this.setState(PRE_COPY);
-        const started = Date.now();
-        const threshold = policy.threshold === undefined ? 0n : BigInt(policy.threshold);
-        let previous: bigint | undefined;
-        for (;;) {
-          if (ctx.signal?.aborted) throw abortError(ctx.signal, `pre-copy iteration ${iterations}`);
-          const info = await this.#precopyInfo();
-          // Every figure is an estimate from the device: it only steers the policy, never sizes a buffer.
-          const pending = info.initial + info.dirty;
-          ctx.progress('precopy', iterations, moved.total, pending);
-          const stop =
-            (info.initial === 0n && (pending <= threshold || (previous !== undefined && pending >= previous))) ||
-            pending === 0n ||
-            iterations >= maxIterations ||
-            (policy.timeMs !== undefined && Date.now() - started >= policy.timeMs);
-          if (stop) break;
-          previous = pending;
-          const got = await this.#readPass(iterations, ctx, window, moved, pending);
-          iterations++;
-          if (got === 0 && info.initial === 0n) break; // the device has nothing more while running
+  async enterStopCopy(onStopped: () => void): Promise<void> {
+    // With P2P, quiesce first as the header recommends; the device stops at the next arc.
+    const current = await this.getState();
+    if (this.support.p2p && current === RUNNING) await this.setState(RUNNING_P2P);
+    if (current === RUNNING || current === RUNNING_P2P) await this.setState(STOP);
+    onStopped();
+    await this.setState(STOP_COPY);
+    this.#stopCopy = { estimate: await this.dataSizeEstimate(), moved: 0n };
+  }
+
+  async finishSave(leave: 'running' | 'stopped'): Promise<void> {
+    await this.setState(STOP);
+    this.release();
+    if (leave === 'running') await this.setState(RUNNING);
+  }
+
+  async enterResuming(): Promise<void> {
+    await this.setState(RESUMING);
+    this.#requireFd('enter RESUMING');
+  }
+
+  async writeRecord(record: StreamRecord): Promise<void> {
+    const fd = this.#requireFd('write data_fd');
+    const payload = record.payload;
+    let done = 0;
+    while (done < payload.length) {
+      let n: number;
+      try {
+        n = await fd.run((f) => native.writeAsync(f, payload, done, payload.length - done));
+      } catch (err) {
+        if (isSyscallError(err, 'EAGAIN')) {
+          await new Promise((r) => setTimeout(r, 1));
+          continue;
         }
+        throw deviceStepError(`record ${record.sequence}: write data_fd`, err, record.sequence);
       }
-      await window.flush();
-      const precopyBytes = moved.total;
-      if (ctx.signal?.aborted) throw abortError(ctx.signal, 'entering stop-and-copy');
-      // With P2P, quiesce first as the header recommends; the device stops at the next arc.
-      const current = await this.getState();
-      if (this.support.p2p && current === RUNNING) await this.setState(RUNNING_P2P);
-      if (current === RUNNING || current === RUNNING_P2P) await this.setState(STOP);
-      ctx.markStopped();
-      await this.setState(STOP_COPY);
-      const estimate = await this.dataSizeEstimate();
-      ctx.progress('stop-copy', 0, moved.total, estimate);
-      const base = moved.total;
-      await this.#readPass(PHASE_STOP_COPY, ctx, window, moved, undefined, async () =>
-        estimate === undefined
-          ? undefined
-          : estimate > BigInt(moved.total - base)
-            ? estimate - BigInt(moved.total - base)
-            : 0n,
-      );
-      await window.flush();
-      await this.setState(STOP);
-      this.closeDataFd();
-      if (ctx.leave === 'running') await this.setState(RUNNING);
-      return { precopyIterations: iterations, precopyBytes };
-    } finally {
-      // On failure, let the emit in flight settle so nothing is written to the sink after we return.
-      await window.flush().catch(() => undefined);
-      this.closeDataFd();
+      if (n === 0)
+        throw new MigrationError('ERR_MIGRATION_DEVICE', `record ${record.sequence}: data_fd accepted no bytes`, {
+          step: 'write data_fd',
+          record: record.sequence,
+        });
+      done += n;
     }
   }
 
-  async load(records: AsyncIterable<StreamRecord>, ctx: LoadContext): Promise<void> {
-    try {
-      await this.setState(RESUMING);
-      const fd = this.#requireFd('enter RESUMING');
-      let bytes = 0;
-      for await (const record of records) {
-        if (ctx.signal?.aborted) throw abortError(ctx.signal, `resuming, record ${record.sequence}`);
-        let done = 0;
-        const payload = record.payload;
-        while (done < payload.length) {
-          let n: number;
-          try {
-            n = await fd.run((f) => native.writeAsync(f, payload, done, payload.length - done));
-          } catch (err) {
-            if (isSyscallError(err, 'EAGAIN')) {
-              await new Promise((r) => setTimeout(r, 1));
-              continue;
-            }
-            throw deviceStepError(`record ${record.sequence}: write data_fd`, err, record.sequence);
-          }
-          if (n === 0)
-            throw new MigrationError('ERR_MIGRATION_DEVICE', `record ${record.sequence}: data_fd accepted no bytes`, {
-              step: 'write data_fd',
-              record: record.sequence,
-            });
-          done += n;
-        }
-        bytes += payload.length;
-        ctx.progress('resuming', 0, bytes);
-      }
-      // RESUMING -> STOP is where the driver validates the whole stream.
-      await this.setState(STOP);
-      this.closeDataFd();
-      if (ctx.leave !== 'stopped') await this.setState(RUNNING);
-    } finally {
-      this.closeDataFd();
-    }
+  async finishLoad(leave: 'running' | 'stopped'): Promise<void> {
+    // RESUMING -> STOP is where the driver validates the whole stream.
+    await this.setState(STOP);
+    this.release();
+    if (leave !== 'stopped') await this.setState(RUNNING);
   }
 
-  async #reset(): Promise<Recovery> {
-    if (this.noReset) return 'failed';
-    try {
-      await this.device.reset();
-      return 'reset';
-    } catch {
-      return 'failed';
-    }
+  async readState(): Promise<StateReading> {
+    const state = await this.getState();
+    return { name: v2StateName(state), running: state === RUNNING, error: state === VFIO_DEVICE_STATE_ERROR };
   }
 
-  async recoverSource(): Promise<Recovery> {
+  toRunning(): Promise<void> {
+    return this.setState(RUNNING);
+  }
+
+  release(): void {
+    this.#stopCopy = null;
     this.closeDataFd();
-    try {
-      const state = await this.getState();
-      if (state === RUNNING) return 'running';
-      if (state === VFIO_DEVICE_STATE_ERROR) return this.#reset();
-      await this.setState(RUNNING);
-      return 'running';
-    } catch {
-      return this.#reset();
-    }
-  }
-
-  async recoverDestination(): Promise<Recovery> {
-    this.closeDataFd();
-    return this.#reset();
   }
 
   close(): void {
