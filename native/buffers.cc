@@ -100,17 +100,14 @@ JobBytes::JobBytes(Napi::Uint8Array view, size_t offset, size_t length, Use use,
     throw SyscallError(view.Env(), "malloc", ENOMEM);
   }
   data_ = bounce_.get();
-  if (use == Use::kSource) {
-    if (length) memcpy(data_, p, length);
-  } else {
-    view_ = Napi::Persistent(view);
-  }
+  if (use != Use::kTarget && length) memcpy(data_, p, length);
+  if (use != Use::kSource) view_ = Napi::Persistent(view);
 }
 
 JobBytes::~JobBytes() = default;
 
 void JobBytes::Deliver(Napi::Env env, size_t n) {
-  if (!bounce_ || use_ != Use::kTarget || n == 0) return;
+  if (!bounce_ || use_ == Use::kSource || n == 0) return;
   Napi::Uint8Array view = view_.Value();
   size_t size = view.ByteLength();
   if (view.ArrayBuffer().IsDetached() || !view.Data() || offset_ > size || n > size - offset_ || n > length_) {

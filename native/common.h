@@ -60,7 +60,8 @@ auto RetryEintr(F call) -> decltype(call()) {
 struct IoBlock;
 class JobBytes {
  public:
-  enum class Use { kSource, kTarget };  // the job reads the bytes (write) or fills them (read)
+  // The job reads the bytes (write), fills them (read), or both (an ioctl argument).
+  enum class Use { kSource, kTarget, kBoth };
   // Checks [offset, +length) lies inside the view (RangeError) and pins or bounces it.
   JobBytes(Napi::Uint8Array view, size_t offset, size_t length, Use use, const char* name);
   ~JobBytes();
@@ -70,7 +71,7 @@ class JobBytes {
   // The job's memory: valid on any thread for the job's life.
   uint8_t* data() const { return data_; }
   bool bounced() const { return bounce_ != nullptr; }
-  // JS thread, after a target job succeeded: copies the first `n` bytes into the caller's view.
+  // JS thread, after a kTarget/kBoth job succeeded: copies the first `n` bytes into the caller's view.
   // Throws an Error with code ERR_BUFFER_DETACHED when the view lost its memory meanwhile.
   void Deliver(Napi::Env env, size_t n);
 
