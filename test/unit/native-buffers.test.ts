@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { native } from '../../lib/native';
 import { allocIoBuffer } from '../../lib/buffers';
 import { FdSource } from '../../lib/migration/source';
+import { mapFd } from '../../lib/device';
 import { O_RDWR } from '../../lib/uapi';
 
 const NATIVE = join(__dirname, '../../lib/native.js');
@@ -167,6 +168,29 @@ test('a write from a JS buffer copies its bytes at submission: detaching it afte
     native.pread(fd, back, 0, 4096, 0);
     assert.ok(back.every((b) => b === 0x5a));
   } finally {
+    native.close(fd);
+  }
+});
+
+test('pool reads into a JS buffer detached before they complete reject with ERR_BUFFER_DETACHED (pread, mapping copy)', async () => {
+  const fd = native.memfdCreate('vfio-migration-test');
+  const map = mapFd(fd, 0n, 4096);
+  try {
+    native.pwrite(fd, Buffer.alloc(4096, 3), 0, 4096, 0);
+    const a = Buffer.allocUnsafeSlow(4096);
+    const pread = native.preadAsync(fd, a, 0, 4096, 0);
+    structuredClone(a.buffer, { transfer: [a.buffer] });
+    await assert.rejects(pread, { code: 'ERR_BUFFER_DETACHED' });
+    const b = Buffer.allocUnsafeSlow(4096);
+    const copy = map.readInto(0, b, 0, 4096);
+    structuredClone(b.buffer, { transfer: [b.buffer] });
+    await assert.rejects(copy, { code: 'ERR_BUFFER_DETACHED' });
+    // Not detached: the bounced bytes arrive.
+    const c = Buffer.alloc(4096);
+    await map.readInto(0, c, 0, 4096);
+    assert.ok(c.every((x) => x === 3));
+  } finally {
+    map.unmap();
     native.close(fd);
   }
 });
