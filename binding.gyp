@@ -6,6 +6,8 @@
         "native/addon.cc",
         "native/common.cc",
         "native/io.cc",
+        "native/buffers.cc",
+        "native/wait.cc",
         "native/vfio.cc",
         "native/mapping.cc",
         "native/layout.cc"

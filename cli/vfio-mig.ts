@@ -124,10 +124,12 @@ interface Io {
  * The stream to load or verify, read by the decoder into buffers it reuses (a file read through
  * fresh 8 MiB chunks spent more time in page faults than in the copy: bench/RESULTS.md).
  */
-function openInput(input: string): FdSource {
-  if (input === '-') return new FdSource(0, { name: 'stdin' });
+function openInput(input: string, signal?: AbortSignal): FdSource {
   try {
-    return FdSource.open(input);
+    const source = input === '-' ? new FdSource(0, { name: 'stdin' }) : FdSource.open(input);
+    // A read waiting on a silent pipe ends only when the source is closed.
+    signal?.addEventListener('abort', () => source.close(), { once: true });
+    return source;
   } catch (err) {
     throw new MigrationError('ERR_MIGRATION_IO', `cannot open ${input}: ${(err as Error).message}`, {
       cause: err,
@@ -339,7 +341,7 @@ export async function main(
         return await withDevice(positionals[0], async (device) => {
           const migration = requireMigration(device);
           const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
-          const source = openInput(input);
+          const source = openInput(input, signal);
           try {
             const result = await migration.load(source, {
               force: !!values.force,
@@ -362,7 +364,12 @@ export async function main(
       case 'verify': {
         const input = positionals[0];
         if (!input) throw new UsageError('verify needs FILE (or - for stdin)');
-        const r = await verify(openInput(input));
+        const r = await verify(openInput(input, signal)).catch((err: unknown) => {
+          if (!signal?.aborted) throw err;
+          throw new MigrationError('ERR_MIGRATION_ABORTED', `verify ${input}: ${String(signal.reason)}`, {
+            cause: err,
+          });
+        });
         print(
           [
             `${input}: OK`,

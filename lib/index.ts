@@ -8,6 +8,7 @@ export type { RegionInfo, DeviceInfo, IrqInfo, Capability, SparseMmapArea } from
 export { resolveDevice, listSysfsDevices, describeDevice, isVfioPciDriver } from './sysfs';
 export type { SysfsDevice } from './sysfs';
 export { listDevices } from './list';
+export { allocIoBuffer } from './buffers';
 export type { ListedDevice } from './list';
 export * as uapi from './uapi';
 export * from './migration';

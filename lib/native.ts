@@ -42,6 +42,16 @@ export interface StructLayout {
 export interface NativeAddon {
   setErrorClass(cls: new (message: string) => Error): void;
 
+  /**
+   * A zeroed Buffer over native-owned memory. An async job given a range inside it pins the
+   * memory for the job's duration and works on it in place; any other buffer is bounced through
+   * a copy (reads are delivered on completion, and reject with ERR_BUFFER_DETACHED when the
+   * buffer was detached meanwhile).
+   */
+  allocBuffer(size: number): Buffer;
+  /** Makes every readAtLeastAsync started with this cancelId reject with ECANCELED. */
+  cancelReads(cancelId: number): void;
+
   open(path: string, flags: number): number;
   close(fd: number): void;
   memfdCreate(name: string): number;
@@ -68,8 +78,19 @@ export interface NativeAddon {
   ): Promise<void>;
   read(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
   readAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
-  /** Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended (waits in poll() for a non-blocking fd). */
-  readAtLeastAsync(fd: number, buffer: Uint8Array, bufferOffset: number, min: number, max: number): Promise<number>;
+  /**
+   * Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended. A
+   * regular file is read on the pool; a pipe, socket or terminal on a thread of its own, which
+   * cancelReads(cancelId) and environment teardown wake (the read then rejects with ECANCELED).
+   */
+  readAtLeastAsync(
+    fd: number,
+    buffer: Uint8Array,
+    bufferOffset: number,
+    min: number,
+    max: number,
+    cancelId?: number,
+  ): Promise<number>;
   write(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
   writeAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
 

@@ -18,6 +18,8 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
+  InitBuffers(env, exports);
+  InitWait(env, exports);
   InitIo(env, exports);
   InitVfio(env, exports);
   InitMapping(env, exports);

@@ -189,10 +189,7 @@ Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value) {
     case 4: reg.u32 = static_cast<uint32_t>(value); break;
     default: reg.u64 = value; break;
   }
-  ssize_t n;
-  do {
-    n = pwrite(fd, &reg, width, offset);
-  } while (n < 0 && errno == EINTR);
+  ssize_t n = RetryEintr([&] { return pwrite(fd, &reg, width, offset); });
   if (n < 0) {
     out.err = errno;
   } else if (n != static_cast<ssize_t>(width)) {

@@ -6,16 +6,20 @@
 #include <cerrno>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace vfio {
 
+struct WaitState;  // wait.cc
+
 // The error class handed over by lib/native.ts at load (one class for every syscall error).
 struct AddonData {
   Napi::FunctionReference error_class;
   Napi::FunctionReference mapping_class;
+  std::shared_ptr<WaitState> waits;  // created with the first wait
 };
 
 // Builds the error for a failed syscall: code ('EINVAL'), errno (negative), syscall, and the
@@ -34,6 +38,57 @@ Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* 
 uint8_t* ViewRange(Napi::Uint8Array view, size_t offset, size_t length, const char* name);
 
 Napi::Value RegisterToJs(Napi::Env env, uint64_t value, unsigned width);
+
+// Runs a syscall again while it fails with EINTR (the one retry loop of the addon).
+template <typename F>
+auto RetryEintr(F call) -> decltype(call()) {
+  decltype(call()) r;
+  do {
+    r = call();
+  } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+// The caller's byte range of an async job (buffers.cc). A pool or wait thread must never touch
+// memory the JS side can free under it: detaching an ArrayBuffer (transfer, postMessage) hands
+// its memory to a new owner that may be collected while the job runs, and a reference to the
+// view does not prevent that. So a job only ever uses memory it holds a reference to:
+// - a range inside native-owned I/O memory (allocBuffer) pins that allocation for the job;
+// - any other range is bounced: a job that reads the caller's bytes copies them at submission,
+//   a job that fills the range fills job-owned memory that Deliver() copies into the view on
+//   the JS thread, after checking that the view is still attached and long enough.
+struct IoBlock;
+class JobBytes {
+ public:
+  // The job reads the bytes (write), fills them (read), or both (an ioctl argument).
+  enum class Use { kSource, kTarget, kBoth };
+  // Checks [offset, +length) lies inside the view (RangeError) and pins or bounces it.
+  JobBytes(Napi::Uint8Array view, size_t offset, size_t length, Use use, const char* name);
+  ~JobBytes();
+  JobBytes(const JobBytes&) = delete;
+  JobBytes& operator=(const JobBytes&) = delete;
+
+  // The job's memory: valid on any thread for the job's life.
+  uint8_t* data() const { return data_; }
+  bool bounced() const { return bounce_ != nullptr; }
+  // JS thread, after a kTarget/kBoth job succeeded: copies the first `n` bytes into the caller's view.
+  // Throws an Error with code ERR_BUFFER_DETACHED when the view lost its memory meanwhile.
+  void Deliver(Napi::Env env, size_t n);
+
+ private:
+  std::shared_ptr<IoBlock> owned_;
+  std::unique_ptr<uint8_t[]> bounce_;
+  uint8_t* data_ = nullptr;
+  Use use_;
+  Napi::Reference<Napi::Uint8Array> view_;
+  size_t offset_;
+  size_t length_;
+};
+using JobBytesPtr = std::shared_ptr<JobBytes>;
+inline JobBytesPtr ArgJobBytes(Napi::Uint8Array view, size_t offset, size_t length, JobBytes::Use use,
+                               const char* name) {
+  return std::make_shared<JobBytes>(view, offset, length, use, name);
+}
 
 // What a syscall run off the JS thread left behind: errno captured on that thread.
 struct Outcome {
@@ -100,7 +155,18 @@ Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, S
                        SyscallWorker::Convert convert, const std::vector<Napi::Value>& keep = {},
                        SyscallWorker::Done done = nullptr);
 
+// Reads into [data, data+max) until at least `min` bytes came or the input ended. With a
+// `cancel_fd` (an eventfd) every read is preceded by a poll() on both, and a wake-up of
+// cancel_fd ends the job with ECANCELED; without one a non-blocking fd is waited for in poll().
+Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max, int cancel_fd = -1);
+
+// Starts ReadAtLeast on a thread of its own (wait.cc) for an fd that may never become ready:
+// resolves the byte count, or rejects with ECANCELED after cancelReads(cancelId) (-1: none).
+Napi::Promise WaitRead(Napi::Env env, int fd, JobBytesPtr bytes, size_t min, size_t max, int64_t cancel_id);
+
 // Module parts.
+void InitBuffers(Napi::Env env, Napi::Object exports);
+void InitWait(Napi::Env env, Napi::Object exports);
 void InitIo(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);
 void InitMapping(Napi::Env env, Napi::Object exports);

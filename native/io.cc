@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -11,15 +12,6 @@
 namespace vfio {
 
 namespace {
-
-template <typename F>
-ssize_t RetryEintr(F call) {
-  ssize_t n;
-  do {
-    n = call();
-  } while (n < 0 && errno == EINTR);
-  return n;
-}
 
 std::string ShortDetail(const char* what, ssize_t got, unsigned width) {
   return std::string(what) + " (" + std::to_string(got) + " of " + std::to_string(width) + " bytes)";
@@ -173,10 +165,20 @@ Napi::Value BytesResult(Napi::Env env, const Outcome& out) {
   return Napi::Number::New(env, static_cast<double>(out.ret));
 }
 
-// One entry point per (syscall, sync/async): the same argument checks, the same syscall.
+// Resolves the byte count of a read after delivering a bounced target into the caller's view.
+SyscallWorker::Convert DeliverBytes(JobBytesPtr bytes) {
+  return [bytes](Napi::Env env, const Outcome& out) {
+    bytes->Deliver(env, static_cast<size_t>(out.ret));
+    return BytesResult(env, out);
+  };
+}
+
+// One entry point per (syscall, sync/async): the same argument checks, the same syscall. An
+// async call works on memory it pins or bounces (JobBytes), never on the bare view.
 template <Bulk op, bool async>
 Napi::Value BulkCall(const Napi::CallbackInfo& info) {
   const bool positioned = op == Bulk::kPread || op == Bulk::kPwrite;
+  const bool fills = op == Bulk::kPread || op == Bulk::kRead;
   BulkArgs a;
   a.op = op;
   a.fd = ArgFd(info, 0, "fd");
@@ -185,7 +187,13 @@ Napi::Value BulkCall(const Napi::CallbackInfo& info) {
   a.length = ArgSize(info, 3, "length");
   a.data = ViewRange(view, offset, a.length, "buffer");
   a.position = positioned ? ArgOffset(info, 4, "position") : -1;
-  if (async) return RunAsync(info.Env(), BulkName(op), "", [a] { return BulkNow(a); }, BytesResult, {view});
+  if (async) {
+    JobBytesPtr bytes =
+        ArgJobBytes(view, offset, a.length, fills ? JobBytes::Use::kTarget : JobBytes::Use::kSource, "buffer");
+    a.data = bytes->data();
+    return RunAsync(
+        info.Env(), BulkName(op), "", [a, bytes] { return BulkNow(a); }, DeliverBytes(bytes));
+  }
   Outcome out = BulkNow(a);
   ThrowIfFailed(info.Env(), BulkName(op), out);
   return BytesResult(info.Env(), out);
@@ -199,9 +207,10 @@ Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
   Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
   size_t offset = ArgSize(info, 2, "bufferOffset");
   size_t length = ArgSize(info, 3, "length");
-  uint8_t* data = ViewRange(view, offset, length, "buffer");
   int64_t position = ArgOffset(info, 4, "position");
   RegisterWrite reg = ArgRegisterWrite(info, 5);
+  JobBytesPtr bytes = ArgJobBytes(view, offset, length, JobBytes::Use::kSource, "buffer");
+  uint8_t* data = bytes->data();
   auto work = [=] {
     Outcome out;
     size_t done = 0;
@@ -219,28 +228,63 @@ Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
     RunRegisterWrite(reg, out);
     return out;
   };
-  return RunAsync(info.Env(), "pwrite", "", work, nullptr, {view});
+  return RunAsync(info.Env(), "pwrite", "", work, nullptr);
 }
 
 // Waits until a non-blocking fd is ready: on the pool, never on the JS thread.
 int AwaitReady(int fd, short events) {
   pollfd p{fd, events, 0};
-  int r;
-  do {
-    r = poll(&p, 1, -1);
-  } while (r < 0 && errno == EINTR);
-  return r < 0 ? -1 : 0;
+  return RetryEintr([&] { return poll(&p, 1, -1); }) < 0 ? -1 : 0;
 }
 
-// Reads into [data, data+max) until at least `min` bytes arrived or the input ended: one pool
-// job for what a pipe hands over in many short reads. A non-blocking fd is waited for in poll().
-Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max) {
+// readAtLeastAsync(fd, buffer, bufferOffset, min, max[, cancelId]): resolves the byte count,
+// below min only at the end of input. A regular file or block device is read on the pool; any
+// other fd (pipe, socket, terminal) may wait forever, so it is waited for on a thread of its own
+// (wait.cc), cancellable through cancelReads(cancelId) and at environment teardown.
+Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
+  size_t offset = ArgSize(info, 2, "bufferOffset");
+  size_t min = ArgSize(info, 3, "min");
+  size_t max = ArgSize(info, 4, "max");
+  if (min > max) throw Napi::RangeError::New(info.Env(), "min must not be larger than max");
+  int64_t cancel_id = info.Length() > 5 && !info[5].IsUndefined() ? ArgU32(info, 5, "cancelId") : -1;
+  JobBytesPtr bytes = ArgJobBytes(view, offset, max, JobBytes::Use::kTarget, "buffer");
+  struct stat st;
+  if (fstat(fd, &st) < 0) throw SyscallError(info.Env(), "fstat", errno);
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return WaitRead(info.Env(), fd, bytes, min, max, cancel_id);
+  uint8_t* data = bytes->data();
+  return RunAsync(
+      info.Env(), "read", "", [=] { return ReadAtLeast(fd, data, min, max); }, DeliverBytes(bytes));
+}
+
+}  // namespace
+
+// Reads into [data, data+max) until at least `min` bytes arrived or the input ended: one job for
+// what a pipe hands over in many short reads.
+Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max, int cancel_fd) {
   Outcome out;
   size_t got = 0;
   while (got < min) {
+    if (cancel_fd >= 0) {
+      // A read after poll() said readable does not block, so a cancel is seen before each read.
+      pollfd p[2] = {{fd, POLLIN, 0}, {cancel_fd, POLLIN, 0}};
+      if (RetryEintr([&] { return poll(p, 2, -1); }) < 0) {
+        out.err = errno;
+        return out;
+      }
+      if (p[1].revents) {
+        out.err = ECANCELED;
+        return out;
+      }
+      if (p[0].revents & POLLNVAL) {
+        out.err = EBADF;
+        return out;
+      }
+    }
     ssize_t n = RetryEintr([&] { return read(fd, data + got, max - got); });
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (AwaitReady(fd, POLLIN) == 0) continue;
+      if (cancel_fd >= 0 || AwaitReady(fd, POLLIN) == 0) continue;
     }
     if (n < 0) {
       out.err = errno;
@@ -252,20 +296,6 @@ Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max) {
   out.ret = static_cast<int64_t>(got);
   return out;
 }
-
-// readAtLeastAsync(fd, buffer, bufferOffset, min, max): resolves the byte count, below min only at the end of input.
-Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
-  size_t offset = ArgSize(info, 2, "bufferOffset");
-  size_t min = ArgSize(info, 3, "min");
-  size_t max = ArgSize(info, 4, "max");
-  if (min > max) throw Napi::RangeError::New(info.Env(), "min must not be larger than max");
-  uint8_t* data = ViewRange(view, offset, max, "buffer");
-  return RunAsync(info.Env(), "read", "", [=] { return ReadAtLeast(fd, data, min, max); }, BytesResult, {view});
-}
-
-}  // namespace
 
 void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open, "open"));

@@ -133,7 +133,10 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     size_t length = ArgSize(info, 3, "length");
     RegisterWrite reg = from_mapping ? RegisterWrite{} : ArgRegisterWrite(info, 4);
     uint8_t* mapped = Check(info, offset, length);
-    uint8_t* bytes = ViewRange(view, view_offset, length, "buffer");
+    // The JS side of the copy is pinned or bounced (JobBytes): the view itself may lose its memory.
+    JobBytesPtr job_bytes = ArgJobBytes(view, view_offset, length,
+                                        from_mapping ? JobBytes::Use::kTarget : JobBytes::Use::kSource, "buffer");
+    uint8_t* bytes = job_bytes->data();
     MapState* state = state_;
     state->inflight++;
     auto work = [=] {
@@ -146,12 +149,16 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
       RunRegisterWrite(reg, out);
       return out;
     };
+    auto deliver = [job_bytes, length](Napi::Env env, const Outcome&) -> Napi::Value {
+      job_bytes->Deliver(env, length);
+      return env.Undefined();
+    };
     auto done = [state] {
       state->inflight--;
       state->UnmapIfIdle();
       if (state->holders == 0 && state->inflight == 0) delete state;
     };
-    return RunAsync(info.Env(), reg.present ? "pwrite" : "memcpy", "", work, nullptr, {view, info.This()}, done);
+    return RunAsync(info.Env(), reg.present ? "pwrite" : "memcpy", "", work, deliver, {info.This()}, done);
   }
 
   Napi::Value ReadInto(const Napi::CallbackInfo& info) { return Copy(info, true); }

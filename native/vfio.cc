@@ -215,12 +215,33 @@ Napi::Value DeviceFeature(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(out.ret));
 }
 
+// The kernel reads and writes the feature buffer from the pool: it is pinned or bounced (JobBytes).
 Napi::Value DeviceFeatureAsync(const Napi::CallbackInfo& info) {
   Napi::Uint8Array view;
   FeatureArgs a = ParseFeature(info, &view);
+  JobBytesPtr bytes = ArgJobBytes(view, 0, a.length, JobBytes::Use::kBoth, "feature");
+  a.data = bytes->data();
+  auto deliver = [a, bytes](Napi::Env env, const Outcome& out) -> Napi::Value {
+    try {
+      bytes->Deliver(env, a.length);
+    } catch (const Napi::Error&) {
+      // The caller can no longer see a data_fd the kernel handed back: do not leak it.
+      uint32_t flags;
+      memcpy(&flags, a.data + offsetof(struct vfio_device_feature, flags), sizeof(flags));
+      size_t fd_at = sizeof(struct vfio_device_feature) + offsetof(struct vfio_device_feature_mig_state, data_fd);
+      if ((flags & VFIO_DEVICE_FEATURE_SET) &&
+          (flags & VFIO_DEVICE_FEATURE_MASK) == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE &&
+          a.length >= fd_at + sizeof(int32_t)) {
+        int32_t data_fd;
+        memcpy(&data_fd, a.data + fd_at, sizeof(data_fd));
+        if (data_fd >= 0) close(data_fd);
+      }
+      throw;
+    }
+    return Napi::Number::New(env, static_cast<double>(out.ret));
+  };
   return RunAsync(
-      info.Env(), "ioctl", "VFIO_DEVICE_FEATURE", [a] { return FeatureNow(a); },
-      [](Napi::Env env, const Outcome& out) { return Napi::Number::New(env, static_cast<double>(out.ret)); }, {view});
+      info.Env(), "ioctl", "VFIO_DEVICE_FEATURE", [a, bytes] { return FeatureNow(a); }, deliver);
 }
 
 Outcome PrecopyNow(int fd, struct vfio_precopy_info* pi) {

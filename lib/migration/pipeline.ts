@@ -1,4 +1,5 @@
 // Overlap of device I/O with stream work: one emit in flight while the next chunk is read, one record decoded ahead.
+import { allocIoBuffer } from '../buffers';
 import type { EmitChunk } from './types';
 
 /**
@@ -38,7 +39,8 @@ export class ChunkBuffers {
   /** The next buffer, at least `length` bytes. */
   next(length: number): Buffer {
     this.#turn ^= 1;
-    if (this.#buffers[this.#turn].length < length) this.#buffers[this.#turn] = Buffer.allocUnsafe(length);
+    // Native-owned: async device reads fill it in place, with no bounce copy.
+    if (this.#buffers[this.#turn].length < length) this.#buffers[this.#turn] = allocIoBuffer(length);
     return this.#buffers[this.#turn];
   }
 }

@@ -1,7 +1,10 @@
 // Byte sources the stream decoder reads into its own reused buffers (files, pipes, any fd), and the reader over them.
+import { allocIoBuffer } from '../buffers';
 import { FdHandle } from '../device';
+import { isSyscallError } from '../errors';
 import { native } from '../native';
 import { O_RDONLY } from '../uapi';
+import { MigrationError } from './errors';
 
 /**
  * A source of stream bytes that reads into buffers the caller owns. The decoder then keeps three
@@ -15,7 +18,10 @@ export interface ByteSource {
    * came; fewer only when the input ended (0 at its end).
    */
   readAtLeast(buffer: Buffer, offset: number, min: number, max: number): Promise<number>;
-  /** Releases the source; a read in flight completes first. */
+  /**
+   * Releases the source. A read in flight that could wait indefinitely (a pipe with no data) is
+   * cancelled: it rejects promptly, and the source lets go of the fd only after it settled.
+   */
   close(): void;
 }
 
@@ -28,14 +34,19 @@ export function isByteSource(value: unknown): value is ByteSource {
   );
 }
 
+// Ids that let close() cancel this source's reads only (stdin may back several sources).
+let lastCancelId = 0;
+
 /**
  * A ByteSource over a file descriptor: a regular file, a pipe, a socket or a terminal, blocking or
- * not (a non-blocking fd is waited for on the thread pool, never on the JS thread). Also an async
- * iterable of fresh Buffers, for consumers that keep what they are given.
+ * not. A regular file is read on the thread pool; anything else is waited for on a native thread
+ * of its own, never on the JS thread nor a pool thread, and close() cancels that wait. Also an
+ * async iterable of fresh Buffers, for consumers that keep what they are given.
  */
 export class FdSource implements ByteSource, AsyncIterable<Buffer> {
   readonly name: string;
   readonly #handle: FdHandle;
+  readonly #cancelId = (lastCancelId = (lastCancelId % 0xfffffffe) + 1);
 
   /** Reads `fd`; close() closes it only when `closeFd` is set (stdin stays open by default). */
   constructor(fd: number, options: { name?: string; closeFd?: boolean } = {}) {
@@ -50,18 +61,35 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
     return new FdSource(native.open(path, O_RDONLY), { name: path, closeFd: true });
   }
 
-  readAtLeast(buffer: Buffer, offset: number, min: number, max: number): Promise<number> {
-    return this.#handle.run((fd) => native.readAtLeastAsync(fd, buffer, offset, min, max));
+  /**
+   * See ByteSource. A read cancelled by close() rejects with a MigrationError ERR_MIGRATION_IO
+   * whose errno is ECANCELED. Buffers from allocIoBuffer() are read into without a copy.
+   */
+  async readAtLeast(buffer: Buffer, offset: number, min: number, max: number): Promise<number> {
+    try {
+      return await this.#handle.run((fd) => native.readAtLeastAsync(fd, buffer, offset, min, max, this.#cancelId));
+    } catch (err) {
+      if (this.#handle.closed && isSyscallError(err, 'ECANCELED')) {
+        throw new MigrationError('ERR_MIGRATION_IO', `${this.name} was closed while a read was waiting`, {
+          cause: err,
+          errno: 'ECANCELED',
+        });
+      }
+      throw err;
+    }
   }
 
+  /** Idempotent; cancels a waiting read, and closes the fd (when owned) once that read let go. */
   close(): void {
+    if (this.#handle.closed) return;
+    native.cancelReads(this.#cancelId);
     this.#handle.close();
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
     try {
       for (;;) {
-        const chunk = Buffer.allocUnsafeSlow(1 << 20);
+        const chunk = allocIoBuffer(1 << 20);
         const n = await this.readAtLeast(chunk, 0, 1, chunk.length);
         if (n === 0) return;
         yield chunk.subarray(0, n);
@@ -157,7 +185,9 @@ export class ByteSourceReader {
     this.#turn = (this.#turn + 1) % this.#buffers.length;
     let next = this.#buffers[this.#turn]!;
     if (next.length < n + LOOKAHEAD) {
-      next = Buffer.allocUnsafeSlow(Math.max(n + LOOKAHEAD, MIN_CAPACITY));
+      // Native-owned: the source reads into it in place (no bounce copy), and it stays valid for
+      // an in-flight read whatever a consumer does with the views it was handed.
+      next = allocIoBuffer(Math.max(n + LOOKAHEAD, MIN_CAPACITY));
       this.#buffers[this.#turn] = next;
     }
     const have = this.buffered;
