@@ -1,4 +1,5 @@
 // Container, Group, Device, Region and Mapping: the typed VFIO device layer over the addon.
+import { fstatSync } from 'node:fs';
 import { native, type NativeMapping, type RegisterWriteArgs, type Width } from './native';
 import { SyscallError, VfioError, isSyscallError } from './errors';
 import {
@@ -266,9 +267,23 @@ export class Mapping {
   get mapped(): boolean {
     return this.#map.mapped;
   }
-  /** Zero-copy view; detached (length 0) after unmap. */
+  get writable(): boolean {
+    return this.#map.writable;
+  }
+  /**
+   * Zero-copy view; detached (length 0) after unmap. Refused on a read-only mapping: an ArrayBuffer
+   * cannot be made read-only and a store through it would kill the process.
+   */
   get buffer(): ArrayBuffer {
+    if (!this.writable)
+      throw new TypeError(
+        'mapping is read-only: it has no buffer view (a store through it would crash the process); use read() or readInto()',
+      );
     return this.#map.buffer;
+  }
+  /** A store into a read-only mapping is a SIGSEGV (on a pool thread for writeFrom): refused before native. */
+  #checkWritable(what: string): void {
+    if (!this.writable) throw new TypeError(`mapping is read-only (mapped without PROT_WRITE): ${what} is not allowed`);
   }
   read(offset: number, width: 1 | 2 | 4): number;
   read(offset: number, width: 8): bigint;
@@ -278,6 +293,7 @@ export class Mapping {
   write(offset: number, width: 1 | 2 | 4, value: number): void;
   write(offset: number, width: 8, value: bigint): void;
   write(offset: number, width: Width, value: number | bigint): void {
+    this.#checkWritable('write()');
     this.#map.write(offset, width, value);
   }
   /** Copies out of the mapping off the JS thread. */
@@ -292,6 +308,7 @@ export class Mapping {
     length = source.length - sourceOffset,
     then?: RegisterWriteArgs,
   ): Promise<void> {
+    this.#checkWritable('writeFrom()');
     return then
       ? this.#map.writeFrom(offset, source, sourceOffset, length, ...then)
       : this.#map.writeFrom(offset, source, sourceOffset, length);
@@ -304,8 +321,16 @@ export class Mapping {
   }
 }
 
-/** Opens an mmap directly on an fd (used by Region and by tests on ordinary files). */
+/**
+ * Opens an mmap directly on an fd (ordinary files, memfds; device regions go through Region.mmap).
+ * A regular file must cover the whole range: an access past its end would be a SIGBUS. Other fds
+ * (a device has no meaningful st_size) are mapped as asked.
+ */
 export function mapFd(fd: number, offset: bigint, length: number, writable = true): Mapping {
+  const st = fstatSync(fd, { bigint: true });
+  if (st.isFile() && offset + BigInt(length) > st.size) {
+    throw new RangeError(`mapping [${offset}, +${length}) extends past the end of the file (${st.size} bytes)`);
+  }
   const map = new native.Mapping(fd, offset, length, PROT_READ | (writable ? PROT_WRITE : 0));
   return new Mapping(map, 0n);
 }
