@@ -1,5 +1,5 @@
 // Byte sources the stream decoder reads into its own reused buffers (files, pipes, any fd), and the reader over them.
-import { FdHandle } from '../device';
+import { FdHandle } from '../fd-handle';
 import { native } from '../native';
 import { O_RDONLY } from '../uapi';
 
