@@ -24,10 +24,7 @@ export function createMigration(device: Device, options: { noReset?: boolean } =
 Object.defineProperty(Device.prototype, 'migration', {
   configurable: true,
   get(this: Device): Migration | null {
-    return this.extension('migration', () => {
-      const m = createMigration(this);
-      return m ? Object.assign(m, { close: () => m.engine.close() }) : null;
-    });
+    return this.extension('migration', () => createMigration(this));
   },
 });
 
