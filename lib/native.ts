@@ -32,6 +32,8 @@ export interface NativeMapping {
   readonly buffer: ArrayBuffer;
   readonly length: number;
   readonly mapped: boolean;
+  /** Mapped with PROT_WRITE; a read-only mapping refuses write, writeFrom and buffer. */
+  readonly writable: boolean;
 }
 
 export interface StructLayout {

@@ -1,221 +1,156 @@
-// Decoders for device, region and IRQ info, with a bounds-checked walk of the capability chain.
+// Region: one region of a device, with bounds-checked register, bulk and mmap access.
+import { native, type Width } from './native';
 import { VfioError } from './errors';
-import {
-  VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
-  VFIO_REGION_INFO_CAP_SPARSE_MMAP,
-  VFIO_REGION_INFO_CAP_TYPE,
-  VFIO_REGION_INFO_FLAG_CAPS,
-  VFIO_REGION_INFO_FLAG_MMAP,
-  VFIO_REGION_INFO_FLAG_READ,
-  VFIO_REGION_INFO_FLAG_WRITE,
-  VFIO_DEVICE_FLAGS_CAPS,
-  layout,
-} from './uapi';
+import { toSafeNumber, type RegionInfo, type SparseMmapArea } from './decode';
+import type { Device } from './device';
+import { mmapShared, type Mapping } from './mapping';
 
-export interface SparseMmapArea {
-  offset: bigint;
-  size: bigint;
+/** A register write (region-relative offset) that a bulk write carries out right after its data. */
+export interface Doorbell {
+  offset: number | bigint;
+  width: Width;
+  value: number | bigint;
 }
 
-export type Capability =
-  | { kind: 'sparse-mmap'; id: 1; version: number; areas: SparseMmapArea[] }
-  | { kind: 'type'; id: 2; version: number; type: number; subtype: number }
-  | { kind: 'msix-mappable'; id: 3; version: number }
-  | { kind: 'unknown'; id: number; version: number; bytes: Buffer };
+/** One region of a device, addressed by region-relative offsets that are checked against its size. */
+export class Region {
+  readonly device: Device;
+  readonly info: RegionInfo;
 
-export interface RegionInfo {
-  index: number;
-  flags: number;
-  size: bigint;
-  offset: bigint;
-  argsz: number;
-  readable: boolean;
-  writable: boolean;
-  mmapable: boolean;
-  capabilities: Capability[];
-  /** Sparse areas (from the capability) or, for a plain mmap-able region, the whole region. */
-  mmapAreas: SparseMmapArea[];
-  type?: { type: number; subtype: number };
-}
-
-export interface DeviceInfo {
-  flags: number;
-  numRegions: number;
-  numIrqs: number;
-  capabilities: Capability[];
-}
-
-export interface IrqInfo {
-  index: number;
-  flags: number;
-  count: number;
-}
-
-/** A chain longer than this is treated as hostile even without a detected loop. */
-const MAX_CAPABILITIES = 64;
-
-function badInfo(what: string, detail: string): VfioError {
-  return new VfioError('ERR_VFIO_BAD_INFO', `${what}: ${detail}`);
-}
-
-/**
- * Walks a capability chain that starts at `first` inside `raw`. Every hop is checked to lie
- * past the fixed struct (`fixedSize`) and inside both the buffer and the kernel's argsz; a
- * loop or an over-long chain is an error, never an endless walk.
- */
-export function parseCapabilityChain(
-  raw: Buffer,
-  first: number,
-  argsz: number,
-  fixedSize: number,
-  what: string,
-): Capability[] {
-  const end = Math.min(argsz, raw.length);
-  const caps: Capability[] = [];
-  const seen = new Set<number>();
-  const headerSize = layout.vfio_info_cap_header.size;
-  let offset = first;
-  while (offset !== 0) {
-    if (seen.has(offset)) throw badInfo(what, `capability chain loops back to offset ${offset}`);
-    if (caps.length >= MAX_CAPABILITIES) throw badInfo(what, `capability chain longer than ${MAX_CAPABILITIES}`);
-    if (offset < fixedSize || offset + headerSize > end) {
-      throw badInfo(what, `capability at offset ${offset} lies outside [${fixedSize}, ${end})`);
-    }
-    seen.add(offset);
-    const id = raw.readUInt16LE(offset);
-    const version = raw.readUInt16LE(offset + 2);
-    const next = raw.readUInt32LE(offset + 4);
-    // A capability extends to the next one when that follows it, else to the end of the data.
-    const capEnd = next > offset && next <= end ? next : end;
-    caps.push(decodeCapability(raw, offset, capEnd, id, version, what));
-    offset = next;
+  constructor(device: Device, info: RegionInfo) {
+    this.device = device;
+    this.info = info;
   }
-  return caps;
-}
 
-function decodeCapability(
-  raw: Buffer,
-  at: number,
-  capEnd: number,
-  id: number,
-  version: number,
-  what: string,
-): Capability {
-  const need = (bytes: number) => {
-    if (at + bytes > capEnd)
-      throw badInfo(what, `capability ${id} at offset ${at} needs ${bytes} bytes, has ${capEnd - at}`);
-  };
-  switch (id) {
-    case VFIO_REGION_INFO_CAP_SPARSE_MMAP: {
-      const l = layout.vfio_region_info_cap_sparse_mmap;
-      need(l.size);
-      const count = raw.readUInt32LE(at + l.fields.nr_areas);
-      const areaSize = layout.vfio_region_sparse_mmap_area.size;
-      if (count > (capEnd - at - l.size) / areaSize) {
-        throw badInfo(
-          what,
-          `sparse mmap capability claims ${count} areas, room for ${Math.floor((capEnd - at - l.size) / areaSize)}`,
+  get index(): number {
+    return this.info.index;
+  }
+  get size(): bigint {
+    return this.info.size;
+  }
+
+  #at(offset: number | bigint, length: number | bigint): bigint {
+    const start = BigInt(offset);
+    const len = BigInt(length);
+    if (start < 0n || len < 0n || start + len > this.info.size) {
+      throw new RangeError(`region ${this.index}: access [${start}, +${len}) is outside its ${this.info.size} bytes`);
+    }
+    return this.info.offset + start;
+  }
+
+  /** One pread of exactly `width` bytes (a register). */
+  read(offset: number | bigint, width: 1 | 2 | 4): number;
+  read(offset: number | bigint, width: 8): bigint;
+  read(offset: number | bigint, width: Width): number | bigint {
+    return native.preadWidth(this.device.fd, this.#at(offset, width), width);
+  }
+  readAsync(offset: number | bigint, width: 1 | 2 | 4): Promise<number>;
+  readAsync(offset: number | bigint, width: 8): Promise<bigint>;
+  readAsync(offset: number | bigint, width: Width): Promise<number | bigint> {
+    const at = this.#at(offset, width);
+    return this.device.handle.run((fd) => native.preadWidthAsync(fd, at, width));
+  }
+  write(offset: number | bigint, width: 1 | 2 | 4, value: number): void;
+  write(offset: number | bigint, width: 8, value: bigint): void;
+  write(offset: number | bigint, width: Width, value: number | bigint): void {
+    native.pwriteWidth(this.device.fd, this.#at(offset, width), width, value);
+  }
+  writeAsync(offset: number | bigint, width: 1 | 2 | 4, value: number): Promise<void>;
+  writeAsync(offset: number | bigint, width: 8, value: bigint): Promise<void>;
+  writeAsync(offset: number | bigint, width: Width, value: number | bigint): Promise<void> {
+    const at = this.#at(offset, width);
+    return this.device.handle.run((fd) => native.pwriteWidthAsync(fd, at, width, value));
+  }
+
+  /** Reads exactly target.length bytes from offset, off the JS thread, in as few preads as the kernel allows. */
+  async readBulk(
+    offset: number | bigint,
+    target: Uint8Array,
+    targetOffset = 0,
+    length = target.length - targetOffset,
+  ): Promise<void> {
+    const at = this.#at(offset, length);
+    let done = 0;
+    while (done < length) {
+      const n = await this.device.handle.run((fd) =>
+        native.preadAsync(fd, target, targetOffset + done, length - done, at + BigInt(done)),
+      );
+      if (n === 0)
+        throw new VfioError(
+          'ERR_VFIO_BAD_INFO',
+          `region ${this.index}: pread at ${BigInt(offset) + BigInt(done)} returned end of region`,
         );
-      }
-      const areas: SparseMmapArea[] = [];
-      for (let i = 0; i < count; i++) {
-        const a = at + l.fields.areas + i * areaSize;
-        areas.push({ offset: raw.readBigUInt64LE(a), size: raw.readBigUInt64LE(a + 8) });
-      }
-      return { kind: 'sparse-mmap', id, version, areas };
-    }
-    case VFIO_REGION_INFO_CAP_TYPE: {
-      const l = layout.vfio_region_info_cap_type;
-      need(l.size);
-      return {
-        kind: 'type',
-        id,
-        version,
-        type: raw.readUInt32LE(at + l.fields.type),
-        subtype: raw.readUInt32LE(at + l.fields.subtype),
-      };
-    }
-    case VFIO_REGION_INFO_CAP_MSIX_MAPPABLE:
-      return { kind: 'msix-mappable', id, version };
-    default:
-      return {
-        kind: 'unknown',
-        id,
-        version,
-        bytes: Buffer.from(raw.subarray(at + layout.vfio_info_cap_header.size, capEnd)),
-      };
-  }
-}
-
-/** Decodes the raw bytes of VFIO_DEVICE_GET_REGION_INFO (fixed part plus capability chain). */
-export function decodeRegionInfo(raw: Buffer): RegionInfo {
-  const l = layout.vfio_region_info;
-  if (raw.length < l.size) throw badInfo('region info', `${raw.length} bytes, shorter than struct vfio_region_info`);
-  const f = l.fields;
-  const index = raw.readUInt32LE(f.index);
-  const what = `region ${index} info`;
-  const argsz = raw.readUInt32LE(f.argsz);
-  const flags = raw.readUInt32LE(f.flags);
-  const size = raw.readBigUInt64LE(f.size);
-  const offset = raw.readBigUInt64LE(f.offset);
-  const capOffset = raw.readUInt32LE(f.cap_offset);
-  const capabilities =
-    flags & VFIO_REGION_INFO_FLAG_CAPS && capOffset !== 0
-      ? parseCapabilityChain(raw, capOffset, argsz, l.size, what)
-      : [];
-  const mmapable = (flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0;
-  const sparse = capabilities.find((c) => c.kind === 'sparse-mmap');
-  let mmapAreas: SparseMmapArea[] = [];
-  if (mmapable) {
-    // Zero-size areas describe nothing; areas past the region's end are the kernel's mistake, refused here.
-    mmapAreas = sparse ? sparse.areas.filter((a) => a.size > 0n) : size > 0n ? [{ offset: 0n, size }] : [];
-    for (const a of mmapAreas) {
-      if (a.offset + a.size > size) {
-        throw badInfo(what, `sparse mmap area [${a.offset}, +${a.size}) extends past the region size ${size}`);
-      }
+      done += n;
     }
   }
-  const typeCap = capabilities.find((c) => c.kind === 'type');
-  return {
-    index,
-    flags,
-    size,
-    offset,
-    argsz,
-    readable: (flags & VFIO_REGION_INFO_FLAG_READ) !== 0,
-    writable: (flags & VFIO_REGION_INFO_FLAG_WRITE) !== 0,
-    mmapable,
-    capabilities,
-    mmapAreas,
-    type: typeCap ? { type: typeCap.type, subtype: typeCap.subtype } : undefined,
-  };
-}
 
-/** Decodes the raw bytes of VFIO_DEVICE_GET_INFO. */
-export function decodeDeviceInfo(raw: Buffer): DeviceInfo {
-  const l = layout.vfio_device_info;
-  // Kernels before 4.19-ish return the struct without cap_offset; treat missing bytes as no caps.
-  if (raw.length < l.fields.cap_offset) throw badInfo('device info', `${raw.length} bytes, too short`);
-  const argsz = raw.readUInt32LE(l.fields.argsz);
-  const flags = raw.readUInt32LE(l.fields.flags);
-  const capOffset = raw.length >= l.size ? raw.readUInt32LE(l.fields.cap_offset) : 0;
-  return {
-    flags,
-    numRegions: raw.readUInt32LE(l.fields.num_regions),
-    numIrqs: raw.readUInt32LE(l.fields.num_irqs),
-    capabilities:
-      flags & VFIO_DEVICE_FLAGS_CAPS && capOffset
-        ? parseCapabilityChain(raw, capOffset, argsz, l.size, 'device info')
-        : [],
-  };
-}
+  /**
+   * Writes exactly `length` bytes at offset and then the register `doorbell`, in one job off the
+   * JS thread: one thread hop instead of two. A failure of the register write has stage 'register'.
+   */
+  writeBulkThen(
+    offset: number | bigint,
+    source: Uint8Array,
+    sourceOffset: number,
+    length: number,
+    doorbell: Doorbell,
+  ): Promise<void> {
+    const at = this.#at(offset, length);
+    const reg = this.#at(doorbell.offset, doorbell.width);
+    return this.device.handle.run((fd) =>
+      native.pwriteAllAsync(fd, source, sourceOffset, length, at, fd, reg, doorbell.width, doorbell.value),
+    );
+  }
 
-export function decodeIrqInfo(raw: Buffer): IrqInfo {
-  const l = layout.vfio_irq_info;
-  if (raw.length < l.size) throw badInfo('irq info', `${raw.length} bytes, too short`);
-  return {
-    index: raw.readUInt32LE(l.fields.index),
-    flags: raw.readUInt32LE(l.fields.flags),
-    count: raw.readUInt32LE(l.fields.count),
-  };
+  /** Copies into `map` (a mapping of this region) at `mapOffset`, then writes the register `doorbell`, in one job off the JS thread. */
+  writeMappedThen(
+    map: Mapping,
+    mapOffset: number,
+    source: Uint8Array,
+    sourceOffset: number,
+    length: number,
+    doorbell: Doorbell,
+  ): Promise<void> {
+    const reg = this.#at(doorbell.offset, doorbell.width);
+    return this.device.handle.run((fd) =>
+      map.writeFrom(mapOffset, source, sourceOffset, length, [fd, reg, doorbell.width, doorbell.value]),
+    );
+  }
+
+  /** Writes exactly `length` bytes at offset, off the JS thread. */
+  async writeBulk(
+    offset: number | bigint,
+    source: Uint8Array,
+    sourceOffset = 0,
+    length = source.length - sourceOffset,
+  ): Promise<void> {
+    const at = this.#at(offset, length);
+    let done = 0;
+    while (done < length) {
+      const n = await this.device.handle.run((fd) =>
+        native.pwriteAsync(fd, source, sourceOffset + done, length - done, at + BigInt(done)),
+      );
+      if (n === 0)
+        throw new VfioError(
+          'ERR_VFIO_BAD_INFO',
+          `region ${this.index}: pwrite at ${BigInt(offset) + BigInt(done)} wrote nothing`,
+        );
+      done += n;
+    }
+  }
+
+  /** Maps [offset, +length) of the region; the range must lie inside one mmap-able area. */
+  mmap(offset: bigint, length: bigint, writable = this.info.writable): Mapping {
+    const area = this.info.mmapAreas.find(
+      (a: SparseMmapArea) => offset >= a.offset && offset + length <= a.offset + a.size,
+    );
+    if (!area) throw new RangeError(`region ${this.index}: [${offset}, +${length}) is not inside an mmap-able area`);
+    return mmapShared(
+      this.device.fd,
+      this.#at(offset, length),
+      toSafeNumber(length, 'mapping length'),
+      writable,
+      offset,
+    );
+  }
 }

@@ -50,10 +50,13 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
                            InstanceAccessor<&Mapping::GetBuffer>("buffer"),
                            InstanceAccessor<&Mapping::GetLength>("length"),
                            InstanceAccessor<&Mapping::GetMapped>("mapped"),
+                           InstanceAccessor<&Mapping::GetWritable>("writable"),
                        });
   }
 
-  // new Mapping(fd, offset, length, prot): prot is PROT_READ|PROT_WRITE bits; always MAP_SHARED.
+  // new Mapping(fd, offset, length, prot): prot is PROT_READ or PROT_READ|PROT_WRITE; always MAP_SHARED.
+  // Other values are refused: PROT_NONE (or PROT_WRITE alone on some CPUs) maps memory that any access,
+  // even read(), would fault on.
   explicit Mapping(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Mapping>(info) {
     Napi::Env env = info.Env();
     int fd = ArgFd(info, 0, "fd");
@@ -61,14 +64,15 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     size_t length = ArgSize(info, 2, "length");
     uint32_t prot = ArgU32(info, 3, "prot");
     if (length == 0) throw Napi::RangeError::New(env, "length must be greater than 0");
-    if (prot & ~static_cast<uint32_t>(PROT_READ | PROT_WRITE))
-      throw Napi::RangeError::New(env, "prot may only hold PROT_READ and PROT_WRITE");
+    if (prot != PROT_READ && prot != (PROT_READ | PROT_WRITE))
+      throw Napi::RangeError::New(env, "prot must be PROT_READ or PROT_READ | PROT_WRITE");
     void* addr = mmap(nullptr, length, static_cast<int>(prot), MAP_SHARED, fd, offset);
     if (addr == MAP_FAILED) throw SyscallError(env, "mmap", errno);
     state_ = new MapState();
     state_->addr = static_cast<uint8_t*>(addr);
     state_->length = length;
     state_->holders = 1;
+    writable_ = (prot & PROT_WRITE) != 0;
     info.This().As<Napi::Object>().TypeTag(&kMappingTag);
   }
 
@@ -78,6 +82,7 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
 
  private:
   MapState* state_ = nullptr;
+  bool writable_ = false;
   Napi::Reference<Napi::ArrayBuffer> view_;
 
   uint8_t* Check(const Napi::CallbackInfo& info, size_t offset, size_t length) {
@@ -91,6 +96,16 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
                                            ") is outside the mapping of " + std::to_string(state_->length) + " bytes");
     }
     return state_->addr + offset;
+  }
+
+  // A store into a mapping without PROT_WRITE is a SIGSEGV (on a pool thread for writeFrom): refuse it first.
+  uint8_t* CheckWritable(const Napi::CallbackInfo& info, size_t offset, size_t length, const char* what) {
+    uint8_t* p = Check(info, offset, length);
+    if (!writable_) {
+      throw Napi::TypeError::New(
+          info.Env(), std::string("mapping is read-only (mapped without PROT_WRITE): ") + what + " is not allowed");
+    }
+    return p;
   }
 
   Napi::Value Read(const Napi::CallbackInfo& info) {
@@ -113,7 +128,7 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     unsigned width = ArgWidth(info, 1);
     uint64_t v = ArgRegisterValue(info, 2, width);
     if (offset % width) throw Napi::RangeError::New(info.Env(), "offset is not aligned to the access width");
-    uint8_t* p = Check(info, offset, width);
+    uint8_t* p = CheckWritable(info, offset, width, "write()");
     switch (width) {
       case 1: *reinterpret_cast<volatile uint8_t*>(p) = static_cast<uint8_t>(v); break;
       case 2: *reinterpret_cast<volatile uint16_t*>(p) = static_cast<uint16_t>(v); break;
@@ -132,7 +147,7 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     size_t view_offset = ArgSize(info, 2, "bufferOffset");
     size_t length = ArgSize(info, 3, "length");
     RegisterWrite reg = from_mapping ? RegisterWrite{} : ArgRegisterWrite(info, 4);
-    uint8_t* mapped = Check(info, offset, length);
+    uint8_t* mapped = from_mapping ? Check(info, offset, length) : CheckWritable(info, offset, length, "writeFrom()");
     // The JS side of the copy is pinned or bounced (JobBytes): the view itself may lose its memory.
     JobBytesPtr job_bytes = ArgJobBytes(view, view_offset, length,
                                         from_mapping ? JobBytes::Use::kTarget : JobBytes::Use::kSource, "buffer");
@@ -181,8 +196,15 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     return info.Env().Undefined();
   }
 
+  // A read-only mapping has no view: an ArrayBuffer cannot be made read-only, and a store through it
+  // would kill the process.
   Napi::Value GetBuffer(const Napi::CallbackInfo& info) {
     Check(info, 0, 0);
+    if (!writable_) {
+      throw Napi::TypeError::New(info.Env(),
+                                 "mapping is read-only: it has no buffer view (a store through it would crash the "
+                                 "process); use read() or readInto()");
+    }
     if (!view_.IsEmpty()) {
       Napi::ArrayBuffer existing = view_.Value();
       if (!existing.IsEmpty()) return existing;
@@ -202,6 +224,8 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   Napi::Value GetMapped(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), state_ && !state_->unmap_requested);
   }
+
+  Napi::Value GetWritable(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), writable_); }
 };
 
 }  // namespace

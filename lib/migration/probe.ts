@@ -1,7 +1,7 @@
 // Which migration protocol a device offers: v2 (VFIO_DEVICE_FEATURE_MIGRATION) or v1 (a region of type (3, 1)).
 import type { Device } from '../device';
 import { isSyscallError } from '../errors';
-import type { RegionInfo } from '../region';
+import type { RegionInfo } from '../decode';
 import {
   VFIO_DEVICE_FEATURE_GET,
   VFIO_DEVICE_FEATURE_MIGRATION,

@@ -73,6 +73,11 @@ export class Migration {
     return this.engine.describe();
   }
 
+  /** The kernel's estimate of the stop-and-copy size (v2, 6.3+), or undefined. */
+  async dataSizeEstimate(): Promise<bigint | undefined> {
+    return this.engine.dataSizeEstimate?.();
+  }
+
   /** The states setState() accepts. */
   get stateNames(): readonly string[] {
     return this.engine.stateNames;

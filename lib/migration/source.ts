@@ -1,6 +1,6 @@
 // Byte sources the stream decoder reads into its own reused buffers (files, pipes, any fd), and the reader over them.
 import { allocIoBuffer } from '../buffers';
-import { FdHandle } from '../device';
+import { FdHandle } from '../fd-handle';
 import { isSyscallError } from '../errors';
 import { native } from '../native';
 import { O_RDONLY } from '../uapi';

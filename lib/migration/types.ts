@@ -123,6 +123,8 @@ export interface MigrationEngine {
   setStateByName(name: string): Promise<void>;
   readState(): Promise<StateReading>;
 
+  /** The kernel's estimate of the stop-and-copy size (v2, kernel 6.3+); undefined when there is none. */
+  dataSizeEstimate?(): Promise<bigint | undefined>;
   /** Whether the device can be saved while it runs (v1: always; v2: PRE_COPY). */
   readonly canPrecopy: boolean;
   /** RUNNING -> pre-copy (v1 RUNNING|SAVING, v2 PRE_COPY). */

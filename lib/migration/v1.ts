@@ -1,8 +1,10 @@
 // The v1 migration protocol (migration region of type (3, 1)): device_state machine, pending/data registers, data section.
-import type { Device, Doorbell, Mapping, Region } from '../device';
+import type { Device } from '../device';
+import type { Mapping } from '../mapping';
+import type { Doorbell, Region } from '../region';
 import type { SyscallError } from '../errors';
-import { toSafeNumber } from '../device';
-import type { RegionInfo, SparseMmapArea } from '../region';
+import { toSafeNumber } from '../decode';
+import type { RegionInfo, SparseMmapArea } from '../decode';
 import {
   VFIO_DEVICE_STATE_MASK,
   VFIO_DEVICE_STATE_V1_RESUMING,

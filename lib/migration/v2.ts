@@ -1,6 +1,6 @@
 // The v2 migration protocol (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE + data_fd): FSM paths, data_fd loops, pre-copy info.
 import type { Device } from '../device';
-import { FdHandle } from '../device';
+import { FdHandle } from '../fd-handle';
 import { isSyscallError } from '../errors';
 import { native } from '../native';
 import {

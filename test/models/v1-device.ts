@@ -1,7 +1,7 @@
 // An in-process MODEL of a v1 vendor driver (not a kernel): the spec's registers and state machine over a byte array, for fast policy tests.
 import { VfioError } from '../../lib/errors';
 import { SyscallError } from '../../lib/errors';
-import type { RegionInfo } from '../../lib/region';
+import type { RegionInfo } from '../../lib/decode';
 
 function sysErr(code: string, what: string): SyscallError {
   const e = new SyscallError(`${what} ${code}`);

@@ -17,7 +17,7 @@ import { native } from '../../lib/native';
 import { SyscallError } from '../../lib/errors';
 import { O_RDWR, layout } from '../../lib/uapi';
 import * as uapi from '../../lib/uapi';
-import { mapFd } from '../../lib/device';
+import { mapFd } from '../../lib/mapping';
 
 function memfd(size: number): number {
   const fd = native.memfdCreate('vfio-migration-test');

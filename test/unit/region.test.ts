@@ -1,7 +1,7 @@
 // Host-side tests of the region/device info decoders against byte fixtures, hostile ones included.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decodeDeviceInfo, decodeIrqInfo, decodeRegionInfo } from '../../lib/region';
+import { decodeDeviceInfo, decodeIrqInfo, decodeRegionInfo } from '../../lib/decode';
 import { VfioError } from '../../lib/errors';
 import {
   VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,

@@ -14,6 +14,7 @@ import {
 } from '../../lib/migration';
 import { V1ModelDevice, type ModelOptions } from '../models/v1-device';
 import { SyscallError } from '../../lib/errors';
+import type { MigrationEngine } from '../../lib/migration/types';
 
 function model(opts: Partial<ModelOptions> = {}): { dev: V1ModelDevice; mig: Migration } {
   const dev = new V1ModelDevice({ stateSize: 10000, chunkSize: 4096, ...opts });
@@ -264,4 +265,15 @@ test('model: a corrupt or truncated stream leaves the destination reset with an 
     ),
     (e: MigrationError) => e.code === 'ERR_MIGRATION_STREAM' && e.record !== undefined && e.recovery === 'reset',
   );
+});
+
+test('host test: a Migration closes its engine through close() and Symbol.dispose, both methods of the class', () => {
+  let closed = 0;
+  const engine = { protocol: 'v1', close: () => void closed++ } as unknown as MigrationEngine;
+  {
+    using m = new Migration({} as Device, engine);
+    assert.equal(Object.hasOwn(m, 'close'), false, 'close is not patched onto the object');
+    m.close();
+  }
+  assert.equal(closed, 2, 'close() and the dispose at the end of the block each reached the engine');
 });

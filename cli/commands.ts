@@ -1,0 +1,288 @@
+// The commands of vfio-mig as a table: each with its own options, positional arguments and run function.
+import type { ParseArgsConfig } from 'node:util';
+import {
+  DEFAULT_PRECOPY_ITERATIONS,
+  listDevices,
+  openDevice,
+  printable,
+  requireMigration,
+  verify,
+  FdSource,
+  MigrationError,
+  type Device,
+  type PrecopyPolicy,
+} from '../lib';
+import { infoText } from './info-text';
+import { openOutput, type Output } from './output';
+import { ProgressView, formatBytes } from './progress';
+
+export const EXIT = { ok: 0, failure: 1, usage: 2, device: 3, protocol: 4, stream: 5, aborted: 130 } as const;
+
+export class UsageError extends Error {}
+
+export interface Io {
+  stdout: NodeJS.WriteStream;
+  stderr: NodeJS.WriteStream;
+}
+
+type Values = Record<string, string | boolean | undefined>;
+
+export interface CommandContext {
+  values: Values;
+  positionals: string[];
+  io: Io;
+  signal?: AbortSignal;
+  /** Prints the human text, or the data as JSON with --json. */
+  print(human: string, data: unknown): void;
+}
+
+export interface Command {
+  /** Options of this command besides the global --json, --quiet and --help. */
+  options: NonNullable<ParseArgsConfig['options']>;
+  /** Names of the positional arguments; a trailing '?' marks an optional one. */
+  args: string[];
+  /** Checks option values before anything is opened, so a usage error never touches a device. */
+  check?(values: Values): void;
+  run(ctx: CommandContext): Promise<number>;
+}
+
+/** Outputs being written: a forced exit (third signal) removes their temporary files synchronously. */
+export const pendingOutputs = new Set<Output>();
+
+export function json(value: unknown): string {
+  return JSON.stringify(
+    value,
+    (_k, v) => (typeof v === 'bigint' ? (v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString()) : v),
+    2,
+  );
+}
+
+/**
+ * The stream to load or verify, read by the decoder into buffers it reuses (a file read through
+ * fresh 8 MiB chunks spent more time in page faults than in the copy: bench/RESULTS.md).
+ */
+function openInput(input: string, signal?: AbortSignal): FdSource {
+  try {
+    const source = input === '-' ? new FdSource(0, { name: 'stdin' }) : FdSource.open(input);
+    // A read waiting on a silent pipe ends only when the source is closed.
+    signal?.addEventListener('abort', () => source.close(), { once: true });
+    return source;
+  } catch (err) {
+    throw new MigrationError('ERR_MIGRATION_IO', `cannot open ${input}: ${(err as Error).message}`, {
+      cause: err,
+      errno: (err as NodeJS.ErrnoException).code,
+    });
+  }
+}
+
+function integerOption(values: Values, name: string): number | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  const text = String(v).trim();
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n)) throw new UsageError(`--${name} must be a non-negative integer, not '${String(v)}'`);
+  return n;
+}
+
+function precopyOption(values: Values): PrecopyPolicy | false {
+  const iterations = integerOption(values, 'precopy-iterations');
+  const threshold = integerOption(values, 'precopy-threshold');
+  const timeMs = integerOption(values, 'precopy-time');
+  if (!iterations && threshold === undefined && timeMs === undefined) return false;
+  return { maxIterations: iterations ?? DEFAULT_PRECOPY_ITERATIONS, threshold, timeMs };
+}
+
+function leaveOption(value: unknown, fallback: 'running' | 'stopped'): 'running' | 'stopped' {
+  if (value === undefined) return fallback;
+  if (value !== 'running' && value !== 'stopped')
+    throw new UsageError(`--leave must be running or stopped, not '${String(value)}'`);
+  return value;
+}
+
+async function withDevice<T>(spec: string, fn: (d: Device) => Promise<T>): Promise<T> {
+  const device = openDevice(spec);
+  try {
+    return await fn(device);
+  } finally {
+    device.close();
+  }
+}
+
+const precopyOptions = {
+  'precopy-iterations': { type: 'string' },
+  'precopy-threshold': { type: 'string' },
+  'precopy-time': { type: 'string' },
+} as const;
+
+async function save({ values, positionals, io, signal, print }: CommandContext): Promise<number> {
+  const output = values.output as string;
+  const options = { precopy: precopyOption(values), leave: leaveOption(values.leave, 'stopped'), signal };
+  // The output is checked and created before the device is opened: a bad -o costs no downtime.
+  const file = output === '-' ? null : openOutput(output);
+  if (file) pendingOutputs.add(file);
+  try {
+    return await withDevice(positionals[0]!, async (device) => {
+      const migration = requireMigration(device);
+      const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
+      try {
+        // commit runs inside save(): if the fsync or rename fails, the source is recovered.
+        const result = await migration.save(file ? file.stream : io.stdout, {
+          ...options,
+          onProgress: view.update,
+          commit: file?.commit,
+        });
+        view.finish();
+        const summary = { device: device.name, protocol: migration.protocol, output, ...result };
+        const human = `saved ${device.name} (${migration.protocol}): ${formatBytes(result.bytes)} in ${result.records} records, ${result.precopyIterations} pre-copy iterations, ${(result.elapsedMs / 1000).toFixed(2)} s, stop-and-copy ${result.stopCopyMs} ms`;
+        if (output === '-') io.stderr.write(`${values.json ? json(summary) : human}\n`);
+        else print(human, summary);
+        return EXIT.ok;
+      } finally {
+        view.finish();
+      }
+    });
+  } finally {
+    file?.discard();
+    if (file) pendingOutputs.delete(file);
+  }
+}
+
+async function load({ values, positionals, io, signal, print }: CommandContext): Promise<number> {
+  const input = values.input as string;
+  const leave = leaveOption(values.leave, 'running');
+  return withDevice(positionals[0]!, async (device) => {
+    const migration = requireMigration(device);
+    const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
+    const source = openInput(input, signal);
+    try {
+      const result = await migration.load(source, { force: !!values.force, leave, signal, onProgress: view.update });
+      view.finish();
+      print(
+        `loaded ${device.name} (${migration.protocol}): ${formatBytes(result.bytes)} in ${result.records} records, ${(result.elapsedMs / 1000).toFixed(2)} s`,
+        { device: device.name, protocol: migration.protocol, input, ...result },
+      );
+      return EXIT.ok;
+    } finally {
+      view.finish();
+      source.close();
+    }
+  });
+}
+
+async function verifyCommand({ positionals, signal, print }: CommandContext): Promise<number> {
+  const input = positionals[0]!;
+  const r = await verify(openInput(input, signal)).catch((err: unknown) => {
+    if (!signal?.aborted) throw err;
+    throw new MigrationError('ERR_MIGRATION_ABORTED', `verify ${input}: ${String(signal.reason)}`, { cause: err });
+  });
+  // Header fields come from the stream: printed escaped, never as terminal control sequences.
+  const h = r.header;
+  print(
+    [
+      `${printable(input)}: OK`,
+      `protocol ${printable(String(h.protocol))}, device ${printable(JSON.stringify(h.device))}`,
+      `created ${printable(String(h.created ?? '?'))} by ${printable(JSON.stringify(h.tool ?? '?'))}`,
+      `${r.records} records, ${formatBytes(r.payloadBytes)} payload, ${formatBytes(r.streamBytes)} stream`,
+      ...r.phases.map(
+        (p) =>
+          `  ${p.phase === 0xffffffff ? 'stop-and-copy' : `pre-copy ${p.phase}`}: ${p.records} records, ${formatBytes(p.bytes)}`,
+      ),
+    ].join('\n'),
+    { file: input, ok: true, ...r },
+  );
+  return EXIT.ok;
+}
+
+export const COMMANDS: Record<string, Command> = {
+  list: {
+    options: { 'no-probe': { type: 'boolean' } },
+    args: [],
+    async run({ values, print }) {
+      const devices = await listDevices({ probe: !values['no-probe'] });
+      const rows = devices.map((d) => {
+        const flags = d.migrationFlags
+          ? `(${['STOP_COPY', d.migrationFlags.p2p && 'P2P', d.migrationFlags.preCopy && 'PRE_COPY'].filter(Boolean).join('|')})`
+          : '';
+        return `${d.name.padEnd(38)} ${d.kind.padEnd(5)} ${(d.driver ?? '-').padEnd(16)} group ${String(d.group ?? '-').padEnd(4)} ${`${d.migration}${flags}`.padEnd(28)} ${d.state ?? (d.probeError ? `? ${d.probeError}` : '')}`;
+      });
+      print(rows.length ? rows.join('\n') : 'no VFIO devices on this host', devices);
+      return EXIT.ok;
+    },
+  },
+  info: {
+    options: {},
+    args: ['device'],
+    run: ({ positionals, print }) =>
+      withDevice(positionals[0]!, async (device) => {
+        const regions = device.regions();
+        const irqs = device.irqs();
+        const migration = device.migration;
+        const state = migration ? await migration.state() : undefined;
+        const dataSize = migration ? await migration.dataSizeEstimate() : undefined;
+        const data = {
+          name: device.name,
+          sysfs: device.sysfs,
+          flags: device.info.flags,
+          regions,
+          irqs,
+          migration: migration ? { protocol: migration.protocol, ...migration.describe(), state, dataSize } : null,
+        };
+        const human = infoText({
+          name: device.name,
+          kind: device.sysfs?.kind ?? 'VFIO',
+          driver: device.sysfs?.driver ?? '?',
+          group: String(device.group?.number ?? '?'),
+          flags: device.info.flags,
+          regions,
+          irqs,
+          migration: migration
+            ? { protocol: migration.protocol, details: migration.describe(), state: state!, dataSize }
+            : null,
+        });
+        print(human, data);
+        return EXIT.ok;
+      }),
+  },
+  save: {
+    options: { output: { type: 'string', short: 'o' }, leave: { type: 'string' }, ...precopyOptions },
+    args: ['device'],
+    check(values) {
+      if (values.output === undefined) throw new UsageError('save needs -o FILE (or -o - for stdout)');
+      precopyOption(values);
+      leaveOption(values.leave, 'stopped');
+    },
+    run: save,
+  },
+  load: {
+    options: { input: { type: 'string', short: 'i' }, force: { type: 'boolean' }, leave: { type: 'string' } },
+    args: ['device'],
+    check(values) {
+      if (values.input === undefined) throw new UsageError('load needs -i FILE (or -i - for stdin)');
+      leaveOption(values.leave, 'running');
+    },
+    run: load,
+  },
+  verify: { options: {}, args: ['FILE|-'], run: verifyCommand },
+  state: {
+    options: {},
+    args: ['device', 'STATE?'],
+    run: ({ positionals, print }) =>
+      withDevice(positionals[0]!, async (device) => {
+        const migration = requireMigration(device);
+        if (positionals[1]) await migration.setState(positionals[1]);
+        const state = await migration.state();
+        print(state, { device: device.name, protocol: migration.protocol, state });
+        return EXIT.ok;
+      }),
+  },
+  reset: {
+    options: {},
+    args: ['device'],
+    run: ({ positionals, print }) =>
+      withDevice(positionals[0]!, async (device) => {
+        await device.reset();
+        print(`reset ${device.name}`, { device: device.name, reset: true });
+        return EXIT.ok;
+      }),
+  },
+};
