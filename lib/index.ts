@@ -11,3 +11,4 @@ export { listDevices } from './list';
 export type { ListedDevice } from './list';
 export * as uapi from './uapi';
 export * from './migration';
+export { printable } from './printable';

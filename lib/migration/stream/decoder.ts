@@ -20,7 +20,7 @@ import {
   type StreamRecord,
   type StreamTotals,
 } from './format';
-import { headerProblem, type StreamHeader } from './header';
+import { parseHeader, type StreamHeader } from './header';
 import { streamReader, type StreamReader, type StreamSource } from './reader';
 
 export interface StreamDecoderOptions {
@@ -131,18 +131,7 @@ export class StreamDecoder {
     if (computed !== stored) throw StreamError.checksum(at.header(0), 'header', stored, computed);
     this.#crc = crc32Update(rest.subarray(jsonLength), computed);
 
-    let header: unknown;
-    try {
-      header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(json));
-    } catch (err) {
-      throw StreamError.malformed(
-        at.header(STREAM_HEADER.json),
-        `the header is not valid UTF-8 JSON: ${(err as Error).message}`,
-      );
-    }
-    const problem = headerProblem(header);
-    if (problem !== undefined) throw StreamError.malformed(at.header(STREAM_HEADER.json), problem);
-    return header as StreamHeader;
+    return parseHeader(json, STREAM_HEADER.json);
   }
 
   /** The next DATA record, or null after a verified trailer. */

@@ -73,7 +73,10 @@ export class StreamEncoder {
     this.#maxPayload = checkMaxPayload(options.maxPayload);
 
     const problem = headerProblem(header);
-    if (problem !== undefined) throw new TypeError(`StreamEncoder: bad stream header: ${problem}`);
+    if (problem !== undefined) {
+      const message = `StreamEncoder: bad stream header: ${problem.problem}`;
+      throw problem.limit ? new RangeError(message) : new TypeError(message);
+    }
     let json: string;
     try {
       json = JSON.stringify(header);

@@ -1,4 +1,5 @@
 // StreamError: what is wrong with a .vfmig stream and where, built by a few named constructors.
+import { printable } from '../../printable';
 export type StreamErrorCode =
   | 'ERR_STREAM_BAD_MAGIC'
   | 'ERR_STREAM_VERSION'
@@ -34,7 +35,8 @@ const hex32 = (v: number): string => `0x${v.toString(16).padStart(8, '0')}`;
  * field, for the fixed fields of the stream header; the start of the structure a checksum or a
  * record-level check covers (stream header, record header, payload); the end of the data, for a
  * truncated stream. `record` is the index of the record concerned (the trailer's index is the
- * number of data records), when the problem is inside one.
+ * number of data records), when the problem is inside one. Stream content quoted in a message
+ * goes through printable(), so a message is safe to print on a terminal.
  */
 export class StreamError extends Error {
   readonly code: StreamErrorCode;
@@ -118,7 +120,7 @@ export class StreamError extends Error {
     const shown = got.subarray(0, magic.length);
     return new StreamError(
       'ERR_STREAM_BAD_MAGIC',
-      `stream header at offset 0: bad magic ${JSON.stringify(shown.toString('latin1'))} (${shown.toString('hex')}), expected "VFIOMIG\\0": not a vfio-migration stream`,
+      `stream header at offset 0: bad magic ${printable(JSON.stringify(shown.toString('latin1')))} (${shown.toString('hex')}), expected "VFIOMIG\\0": not a vfio-migration stream`,
       0,
     );
   }

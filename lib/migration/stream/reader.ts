@@ -37,6 +37,8 @@ export function streamReader(source: StreamSource): StreamReader {
 // Reads at least this large are filled chunk by chunk into their final Buffer, so a record is
 // held once in memory rather than as pieces plus their concatenation.
 const DIRECT_READ_MIN = 64 * 1024;
+// A large read's buffer is first allocated up to this size; past it, it doubles as data arrives.
+const GROW_STEP = 16 << 20;
 
 function toBuffer(chunk: unknown): Buffer {
   if (Buffer.isBuffer(chunk)) return chunk;
@@ -101,11 +103,19 @@ export class ChunkReader implements StreamReader {
 
     let out: Buffer | undefined;
     let filled = 0;
+    // The buffer grows with the data (at most GROW_STEP ahead of it, then doubling), so that a
+    // length that lies costs memory only in proportion to the bytes that actually came.
+    const grow = (need: number): void => {
+      if (out !== undefined && out.length >= need) return;
+      const bigger = Buffer.allocUnsafe(Math.min(n, Math.max(need, GROW_STEP, 2 * (out?.length ?? 0))));
+      out?.copy(bigger, 0, 0, filled);
+      out = bigger;
+    };
     if (this.#buffered > 0) {
-      out = Buffer.allocUnsafe(n);
+      grow(this.#buffered);
       for (let i = this.#first; i < this.#chunks.length; i++) {
         const chunk = this.#chunks[i]!;
-        filled += chunk.copy(out, filled, i === this.#first ? this.#head : 0);
+        filled += chunk.copy(out!, filled, i === this.#first ? this.#head : 0);
       }
       this.#chunks = [];
       this.#first = this.#head = this.#buffered = 0;
@@ -120,8 +130,8 @@ export class ChunkReader implements StreamReader {
         if (k < chunk.length) this.#push(chunk.subarray(k));
         return chunk.subarray(0, n);
       }
-      out ??= Buffer.allocUnsafe(n);
-      chunk.copy(out, filled, 0, k);
+      grow(filled + k);
+      chunk.copy(out!, filled, 0, k);
       filled += k;
       if (k < chunk.length) this.#push(chunk.subarray(k));
     }
