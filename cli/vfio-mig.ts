@@ -5,6 +5,7 @@ import {
   DEFAULT_PRECOPY_ITERATIONS,
   listDevices,
   openDevice,
+  printable,
   requireMigration,
   verify,
   FdSource,
@@ -372,9 +373,10 @@ export async function main(
         });
         print(
           [
-            `${input}: OK`,
-            `protocol ${r.header.protocol}, device ${JSON.stringify(r.header.device)}`,
-            `created ${String(r.header.created ?? '?')} by ${JSON.stringify(r.header.tool ?? '?')}`,
+            `${printable(input)}: OK`,
+            // The header comes from the stream, which anyone may have written: nothing raw reaches the terminal.
+            `protocol ${r.header.protocol}, device ${printable(JSON.stringify(r.header.device))}`,
+            `created ${printable(String(r.header.created ?? '?'))} by ${printable(JSON.stringify(r.header.tool ?? '?'))}`,
             `${r.records} records, ${formatBytes(r.payloadBytes)} payload, ${formatBytes(r.streamBytes)} stream`,
             ...r.phases.map(
               (p) =>
@@ -409,7 +411,8 @@ export async function main(
         `${json({ error: { message, code: (err as { code?: string }).code ?? null, exitCode: code, step: (err as MigrationError).step, errno: (err as MigrationError).errno, recovery: (err as MigrationError).recovery } })}\n`,
       );
     } else {
-      log(`vfio-mig ${command ?? ''}: ${message}`);
+      // A message may quote a stream or a device's sysfs; its lines stay lines, their control characters are escaped.
+      log(`vfio-mig ${command ?? ''}: ${message.split('\n').map(printable).join('\n')}`);
       const h = hint(err);
       if (h) log(`hint: ${h}`);
       if (code === EXIT.usage && command && HELP[command]) log(`(vfio-mig ${command} --help shows usage)`);

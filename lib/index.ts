@@ -17,3 +17,4 @@ export { allocIoBuffer } from './buffers';
 export type { ListedDevice } from './list';
 export * as uapi from './uapi';
 export * from './migration';
+export { printable } from './printable';

@@ -58,6 +58,8 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
 
   /** Opens a file (O_RDONLY | O_CLOEXEC) to read a stream from; close() closes it. */
   static open(path: string): FdSource {
+    if (typeof path !== 'string' || path.includes('\0'))
+      throw new TypeError(`FdSource.open: path must be a string without NUL bytes, got ${JSON.stringify(path)}`);
     return new FdSource(native.open(path, O_RDONLY), { name: path, closeFd: true });
   }
 

@@ -21,7 +21,7 @@ import {
 const HEADER: StreamHeader = {
   protocol: 'v1',
   device: { vendor: 0x1af4, device: 0x1041, driver: 'vfio-test' },
-  tool: 'vfio-migration/test',
+  tool: { name: 'vfio-migration', version: 'test' },
   created: '2025-01-01T00:00:00.000Z',
 };
 
@@ -577,8 +577,11 @@ describe('stream format: encoder and sinks', () => {
   });
 
   it('accepts a header JSON of exactly 1 MiB', async () => {
-    const base = JSON.stringify({ protocol: 'v1', device: {}, pad: '' }).length;
-    const header: StreamHeader = { protocol: 'v1', device: {}, pad: 'x'.repeat((1 << 20) - base) };
+    // Strings are at most HEADER_LIMITS.string (16 Ki) characters: the MiB is 64 of them, the last cut to fit.
+    const pad = Array.from({ length: 64 }, () => 'x'.repeat(16 * 1024));
+    const over = JSON.stringify({ protocol: 'v1', device: {}, pad }).length - (1 << 20);
+    pad[63] = pad[63]!.slice(over);
+    const header: StreamHeader = { protocol: 'v1', device: {}, pad };
     const bytes = await encode([], header);
     assert.equal(bytes.readUInt32LE(12), 1 << 20);
     assert.deepEqual((await decode(chunked(bytes, [70_000]))).header, header);
@@ -906,7 +909,12 @@ describe('stream format: corruption', () => {
         /trailer's totals \(5 records, 39 payload bytes\) differ from the stream's \(4 records, 39 payload bytes\)/,
       ],
       [{ payloadBytes: 40n }, 'ERR_STREAM_TRAILER', t, /40 payload bytes/],
-      [{ streamCrc: 0x12345678 }, 'ERR_STREAM_CHECKSUM', t, /stream checksum mismatch \(stored 0x12345678/],
+      [
+        { streamCrc: 0x12345678 },
+        'ERR_STREAM_CHECKSUM',
+        t,
+        /stream checksum mismatch \(over offsets 0 to \d+; stored 0x12345678/,
+      ],
       [{ phase: 1 }, 'ERR_STREAM_TRAILER', t, /malformed trailer \(phase 1/],
       [{ phase: PHASE_STOP_COPY }, 'ERR_STREAM_TRAILER', t, /malformed trailer/],
       [{ length: 19n, body: Buffer.alloc(19) }, 'ERR_STREAM_TRAILER', t, /payload length 19/],

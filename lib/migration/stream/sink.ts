@@ -1,0 +1,92 @@
+// Where the encoder writes: a Writable or an async function, with back-pressure, error capture and buffer reuse.
+import type { Writable } from 'node:stream';
+import { WriteStream } from 'node:fs';
+import { Socket } from 'node:net';
+
+export type StreamSink = NodeJS.WritableStream | ((chunk: Buffer) => Promise<void>);
+
+/** Hands one chunk to the sink; `flush` waits until the sink has taken it. */
+export type Emit = (chunk: Buffer, flush: boolean) => Promise<void>;
+
+/** Sinks known to be done with a chunk when its write callback runs. */
+export function sinkReleasesOnCallback(w: NodeJS.WritableStream): boolean {
+  return w instanceof WriteStream || w instanceof Socket || w === process.stdout || w === process.stderr;
+}
+
+/** A few record buffers of one size, handed back after the sink wrote them. */
+export class RecordPool {
+  #free: Buffer[] = [];
+  #size = 0;
+  readonly #mine = new WeakSet<Buffer>();
+
+  take(size: number): Buffer {
+    if (size === this.#size && this.#free.length) return this.#free.pop()!;
+    const buf = Buffer.allocUnsafeSlow(size);
+    this.#mine.add(buf);
+    return buf;
+  }
+
+  /** Only buffers this pool handed out come back (the header and trailer never do). */
+  give(buf: Buffer): void {
+    if (!this.#mine.has(buf)) return;
+    if (buf.length !== this.#size) {
+      this.#size = buf.length;
+      this.#free = [];
+    }
+    if (this.#free.length < 4) this.#free.push(buf);
+  }
+}
+
+/** Waits until `w` drains, or rejects if it errors or closes first. */
+function drained(w: NodeJS.WritableStream): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (err?: unknown): void => {
+      w.removeListener('drain', onDrain);
+      w.removeListener('error', onError);
+      w.removeListener('close', onClose);
+      if (err === undefined) resolve();
+      else reject(err);
+    };
+    const onDrain = (): void => done();
+    const onError = (err: unknown): void => done(err);
+    const onClose = (): void => done(new Error('the stream sink closed before it drained'));
+    w.on('drain', onDrain);
+    w.on('error', onError);
+    w.on('close', onClose);
+    // Destroyed before we listened: 'close' may already have gone by.
+    const state = w as Partial<Writable>;
+    if (state.destroyed) done(state.errored ?? new Error('the stream sink is destroyed'));
+  });
+}
+
+/** An Emit over a Writable; `written` gets each non-final chunk once the sink's callback ran. */
+export function writableEmitter(w: NodeJS.WritableStream, written?: (chunk: Buffer) => void): Emit {
+  // An error reported by the callback of a write we did not wait for: raised at the next call.
+  let failure: unknown;
+  // The sink may fail while no write is awaited (a file destroyed under an in-flight write):
+  // keep the error for the next call instead of letting an unhandled 'error' event end the process.
+  w.on('error', (err: unknown) => {
+    failure ??= err;
+  });
+  return async (chunk, flush) => {
+    if (failure !== undefined) throw failure;
+    const state = w as Partial<Writable>;
+    if (state.destroyed || state.writableEnded) {
+      throw state.errored ?? new Error('the stream sink is closed: cannot write to it');
+    }
+    if (flush) {
+      // The last chunk: wait until the sink has taken it, so that finish() reports its errors.
+      await new Promise<void>((resolve, reject) => {
+        w.write(chunk, (err) => (err ? reject(err) : resolve()));
+      });
+    } else if (
+      !w.write(chunk, (err) => {
+        if (err) failure ??= err;
+        else written?.(chunk);
+      })
+    ) {
+      await drained(w);
+    }
+    if (failure !== undefined) throw failure;
+  };
+}
