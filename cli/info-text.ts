@@ -71,7 +71,9 @@ function migrationLines(m: NonNullable<InfoFacts['migration']>): string[] {
     );
   } else {
     const areas = (m.details.mmapAreas ?? []) as unknown[];
-    lines.push(`  migration region ${String(m.details.regionIndex)}, ${hex(BigInt(String(m.details.regionSize)))} bytes`);
+    lines.push(
+      `  migration region ${String(m.details.regionIndex)}, ${hex(BigInt(String(m.details.regionSize)))} bytes`,
+    );
     lines.push(`  data section: ${areas.length ? `${areas.length} mmap-able area(s)` : 'trapped (pread/pwrite only)'}`);
   }
   return lines;
@@ -98,7 +100,9 @@ export function infoText(facts: InfoFacts): string {
   lines.push('Interrupts:');
   for (const i of facts.irqs) {
     const name = (pci && PCI_IRQS[i.index]) || `IRQ index ${i.index}`;
-    lines.push(`  ${name.padEnd(16)} ${String(i.count).padStart(4)} vector(s)${i.count ? `, ${flagNames(i.flags, IRQ_FLAGS)}` : ''}`);
+    lines.push(
+      `  ${name.padEnd(16)} ${String(i.count).padStart(4)} vector(s)${i.count ? `, ${flagNames(i.flags, IRQ_FLAGS)}` : ''}`,
+    );
   }
   lines.push(...(facts.migration ? migrationLines(facts.migration) : ['Migration: none']));
   return lines.join('\n');

@@ -77,7 +77,12 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
           errno: 'ECANCELED',
         });
       }
-      throw err;
+      // Name the input: "read EISDIR" alone does not say which file.
+      const errno = isSyscallError(err) ? err.code : undefined;
+      throw new MigrationError('ERR_MIGRATION_IO', `reading ${this.name} failed: ${(err as Error).message}`, {
+        cause: err,
+        errno,
+      });
     }
   }
 

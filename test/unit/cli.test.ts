@@ -74,3 +74,52 @@ test('verify: a good stream passes with totals; a corrupt one exits 5 naming the
     rmSync(dir, { recursive: true });
   }
 });
+
+test('host: each command takes only its own options and arguments; values are checked before a device is opened', async () => {
+  const missing = '11111111-2222-3333-4444-555555555555';
+  const usage = (r: ReturnType<typeof run>, re: RegExp) => {
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, re);
+  };
+  usage(run('list', '--force', '-o', 'x'), /Unknown option '--force'/);
+  usage(run('verify', 'a.vfmig', 'b.vfmig'), /unexpected 'b.vfmig'/);
+  usage(run('reset', missing, 'extra'), /unexpected 'extra'/);
+  usage(run('save', missing, '-o', '/tmp/x', '--precopy-iterations', ''), /non-negative integer, not ''/);
+  usage(run('save', missing, '-o', '/tmp/x', '--precopy-iterations', '1.5'), /non-negative integer, not '1.5'/);
+  usage(run('save', missing, '-o', '/tmp/x', '--precopy-threshold=-1'), /non-negative integer/);
+  // Exit 2, not 3: the bad value is found before the (missing) device would be opened.
+  usage(run('load', missing, '-i', '/tmp/x', '--leave', 'bad'), /--leave must be running or stopped/);
+  usage(run('help', 'nosuch'), /not a command/);
+  const helpVerify = run('help', 'verify');
+  assert.equal(helpVerify.status, 0);
+  assert.match(helpVerify.stdout, /^Usage: vfio-mig verify/);
+  const globalFirst = run('--json', 'verify', '/nonexistent.vfmig');
+  assert.equal(globalFirst.status, 1, globalFirst.stderr);
+  assert.equal(JSON.parse(globalFirst.stderr).error.exitCode, 1);
+});
+
+test('host: verify of a directory exits 1 naming it; --json errors carry offset and record; stream text is escaped', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-cli-'));
+  try {
+    const asDir = run('verify', dir);
+    assert.equal(asDir.status, 1, asDir.stderr);
+    assert.ok(asDir.stderr.includes(dir), asDir.stderr);
+    const bytes = await streamBytes();
+    bytes[bytes.length - 2000] ^= 1;
+    const bad = join(dir, 'bad.vfmig');
+    writeFileSync(bad, bytes);
+    const r = run('verify', bad, '--json');
+    assert.equal(r.status, 5);
+    const error = JSON.parse(r.stderr).error;
+    assert.equal(typeof error.offset, 'number');
+    assert.equal(error.record, 1);
+    // A file name with an escape sequence is printed escaped.
+    const evil = join(dir, 'evil\u001b[2J.vfmig');
+    writeFileSync(evil, await streamBytes());
+    const shown = run('verify', evil);
+    assert.equal(shown.status, 0, shown.stderr);
+    assert.ok(!shown.stdout.includes('\u001b'), 'an escape character reached the terminal');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

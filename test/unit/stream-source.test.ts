@@ -228,12 +228,18 @@ describe('FdSource (host kernel: files and pipes)', () => {
     }
   });
 
-  it('reports a read error as the syscall error', async () => {
+  it('reports a read error naming the input, with the syscall error as its cause', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vfmig-src-'));
     try {
       const fd = openSync(dir, 'r'); // read() on a directory fails with EISDIR
-      const decoder = new StreamDecoder(new FdSource(fd, { closeFd: true }));
-      await assert.rejects(decoder.readHeader(), { code: 'EISDIR', syscall: 'read' });
+      const decoder = new StreamDecoder(new FdSource(fd, { closeFd: true, name: dir }));
+      await assert.rejects(decoder.readHeader(), (e: Error & { code: string; errno: string; cause: unknown }) => {
+        assert.equal(e.code, 'ERR_MIGRATION_IO');
+        assert.equal(e.errno, 'EISDIR');
+        assert.ok(e.message.includes(dir), e.message);
+        assert.deepEqual({ ...(e.cause as object) }, { ...(e.cause as object), code: 'EISDIR', syscall: 'read' });
+        return true;
+      });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
