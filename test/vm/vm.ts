@@ -16,6 +16,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -407,19 +408,23 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
   sweepStaleRunDirs();
   const runDir = mkdtempSync(join(tmpdir(), 'vfio-mig-vm-'));
   liveRunDirs.add(runDir);
+  // /init opens these host paths before it chroots: a symlink on the way (e.g. .cache -> a shared
+  // cache elsewhere) points into the initramfs there, so it gets the resolved paths
   const outDir = resolve(opts.outDir ?? join(runDir, 'out'));
   mkdirSync(outDir, { recursive: true });
+  const guestOutDir = realpathSync(outDir);
   const modules =
     opts.projectModules === false
       ? []
       : (existsSync(join(dir, 'project-modules.list')) ? readFileSync(join(dir, 'project-modules.list'), 'utf8') : '')
           .split('\n')
-          .filter((l) => l.trim() !== '' && existsSync(l));
-  const mtty = opts.mtty !== false && existsSync(join(dir, 'mtty.ko')) ? join(dir, 'mtty.ko') : '';
+          .filter((l) => l.trim() !== '' && existsSync(l))
+          .map((l) => realpathSync(l));
+  const mtty = opts.mtty !== false && existsSync(join(dir, 'mtty.ko')) ? realpathSync(join(dir, 'mtty.ko')) : '';
   // Paths under /tmp or /run that must stay visible once the guest mounts tmpfs there.
   const keep = [PROJECT_ROOT, dirname(process.execPath)].filter((p) => /^\/(tmp|run)(\/|$)/.test(p));
   const guestEnv = [
-    `VM_OUT=${shQuote(outDir)}`,
+    `VM_OUT=${shQuote(guestOutDir)}`,
     `VM_MTTY=${shQuote(mtty)}`,
     `VM_MODULES=${shQuote(modules.join(' '))}`,
     `VM_PCI_ID=${opts.pciDevice === false ? "''" : PCI_ID}`,
@@ -440,7 +445,7 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
     'oops=panic',
     'intel_iommu=on',
     'iommu=pt',
-    `vmrun=${runDir}`,
+    `vmrun=${realpathSync(runDir)}`,
     ...(process.env.VFIO_MIG_VM_APPEND ?? '').split(/\s+/).filter(Boolean),
   ];
   const qemuArgs = [
@@ -475,7 +480,7 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
     '-virtfs',
     'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
     '-virtfs',
-    `local,path=${qemuEscape(outDir)},mount_tag=vmout,security_model=none,multidevs=remap`,
+    `local,path=${qemuEscape(guestOutDir)},mount_tag=vmout,security_model=none,multidevs=remap`,
     '-chardev',
     'stdio,id=con0,signal=off',
     '-serial',
