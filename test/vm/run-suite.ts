@@ -1,13 +1,16 @@
-// npm run test:vm: the integration suite (dist/test/integration, node:test) inside a
-// fresh guest, once per kernel (6.12 then 6.1); fails when either run fails.
+// npm run test:vm: first the harness tier on the host (dist/test/vm/*.test.js: the harness boots
+// guests and reports their status, timeouts and failures truthfully), then the integration suite
+// (dist/test/integration, node:test) inside a fresh guest, once per kernel (6.12 then 6.1); fails
+// when any of them fails.
 //
 //   node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential]
-//                                  [--no-prepare] [-- <run-tests flags>]
+//                                  [--no-prepare] [--no-harness] [-- <run-tests flags>]
 //
 // With two or more host CPUs the two guests run side by side (output lines are
 // prefixed with the kernel; --sequential or VFIO_MIG_VM_PARALLEL=0 runs 6.12 then 6.1).
 // After the suite the guest's dmesg is checked: a WARNING, BUG or Oops fails the run.
 // Output, kernel console and dmesg of each run stay in .cache/vm/results/<kernel>/.
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join, relative } from 'node:path';
@@ -23,6 +26,7 @@ import {
 } from './vm';
 
 const SUITE_DIR = join(PROJECT_ROOT, 'dist', 'test', 'integration');
+const HARNESS_DIR = join(PROJECT_ROOT, 'dist', 'test', 'vm');
 const RESULTS_DIR = join(PROJECT_ROOT, '.cache', 'vm', 'results');
 
 interface KernelRun {
@@ -122,6 +126,46 @@ async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, ext
   if (echo instanceof LinePrefixer) echo.flush();
 }
 
+interface HarnessRun {
+  ok: boolean;
+  reason?: string;
+  counts: KernelRun['counts'];
+  durationMs: number;
+}
+
+/** The harness tier: node:test over dist/test/vm on the host (its tests boot guests themselves). */
+async function runHarness(): Promise<HarnessRun> {
+  const out = join(RESULTS_DIR, 'harness');
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(out, { recursive: true });
+  process.stdout.write('=== harness tier on the host (test/vm/*.test.ts) ===\n');
+  const started = Date.now();
+  const child = spawn(process.execPath, [join(PROJECT_ROOT, 'scripts', 'run-tests.js'), HARNESS_DIR], {
+    cwd: PROJECT_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    output += d;
+    process.stdout.write(d);
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    output += d;
+    process.stderr.write(d);
+  });
+  const code = await new Promise<number | null>((res) => {
+    child.on('error', () => res(null));
+    child.on('close', (c) => res(c));
+  });
+  writeFileSync(join(out, 'output.txt'), output);
+  const counts = parseCounts(output);
+  let reason: string | undefined;
+  if (code !== 0) reason = `the harness tier exited with ${code ?? 'an error'}`;
+  else if (!counts.pass) reason = 'no harness test passed (all skipped?)';
+  process.stdout.write(`=== harness tier: ${reason === undefined ? 'PASS' : `FAIL: ${reason}`}\n`);
+  return { ok: reason === undefined, reason, counts, durationMs: Date.now() - started };
+}
+
 function fmt(ms: number | null | undefined): string {
   return ms === null || ms === undefined ? '-' : `${(ms / 1000).toFixed(1)} s`;
 }
@@ -131,6 +175,7 @@ async function main(): Promise<number> {
   let kernels: Series[] = [...SERIES];
   let timeoutSec = 8 * 60;
   let doPrepare = true;
+  let harness = true;
   // both kernels at once when the host has the cores: a guest running the suite keeps
   // about one host core busy, so two side by side take little longer than one
   let parallel =
@@ -153,13 +198,15 @@ async function main(): Promise<number> {
       if (!Number.isFinite(timeoutSec) || timeoutSec <= 0) throw new Error('--timeout: seconds');
     } else if (a === '--no-prepare') {
       doPrepare = false;
+    } else if (a === '--no-harness') {
+      harness = false;
     } else if (a === '--parallel') {
       parallel = true;
     } else if (a === '--sequential') {
       parallel = false;
     } else if (a === '-h' || a === '--help') {
       process.stdout.write(
-        'usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [-- <run-tests flags>]\n',
+        'usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [--no-harness] [-- <run-tests flags>]\n',
       );
       return 0;
     } else {
@@ -195,6 +242,8 @@ async function main(): Promise<number> {
     }
     run.prepareMs = Date.now() - t0;
   }
+  // the harness first: when it misreports, the guest suites' verdicts mean nothing
+  const harnessRun = harness ? await runHarness() : undefined;
   const ready = runs.filter((r) => r.reason === undefined);
   if (parallel && ready.length > 1) {
     process.stdout.write(
@@ -210,7 +259,7 @@ async function main(): Promise<number> {
   const total = Date.now() - started;
   const lines = [
     '',
-    `test:vm summary (integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`,
+    `test:vm summary (the harness tier on the host, then the integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`,
   ];
   for (const run of runs) {
     const r = run.result;
@@ -224,7 +273,15 @@ async function main(): Promise<number> {
     );
     if (!run.ok && run.reason) lines.push(`        ${run.reason.split('\n')[0]}`);
   }
-  const ok = runs.every((r) => r.ok);
+  if (harnessRun) {
+    const c = harnessRun.counts;
+    lines.push(
+      `  harness (host)               ${harnessRun.ok ? 'PASS' : 'FAIL'}  ` +
+        `tests ${c.tests ?? '-'}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  run ${fmt(harnessRun.durationMs)}`,
+    );
+    if (!harnessRun.ok && harnessRun.reason) lines.push(`        ${harnessRun.reason}`);
+  }
+  const ok = runs.every((r) => r.ok) && (harnessRun?.ok ?? true);
   lines.push(
     `  ${ok ? 'all passed' : 'FAILED'} in ${fmt(total)}; logs and dmesg in ${relative(PROJECT_ROOT, RESULTS_DIR)}/<kernel>/`,
   );
