@@ -286,7 +286,7 @@ async function main(): Promise<number> {
   const total = Date.now() - started;
   const lines = [
     '',
-    `test:vm summary (the harness tier on the host, then the integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`,
+    `test:vm summary (${harnessRun ? 'the harness tier on the host, then ' : ''}the integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`,
   ];
   for (const run of runs) {
     const r = run.result;
