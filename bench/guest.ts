@@ -1,11 +1,10 @@
 // The benchmark inside the VM guest: our client and the C reference client on the same test-driver devices, plus memcpy.
 import { execFileSync, spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { qemuVersion, quit, startQemu, waitMigration } from '../test/integration/qemu-util';
+import { TestDevice, type Kind } from '../test/support/test-driver';
 
-const DRIVER = 'vfio_mig_test';
 const REF = process.env.BENCH_REF ?? '';
 const SIZES_MIB = (process.env.BENCH_SIZES ?? '1,64,256').split(',').map(Number);
 const KINDS = (process.env.BENCH_KINDS ?? 'v1,v1-trapped,v2').split(',');
@@ -44,18 +43,6 @@ function summarize(ops: Op[]): Op {
   return median;
 }
 
-const typesDir = `/sys/class/mdev_bus/${DRIVER}/mdev_supported_types`;
-function create(kind: string, size: number): string {
-  const type = readdirSync(typesDir).find((t) => t.endsWith(`-${kind}`));
-  if (!type) throw new Error(`no ${kind} type`);
-  const uuid = randomUUID();
-  writeFileSync(join(typesDir, type, 'create'), uuid);
-  writeFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/chunk_size`, String(CHUNK));
-  writeFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/state_size`, String(size));
-  return uuid;
-}
-const attr = (uuid: string, name: string) =>
-  readFileSync(`/sys/bus/mdev/devices/${uuid}/${DRIVER}/${name}`, 'utf8').trim();
 const run = (cmd: string, args: string[]) =>
   JSON.parse(
     execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 20 })
@@ -96,10 +83,11 @@ async function main(): Promise<void> {
     const size = mib << 20;
     const memcpy = run(REF, ['memcpy', String(size)]);
     for (const kind of KINDS) {
-      const src = create(kind, size);
-      const dst = create(kind, size);
+      const source = new TestDevice(kind as Kind, { chunkSize: CHUNK, stateSize: size });
+      const dest = new TestDevice(kind as Kind, { chunkSize: CHUNK, stateSize: size });
+      const [src, dst] = [source.uuid, dest.uuid];
       try {
-        writeFileSync(`/sys/bus/mdev/devices/${src}/${DRIVER}/mutate`, '0x5eed');
+        source.set('mutate', '0x5eed');
         const proto = kind === 'v2' ? 'v2' : 'v1';
         const runs: { ours: { save: Op; load: Op }; ref: { save: Op; load: Op } }[] = [];
         let exact = true;
@@ -110,7 +98,7 @@ async function main(): Promise<void> {
             save: run(process.execPath, [ONE, 'save', src, OURS_FILE]),
             load: run(process.execPath, [ONE, 'load', dst, OURS_FILE]),
           };
-          exact &&= attr(src, 'checksum') === attr(dst, 'checksum');
+          exact &&= source.checksum() === dest.checksum();
           rmSync(OURS_FILE, { force: true });
           // Baseline for the loop delay: an idle Node process while the reference saves.
           const idle = spawn(process.execPath, [ONE, 'idle', String(Math.max(200, Math.round(ours.save.ms)))], {
@@ -148,7 +136,7 @@ async function main(): Promise<void> {
         results.push(row);
         console.log(`@@bench ${JSON.stringify(row)}`);
       } finally {
-        for (const u of [src, dst]) writeFileSync(`/sys/bus/mdev/devices/${u}/remove`, '1');
+        for (const d of [source, dest]) d.remove();
       }
     }
   }

@@ -1,10 +1,9 @@
 // The demo (runs inside the VM guest): two test-driver devices, vfio-mig save with pre-copy, vfio-mig load, checksums compared.
 import { spawnSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { DRIVER, PARENT_DIR, TestDevice } from '../test/support/test-driver';
 
-const DRIVER = 'vfio_mig_test';
 const STATE_SIZE = Number(process.env.DEMO_STATE_SIZE ?? 64 << 20);
 const CLI = join(__dirname, '../cli/vfio-mig.js');
 const FILE = '/tmp/demo-device.vfmig';
@@ -14,17 +13,10 @@ function die(message: string): never {
   process.exit(1);
 }
 
-function create(kind: string): string {
-  const typesDir = `/sys/class/mdev_bus/${DRIVER}/mdev_supported_types`;
-  if (!existsSync(typesDir)) die(`the test driver ${DRIVER} is not loaded (run the demo through npm run demo)`);
-  const type = readdirSync(typesDir).find((t) => t.endsWith(`-${kind}`));
-  if (!type) die(`${DRIVER} has no ${kind} type`);
-  const uuid = randomUUID();
-  writeFileSync(join(typesDir, type, 'create'), uuid);
-  return uuid;
+function create(): TestDevice {
+  if (!existsSync(PARENT_DIR)) die(`the test driver ${DRIVER} is not loaded (run the demo through npm run demo)`);
+  return new TestDevice('v1', { stateSize: STATE_SIZE });
 }
-const attr = (uuid: string, name: string) => `/sys/bus/mdev/devices/${uuid}/${DRIVER}/${name}`;
-const read = (uuid: string, name: string) => readFileSync(attr(uuid, name), 'utf8').trim();
 
 function vfioMig(args: string[], label: string): { stdout: string; ms: number } {
   console.log(`\n$ vfio-mig ${args.join(' ')}`);
@@ -37,24 +29,23 @@ function vfioMig(args: string[], label: string): { stdout: string; ms: number } 
 
 const mib = (n: number) => `${(n / (1 << 20)).toFixed(1)} MiB`;
 
-const src = create('v1');
-const dst = create('v1');
+const source = create();
+const dest = create();
+const [src, dst] = [source.uuid, dest.uuid];
 try {
-  writeFileSync(attr(src, 'state_size'), String(STATE_SIZE));
-  writeFileSync(attr(dst, 'state_size'), String(STATE_SIZE));
-  writeFileSync(attr(src, 'dirty_rate'), String(256 << 10));
-  writeFileSync(attr(src, 'mutate'), '0xc0ffee');
+  source.set('dirty_rate', 256 << 10);
+  source.set('mutate', '0xc0ffee');
   console.log(`source      ${src}  (${DRIVER} v1, ${mib(STATE_SIZE)} of state, dirtying itself while running)`);
   console.log(`destination ${dst}`);
-  console.log(`checksums before: source ${read(src, 'checksum')}, destination ${read(dst, 'checksum')}`);
+  console.log(`checksums before: source ${source.get('checksum')}, destination ${dest.get('checksum')}`);
 
   const save = vfioMig(['save', src, '-o', FILE, '--precopy-iterations', '4', '--json'], 'save');
   const saved = JSON.parse(save.stdout);
-  const sourceSum = read(src, 'checksum');
+  const sourceSum = source.get('checksum');
   vfioMig(['verify', FILE], 'verify');
   const load = vfioMig(['load', dst, '-i', FILE, '--json'], 'load');
   const loaded = JSON.parse(load.stdout);
-  const destSum = read(dst, 'checksum');
+  const destSum = dest.get('checksum');
 
   console.log('\nsummary');
   console.log(
@@ -73,9 +64,9 @@ try {
   if (sourceSum !== destSum) die('the restored device differs from the saved one');
 } finally {
   rmSync(FILE, { force: true });
-  for (const u of [src, dst]) {
+  for (const d of [source, dest]) {
     try {
-      writeFileSync(`/sys/bus/mdev/devices/${u}/remove`, '1');
+      d.remove();
     } catch {
       /* already gone */
     }

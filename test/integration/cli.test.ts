@@ -4,13 +4,13 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { TestDevice, needsTestDriver } from './testdev';
+import { TestDevice, needsDriver } from '../support/test-driver';
 
 const BIN = join(__dirname, '../../cli/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-cli-test';
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 
-describe('vfio-mig against real devices', { skip: needsTestDriver }, () => {
+describe('vfio-mig against real devices', { skip: needsDriver }, () => {
   const devices: TestDevice[] = [];
   const make = (kind: 'v1' | 'v1-trapped' | 'v2' | 'none', size = 1 << 20) => {
     const d = new TestDevice(kind, { stateSize: size, chunkSize: 64 << 10 });

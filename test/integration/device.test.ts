@@ -2,7 +2,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { listDevices, openDevice, VfioError, uapi } from '../../lib';
-import { createMdev, guestKernel, inGuest, needsGuest, needsMdevParent, openFdCount, removeMdev } from './helpers';
+import { guestKernel, inGuest, needsGuest, needsMdevParent, openFdCount } from './helpers';
+import { createMdev, removeMdev } from '../support/mdev';
 
 const pciAddress = process.env.VFIO_MIG_PCI;
 const needsPci: string | false = !inGuest

@@ -2,18 +2,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
-import {
-  DRIVER,
-  Inst,
-  buildClient,
-  cleanupClient,
-  kernel,
-  needsDriver,
-  ok,
-  removeAll,
-  typeDirName,
-  type Kind,
-} from './driver-util';
+import { join } from 'node:path';
+import { guestKernel } from './helpers';
+import { buildClient, cleanupClient, ok } from '../support/vmtc';
+import { PARENT_DIR, TestDevice, needsDriver, removeAll, typeDirName, type Kind } from '../support/test-driver';
 
 const kinds: Kind[] = ['v1', 'v1-trapped', 'v2', 'none'];
 const VFIO_DEVICE_FLAGS_PCI = 2;
@@ -27,13 +19,13 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
   });
 
   test('the parent lists the four types with the documented directory names', () => {
-    const types = readdirSync(`/sys/class/mdev_bus/${DRIVER}/mdev_supported_types`).sort();
+    const types = readdirSync(join(PARENT_DIR, 'mdev_supported_types')).sort();
     assert.deepEqual(types, kinds.map(typeDirName).sort());
   });
 
   for (const kind of kinds) {
     test(`${kind}: looks like a PCI device (info, regions, config IDs, INTx info)`, () => {
-      const d = new Inst(kind);
+      const d = new TestDevice(kind);
       const [info, cfg, bar0, bar1, rom, vga, mig, vendor, device, bar0reg, pin, irq0, irq1, irq4] = d.run(
         'info',
         'region 0',
@@ -73,7 +65,7 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
   }
 
   test('config space: any width, BAR0 sizing, read-only IDs, out of range refused', () => {
-    const d = new Inst('v2');
+    const d = new TestDevice('v2');
     const r = d.run(
       'rdn 7 0 256',
       'wr 7 0x10 4 0xffffffff',
@@ -97,7 +89,7 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
   });
 
   test('BAR0 registers: magic, version, state size; native width only', () => {
-    const d = new Inst('none', { stateSize: 12345 });
+    const d = new TestDevice('none', { stateSize: 12345 });
     const r = d.run(
       'rd 0 0 4',
       'rd 0 4 4',
@@ -125,8 +117,8 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
   });
 
   test('mutate/checksum/generation: deterministic across instances, 0 zeroes, generation bumps', () => {
-    const a = new Inst('v1', { stateSize: 3 * 4096 + 17 });
-    const b = new Inst('v2', { stateSize: 3 * 4096 + 17 });
+    const a = new TestDevice('v1', { stateSize: 3 * 4096 + 17 });
+    const b = new TestDevice('v2', { stateSize: 3 * 4096 + 17 });
     const zero = a.checksum();
     assert.equal(zero, b.checksum(), 'untouched states are equal');
     const [c0, g0, , c1, g1, , c2] = ok(a.run('csum', 'gen', 'mutate 42', 'csum', 'gen', 'mutate 0', 'csum'));
@@ -148,7 +140,7 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
   });
 
   test('state_size: 0 to 1 GiB allocated lazily; reads as zero and costs nothing', () => {
-    const d = new Inst('v2', { stateSize: 1 << 30 });
+    const d = new TestDevice('v2', { stateSize: 1 << 30 });
     assert.equal(d.get('state_size'), String(1 << 30));
     assert.equal(d.get('present_pages'), '0');
     const big = d.checksum();
@@ -163,7 +155,7 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
   });
 
   test('knobs validate their values and refuse changes while the device is open', () => {
-    const d = new Inst('v1');
+    const d = new TestDevice('v1');
     assert.equal(d.trySet('chunk_size', 4096 + 1), 'EINVAL');
     assert.equal(d.trySet('chunk_size', 0), 'EINVAL');
     assert.equal(d.trySet('chunk_size', (64 << 20) + 4096), 'EINVAL');
@@ -186,21 +178,20 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
   });
 
   test('several instances of every type at once, each with its own state', () => {
-    const list: Inst[] = [];
-    for (let i = 0; i < 3; i++) for (const k of kinds) list.push(new Inst(k, { stateSize: 8192 }));
+    const list: TestDevice[] = [];
+    for (let i = 0; i < 3; i++) for (const k of kinds) list.push(new TestDevice(k, { stateSize: 8192 }));
     list.forEach((d, i) => d.set('mutate', i + 1));
     const sums = new Set(list.map((d) => d.checksum()));
     assert.equal(sums.size, list.length);
     assert.equal(
-      Number(readdirSync(`/sys/class/mdev_bus/${DRIVER}/mdev_supported_types/${typeDirName('v1')}/devices`).length) >=
-        3,
+      Number(readdirSync(join(PARENT_DIR, 'mdev_supported_types', typeDirName('v1'), 'devices')).length) >= 3,
       true,
     );
     for (const d of list) d.remove();
   });
 
   test('VFIO_DEVICE_RESET, unknown ioctls, hostile offsets, a second fd, INTx eventfd', () => {
-    const d = new Inst('v1');
+    const d = new TestDevice('v1');
     const r = d.run(
       'reset',
       'ioctl 0x3b99',
@@ -236,7 +227,7 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
   });
 
   test('counters count register accesses', () => {
-    const d = new Inst('v1');
+    const d = new TestDevice('v1');
     d.run('rd 0 0 4', 'rd 0 0 4', 'v1state', 'rd 9 8 8');
     const c = d.counters();
     assert.equal(c['bar0.reads'], 2n);
@@ -247,7 +238,7 @@ describe('vfio_mig_test: device basics', { skip: needsDriver }, () => {
     d.remove();
   });
 
-  test(`the kernel under test is reported (${kernel || 'unknown'})`, () => {
-    assert.ok(kernel === '6.12' || kernel === '6.1', `VFIO_MIG_KERNEL=${kernel}`);
+  test(`the kernel under test is reported (${guestKernel || 'unknown'})`, () => {
+    assert.ok(guestKernel === '6.12' || guestKernel === '6.1', `VFIO_MIG_KERNEL=${guestKernel}`);
   });
 });

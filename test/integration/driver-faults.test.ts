@@ -3,16 +3,9 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import {
-  Inst,
-  buildClient,
-  cleanupClient,
-  hasPrecopy,
-  needsDriver,
-  removeAll,
-  tmpFile,
-  type Kind,
-} from './driver-util';
+import { hasPrecopy } from './helpers';
+import { buildClient, cleanupClient, tmpFile } from '../support/vmtc';
+import { TestDevice, needsDriver, removeAll, type Kind } from '../support/test-driver';
 
 /** For each point: commands that reach it, the last one being the one that fails. */
 function triggers(kind: Kind, junk: string): Record<string, string[]> {
@@ -95,7 +88,7 @@ for (const kind of ['v1', 'v1-trapped', 'v2'] as const) {
     });
 
     test('fault_points lists exactly the points this kernel and type have, and each fires once with its errno', () => {
-      const d = new Inst(kind, { stateSize: 8192 });
+      const d = new TestDevice(kind, { stateSize: 8192 });
       const listed = d.get('fault_points').split('\n').filter(Boolean).sort();
       const table = triggers(kind, junk);
       const expected = Object.keys(table)
@@ -129,7 +122,7 @@ for (const kind of ['v1', 'v1-trapped', 'v2'] as const) {
     });
 
     test('a failed transition leaves the previous state; with "error" it enters the error state until reset', () => {
-      const d = new Inst(kind);
+      const d = new TestDevice(kind);
       if (kind === 'v2') {
         d.set('fault', 'v2.arc.stop_stop_copy EIO');
         const r = d.run('v2set stop_copy', 'v2get');
@@ -157,7 +150,7 @@ for (const kind of ['v1', 'v1-trapped', 'v2'] as const) {
     });
 
     test('writing "error" to fault puts the open device into the error state now', async () => {
-      const d = new Inst(kind);
+      const d = new TestDevice(kind);
       const child = spawn(
         buildClient(),
         [d.uuid, 'sleep 1500', kind === 'v2' ? 'v2get' : 'v1state', 'reset', kind === 'v2' ? 'v2get' : 'v1state'],

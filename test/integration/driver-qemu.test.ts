@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Inst, needsDriver, removeAll } from './driver-util';
+import { TestDevice, needsDriver, removeAll } from '../support/test-driver';
 import { QEMU, qemuVersion, quit, startQemu, waitMigration, type Vm } from './qemu-util';
 
 const skip: string | false =
@@ -32,8 +32,8 @@ describe('vfio_mig_test v1 with QEMU 7.2 (vfio-pci x-enable-migration=on)', { sk
     { timeout: 600_000 },
     async () => {
       const knobs = { stateSize: 256 * 1024, chunkSize: 65536 };
-      const src = new Inst('v1', knobs);
-      const dst = new Inst('v1', knobs);
+      const src = new TestDevice('v1', knobs);
+      const dst = new TestDevice('v1', knobs);
       src.set('mutate', 0x1234);
       dst.set('mutate', 0x9999);
       const saved = src.checksum();

@@ -2,7 +2,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync, existsSync, unlinkSync } from 'node:fs';
-import { Inst, V1, buildClient, cleanupClient, needsDriver, ok, removeAll, tmpFile, type V1Name } from './driver-util';
+import { buildClient, cleanupClient, ok, tmpFile } from '../support/vmtc';
+import { TestDevice, V1, needsDriver, removeAll, type V1Name } from '../support/test-driver';
 
 /** The transitions the driver accepts (README); everything else is EINVAL. */
 const legal: Record<V1Name, V1Name[]> = {
@@ -49,7 +50,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('region 9: type capability (3, 1), trapped header page, data section at a page-aligned data_offset', () => {
-      const d = new Inst(kind, { chunkSize: 16384 });
+      const d = new TestDevice(kind, { chunkSize: 16384 });
       const [r, small] = ok(d.run('region 9', 'region 9 32'));
       assert.equal(r!.kv.type, '3/1');
       assert.equal(BigInt(r!.kv.size!), 4096n + 16384n);
@@ -68,7 +69,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('every legal and illegal device_state write, from every state (101b, 110b, 111b invalid)', () => {
-      const d = new Inst(kind, { stateSize: 4096 });
+      const d = new TestDevice(kind, { stateSize: 4096 });
       const cmds: string[] = [];
       const expect: Array<{ from: V1Name; to: number; legal: boolean }> = [];
       for (const from of names) {
@@ -99,7 +100,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('reserved: the reserved field reads 0 and ignores writes; device_state bits 3-31 are reported and must be preserved', () => {
-      const d = new Inst(kind);
+      const d = new TestDevice(kind);
       d.set('reserved_bits', '0xdead0000');
       const r = d.run(
         'rd 9 4 4',
@@ -130,7 +131,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('native width and alignment only; read-only registers refuse writes', () => {
-      const d = new Inst(kind);
+      const d = new TestDevice(kind);
       const bad = [
         'rd 9 0 8',
         'rd 9 0 2',
@@ -167,7 +168,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('steps a-f: pending_bytes re-read has no side effects; data_offset/data_size re-read return the current buffer', () => {
-      const d = new Inst(kind, { stateSize: 3 * 4096, chunkSize: 4096 });
+      const d = new TestDevice(kind, { stateSize: 3 * 4096, chunkSize: 4096 });
       d.set('mutate', 7);
       const r = ok(
         d.run(
@@ -214,8 +215,8 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('pre-copy with a device that dirties itself: new data each pass, then a consistent stop-and-copy', () => {
-      const src = new Inst(kind, { stateSize: 256 * 1024, chunkSize: 65536, dirtyRate: 200_000 });
-      const dst = new Inst(kind, { stateSize: 256 * 1024, chunkSize: 65536 });
+      const src = new TestDevice(kind, { stateSize: 256 * 1024, chunkSize: 65536, dirtyRate: 200_000 });
+      const dst = new TestDevice(kind, { stateSize: 256 * 1024, chunkSize: 65536 });
       src.set('mutate', 99);
       const f = fresh('dirty.rec');
       const r = ok(
@@ -243,8 +244,8 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
 
     for (const size of [0, 1, 4096, 3 * 4096 + 17, 1 << 20]) {
       test(`save/resume round trip, state ${size} bytes: checksums equal`, () => {
-        const src = new Inst(kind, { stateSize: size, chunkSize: 4096 });
-        const dst = new Inst(kind, { stateSize: size, chunkSize: 4096 });
+        const src = new TestDevice(kind, { stateSize: size, chunkSize: 4096 });
+        const dst = new TestDevice(kind, { stateSize: size, chunkSize: 4096 });
         if (size) src.set('mutate', size + 5);
         dst.set('mutate', 1234);
         const f = fresh(`rt-${size}.rec`);
@@ -258,8 +259,8 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     }
 
     test('1 GiB state, untouched but for what the device dirtied: round trip costs little', () => {
-      const src = new Inst(kind, { stateSize: 1 << 30, dirtyRate: 50_000 });
-      const dst = new Inst(kind, { stateSize: 1 << 30 });
+      const src = new TestDevice(kind, { stateSize: 1 << 30, dirtyRate: 50_000 });
+      const dst = new TestDevice(kind, { stateSize: 1 << 30 });
       const f = fresh('gib.rec');
       ok(src.run('sleep 200', `v1save ${f} 3 ${mmap}`));
       assert.ok(Number(src.get('present_pages')) < 64);
@@ -271,7 +272,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('resuming: transaction sizes and order are enforced; bad data enters the error state', () => {
-      const src = new Inst(kind, { stateSize: 5 * 4096, chunkSize: 8192 });
+      const src = new TestDevice(kind, { stateSize: 5 * 4096, chunkSize: 8192 });
       src.set('mutate', 3);
       const f = fresh('tx.rec');
       ok(src.run(`v1save ${f} 0 ${mmap}`));
@@ -284,7 +285,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
         ['duplicated', [recs[0]!, recs[0]!, ...recs.slice(1)]],
       ];
       for (const [name, list] of cases) {
-        const dst = new Inst(kind, { stateSize: 5 * 4096, chunkSize: 8192 });
+        const dst = new TestDevice(kind, { stateSize: 5 * 4096, chunkSize: 8192 });
         const g = fresh(`bad-${name.replace(' ', '-')}.rec`);
         writeRecords(g, list);
         const [load, st, ...rest] = dst.run(
@@ -303,14 +304,14 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
         dst.remove();
       }
       // a truncated stream: every record applies, but leaving RESUMING is refused
-      const dst = new Inst(kind, { stateSize: 5 * 4096, chunkSize: 8192 });
+      const dst = new TestDevice(kind, { stateSize: 5 * 4096, chunkSize: 8192 });
       const g = fresh('trunc.rec');
       writeRecords(g, recs.slice(0, -1));
       const [load, st] = dst.run(`v1load ${g} ${mmap}`, 'v1state');
       assert.equal(load!.err, 'EINVAL');
       assert.equal(st!.value, 4n, 'still resuming');
       // a different state size is refused
-      const other = new Inst(kind, { stateSize: 4 * 4096, chunkSize: 8192 });
+      const other = new TestDevice(kind, { stateSize: 4 * 4096, chunkSize: 8192 });
       assert.equal(other.run(`v1load ${f} ${mmap}`)[0]!.err, 'EINVAL');
       dst.remove();
       other.remove();
@@ -318,7 +319,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('resuming with no data written: RESUMING -> RUNNING leaves the state as it was', () => {
-      const d = new Inst(kind);
+      const d = new TestDevice(kind);
       d.set('mutate', 9);
       const before = d.checksum();
       ok(d.run('v1to 4', 'rd 9 16 8', 'rd 9 24 8', 'v1to 1'));
@@ -327,16 +328,16 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('a v1 stream is refused by a v2 device, and a v1-trapped device takes a v1 stream', () => {
-      const src = new Inst(kind, { stateSize: 8192 });
+      const src = new TestDevice(kind, { stateSize: 8192 });
       src.set('mutate', 5);
       const f = fresh('cross.rec');
       ok(src.run(`v1save ${f}`));
-      const other = new Inst(kind === 'v1' ? 'v1-trapped' : 'v1', { stateSize: 8192 });
+      const other = new TestDevice(kind === 'v1' ? 'v1-trapped' : 'v1', { stateSize: 8192 });
       ok(other.run(`v1load ${f}`));
       assert.equal(other.checksum(), src.checksum());
       const raw = fresh('cross.raw');
       writeFileSync(raw, Buffer.concat(records(f)));
-      const v2 = new Inst('v2', { stateSize: 8192 });
+      const v2 = new TestDevice('v2', { stateSize: 8192 });
       const [, w] = v2.run('v2set resuming', `v2write ${raw}`);
       assert.equal(w!.err, 'EINVAL');
       src.remove();
@@ -345,7 +346,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
     });
 
     test('error state: entered on an internal error, reported as 110b, left only by VFIO_DEVICE_RESET', () => {
-      const d = new Inst(kind);
+      const d = new TestDevice(kind);
       d.set('fault', 'v1.read.pending_bytes EIO error');
       const r = d.run(
         'v1to 3',
@@ -375,7 +376,7 @@ for (const kind of ['v1', 'v1-trapped'] as const) {
 
     if (kind === 'v1') {
       test('mmap: VM_SHARED only, data section only, bounds checked; writes through the map reach resuming', () => {
-        const d = new Inst(kind, { chunkSize: 8192 });
+        const d = new TestDevice(kind, { chunkSize: 8192 });
         const r = d.run(
           'mmap 9 0 4096',
           'mmap 9 0x1000 4096 private',

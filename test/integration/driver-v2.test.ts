@@ -2,17 +2,11 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync, existsSync, unlinkSync } from 'node:fs';
-import {
-  Inst,
-  buildClient,
-  cleanupClient,
-  hasPrecopy,
-  needsDriver,
-  needsPrecopy,
-  ok,
-  removeAll,
-  tmpFile,
-} from './driver-util';
+import { guestKernel, hasPrecopy } from './helpers';
+import { buildClient, cleanupClient, ok, tmpFile } from '../support/vmtc';
+import { TestDevice, needsDriver, removeAll } from '../support/test-driver';
+
+const needsPrecopy: string | false = needsDriver || (hasPrecopy ? false : `kernel ${guestKernel} has no PRE_COPY`);
 
 const STOP_COPY = 1n,
   P2P = 2n,
@@ -32,12 +26,12 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
   });
 
   test('VFIO_DEVICE_FEATURE_MIGRATION: STOP_COPY|P2P, plus PRE_COPY where the kernel has it; none and v1 answer ENOTTY', () => {
-    const d = new Inst('v2');
+    const d = new TestDevice('v2');
     const [probe, st] = ok(d.run('v2probe', 'v2get'));
     assert.equal(BigInt(probe!.kv.flags!), STOP_COPY | P2P | (hasPrecopy ? PRE_COPY : 0n));
     assert.equal(st!.text, 'running');
     for (const kind of ['none', 'v1', 'v1-trapped'] as const) {
-      const n = new Inst(kind);
+      const n = new TestDevice(kind);
       const [p, g] = n.run('v2probe', 'v2get');
       assert.equal(p!.err, 'ENOTTY', kind);
       assert.equal(g!.err, 'ENOTTY', kind);
@@ -47,7 +41,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
   });
 
   test('states and arcs: every reachable state, data fds only where the header says, ERROR not settable', () => {
-    const d = new Inst('v2', { stateSize: 8192 });
+    const d = new TestDevice('v2', { stateSize: 8192 });
     const cmds = [
       'v2set running_p2p',
       'v2get',
@@ -110,8 +104,8 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
 
   for (const size of [0, 1, 4096, 5 * 4096 + 3, 1 << 20]) {
     test(`STOP_COPY round trip, state ${size} bytes: read to EOF (0), write, RESUMING -> STOP validates; checksums equal`, () => {
-      const src = new Inst('v2', { stateSize: size, chunkSize: 4096 });
-      const dst = new Inst('v2', { stateSize: size, chunkSize: 8192 });
+      const src = new TestDevice('v2', { stateSize: size, chunkSize: 4096 });
+      const dst = new TestDevice('v2', { stateSize: size, chunkSize: 8192 });
       if (size) src.set('mutate', size + 11);
       const f = fresh(`v2-${size}.bin`);
       const r = ok(
@@ -129,7 +123,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
   }
 
   test('the data fd after the arc that ends its session: ENODEV; after close of the device fd: still safe', () => {
-    const d = new Inst('v2', { stateSize: 65536 });
+    const d = new TestDevice('v2', { stateSize: 65536 });
     d.set('mutate', 2);
     const r = d.run(
       'v2set stop_copy',
@@ -151,7 +145,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
   });
 
   test('bad streams are refused: flipped bit, truncated, wrong size, garbage; the device is reset to recover', () => {
-    const src = new Inst('v2', { stateSize: 3 * 4096 });
+    const src = new TestDevice('v2', { stateSize: 3 * 4096 });
     src.set('mutate', 77);
     const f = fresh('good.bin');
     ok(src.run('v2set stop_copy', `v2read ${f}`, 'v2set stop'));
@@ -166,7 +160,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
       ['trailing bytes', Buffer.concat([good, Buffer.alloc(40)]), 'write'],
     ];
     for (const [name, data, where] of variants) {
-      const dst = new Inst('v2', { stateSize: 3 * 4096 });
+      const dst = new TestDevice('v2', { stateSize: 3 * 4096 });
       const g = fresh('bad.bin');
       writeFileSync(g, data);
       const [, w, s, st, , after] = dst.run('v2set resuming', `v2write ${g}`, 'v2set stop', 'v2get', 'reset', 'v2get');
@@ -177,7 +171,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
       assert.equal(after!.text, 'running');
       dst.remove();
     }
-    const small = new Inst('v2', { stateSize: 2 * 4096 });
+    const small = new TestDevice('v2', { stateSize: 2 * 4096 });
     const [, w] = small.run('v2set resuming', `v2write ${f}`);
     assert.equal(w!.err, 'EINVAL', 'a stream of another state size');
     small.remove();
@@ -185,7 +179,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
   });
 
   test('close mid-migration and reset mid-migration leave nothing behind', () => {
-    const d = new Inst('v2', { stateSize: 1 << 20, dirtyRate: 100_000 });
+    const d = new TestDevice('v2', { stateSize: 1 << 20, dirtyRate: 100_000 });
     d.set('mutate', 1);
     ok(d.run('v2set stop_copy', 'v2readn 5000'));
     ok(d.run('v2set resuming', 'v2write /dev/null'));
@@ -195,7 +189,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
 
   describe('PRE_COPY (6.2+)', { skip: needsPrecopy }, () => {
     test('PRECOPY_INFO: initial bytes fall as data is read, dirty bytes rise as the device dirties itself; ENOMSG when idle', () => {
-      const d = new Inst('v2', { stateSize: 64 * 1024, chunkSize: 16384 });
+      const d = new TestDevice('v2', { stateSize: 64 * 1024, chunkSize: 16384 });
       d.set('mutate', 5);
       const r = ok(
         d.run(
@@ -243,7 +237,7 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
     });
 
     test('PRECOPY_INFO outside PRE_COPY is EINVAL; MIG_DATA_SIZE answers in every state', () => {
-      const d = new Inst('v2', { stateSize: 3 * 4096 });
+      const d = new TestDevice('v2', { stateSize: 3 * 4096 });
       d.set('mutate', 1);
       const r = d.run('v2size', 'v2set stop_copy', 'v2info', 'v2size', 'v2set stop', 'v2size');
       assert.ok(BigInt(r[0]!.value!) >= 3n * 4096n);
@@ -253,8 +247,8 @@ describe('vfio_mig_test v2: vfio_migration_ops and the data fd', { skip: needsDr
     });
 
     test('live migration: PRE_COPY passes with a self-dirtying device, then STOP_COPY; restored == saved', () => {
-      const src = new Inst('v2', { stateSize: 512 * 1024, chunkSize: 65536, dirtyRate: 300_000 });
-      const dst = new Inst('v2', { stateSize: 512 * 1024 });
+      const src = new TestDevice('v2', { stateSize: 512 * 1024, chunkSize: 65536, dirtyRate: 300_000 });
+      const dst = new TestDevice('v2', { stateSize: 512 * 1024 });
       src.set('mutate', 31);
       const f = fresh('live.bin');
       const r = ok(

@@ -2,10 +2,11 @@
 // device it promises are really there. Runs inside the guest (npm run test:vm).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, readlinkSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { basename, join } from 'node:path';
+import { createMdev, MDEV_BUS, MDEV_DEVICES, removeMdev } from '../support/mdev';
+import { DRIVER } from '../support/test-driver';
 
 const inGuest = process.env.VFIO_MIG_GUEST === '1';
 const skip: string | false = inGuest ? false : 'needs the VM guest (npm run test:vm)';
@@ -32,14 +33,13 @@ describe('the VM guest (test/vm harness)', { skip }, () => {
   test("mtty's mdev parent is registered and an instance can be created and removed through sysfs", () => {
     assert.equal(process.env.VFIO_MIG_MTTY, '1');
     assert.ok(moduleLoaded('mtty'));
-    const parent = '/sys/class/mdev_bus/mtty';
+    const parent = join(MDEV_BUS, 'mtty');
     assert.ok(existsSync(parent), `${parent} exists`);
     const types = readdirSync(join(parent, 'mdev_supported_types'));
     assert.ok(types.length > 0, 'mtty offers mdev types');
     const type = types.includes('mtty-2') ? 'mtty-2' : types[0];
-    const uuid = randomUUID();
-    writeFileSync(join(parent, 'mdev_supported_types', type, 'create'), uuid);
-    const dev = `/sys/bus/mdev/devices/${uuid}`;
+    const uuid = createMdev('mtty', type);
+    const dev = join(MDEV_DEVICES, uuid);
     try {
       assert.ok(existsSync(dev), `${dev} exists after create`);
       assert.equal(basename(readlinkSync(join(dev, 'mdev_type'))), type);
@@ -47,7 +47,7 @@ describe('the VM guest (test/vm harness)', { skip }, () => {
       assert.match(group, /^\d+$/);
       assert.ok(statSync(`/dev/vfio/${group}`).isCharacterDevice(), `/dev/vfio/${group} exists`);
     } finally {
-      if (existsSync(dev)) writeFileSync(join(dev, 'remove'), '1');
+      removeMdev(uuid);
     }
     assert.ok(!existsSync(dev), `${dev} is gone after remove`);
   });
@@ -69,11 +69,10 @@ describe('the VM guest (test/vm harness)', { skip }, () => {
   test(
     'loads the test vendor driver when the project has one',
     {
-      skip:
-        process.env.VFIO_MIG_TEST_DRIVER === '1' ? false : 'vfio_mig_test was not loaded (no test/driver module built)',
+      skip: process.env.VFIO_MIG_TEST_DRIVER === '1' ? false : `${DRIVER} was not loaded (no test/driver module built)`,
     },
     () => {
-      assert.ok(moduleLoaded('vfio_mig_test'));
+      assert.ok(moduleLoaded(DRIVER));
     },
   );
 

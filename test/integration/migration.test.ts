@@ -3,7 +3,7 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { requireMigration, verify, MigrationError, type Device } from '../../lib';
 import { guestKernel } from './helpers';
-import { TestDevice, checksum, mutate, needsTestDriver, type Kind } from './testdev';
+import { TestDevice, bar0Checksum, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
 
 function memorySink(): { chunks: Buffer[]; sink: (c: Buffer) => Promise<void>; source: () => AsyncIterable<Buffer> } {
   const chunks: Buffer[] = [];
@@ -39,18 +39,18 @@ const KINDS: Kind[] = ['v1', 'v1-trapped', 'v2'];
 const CHUNK = 64 * 1024;
 
 for (const kind of KINDS) {
-  describe(`test driver ${kind} on ${guestKernel || 'host'}`, { skip: needsTestDriver }, () => {
+  describe(`test driver ${kind} on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
     for (const stateSize of [0, 1, 4096, CHUNK * 3 + 123, 64 << 20]) {
       test(`round trip of ${stateSize} bytes: destination checksum equals source`, async () => {
         const a = make(kind, { stateSize, chunkSize: CHUNK });
         const b = make(kind, { stateSize, chunkSize: CHUNK });
         using src = a.open();
         using dst = b.open();
-        mutate(src, 0x1234n + BigInt(stateSize));
-        const before = checksum(src);
-        if (stateSize > 0) assert.notEqual(checksum(dst), before, 'devices differ before the load');
+        bar0Mutate(src, 0x1234n + BigInt(stateSize));
+        const before = bar0Checksum(src);
+        if (stateSize > 0) assert.notEqual(bar0Checksum(dst), before, 'devices differ before the load');
         const { saved, io } = await roundTrip(src, dst);
-        assert.equal(checksum(dst), before);
+        assert.equal(bar0Checksum(dst), before);
         assert.equal(await requireMigration(src).state(), 'STOP');
         assert.equal(await requireMigration(dst).state(), 'RUNNING');
         const v = await verify(io.source());
@@ -71,7 +71,7 @@ for (const kind of KINDS) {
         const b = make(kind, { stateSize: 4 << 20, chunkSize: CHUNK });
         using src = a.open();
         using dst = b.open();
-        mutate(src, 77n);
+        bar0Mutate(src, 77n);
         const phases = new Set<string>();
         const io = memorySink();
         const saved = await requireMigration(src).save(io.sink, {
@@ -81,17 +81,17 @@ for (const kind of KINDS) {
         assert.ok(saved.precopyIterations >= 1, `pre-copy iterated (${saved.precopyIterations})`);
         assert.ok(saved.precopyBytes > 0);
         assert.ok(phases.has('precopy') && phases.has('stop-copy'));
-        const stopped = checksum(src);
+        const stopped = bar0Checksum(src);
         await requireMigration(dst).load(io.source());
-        assert.equal(checksum(dst), stopped, 'destination equals the source as it stopped');
+        assert.equal(bar0Checksum(dst), stopped, 'destination equals the source as it stopped');
       },
     );
 
     test('abort mid-save: the source runs again with its state intact, the stream has no trailer', async () => {
       const a = make(kind, { stateSize: 8 << 20, chunkSize: CHUNK });
       using src = a.open();
-      mutate(src, 5n);
-      const before = checksum(src);
+      bar0Mutate(src, 5n);
+      const before = bar0Checksum(src);
       const ac = new AbortController();
       const io = memorySink();
       let n = 0;
@@ -104,7 +104,7 @@ for (const kind of KINDS) {
         (e: MigrationError) => e.code === 'ERR_MIGRATION_ABORTED' && e.recovery === 'running',
       );
       assert.equal(await requireMigration(src).state(), 'RUNNING');
-      assert.equal(checksum(src), before);
+      assert.equal(bar0Checksum(src), before);
       await assert.rejects(verify(io.source()));
     });
 
@@ -115,10 +115,10 @@ for (const kind of KINDS) {
       assert.ok(points.length > 5, `fault points listed: ${points.join(' ')}`);
       using src = a.open();
       using dst = b.open();
-      mutate(src, 99n);
+      bar0Mutate(src, 99n);
       const good = memorySink();
       await requireMigration(src).save(good.sink, { leave: 'running' });
-      const expected = checksum(src);
+      const expected = bar0Checksum(src);
       let failedSaves = 0;
       let failedLoads = 0;
       for (const point of points) {
@@ -146,7 +146,7 @@ for (const kind of KINDS) {
           b.set('fault', `${point} EIO${suffix}`);
           try {
             await requireMigration(dst).load(good.source());
-            assert.equal(checksum(dst), expected, `${point}${suffix}: a load that succeeded is exact`);
+            assert.equal(bar0Checksum(dst), expected, `${point}${suffix}: a load that succeeded is exact`);
           } catch (err) {
             failedLoads++;
             assert.ok(err instanceof MigrationError, `${point}: ${String(err)}`);
@@ -173,7 +173,7 @@ for (const kind of KINDS) {
   });
 }
 
-describe(`wrong streams and devices without migration on ${guestKernel || 'host'}`, { skip: needsTestDriver }, () => {
+describe(`wrong streams and devices without migration on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
   test('a v1 stream is refused by a v2 device before anything is written; a none device has no migration', async () => {
     const a = make('v1', { stateSize: 10000 });
     const b = make('v2', { stateSize: 10000 });
@@ -200,7 +200,7 @@ describe(`wrong streams and devices without migration on ${guestKernel || 'host'
     const b = make('v1-trapped', { stateSize: 10000 });
     using src = a.open();
     using dst = b.open();
-    mutate(src, 3n);
+    bar0Mutate(src, 3n);
     const io = memorySink();
     await requireMigration(src).save(io.sink);
     await assert.rejects(
@@ -208,13 +208,13 @@ describe(`wrong streams and devices without migration on ${guestKernel || 'host'
       (e: MigrationError) => e.code === 'ERR_MIGRATION_MISMATCH' && /mdevType/.test(e.message),
     );
     await requireMigration(dst).load(io.source(), { force: true });
-    assert.equal(checksum(dst), checksum(src));
+    assert.equal(bar0Checksum(dst), bar0Checksum(src));
   });
 });
 
 describe(
   `several devices: P2P first, then stop, then save each on ${guestKernel || 'host'}`,
-  { skip: needsTestDriver },
+  { skip: needsDriver },
   () => {
     test('stopDevices moves every v2 device through RUNNING_P2P before any is stopped; saves from STOP are exact', async () => {
       const { stopDevices } = await import('../../lib');
@@ -227,7 +227,7 @@ describe(
       const open = sources.map((s) => s.open());
       const dsts = targets.map((t) => t.open());
       try {
-        open.forEach((d, i) => mutate(d, BigInt(i + 10)));
+        open.forEach((d, i) => bar0Mutate(d, BigInt(i + 10)));
         await stopDevices(open.map((d) => requireMigration(d)));
         for (const d of open) assert.equal(await requireMigration(d).state(), 'STOP');
         const arcs = sources[0].get('counters');
@@ -236,7 +236,7 @@ describe(
           const io = memorySink();
           await requireMigration(open[i]).save(io.sink);
           await requireMigration(dsts[i]).load(io.source());
-          assert.equal(checksum(dsts[i]), checksum(open[i]));
+          assert.equal(bar0Checksum(dsts[i]), bar0Checksum(open[i]));
         }
       } finally {
         [...open, ...dsts].forEach((d) => d.close());

@@ -2,7 +2,8 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openDevice, requireMigration, MigrationError } from '../../lib';
-import { createMdev, guestKernel, needsMdevParent, removeMdev } from './helpers';
+import { guestKernel, needsMdevParent } from './helpers';
+import { createMdev, removeMdev } from '../support/mdev';
 
 function memorySink() {
   const chunks: Buffer[] = [];

@@ -1,16 +1,22 @@
-// npm run test:vm: the integration suite (dist/test/integration, node:test) inside a
-// fresh guest, once per kernel (6.12 then 6.1); fails when either run fails.
+// npm run test:vm: first the harness tier on the host (dist/test/vm/*.test.js: the harness boots
+// guests and reports their status, timeouts and failures truthfully), then the integration suite
+// (dist/test/integration, node:test) inside a fresh guest, once per kernel (6.12 then 6.1); fails
+// when any of them fails.
 //
 //   node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential]
-//                                  [--no-prepare] [-- <run-tests flags>]
+//                                  [--no-prepare] [--no-harness] [-- <run-tests flags>]
 //
 // With two or more host CPUs the two guests run side by side (output lines are
 // prefixed with the kernel; --sequential or VFIO_MIG_VM_PARALLEL=0 runs 6.12 then 6.1).
-// After the suite the guest's dmesg is checked: a WARNING, BUG or Oops fails the run.
+// After the suite, in the same guest, the after-suite checks run (dist/test/after-suite: the test
+// driver leaks nothing, unloads cleanly, the kernel log is quiet): after it by construction, not
+// by file name. Then the guest's dmesg is checked: a WARNING, BUG or Oops fails the run.
 // Output, kernel console and dmesg of each run stay in .cache/vm/results/<kernel>/.
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join, relative } from 'node:path';
+import { kernelLogProblems } from '../support/kernel-log';
 import {
   EXIT_HARNESS,
   PROJECT_ROOT,
@@ -19,10 +25,16 @@ import {
   SERIES,
   type GuestResult,
   type Series,
+  shQuote,
   type TextSink,
 } from './vm';
 
 const SUITE_DIR = join(PROJECT_ROOT, 'dist', 'test', 'integration');
+const HARNESS_DIR = join(PROJECT_ROOT, 'dist', 'test', 'vm');
+/** Run in the guest once the suite has ended, whatever its verdict (paths relative to the project root). */
+const AFTER_SUITE_DIR = 'dist/test/after-suite';
+/** The line the guest prints between the suite's output and the after-suite checks'. */
+const AFTER_SUITE_MARK = '=== after the suite: dist/test/after-suite ===';
 const RESULTS_DIR = join(PROJECT_ROOT, '.cache', 'vm', 'results');
 
 interface KernelRun {
@@ -30,7 +42,9 @@ interface KernelRun {
   ok: boolean;
   reason?: string;
   result?: GuestResult;
+  /** The suite's and the after-suite checks' together, and the after-suite checks' alone. */
   counts: Partial<Record<'tests' | 'pass' | 'fail' | 'skipped' | 'todo' | 'cancelled', number>>;
+  afterCounts: KernelRun['counts'];
   prepareMs: number;
   dmesgProblems: string[];
 }
@@ -54,15 +68,13 @@ export function parseCounts(output: string): KernelRun['counts'] {
   return counts;
 }
 
-/** Lines of a dmesg that mean the kernel is unhappy. */
-export function dmesgProblems(dmesg: string): string[] {
-  return dmesg
-    .split('\n')
-    .filter((l) =>
-      /\b(WARNING:|BUG:|Oops|general protection fault|Kernel panic|kernel BUG|UBSAN:|KASAN:|refcount_t:|list_add corruption|list_del corruption|INFO: task .* blocked)/.test(
-        l,
-      ),
-    );
+type Counts = KernelRun['counts'];
+
+/** The sum of two sets of counts (the suite's and the after-suite checks'). */
+function addCounts(a: Counts, b: Counts): Counts {
+  const sum: Counts = { ...a };
+  for (const [k, v] of Object.entries(b) as [keyof Counts, number][]) sum[k] = (sum[k] ?? 0) + v;
+  return sum;
 }
 
 /** Writes complete lines with a prefix (output of guests that run side by side). */
@@ -90,12 +102,17 @@ async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, ext
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
   echo.write(`=== integration suite on ${kernel} ===\n`);
-  // the suite, then the kernel log (also when the suite failed)
+  // the suite, then the after-suite checks (without the run-tests flags: a name pattern must not
+  // filter them away), then the kernel log (also when the suite failed)
   const script = [
-    `node scripts/run-tests.js ${extra.map((e) => `'${e.replace(/'/g, `'\\''`)}'`).join(' ')} dist/test/integration`,
+    `node scripts/run-tests.js ${extra.map(shQuote).join(' ')} dist/test/integration`,
     's=$?',
+    `echo ${shQuote(AFTER_SUITE_MARK)}`,
+    `node scripts/run-tests.js ${AFTER_SUITE_DIR}`,
+    'a=$?',
     'dmesg > "$VFIO_MIG_OUT/dmesg.txt" 2>&1',
-    'exit $s',
+    '[ $s -ne 0 ] && exit $s',
+    'exit $a',
   ].join('; ');
   const r = await runInGuest({
     kernel,
@@ -107,11 +124,17 @@ async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, ext
   run.result = r;
   writeFileSync(join(out, 'output.txt'), r.output);
   writeFileSync(join(out, 'console.txt'), r.console);
-  run.counts = parseCounts(r.output);
+  const mark = r.output.indexOf(`\n${AFTER_SUITE_MARK}\n`);
+  const suiteCounts = parseCounts(mark < 0 ? r.output : r.output.slice(0, mark));
+  run.afterCounts = mark < 0 ? {} : parseCounts(r.output.slice(mark));
+  run.counts = addCounts(suiteCounts, run.afterCounts);
   const dmesgFile = join(out, 'dmesg.txt');
-  if (existsSync(dmesgFile)) run.dmesgProblems = dmesgProblems(readFileSync(dmesgFile, 'utf8'));
+  if (existsSync(dmesgFile)) run.dmesgProblems = kernelLogProblems(readFileSync(dmesgFile, 'utf8'));
   if (r.error) run.reason = r.error;
+  else if (r.status !== 0 && suiteCounts.fail === 0 && run.afterCounts.fail)
+    run.reason = `the after-suite checks failed (${run.afterCounts.fail}), status ${r.status}`;
   else if (r.status !== 0) run.reason = `the suite exited with status ${r.status}`;
+  else if (mark < 0) run.reason = 'the after-suite checks did not run';
   else if (!run.counts.pass) run.reason = 'no test passed (all skipped?)';
   else if (run.dmesgProblems.length)
     run.reason = `the kernel log has ${run.dmesgProblems.length} problem line(s) (${dmesgFile})`;
@@ -120,6 +143,46 @@ async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, ext
   echo.write(`=== ${kernel}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
   if (run.dmesgProblems.length) echo.write(run.dmesgProblems.map((l) => `  | ${l}`).join('\n') + '\n');
   if (echo instanceof LinePrefixer) echo.flush();
+}
+
+interface HarnessRun {
+  ok: boolean;
+  reason?: string;
+  counts: KernelRun['counts'];
+  durationMs: number;
+}
+
+/** The harness tier: node:test over dist/test/vm on the host (its tests boot guests themselves). */
+async function runHarness(): Promise<HarnessRun> {
+  const out = join(RESULTS_DIR, 'harness');
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(out, { recursive: true });
+  process.stdout.write('=== harness tier on the host (test/vm/*.test.ts) ===\n');
+  const started = Date.now();
+  const child = spawn(process.execPath, [join(PROJECT_ROOT, 'scripts', 'run-tests.js'), HARNESS_DIR], {
+    cwd: PROJECT_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    output += d;
+    process.stdout.write(d);
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    output += d;
+    process.stderr.write(d);
+  });
+  const code = await new Promise<number | null>((res) => {
+    child.on('error', () => res(null));
+    child.on('close', (c) => res(c));
+  });
+  writeFileSync(join(out, 'output.txt'), output);
+  const counts = parseCounts(output);
+  let reason: string | undefined;
+  if (code !== 0) reason = `the harness tier exited with ${code ?? 'an error'}`;
+  else if (!counts.pass) reason = 'no harness test passed (all skipped?)';
+  process.stdout.write(`=== harness tier: ${reason === undefined ? 'PASS' : `FAIL: ${reason}`}\n`);
+  return { ok: reason === undefined, reason, counts, durationMs: Date.now() - started };
 }
 
 function fmt(ms: number | null | undefined): string {
@@ -131,6 +194,7 @@ async function main(): Promise<number> {
   let kernels: Series[] = [...SERIES];
   let timeoutSec = 8 * 60;
   let doPrepare = true;
+  let harness = true;
   // both kernels at once when the host has the cores: a guest running the suite keeps
   // about one host core busy, so two side by side take little longer than one
   let parallel =
@@ -153,13 +217,15 @@ async function main(): Promise<number> {
       if (!Number.isFinite(timeoutSec) || timeoutSec <= 0) throw new Error('--timeout: seconds');
     } else if (a === '--no-prepare') {
       doPrepare = false;
+    } else if (a === '--no-harness') {
+      harness = false;
     } else if (a === '--parallel') {
       parallel = true;
     } else if (a === '--sequential') {
       parallel = false;
     } else if (a === '-h' || a === '--help') {
       process.stdout.write(
-        'usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [-- <run-tests flags>]\n',
+        'usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [--no-harness] [-- <run-tests flags>]\n',
       );
       return 0;
     } else {
@@ -174,13 +240,21 @@ async function main(): Promise<number> {
     );
     return 1;
   }
-  process.stdout.write(`test:vm: ${tests.length} integration test file(s), kernels ${kernels.join(', ')}\n`);
+  const afterTests = collectTests(join(PROJECT_ROOT, AFTER_SUITE_DIR));
+  if (afterTests.length === 0) {
+    process.stderr.write(`test:vm: no *.test.js under ${AFTER_SUITE_DIR}: not built (npm run build)\n`);
+    return 1;
+  }
+  process.stdout.write(
+    `test:vm: ${tests.length} integration test file(s) and ${afterTests.length} after-suite check file(s), kernels ${kernels.join(', ')}\n`,
+  );
 
   const started = Date.now();
   const runs: KernelRun[] = kernels.map((kernel) => ({
     kernel,
     ok: false,
     counts: {},
+    afterCounts: {},
     prepareMs: 0,
     dmesgProblems: [],
   }));
@@ -195,6 +269,8 @@ async function main(): Promise<number> {
     }
     run.prepareMs = Date.now() - t0;
   }
+  // the harness first: when it misreports, the guest suites' verdicts mean nothing
+  const harnessRun = harness ? await runHarness() : undefined;
   const ready = runs.filter((r) => r.reason === undefined);
   if (parallel && ready.length > 1) {
     process.stdout.write(
@@ -210,7 +286,7 @@ async function main(): Promise<number> {
   const total = Date.now() - started;
   const lines = [
     '',
-    `test:vm summary (integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`,
+    `test:vm summary (${harnessRun ? 'the harness tier on the host, then ' : ''}the integration suite in the guest, one boot per kernel${parallel && ready.length > 1 ? ', side by side' : ''}):`,
   ];
   for (const run of runs) {
     const r = run.result;
@@ -218,13 +294,21 @@ async function main(): Promise<number> {
     const suiteMs = r && r.bootMs !== null ? r.durationMs - r.bootMs : null;
     lines.push(
       `  ${run.kernel.padEnd(5)} ${(r?.kver ?? '').padEnd(22)} ${run.ok ? 'PASS' : 'FAIL'}  ` +
-        `tests ${c.tests ?? '-'}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  ` +
+        `tests ${c.tests ?? '-'}${run.afterCounts.tests !== undefined ? ` (${run.afterCounts.tests} after the suite)` : ''}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  ` +
         `prepare ${fmt(run.prepareMs)}, boot ${fmt(r?.bootMs)}, suite ${fmt(suiteMs)}, run ${fmt(r?.durationMs)}` +
         (r ? ` (${r.accel.toUpperCase()})` : ''),
     );
     if (!run.ok && run.reason) lines.push(`        ${run.reason.split('\n')[0]}`);
   }
-  const ok = runs.every((r) => r.ok);
+  if (harnessRun) {
+    const c = harnessRun.counts;
+    lines.push(
+      `  harness (host)               ${harnessRun.ok ? 'PASS' : 'FAIL'}  ` +
+        `tests ${c.tests ?? '-'}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  run ${fmt(harnessRun.durationMs)}`,
+    );
+    if (!harnessRun.ok && harnessRun.reason) lines.push(`        ${harnessRun.reason}`);
+  }
+  const ok = runs.every((r) => r.ok) && (harnessRun?.ok ?? true);
   lines.push(
     `  ${ok ? 'all passed' : 'FAILED'} in ${fmt(total)}; logs and dmesg in ${relative(PROJECT_ROOT, RESULTS_DIR)}/<kernel>/`,
   );

@@ -1,0 +1,164 @@
+// The test vendor driver (test/driver/, module vfio_mig_test) as tests, bench and demo see it: its name,
+// mdev types, per-instance sysfs knobs, BAR0 registers, one class for an instance, leak accounting.
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { openDevice, type Device } from '../../lib';
+import { createMdev, MDEV_BUS, MDEV_DEVICES, mdevTypes, removeMdev } from './mdev';
+import { vmtc, type Result } from './vmtc';
+
+export const DRIVER = 'vfio_mig_test';
+/** The mdev parent the module registers. */
+export const PARENT_DIR = join(MDEV_BUS, DRIVER);
+
+/** The device types: v1 (data section mmap-able), v1 with the data section trapped, v2, no migration. */
+export type Kind = 'v1' | 'v1-trapped' | 'v2' | 'none';
+export const KINDS: readonly Kind[] = ['v1', 'v1-trapped', 'v2', 'none'];
+/** The directory of a type under mdev_supported_types/. */
+export const typeDirName = (kind: Kind): string => `${DRIVER}-${kind}`;
+
+/** Per-instance attributes under /sys/bus/mdev/devices/UUID/vfio_mig_test/ (test/driver/README.md). */
+export type Knob =
+  | 'state_size'
+  | 'chunk_size'
+  | 'dirty_rate'
+  | 'reserved_bits'
+  | 'fault'
+  | 'fault_points'
+  | 'counters'
+  | 'checksum'
+  | 'generation'
+  | 'mutate'
+  | 'present_pages'
+  | 'kind';
+
+/** Knobs set when an instance is created (chunk_size before state_size: both need the device closed). */
+export interface Knobs {
+  stateSize?: number | bigint;
+  chunkSize?: number;
+  dirtyRate?: number;
+}
+
+/** node:test `skip` value for every test that needs the driver: false in a guest that loaded it, else the reason. */
+export const needsDriver: string | false =
+  process.env.VFIO_MIG_GUEST !== '1'
+    ? 'needs the VM guest (npm run test:vm)'
+    : process.env.VFIO_MIG_TEST_DRIVER !== '1' || !existsSync(PARENT_DIR)
+      ? `the ${DRIVER} module is not loaded in this guest`
+      : false;
+
+const live = new Set<TestDevice>();
+
+/** One mdev instance of the driver; remove() it (or removeAll() in an after hook). */
+export class TestDevice {
+  readonly uuid: string;
+
+  constructor(
+    readonly kind: Kind,
+    knobs: Knobs = {},
+  ) {
+    const type = typeDirName(kind);
+    if (!mdevTypes(DRIVER).includes(type))
+      throw new Error(`${DRIVER} has no mdev type ${type} (types: ${mdevTypes(DRIVER).join(', ') || 'none'})`);
+    this.uuid = createMdev(DRIVER, type);
+    live.add(this);
+    try {
+      if (knobs.chunkSize !== undefined) this.set('chunk_size', knobs.chunkSize);
+      if (knobs.stateSize !== undefined) this.set('state_size', knobs.stateSize);
+      if (knobs.dirtyRate !== undefined) this.set('dirty_rate', knobs.dirtyRate);
+    } catch (err) {
+      // a refused knob leaves no instance behind: the caller never got one to remove
+      this.remove();
+      throw err;
+    }
+  }
+
+  attr(name: Knob): string {
+    return join(MDEV_DEVICES, this.uuid, DRIVER, name);
+  }
+  set(name: Knob, value: string | number | bigint): void {
+    writeFileSync(this.attr(name), String(value));
+  }
+  /** Writes a knob and returns the errno code of a failure, or null. */
+  trySet(name: Knob, value: string | number | bigint): string | null {
+    try {
+      this.set(name, value);
+      return null;
+    } catch (e) {
+      return (e as NodeJS.ErrnoException).code ?? 'E?';
+    }
+  }
+  get(name: Knob): string {
+    return readFileSync(this.attr(name), 'utf8').trim();
+  }
+  counters(): Record<string, bigint> {
+    const out: Record<string, bigint> = {};
+    for (const line of this.get('counters').split('\n')) {
+      const [k, v] = line.split(' ');
+      if (k && v !== undefined) out[k] = BigInt(v);
+    }
+    return out;
+  }
+  /** The state checksum through sysfs (bar0Checksum reads the same value through the device). */
+  checksum(): bigint {
+    return BigInt(this.get('checksum'));
+  }
+  faultPoints(): string[] {
+    return this.get('fault_points').split(/\s+/).filter(Boolean);
+  }
+  /** Opens the instance through the project's device layer. */
+  open(): Device {
+    return openDevice(this.uuid);
+  }
+  /** Runs vmtc commands on this instance (one open of the device). */
+  run(...cmds: string[]): Result[] {
+    return vmtc(this.uuid, cmds);
+  }
+  remove(): void {
+    removeMdev(this.uuid);
+    live.delete(this);
+  }
+}
+
+/** Removes every instance this process created and has not removed. */
+export function removeAll(): void {
+  for (const d of [...live]) d.remove();
+}
+
+/** UUIDs of every instance of the driver, whoever created them. */
+export function instancesOfDriver(): string[] {
+  try {
+    return readdirSync(MDEV_DEVICES).filter((u) => {
+      try {
+        return existsSync(join(MDEV_DEVICES, u, DRIVER));
+      } catch {
+        return false;
+      }
+    });
+  } catch {
+    return [];
+  }
+}
+
+/** The module's count of live allocations (0 when no instance exists: anything else is a leak). */
+export function liveAllocs(): number {
+  return Number(readFileSync(`/sys/module/${DRIVER}/parameters/live_allocs`, 'utf8').trim());
+}
+
+/** BAR0 registers (u64, native width only): the state's checksum and generation, and mutate (write a seed). */
+export const BAR0 = { checksum: 0x10, generation: 0x18, mutate: 0x20 } as const;
+
+/** The state checksum, read through the project's device layer (BAR0, native width). */
+export function bar0Checksum(device: Device): bigint {
+  return device.region(0).read(BAR0.checksum, 8);
+}
+export function bar0Generation(device: Device): bigint {
+  return device.region(0).read(BAR0.generation, 8);
+}
+/** Fills the device state deterministically from a seed. */
+export function bar0Mutate(device: Device, seed: bigint): void {
+  device.region(0).write(BAR0.mutate, 8, seed);
+}
+
+/** v1 device_state values. */
+export const V1 = { stop: 0, running: 1, saving: 2, precopy: 3, resuming: 4 } as const;
+export type V1Name = keyof typeof V1;
