@@ -4,7 +4,7 @@ import { crc32 } from 'node:zlib';
 import { VfioError } from '../../lib/errors';
 import { StreamEncoder, StreamError, verifyStream, type StreamHeader } from '../../lib/migration/stream';
 import { FIXED_HEADER_SIZE, RECORD_HEADER, RECORD_HEADER_SIZE, TRAILER } from '../../lib/migration/stream/format';
-import { decodeDeviceInfo, decodeIrqInfo, decodeRegionInfo } from '../../lib/region';
+import { decodeDeviceInfo, decodeIrqInfo, decodeRegionInfo } from '../../lib/decode';
 import {
   VFIO_DEVICE_FLAGS_CAPS,
   VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
