@@ -35,7 +35,19 @@ describe('vfio-mig against real devices', { skip: needsDriver }, () => {
     const parsed = JSON.parse(info.stdout);
     assert.equal(parsed.migration.protocol, 'v1');
     assert.ok(parsed.regions.some((r: { index: number }) => r.index === 9));
-    assert.match(run('info', a.uuid).stdout, /type \(3, 1\) = v1 migration/);
+    // Read like lspci -v: regions and IRQs by name, flags decoded, migration in words.
+    const human = run('info', a.uuid).stdout;
+    assert.match(human, /^ {2}migration \(v1\) +0x[0-9a-f]+ bytes at offset 0x[0-9a-f]+, read\/write\/mmap$/m);
+    assert.match(human, /^ {2}BAR0 +0x1000 bytes/m);
+    assert.match(human, /^ {2}CONFIG +0x100 bytes/m);
+    assert.match(human, /^ {2}INTx +1 vector\(s\), eventfd/m);
+    assert.match(human, /^ {2}flags: RESET PCI$/m);
+    assert.match(human, /^Migration: v1, state RUNNING$/m);
+    assert.match(human, /data section: 1 mmap-able area\(s\)/);
+    const v2info = run('info', make('v2').uuid).stdout;
+    assert.match(v2info, /^Migration: v2, state RUNNING$/m);
+    assert.match(v2info, /protocol flags: STOP_COPY P2P/);
+    assert.match(v2info, /stop-and-copy size: (about [\d.]+ (B|KiB|MiB)|no estimate)/);
   });
 
   test('save to a file atomically, verify, load, state and reset', () => {
