@@ -13,6 +13,45 @@ const ONE = join(__dirname, 'one.js');
 const OURS_FILE = '/tmp/bench-ours.vfmig';
 const REF_FILE = '/tmp/bench-ref.bin';
 const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
+const CLI = join(__dirname, '../cli/vfio-mig.js');
+
+/** Wall time of a whole command as a user runs it: from spawn to exit, process start included. */
+function timed(cmd: string, args: string[]): number {
+  const start = process.hrtime.bigint();
+  execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  return Number(process.hrtime.bigint() - start) / 1e6;
+}
+
+/** Whole commands, cold: ours (the CLI) and the C reference doing the same work. */
+export interface Whole {
+  oursSaveMs: number;
+  oursLoadMs: number;
+  oursPipeMs: number;
+  refSaveMs: number;
+  refLoadMs: number;
+  refPipeMs: number;
+}
+
+function wholeCommands(proto: string, src: string, dst: string): Whole {
+  const node = process.execPath;
+  const oursSaveMs = timed(node, [CLI, 'save', src, '-o', OURS_FILE, '--quiet']);
+  const oursLoadMs = timed(node, [CLI, 'load', dst, '-i', OURS_FILE, '--quiet']);
+  rmSync(OURS_FILE, { force: true });
+  const pipe = `"${node}" "${CLI}" save ${src} -o - --quiet | "${node}" "${CLI}" load ${dst} -i - --quiet`;
+  const oursPipeMs = timed('bash', ['-o', 'pipefail', '-c', pipe]);
+  const refSaveMs = timed(REF, [`${proto}-save`, src, REF_FILE]);
+  execFileSync(node, [CLI, 'state', src, 'RUNNING']);
+  const refLoadMs = timed(REF, [`${proto}-load`, dst, REF_FILE]);
+  rmSync(REF_FILE, { force: true });
+  const refPipeMs = timed(REF, [`${proto}-pipe`, src, dst]);
+  execFileSync(node, [CLI, 'state', src, 'RUNNING']);
+  return { oursSaveMs, oursLoadMs, oursPipeMs, refSaveMs, refLoadMs, refPipeMs };
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)]!;
+}
 
 export interface Op {
   ms: number;
@@ -79,6 +118,15 @@ async function qemuSave(
 
 async function main(): Promise<void> {
   const results: unknown[] = [];
+  // Start-up alone: a bare Node process, and the CLI loading its modules and the addon.
+  const startup = { nodeMs: [] as number[], cliMs: [] as number[] };
+  for (let i = 0; i < Math.max(3, REPEAT); i++) {
+    startup.nodeMs.push(timed(process.execPath, ['-e', '0']));
+    startup.cliMs.push(timed(process.execPath, [CLI, 'list', '--no-probe', '--quiet']));
+  }
+  console.log(
+    `@@startup ${JSON.stringify({ nodeMs: median(startup.nodeMs), cliMs: median(startup.cliMs), runs: startup })}`,
+  );
   for (const mib of SIZES_MIB) {
     const size = mib << 20;
     const memcpy = run(REF, ['memcpy', String(size)]);
@@ -90,6 +138,7 @@ async function main(): Promise<void> {
         source.set('mutate', '0x5eed');
         const proto = kind === 'v2' ? 'v2' : 'v1';
         const runs: { ours: { save: Op; load: Op }; ref: { save: Op; load: Op } }[] = [];
+        const wholes: Whole[] = [];
         let exact = true;
         const idleDelays: number[] = [];
         // Ours and the reference take turns, REPEAT times: a slow spell of the emulator hits both.
@@ -117,7 +166,13 @@ async function main(): Promise<void> {
           rmSync(REF_FILE, { force: true });
           execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
           runs.push({ ours, ref: { save: refSave, load: refLoad } });
+          wholes.push(wholeCommands(proto, src, dst));
+          exact &&= source.checksum() === dest.checksum();
         }
+        const whole = Object.fromEntries(
+          (Object.keys(wholes[0]!) as (keyof Whole)[]).map((k) => [k, median(wholes.map((w) => w[k]))]),
+        ) as unknown as Whole;
+        const wholeRuns = wholes;
         const pick = (side: 'ours' | 'ref', op: 'save' | 'load') => summarize(runs.map((r) => r[side][op]));
         const ours = { save: pick('ours', 'save'), load: pick('ours', 'load') };
         const refSave = pick('ref', 'save');
@@ -130,6 +185,8 @@ async function main(): Promise<void> {
           ours,
           ref: { save: refSave, load: refLoad },
           qemu,
+          whole,
+          wholeRuns,
           exact,
           idleLoopDelayMaxMs: Math.max(...idleDelays),
         };

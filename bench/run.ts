@@ -4,7 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { runInGuest } from '../test/vm/vm';
-import type { Op } from './guest';
+import type { Op, Whole } from './guest';
 
 const ROOT = join(__dirname, '../..');
 
@@ -21,6 +21,8 @@ interface Row {
   ours: { save: Op; load: Op };
   ref: { save: Op; load: Op };
   qemu: Qemu;
+  whole?: Whole;
+  wholeRuns?: Whole[];
   exact: boolean;
   idleLoopDelayMaxMs?: number;
 }
@@ -41,6 +43,7 @@ async function main(): Promise<void> {
     `BENCH_REF=${ref}`,
     `BENCH_SIZES=${sizes}`,
     `BENCH_REPEAT=${repeat}`,
+    `BENCH_KINDS=${process.env.BENCH_KINDS ?? 'v1,v1-trapped,v2'}`,
     process.execPath,
     join(ROOT, 'dist/bench/guest.js'),
   ];
@@ -76,6 +79,29 @@ async function main(): Promise<void> {
     }
   }
   const table = lines.join('\n');
+  const startupLine = r.output.split('\n').find((l: string) => l.includes('@@startup '));
+  const startup = startupLine
+    ? (JSON.parse(startupLine.slice(startupLine.indexOf('@@startup ') + 10)) as { nodeMs: number; cliMs: number })
+    : undefined;
+  const whole = [
+    '| type | state | command | ours ms (cold) | C reference ms (cold) | ours / ref | ours, every run | ref, every run |',
+    '|---|---|---|---|---|---|---|---|',
+  ];
+  for (const row of rows) {
+    if (!row.whole) continue;
+    const w = row.whole;
+    const runs = (key: keyof Whole) => (row.wholeRuns ?? []).map((x) => Math.round(x[key])).join(', ');
+    const pairs: [string, keyof Whole, keyof Whole][] = [
+      ['save to a file', 'oursSaveMs', 'refSaveMs'],
+      ['load from a file', 'oursLoadMs', 'refLoadMs'],
+      ['save \\| load (pipe) vs C device to device', 'oursPipeMs', 'refPipeMs'],
+    ];
+    for (const [name, ours, ref] of pairs)
+      whole.push(
+        `| ${row.kind} | ${row.mib} MiB | ${name} | ${f1(w[ours])} | ${f1(w[ref])} | ${f2(w[ref] / w[ours])} | ${runs(ours)} | ${runs(ref)} |`,
+      );
+  }
+  console.log(whole.join('\n'));
   const raw = ['| type | state | op | ours, every run (ms) | ref (C), every run (ms) |', '|---|---|---|---|---|'];
   for (const row of rows) {
     for (const op of ['save', 'load'] as const)
@@ -101,6 +127,19 @@ ${repeat} runs, ours and the reference taking turns (every run is listed below);
 the RSS growth are the worst of those runs. "idle Node loop delay" is the baseline for the loop
 delay: the worst delay of a Node process that does nothing, in the same guest, while the
 reference saves the same state (the emulator's own stalls).
+
+## Whole commands, as a user runs them
+
+Each command timed from spawn to exit in the guest (process start, module and addon loading,
+device open and close included): \`vfio-mig save DEV -o FILE\`, \`vfio-mig load DEV -i FILE\`, and
+\`vfio-mig save A -o - | vfio-mig load B -i -\`, against the C reference doing the same (save to a
+file, load from a file, and device to device through a pipe between its two halves). Start-up alone:
+a bare \`node -e 0\` takes ${startup ? f1(startup.nodeMs) : '?'} ms, and \`vfio-mig list --no-probe\` (the CLI loading its
+modules and the addon, no device) ${startup ? f1(startup.cliMs) : '?'} ms. The engine-only rows below show where the rest goes.
+
+${whole.join('\n')}
+
+## The engine alone
 
 ${table}
 

@@ -6,6 +6,7 @@
  * nothing else: no checksums, no stream format, no policy. Its records are [u64 length][data].
  *
  *   ref v1-save|v2-save UUID OUTFILE     ref v1-load|v2-load UUID INFILE     ref memcpy BYTES
+ *   ref v1-pipe|v2-pipe SRC DST: device to device, a saving child writing into a pipe the loader reads
  * Prints one JSON line: {"ms":..,"stopCopyMs":..,"bytes":..}.
  */
 #define _GNU_SOURCE
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -313,8 +315,45 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (argc != 4) {
-		fprintf(stderr, "usage: ref v1-save|v1-load|v2-save|v2-load UUID FILE | ref memcpy BYTES\n");
+		fprintf(stderr, "usage: ref v1-save|v1-load|v2-save|v2-load UUID FILE | ref v1-pipe|v2-pipe SRC DST | "
+				"ref memcpy BYTES\n");
 		return 2;
+	}
+	if (strstr(argv[1], "-pipe")) {
+		int v1 = !strncmp(argv[1], "v1", 2), p[2], status;
+		double t0 = now_ms();
+		pid_t child;
+
+		if (pipe2(p, O_CLOEXEC) < 0)
+			die("pipe");
+		child = fork();
+		if (child < 0)
+			die("fork");
+		if (child == 0) {
+			/* The saver: its own JSON line is not the result. */
+			close(p[0]);
+			if (!freopen("/dev/null", "w", stdout))
+				die("freopen");
+			if (v1)
+				v1_save(open_device(argv[2]), p[1]);
+			else
+				v2_save(open_device(argv[2]), p[1]);
+			fflush(stdout);
+			_exit(0);
+		}
+		close(p[1]);
+		int result = dup(1); /* the loader prints its own line too: keep the real stdout for ours */
+
+		if (result < 0 || !freopen("/dev/null", "w", stdout))
+			die("stdout");
+		if (v1)
+			v1_load(open_device(argv[3]), p[0]);
+		else
+			v2_load(open_device(argv[3]), p[0]);
+		if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			die("the saving child failed");
+		dprintf(result, "{\"ms\":%.3f}\n", now_ms() - t0);
+		return 0;
 	}
 	int dev = open_device(argv[2]);
 	int save = strstr(argv[1], "save") != NULL;
