@@ -312,6 +312,11 @@ async function main(): Promise<number> {
   lines.push(
     `  ${ok ? 'all passed' : 'FAILED'} in ${fmt(total)}; logs and dmesg in ${relative(PROJECT_ROOT, RESULTS_DIR)}/<kernel>/`,
   );
+  // The plain closing line CI reads: every kernel's suite and the harness tier, added up.
+  const all = [...runs.map((r) => r.counts), ...(harnessRun ? [harnessRun.counts] : [])];
+  const sum = (k: 'pass' | 'fail' | 'skipped') => all.reduce((n, c) => n + (c[k] ?? 0), 0);
+  const failed = Math.max(sum('fail'), ok ? 0 : 1);
+  lines.push(`${sum('pass')} passed, ${failed} failed, ${sum('skipped')} skipped`);
   process.stdout.write(lines.join('\n') + '\n');
   return ok ? 0 : 1;
 }
