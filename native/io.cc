@@ -175,20 +175,16 @@ struct BulkOp {
 // width, value]): writes the whole range (short writes continued, a write of 0 is EIO), then the
 // optional register, all in one pool job: a data window and its doorbell cost one thread hop.
 Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
-  size_t offset = ArgSize(info, 2, "bufferOffset");
-  size_t length = ArgSize(info, 3, "length");
-  int64_t position = ArgOffset(info, 4, "position");
+  // The op holds the pinned or bounced bytes: the job keeps them alive until it has run.
+  auto op = std::make_shared<BulkOp<Bulk::kPwrite>>(info, true);
   RegisterWrite reg = ArgRegisterWrite(info, 5);
-  JobBytesPtr bytes = ArgJobBytes(view, offset, length, JobBytes::Use::kSource, "buffer");
-  uint8_t* data = bytes->data();
-  auto work = [=] {
+  auto work = [op, reg] {
     Outcome out;
     size_t done = 0;
-    while (done < length) {
-      ssize_t n =
-          RetryEintr([&] { return pwrite(fd, data + done, length - done, position + static_cast<int64_t>(done)); });
+    while (done < op->length) {
+      ssize_t n = RetryEintr([&] {
+        return pwrite(op->fd, op->data + done, op->length - done, op->position + static_cast<int64_t>(done));
+      });
       if (n <= 0) {
         out.err = n < 0 ? errno : EIO;
         out.stage = "data";

@@ -26,20 +26,7 @@ const REG = layout.vfio_device_migration_info.fields;
 /** The trapped header (struct vfio_device_migration_info) the data section must not overlap. */
 export const V1_HEADER_SIZE = layout.vfio_device_migration_info.size;
 
-export {
-  V1_ARCS,
-  V1_ERROR,
-  V1_PRECOPY,
-  V1_RESUMING,
-  V1_RUNNING,
-  V1_SAVING,
-  V1_STATE_BY_NAME,
-  V1_STOP,
-  checkV1Transition,
-  isV1ErrorState,
-  isValidV1State,
-  v1StateName,
-} from './v1-states';
+export * from './v1-states';
 
 export interface Segment {
   /** Offset inside the region. */

@@ -9,12 +9,12 @@ import {
   VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
   VFIO_DEVICE_FEATURE_SET,
   VFIO_DEVICE_STATE_ERROR,
-  VFIO_DEVICE_STATE_PRE_COPY,
-  VFIO_DEVICE_STATE_RESUMING,
-  VFIO_DEVICE_STATE_RUNNING,
-  VFIO_DEVICE_STATE_RUNNING_P2P,
-  VFIO_DEVICE_STATE_STOP,
-  VFIO_DEVICE_STATE_STOP_COPY,
+  VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
+  VFIO_DEVICE_STATE_RESUMING as RESUMING,
+  VFIO_DEVICE_STATE_RUNNING as RUNNING,
+  VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
+  VFIO_DEVICE_STATE_STOP as STOP,
+  VFIO_DEVICE_STATE_STOP_COPY as STOP_COPY,
   layout,
 } from '../uapi';
 import { MigrationError, abortError, deviceStepError, errnoOf } from './errors';
@@ -24,15 +24,7 @@ import { ChunkBuffers } from './pipeline';
 import { V2_STATE_NAMES, supportedStates, v2Path, v2StateName } from './v2-states';
 import type { V2Support } from './v2-states';
 
-export { V2_STATE_NAMES, supportedStates, v2Path, v2StateName } from './v2-states';
-export type { V2Support } from './v2-states';
-
-const RUNNING = VFIO_DEVICE_STATE_RUNNING;
-const STOP = VFIO_DEVICE_STATE_STOP;
-const STOP_COPY = VFIO_DEVICE_STATE_STOP_COPY;
-const RESUMING = VFIO_DEVICE_STATE_RESUMING;
-const RUNNING_P2P = VFIO_DEVICE_STATE_RUNNING_P2P;
-const PRE_COPY = VFIO_DEVICE_STATE_PRE_COPY;
+export * from './v2-states';
 
 /** Default data_fd read size: large enough to amortise syscalls, small enough to stream. */
 export const V2_READ_SIZE = 1 << 20;
@@ -65,13 +57,17 @@ export class V2Engine implements MigrationEngine {
     return buf;
   }
 
+  /** A VFIO_DEVICE_FEATURE GET of `feature` with `dataSize` bytes of payload, after the header. */
+  async #getFeature(feature: number, dataSize: number): Promise<Buffer> {
+    const buf = this.#featureBuffer(VFIO_DEVICE_FEATURE_GET | feature, dataSize);
+    await this.device.featureAsync(buf);
+    return buf;
+  }
+
   async getState(): Promise<number> {
-    const buf = this.#featureBuffer(
-      VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-      layout.vfio_device_feature_mig_state.size,
-    );
+    let buf: Buffer;
     try {
-      await this.device.featureAsync(buf);
+      buf = await this.#getFeature(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, layout.vfio_device_feature_mig_state.size);
     } catch (err) {
       throw deviceStepError('get device state', err);
     }
@@ -101,12 +97,9 @@ export class V2Engine implements MigrationEngine {
 
   /** Estimated stop-copy size (kernel 6.3+); undefined when the device or kernel has none. */
   async dataSizeEstimate(): Promise<bigint | undefined> {
-    const buf = this.#featureBuffer(
-      VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
-      layout.vfio_device_feature_mig_data_size.size,
-    );
+    let buf: Buffer;
     try {
-      await this.device.featureAsync(buf);
+      buf = await this.#getFeature(VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, layout.vfio_device_feature_mig_data_size.size);
     } catch (err) {
       // Kernels before 6.3 and drivers without the feature say ENOTTY (or EINVAL/EOPNOTSUPP): no estimate.
       if (isSyscallError(err, 'ENOTTY') || isSyscallError(err, 'EINVAL') || isSyscallError(err, 'EOPNOTSUPP'))
