@@ -191,7 +191,8 @@ void ExportTwin(Napi::Env env, Napi::Object exports, const std::string& name) {
 
 // Reads into [data, data+max) until at least `min` bytes came or the input ended. With a
 // `cancel_fd` (an eventfd) every read is preceded by a poll() on both, and a wake-up of
-// cancel_fd ends the job with ECANCELED; without one a non-blocking fd is waited for in poll().
+// cancel_fd ends the job with ECANCELED. Without one (a regular file or block device, read on the
+// pool) nothing is waited for: EAGAIN is an error, so no pool thread ever blocks in poll().
 Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max, int cancel_fd = -1);
 
 // Starts ReadAtLeast on a thread of its own (wait.cc) for an fd that may never become ready:

@@ -199,12 +199,6 @@ Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
   return RunAsync(info.Env(), "pwrite", "", work, nullptr);
 }
 
-// Waits until a non-blocking fd is ready: on the pool, never on the JS thread.
-int AwaitReady(int fd, short events) {
-  pollfd p{fd, events, 0};
-  return RetryEintr([&] { return poll(&p, 1, -1); }) < 0 ? -1 : 0;
-}
-
 // readAtLeastAsync(fd, buffer, bufferOffset, min, max[, cancelId]): resolves the byte count,
 // below min only at the end of input. A regular file or block device is read on the pool; any
 // other fd (pipe, socket, terminal) may wait forever, so it is waited for on a thread of its own
@@ -251,9 +245,8 @@ Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max, int cancel_fd
       }
     }
     ssize_t n = RetryEintr([&] { return read(fd, data + got, max - got); });
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (cancel_fd >= 0 || AwaitReady(fd, POLLIN) == 0) continue;
-    }
+    // Only the wait thread (cancel_fd) may wait for readiness: a pool thread never blocks in poll().
+    if (n < 0 && cancel_fd >= 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
     if (n < 0) {
       out.err = errno;
       return out;
