@@ -64,15 +64,7 @@ export class Device {
 
   /** Every region the device reports; indexes the device does not implement (EINVAL) are left out. */
   regions(): RegionInfo[] {
-    const out: RegionInfo[] = [];
-    for (let i = 0; i < this.info.numRegions; i++) {
-      try {
-        out.push(this.regionInfo(i));
-      } catch (err) {
-        if (!isSyscallError(err, 'EINVAL')) throw err;
-      }
-    }
-    return out;
+    return implemented(this.info.numRegions, (i) => this.regionInfo(i));
   }
 
   region(index: number): Region {
@@ -83,16 +75,9 @@ export class Device {
     return decodeIrqInfo(native.deviceGetIrqInfo(this.fd, index));
   }
 
+  /** Every IRQ index the device reports; indexes it does not implement (EINVAL) are left out. */
   irqs(): IrqInfo[] {
-    const out: IrqInfo[] = [];
-    for (let i = 0; i < this.info.numIrqs; i++) {
-      try {
-        out.push(this.irqInfo(i));
-      } catch (err) {
-        if (!isSyscallError(err, 'EINVAL')) throw err;
-      }
-    }
-    return out;
+    return implemented(this.info.numIrqs, (i) => this.irqInfo(i));
   }
 
   /** VFIO_DEVICE_RESET, off the JS thread. */
@@ -183,4 +168,17 @@ export function openDevice(spec: string | { group: number; name: string }, optio
     throw err;
   }
   return new Device(fd, name, sysfs, lease);
+}
+
+/** The infos of indexes 0..count-1, leaving out those the device does not implement (EINVAL). */
+function implemented<T>(count: number, info: (index: number) => T): T[] {
+  const out: T[] = [];
+  for (let i = 0; i < count; i++) {
+    try {
+      out.push(info(i));
+    } catch (err) {
+      if (!isSyscallError(err, 'EINVAL')) throw err;
+    }
+  }
+  return out;
 }

@@ -63,22 +63,29 @@ export class Region {
   }
 
   /** Reads exactly target.length bytes from offset, off the JS thread, in as few preads as the kernel allows. */
-  async readBulk(
+  readBulk(offset: number | bigint, target: Uint8Array, targetOffset = 0, length = target.length - targetOffset) {
+    return this.#bulk('pread', offset, target, targetOffset, length);
+  }
+
+  /** Moves exactly `length` bytes, continuing short transfers; a transfer of 0 bytes is the end of the region. */
+  async #bulk(
+    syscall: 'pread' | 'pwrite',
     offset: number | bigint,
-    target: Uint8Array,
-    targetOffset = 0,
-    length = target.length - targetOffset,
+    bytes: Uint8Array,
+    bytesOffset: number,
+    length: number,
   ): Promise<void> {
     const at = this.#at(offset, length);
+    const call = syscall === 'pread' ? native.preadAsync : native.pwriteAsync;
     let done = 0;
     while (done < length) {
       const n = await this.device.handle.run((fd) =>
-        native.preadAsync(fd, target, targetOffset + done, length - done, at + BigInt(done)),
+        call(fd, bytes, bytesOffset + done, length - done, at + BigInt(done)),
       );
       if (n === 0)
         throw new VfioError(
           'ERR_VFIO_BAD_INFO',
-          `region ${this.index}: pread at ${BigInt(offset) + BigInt(done)} returned end of region`,
+          `region ${this.index}: ${syscall} at ${BigInt(offset) + BigInt(done)} ${syscall === 'pread' ? 'returned end of region' : 'wrote nothing'}`,
         );
       done += n;
     }
@@ -118,25 +125,8 @@ export class Region {
   }
 
   /** Writes exactly `length` bytes at offset, off the JS thread. */
-  async writeBulk(
-    offset: number | bigint,
-    source: Uint8Array,
-    sourceOffset = 0,
-    length = source.length - sourceOffset,
-  ): Promise<void> {
-    const at = this.#at(offset, length);
-    let done = 0;
-    while (done < length) {
-      const n = await this.device.handle.run((fd) =>
-        native.pwriteAsync(fd, source, sourceOffset + done, length - done, at + BigInt(done)),
-      );
-      if (n === 0)
-        throw new VfioError(
-          'ERR_VFIO_BAD_INFO',
-          `region ${this.index}: pwrite at ${BigInt(offset) + BigInt(done)} wrote nothing`,
-        );
-      done += n;
-    }
+  writeBulk(offset: number | bigint, source: Uint8Array, sourceOffset = 0, length = source.length - sourceOffset) {
+    return this.#bulk('pwrite', offset, source, sourceOffset, length);
   }
 
   /** Maps [offset, +length) of the region; the range must lie inside one mmap-able area. */

@@ -102,7 +102,7 @@ uint64_t ArgRegisterValue(const Napi::CallbackInfo& info, size_t i, unsigned wid
     return v;
   }
   double v = ArgNumber(info, i, "value");
-  double limit = width == 4 ? 4294967295.0 : width == 2 ? 65535.0 : 255.0;
+  double limit = static_cast<double>((uint64_t{1} << (width * 8)) - 1);
   if (v < 0 || v > limit)
     throw Napi::RangeError::New(env, "value does not fit in " + std::to_string(width * 8) + " bits");
   return static_cast<uint64_t>(v);
@@ -182,14 +182,10 @@ RegisterWrite ArgRegisterWrite(const Napi::CallbackInfo& info, size_t first) {
 
 Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value) {
   Outcome out;
-  RegisterBytes reg{};
-  switch (width) {
-    case 1: reg.u8 = static_cast<uint8_t>(value); break;
-    case 2: reg.u16 = static_cast<uint16_t>(value); break;
-    case 4: reg.u32 = static_cast<uint32_t>(value); break;
-    default: reg.u64 = value; break;
-  }
-  ssize_t n = RetryEintr([&] { return pwrite(fd, &reg, width, offset); });
+  ssize_t n = WithWidth(width, [&](auto zero) -> ssize_t {
+    auto reg = static_cast<decltype(zero)>(value);
+    return RetryEintr([&] { return pwrite(fd, &reg, sizeof reg, offset); });
+  });
   if (n < 0) {
     out.err = errno;
   } else if (n != static_cast<ssize_t>(width)) {

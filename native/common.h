@@ -18,7 +18,6 @@ struct WaitState;  // wait.cc
 // The error class handed over by lib/native.ts at load (one class for every syscall error).
 struct AddonData {
   Napi::FunctionReference error_class;
-  Napi::FunctionReference mapping_class;
   std::shared_ptr<WaitState> waits;  // created with the first wait
 };
 
@@ -38,6 +37,18 @@ Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* 
 uint8_t* ViewRange(Napi::Uint8Array view, size_t offset, size_t length, const char* name);
 
 Napi::Value RegisterToJs(Napi::Env env, uint64_t value, unsigned width);
+
+// Calls f with a zero of the unsigned type that is `width` bytes wide (1, 2, 4 or 8): the addon's one
+// width switch, for register accesses through pread/pwrite and through a mapping alike.
+template <typename F>
+decltype(auto) WithWidth(unsigned width, F&& f) {
+  switch (width) {
+    case 1: return f(uint8_t{});
+    case 2: return f(uint16_t{});
+    case 4: return f(uint32_t{});
+    default: return f(uint64_t{});
+  }
+}
 
 // Runs a syscall again while it fails with EINTR (the one retry loop of the addon).
 template <typename F>
@@ -109,13 +120,6 @@ struct RegisterWrite {
   uint64_t value = 0;
 };
 RegisterWrite ArgRegisterWrite(const Napi::CallbackInfo& info, size_t first);
-// A register's bytes at each access width (1, 2, 4 or 8).
-union RegisterBytes {
-  uint8_t u8;
-  uint16_t u16;
-  uint32_t u32;
-  uint64_t u64;
-};
 
 // One pwrite of exactly `width` bytes: registers must be accessed at their native width.
 Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value);
@@ -155,9 +159,40 @@ Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, S
                        SyscallWorker::Convert convert, const std::vector<Napi::Value>& keep = {},
                        SyscallWorker::Done done = nullptr);
 
+// One syscall offered twice, as `name` on the JS thread and as `nameAsync` on the libuv pool. An Op
+// holds what the call needs:
+//   static constexpr const char* kSyscall;             the error's syscall ("pread", "ioctl")
+//   Op(const Napi::CallbackInfo&, bool async);         argument checks; an async Op pins or bounces
+//                                                      the caller's memory (JobBytes)
+//   Outcome Run();                                      the syscall, on whichever thread
+//   Napi::Value Result(Napi::Env, const Outcome&);      the JS value (an async read delivers here)
+//   std::string Detail(const Outcome&) const;           the error's detail (the ioctl's name)
+template <typename Op, bool async>
+Napi::Value Twin(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!async) {
+    Op op(info, false);
+    Outcome out = op.Run();
+    if (out.err) throw SyscallError(env, Op::kSyscall, out.err, op.Detail(out).c_str());
+    return op.Result(env, out);
+  }
+  auto op = std::make_shared<Op>(info, true);
+  return RunAsync(
+      env, Op::kSyscall, op->Detail(Outcome{}), [op] { return op->Run(); },
+      [op](Napi::Env e, const Outcome& out) { return op->Result(e, out); });
+}
+
+// Exports an Op's two entry points, `name` and `nameAsync`.
+template <typename Op>
+void ExportTwin(Napi::Env env, Napi::Object exports, const std::string& name) {
+  exports.Set(name, Napi::Function::New(env, Twin<Op, false>, name));
+  exports.Set(name + "Async", Napi::Function::New(env, Twin<Op, true>, name + "Async"));
+}
+
 // Reads into [data, data+max) until at least `min` bytes came or the input ended. With a
 // `cancel_fd` (an eventfd) every read is preceded by a poll() on both, and a wake-up of
-// cancel_fd ends the job with ECANCELED; without one a non-blocking fd is waited for in poll().
+// cancel_fd ends the job with ECANCELED. Without one (a regular file or block device, read on the
+// pool) nothing is waited for: EAGAIN is an error, so no pool thread ever blocks in poll().
 Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max, int cancel_fd = -1);
 
 // Starts ReadAtLeast on a thread of its own (wait.cc) for an fd that may never become ready:

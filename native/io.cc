@@ -13,32 +13,20 @@ namespace vfio {
 
 namespace {
 
-std::string ShortDetail(const char* what, ssize_t got, unsigned width) {
-  return std::string(what) + " (" + std::to_string(got) + " of " + std::to_string(width) + " bytes)";
-}
-
 // One pread of exactly `width` bytes: registers must be accessed at their native width.
 Outcome ReadRegister(int fd, int64_t offset, unsigned width) {
   Outcome out;
-  uint64_t value = 0;
-  RegisterBytes reg{};
-  ssize_t n = RetryEintr([&] { return pread(fd, &reg, width, offset); });
+  ssize_t n = WithWidth(width, [&](auto zero) -> ssize_t {
+    decltype(zero) reg = 0;
+    ssize_t r = RetryEintr([&] { return pread(fd, &reg, sizeof reg, offset); });
+    out.value = reg;
+    return r;
+  });
   if (n < 0) {
     out.err = errno;
     return out;
   }
-  if (n != static_cast<ssize_t>(width)) {
-    out.err = EIO;
-    out.ret = n;
-    return out;
-  }
-  switch (width) {
-    case 1: value = reg.u8; break;
-    case 2: value = reg.u16; break;
-    case 4: value = reg.u32; break;
-    default: value = reg.u64; break;
-  }
-  out.value = value;
+  if (n != static_cast<ssize_t>(width)) out.err = EIO;
   out.ret = n;
   return out;
 }
@@ -50,14 +38,10 @@ Outcome Done(ssize_t n) {
   return out;
 }
 
-Napi::Value ThrowIfFailed(Napi::Env env, const char* syscall, const Outcome& out, const std::string& detail = "") {
-  if (out.err) throw SyscallError(env, syscall, out.err, detail.empty() ? nullptr : detail.c_str());
-  return env.Undefined();
-}
-
 // A register access that moved fewer bytes than its width is reported as EIO with the counts.
 std::string RegisterDetail(const char* what, const Outcome& out, unsigned width) {
-  return out.err == EIO && out.ret >= 0 ? ShortDetail(what, out.ret, width) : "";
+  if (out.err != EIO || out.ret < 0) return "";
+  return std::string(what) + " (" + std::to_string(out.ret) + " of " + std::to_string(width) + " bytes)";
 }
 
 // open(path, flags): O_CLOEXEC is always added.
@@ -94,71 +78,43 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-Napi::Value PreadWidth(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  int64_t offset = ArgOffset(info, 1, "offset");
-  unsigned width = ArgWidth(info, 2);
-  Outcome out = ReadRegister(fd, offset, width);
-  ThrowIfFailed(info.Env(), "pread", out, RegisterDetail("short read", out, width));
-  return RegisterToJs(info.Env(), out.value, width);
-}
+// preadWidth[Async](fd, offset, width): one register read.
+struct PreadWidthOp {
+  static constexpr const char* kSyscall = "pread";
+  int fd;
+  int64_t offset;
+  unsigned width;
 
-Napi::Value PreadWidthAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  int64_t offset = ArgOffset(info, 1, "offset");
-  unsigned width = ArgWidth(info, 2);
-  return RunAsync(
-      info.Env(), "pread", "", [=] { return ReadRegister(fd, offset, width); },
-      [=](Napi::Env env, const Outcome& out) { return RegisterToJs(env, out.value, width); });
-}
+  PreadWidthOp(const Napi::CallbackInfo& info, bool)
+      : fd(ArgFd(info, 0, "fd")), offset(ArgOffset(info, 1, "offset")), width(ArgWidth(info, 2)) {}
+  Outcome Run() const { return ReadRegister(fd, offset, width); }
+  Napi::Value Result(Napi::Env env, const Outcome& out) const { return RegisterToJs(env, out.value, width); }
+  std::string Detail(const Outcome& out) const { return RegisterDetail("short read", out, width); }
+};
 
-Napi::Value PwriteWidth(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  int64_t offset = ArgOffset(info, 1, "offset");
-  unsigned width = ArgWidth(info, 2);
-  uint64_t value = ArgRegisterValue(info, 3, width);
-  Outcome out = WriteRegister(fd, offset, width, value);
-  return ThrowIfFailed(info.Env(), "pwrite", out, RegisterDetail("short write", out, width));
-}
+// pwriteWidth[Async](fd, offset, width, value): one register write.
+struct PwriteWidthOp {
+  static constexpr const char* kSyscall = "pwrite";
+  int fd;
+  int64_t offset;
+  unsigned width;
+  uint64_t value;
 
-Napi::Value PwriteWidthAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  int64_t offset = ArgOffset(info, 1, "offset");
-  unsigned width = ArgWidth(info, 2);
-  uint64_t value = ArgRegisterValue(info, 3, width);
-  return RunAsync(
-      info.Env(), "pwrite", "", [=] { return WriteRegister(fd, offset, width, value); }, nullptr);
-}
+  PwriteWidthOp(const Napi::CallbackInfo& info, bool)
+      : fd(ArgFd(info, 0, "fd")),
+        offset(ArgOffset(info, 1, "offset")),
+        width(ArgWidth(info, 2)),
+        value(ArgRegisterValue(info, 3, width)) {}
+  Outcome Run() const { return WriteRegister(fd, offset, width, value); }
+  Napi::Value Result(Napi::Env env, const Outcome&) const { return env.Undefined(); }
+  std::string Detail(const Outcome& out) const { return RegisterDetail("short write", out, width); }
+};
 
 // Bulk transfers: (fd, buffer, bufferOffset, length[, position]); one syscall, EINTR retried.
 enum class Bulk { kPread, kPwrite, kRead, kWrite };
 
-struct BulkArgs {
-  Bulk op;
-  int fd;
-  uint8_t* data;
-  size_t length;
-  int64_t position;
-};
-
-const char* BulkName(Bulk op) {
-  switch (op) {
-    case Bulk::kPread: return "pread";
-    case Bulk::kPwrite: return "pwrite";
-    case Bulk::kRead: return "read";
-    default: return "write";
-  }
-}
-
-Outcome BulkNow(const BulkArgs& a) {
-  return Done(RetryEintr([&]() -> ssize_t {
-    switch (a.op) {
-      case Bulk::kPread: return pread(a.fd, a.data, a.length, a.position);
-      case Bulk::kPwrite: return pwrite(a.fd, a.data, a.length, a.position);
-      case Bulk::kRead: return read(a.fd, a.data, a.length);
-      default: return write(a.fd, a.data, a.length);
-    }
-  }));
+constexpr const char* BulkName(Bulk op) {
+  return op == Bulk::kPread ? "pread" : op == Bulk::kPwrite ? "pwrite" : op == Bulk::kRead ? "read" : "write";
 }
 
 Napi::Value BytesResult(Napi::Env env, const Outcome& out) {
@@ -173,51 +129,62 @@ SyscallWorker::Convert DeliverBytes(JobBytesPtr bytes) {
   };
 }
 
-// One entry point per (syscall, sync/async): the same argument checks, the same syscall. An
+// pread, pwrite, read and write, each sync and async: the same argument checks, the same syscall. An
 // async call works on memory it pins or bounces (JobBytes), never on the bare view.
-template <Bulk op, bool async>
-Napi::Value BulkCall(const Napi::CallbackInfo& info) {
-  const bool positioned = op == Bulk::kPread || op == Bulk::kPwrite;
-  const bool fills = op == Bulk::kPread || op == Bulk::kRead;
-  BulkArgs a;
-  a.op = op;
-  a.fd = ArgFd(info, 0, "fd");
-  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
-  size_t offset = ArgSize(info, 2, "bufferOffset");
-  a.length = ArgSize(info, 3, "length");
-  a.data = ViewRange(view, offset, a.length, "buffer");
-  a.position = positioned ? ArgOffset(info, 4, "position") : -1;
-  if (async) {
-    JobBytesPtr bytes =
-        ArgJobBytes(view, offset, a.length, fills ? JobBytes::Use::kTarget : JobBytes::Use::kSource, "buffer");
-    a.data = bytes->data();
-    return RunAsync(
-        info.Env(), BulkName(op), "", [a, bytes] { return BulkNow(a); }, DeliverBytes(bytes));
+template <Bulk kOp>
+struct BulkOp {
+  static constexpr const char* kSyscall = BulkName(kOp);
+  static constexpr bool kPositioned = kOp == Bulk::kPread || kOp == Bulk::kPwrite;
+  static constexpr bool kFills = kOp == Bulk::kPread || kOp == Bulk::kRead;
+  int fd;
+  uint8_t* data;
+  size_t length;
+  int64_t position;
+  JobBytesPtr bytes;  // async only
+
+  BulkOp(const Napi::CallbackInfo& info, bool async) {
+    fd = ArgFd(info, 0, "fd");
+    Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
+    size_t offset = ArgSize(info, 2, "bufferOffset");
+    length = ArgSize(info, 3, "length");
+    data = ViewRange(view, offset, length, "buffer");
+    position = kPositioned ? ArgOffset(info, 4, "position") : -1;
+    if (async) {
+      bytes = ArgJobBytes(view, offset, length, kFills ? JobBytes::Use::kTarget : JobBytes::Use::kSource, "buffer");
+      data = bytes->data();
+    }
   }
-  Outcome out = BulkNow(a);
-  ThrowIfFailed(info.Env(), BulkName(op), out);
-  return BytesResult(info.Env(), out);
-}
+  Outcome Run() const {
+    return Done(RetryEintr([this]() -> ssize_t {
+      switch (kOp) {
+        case Bulk::kPread: return pread(fd, data, length, position);
+        case Bulk::kPwrite: return pwrite(fd, data, length, position);
+        case Bulk::kRead: return read(fd, data, length);
+        default: return write(fd, data, length);
+      }
+    }));
+  }
+  Napi::Value Result(Napi::Env env, const Outcome& out) const {
+    if (bytes) bytes->Deliver(env, static_cast<size_t>(out.ret));
+    return BytesResult(env, out);
+  }
+  std::string Detail(const Outcome&) const { return ""; }
+};
 
 // pwriteAllAsync(fd, buffer, bufferOffset, length, position[, registerFd, registerPosition,
 // width, value]): writes the whole range (short writes continued, a write of 0 is EIO), then the
 // optional register, all in one pool job: a data window and its doorbell cost one thread hop.
 Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
-  size_t offset = ArgSize(info, 2, "bufferOffset");
-  size_t length = ArgSize(info, 3, "length");
-  int64_t position = ArgOffset(info, 4, "position");
+  // The op holds the pinned or bounced bytes: the job keeps them alive until it has run.
+  auto op = std::make_shared<BulkOp<Bulk::kPwrite>>(info, true);
   RegisterWrite reg = ArgRegisterWrite(info, 5);
-  JobBytesPtr bytes = ArgJobBytes(view, offset, length, JobBytes::Use::kSource, "buffer");
-  uint8_t* data = bytes->data();
-  // `bytes` is captured by name: it keeps the pinned or bounced memory alive until the job ends.
-  auto work = [fd, data, length, position, reg, bytes] {
+  auto work = [op, reg] {
     Outcome out;
     size_t done = 0;
-    while (done < length) {
-      ssize_t n =
-          RetryEintr([&] { return pwrite(fd, data + done, length - done, position + static_cast<int64_t>(done)); });
+    while (done < op->length) {
+      ssize_t n = RetryEintr([&] {
+        return pwrite(op->fd, op->data + done, op->length - done, op->position + static_cast<int64_t>(done));
+      });
       if (n <= 0) {
         out.err = n < 0 ? errno : EIO;
         out.stage = "data";
@@ -230,12 +197,6 @@ Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
     return out;
   };
   return RunAsync(info.Env(), "pwrite", "", work, nullptr);
-}
-
-// Waits until a non-blocking fd is ready: on the pool, never on the JS thread.
-int AwaitReady(int fd, short events) {
-  pollfd p{fd, events, 0};
-  return RetryEintr([&] { return poll(&p, 1, -1); }) < 0 ? -1 : 0;
 }
 
 // readAtLeastAsync(fd, buffer, bufferOffset, min, max[, cancelId]): resolves the byte count,
@@ -284,9 +245,8 @@ Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max, int cancel_fd
       }
     }
     ssize_t n = RetryEintr([&] { return read(fd, data + got, max - got); });
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (cancel_fd >= 0 || AwaitReady(fd, POLLIN) == 0) continue;
-    }
+    // Only the wait thread (cancel_fd) may wait for readiness: a pool thread never blocks in poll().
+    if (n < 0 && cancel_fd >= 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
     if (n < 0) {
       out.err = errno;
       return out;
@@ -302,20 +262,14 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
-  exports.Set("preadWidth", Napi::Function::New(env, PreadWidth, "preadWidth"));
-  exports.Set("preadWidthAsync", Napi::Function::New(env, PreadWidthAsync, "preadWidthAsync"));
-  exports.Set("pwriteWidth", Napi::Function::New(env, PwriteWidth, "pwriteWidth"));
-  exports.Set("pwriteWidthAsync", Napi::Function::New(env, PwriteWidthAsync, "pwriteWidthAsync"));
-  exports.Set("pread", Napi::Function::New(env, BulkCall<Bulk::kPread, false>, "pread"));
-  exports.Set("preadAsync", Napi::Function::New(env, BulkCall<Bulk::kPread, true>, "preadAsync"));
-  exports.Set("pwrite", Napi::Function::New(env, BulkCall<Bulk::kPwrite, false>, "pwrite"));
-  exports.Set("pwriteAsync", Napi::Function::New(env, BulkCall<Bulk::kPwrite, true>, "pwriteAsync"));
+  ExportTwin<PreadWidthOp>(env, exports, "preadWidth");
+  ExportTwin<PwriteWidthOp>(env, exports, "pwriteWidth");
+  ExportTwin<BulkOp<Bulk::kPread>>(env, exports, "pread");
+  ExportTwin<BulkOp<Bulk::kPwrite>>(env, exports, "pwrite");
+  ExportTwin<BulkOp<Bulk::kRead>>(env, exports, "read");
+  ExportTwin<BulkOp<Bulk::kWrite>>(env, exports, "write");
   exports.Set("pwriteAllAsync", Napi::Function::New(env, PwriteAllAsync, "pwriteAllAsync"));
-  exports.Set("read", Napi::Function::New(env, BulkCall<Bulk::kRead, false>, "read"));
-  exports.Set("readAsync", Napi::Function::New(env, BulkCall<Bulk::kRead, true>, "readAsync"));
   exports.Set("readAtLeastAsync", Napi::Function::New(env, ReadAtLeastAsync, "readAtLeastAsync"));
-  exports.Set("write", Napi::Function::New(env, BulkCall<Bulk::kWrite, false>, "write"));
-  exports.Set("writeAsync", Napi::Function::New(env, BulkCall<Bulk::kWrite, true>, "writeAsync"));
 }
 
 }  // namespace vfio

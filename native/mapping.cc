@@ -85,11 +85,15 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
   bool writable_ = false;
   Napi::Reference<Napi::ArrayBuffer> view_;
 
+  static void CheckReceiver(const Napi::CallbackInfo& info) {
+    if (!info.This().IsObject() || !info.This().As<Napi::Object>().CheckTypeTag(&kMappingTag)) {
+      throw Napi::TypeError::New(info.Env(), "receiver is not a Mapping");
+    }
+  }
+
   uint8_t* Check(const Napi::CallbackInfo& info, size_t offset, size_t length) {
     Napi::Env env = info.Env();
-    if (!info.This().IsObject() || !info.This().As<Napi::Object>().CheckTypeTag(&kMappingTag)) {
-      throw Napi::TypeError::New(env, "receiver is not a Mapping");
-    }
+    CheckReceiver(info);
     if (!state_ || state_->unmap_requested) throw Napi::Error::New(env, "mapping is unmapped");
     if (offset > state_->length || length > state_->length - offset) {
       throw Napi::RangeError::New(env, "range [" + std::to_string(offset) + ", +" + std::to_string(length) +
@@ -113,13 +117,8 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     unsigned width = ArgWidth(info, 1);
     if (offset % width) throw Napi::RangeError::New(info.Env(), "offset is not aligned to the access width");
     uint8_t* p = Check(info, offset, width);
-    uint64_t v;
-    switch (width) {
-      case 1: v = *reinterpret_cast<volatile uint8_t*>(p); break;
-      case 2: v = *reinterpret_cast<volatile uint16_t*>(p); break;
-      case 4: v = *reinterpret_cast<volatile uint32_t*>(p); break;
-      default: v = *reinterpret_cast<volatile uint64_t*>(p); break;
-    }
+    uint64_t v =
+        WithWidth(width, [p](auto zero) -> uint64_t { return *reinterpret_cast<volatile decltype(zero)*>(p); });
     return RegisterToJs(info.Env(), v, width);
   }
 
@@ -129,12 +128,10 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     uint64_t v = ArgRegisterValue(info, 2, width);
     if (offset % width) throw Napi::RangeError::New(info.Env(), "offset is not aligned to the access width");
     uint8_t* p = CheckWritable(info, offset, width, "write()");
-    switch (width) {
-      case 1: *reinterpret_cast<volatile uint8_t*>(p) = static_cast<uint8_t>(v); break;
-      case 2: *reinterpret_cast<volatile uint16_t*>(p) = static_cast<uint16_t>(v); break;
-      case 4: *reinterpret_cast<volatile uint32_t*>(p) = static_cast<uint32_t>(v); break;
-      default: *reinterpret_cast<volatile uint64_t*>(p) = v; break;
-    }
+    WithWidth(width, [p, v](auto zero) {
+      using T = decltype(zero);
+      *reinterpret_cast<volatile T*>(p) = static_cast<T>(v);
+    });
     return info.Env().Undefined();
   }
 
@@ -181,9 +178,7 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
 
   // Explicit and idempotent: detaches the view now; the munmap waits for in-flight copies.
   Napi::Value Unmap(const Napi::CallbackInfo& info) {
-    if (!info.This().IsObject() || !info.This().As<Napi::Object>().CheckTypeTag(&kMappingTag)) {
-      throw Napi::TypeError::New(info.Env(), "receiver is not a Mapping");
-    }
+    CheckReceiver(info);
     if (state_ && !state_->unmap_requested) {
       if (!view_.IsEmpty()) {
         Napi::ArrayBuffer ab = view_.Value();
@@ -230,10 +225,6 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
 
 }  // namespace
 
-void InitMapping(Napi::Env env, Napi::Object exports) {
-  Napi::Function ctor = Mapping::Define(env);
-  env.GetInstanceData<AddonData>()->mapping_class = Napi::Persistent(ctor);
-  exports.Set("Mapping", ctor);
-}
+void InitMapping(Napi::Env env, Napi::Object exports) { exports.Set("Mapping", Mapping::Define(env)); }
 
 }  // namespace vfio

@@ -19,19 +19,11 @@ constexpr uint32_t kMaxInfoSize = 64 * 1024;
 constexpr int kMaxInfoAttempts = 8;
 
 int RetryIoctl(int fd, unsigned long request, void* arg) {
-  int r;
-  do {
-    r = ioctl(fd, request, arg);
-  } while (r < 0 && errno == EINTR);
-  return r;
+  return RetryEintr([&] { return ioctl(fd, request, arg); });
 }
 
 int RetryIoctlInt(int fd, unsigned long request, unsigned long arg) {
-  int r;
-  do {
-    r = ioctl(fd, request, arg);
-  } while (r < 0 && errno == EINTR);
-  return r;
+  return RetryEintr([&] { return ioctl(fd, request, arg); });
 }
 
 [[noreturn]] void ThrowIoctl(Napi::Env env, int err, const char* name) { throw SyscallError(env, "ioctl", err, name); }
@@ -145,130 +137,109 @@ Napi::Value DeviceGetIrqInfo(const Napi::CallbackInfo& info) {
   return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<uint8_t*>(&irq), sizeof(irq));
 }
 
-Outcome ResetNow(int fd) {
-  Outcome out;
-  if (RetryIoctlInt(fd, VFIO_DEVICE_RESET, 0) < 0) out.err = errno;
-  return out;
+// deviceReset[Async](deviceFd): VFIO_DEVICE_RESET.
+struct ResetOp {
+  static constexpr const char* kSyscall = "ioctl";
+  int fd;
+
+  ResetOp(const Napi::CallbackInfo& info, bool) : fd(ArgFd(info, 0, "deviceFd")) {}
+  Outcome Run() const {
+    Outcome out;
+    if (RetryIoctlInt(fd, VFIO_DEVICE_RESET, 0) < 0) out.err = errno;
+    return out;
+  }
+  Napi::Value Result(Napi::Env env, const Outcome&) const { return env.Undefined(); }
+  std::string Detail(const Outcome&) const { return "VFIO_DEVICE_RESET"; }
+};
+
+// The data_fd a MIG_DEVICE_STATE SET handed back inside a feature buffer, or -1.
+int32_t HandedDataFd(const uint8_t* data, size_t length) {
+  uint32_t flags;
+  memcpy(&flags, data + offsetof(struct vfio_device_feature, flags), sizeof(flags));
+  size_t fd_at = sizeof(struct vfio_device_feature) + offsetof(struct vfio_device_feature_mig_state, data_fd);
+  if (!(flags & VFIO_DEVICE_FEATURE_SET) ||
+      (flags & VFIO_DEVICE_FEATURE_MASK) != VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE || length < fd_at + sizeof(int32_t)) {
+    return -1;
+  }
+  int32_t data_fd;
+  memcpy(&data_fd, data + fd_at, sizeof(data_fd));
+  return data_fd;
 }
 
-Napi::Value DeviceReset(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "deviceFd");
-  Outcome out = ResetNow(fd);
-  if (out.err) ThrowIoctl(info.Env(), out.err, "VFIO_DEVICE_RESET");
-  return info.Env().Undefined();
-}
-
-Napi::Value DeviceResetAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "deviceFd");
-  return RunAsync(
-      info.Env(), "ioctl", "VFIO_DEVICE_RESET", [fd] { return ResetNow(fd); }, nullptr);
-}
-
-// VFIO_DEVICE_FEATURE on a caller-built struct vfio_device_feature (argsz, flags, data[]), in place.
-struct FeatureArgs {
+// deviceFeature[Async](deviceFd, feature): VFIO_DEVICE_FEATURE on a caller-built struct
+// vfio_device_feature (argsz, flags, data[]), in place. Async, the kernel reads and writes the
+// buffer from the pool: it is pinned or bounced (JobBytes).
+struct FeatureOp {
+  static constexpr const char* kSyscall = "ioctl";
   int fd;
   uint8_t* data;
   size_t length;
-};
+  JobBytesPtr bytes;  // async only
 
-FeatureArgs ParseFeature(const Napi::CallbackInfo& info, Napi::Uint8Array* view) {
-  FeatureArgs a;
-  a.fd = ArgFd(info, 0, "deviceFd");
-  *view = ArgBytes(info, 1, "feature");
-  a.length = view->ByteLength();
-  if (a.length < sizeof(struct vfio_device_feature)) {
-    throw Napi::RangeError::New(info.Env(), "feature buffer is smaller than struct vfio_device_feature");
+  FeatureOp(const Napi::CallbackInfo& info, bool async) {
+    fd = ArgFd(info, 0, "deviceFd");
+    Napi::Uint8Array view = ArgBytes(info, 1, "feature");
+    length = view.ByteLength();
+    if (length < sizeof(struct vfio_device_feature)) {
+      throw Napi::RangeError::New(info.Env(), "feature buffer is smaller than struct vfio_device_feature");
+    }
+    data = static_cast<uint8_t*>(view.Data());
+    uint32_t argsz;
+    memcpy(&argsz, data, sizeof(argsz));
+    if (argsz > length) throw Napi::RangeError::New(info.Env(), "feature argsz is larger than its buffer");
+    if (async) {
+      bytes = ArgJobBytes(view, 0, length, JobBytes::Use::kBoth, "feature");
+      data = bytes->data();
+    }
   }
-  a.data = static_cast<uint8_t*>(view->Data());
-  uint32_t argsz;
-  memcpy(&argsz, a.data, sizeof(argsz));
-  if (argsz > a.length) throw Napi::RangeError::New(info.Env(), "feature argsz is larger than its buffer");
-  return a;
-}
-
-Outcome FeatureNow(const FeatureArgs& a) {
-  Outcome out;
-  int r = RetryIoctl(a.fd, VFIO_DEVICE_FEATURE, a.data);
-  if (r < 0) {
-    out.err = errno;
+  Outcome Run() const {
+    Outcome out;
+    int r = RetryIoctl(fd, VFIO_DEVICE_FEATURE, data);
+    if (r < 0) {
+      out.err = errno;
+      return out;
+    }
+    out.ret = r;
+    // Keep the O_CLOEXEC rule for a data_fd handed back inside the buffer.
+    int32_t data_fd = HandedDataFd(data, length);
+    if (data_fd >= 0) EnsureCloexec(data_fd);
     return out;
   }
-  out.ret = r;
-  // A MIG_DEVICE_STATE SET may hand back a data_fd inside the buffer; keep the O_CLOEXEC rule.
-  uint32_t flags;
-  memcpy(&flags, a.data + offsetof(struct vfio_device_feature, flags), sizeof(flags));
-  size_t fd_at = sizeof(struct vfio_device_feature) + offsetof(struct vfio_device_feature_mig_state, data_fd);
-  if ((flags & VFIO_DEVICE_FEATURE_SET) && (flags & VFIO_DEVICE_FEATURE_MASK) == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE &&
-      a.length >= fd_at + sizeof(int32_t)) {
-    int32_t data_fd;
-    memcpy(&data_fd, a.data + fd_at, sizeof(data_fd));
-    if (data_fd >= 0) EnsureCloexec(data_fd);
-  }
-  return out;
-}
-
-Napi::Value DeviceFeature(const Napi::CallbackInfo& info) {
-  Napi::Uint8Array view;
-  FeatureArgs a = ParseFeature(info, &view);
-  Outcome out = FeatureNow(a);
-  if (out.err) ThrowIoctl(info.Env(), out.err, "VFIO_DEVICE_FEATURE");
-  return Napi::Number::New(info.Env(), static_cast<double>(out.ret));
-}
-
-// The kernel reads and writes the feature buffer from the pool: it is pinned or bounced (JobBytes).
-Napi::Value DeviceFeatureAsync(const Napi::CallbackInfo& info) {
-  Napi::Uint8Array view;
-  FeatureArgs a = ParseFeature(info, &view);
-  JobBytesPtr bytes = ArgJobBytes(view, 0, a.length, JobBytes::Use::kBoth, "feature");
-  a.data = bytes->data();
-  auto deliver = [a, bytes](Napi::Env env, const Outcome& out) -> Napi::Value {
-    try {
-      bytes->Deliver(env, a.length);
-    } catch (const Napi::Error&) {
-      // The caller can no longer see a data_fd the kernel handed back: do not leak it.
-      uint32_t flags;
-      memcpy(&flags, a.data + offsetof(struct vfio_device_feature, flags), sizeof(flags));
-      size_t fd_at = sizeof(struct vfio_device_feature) + offsetof(struct vfio_device_feature_mig_state, data_fd);
-      if ((flags & VFIO_DEVICE_FEATURE_SET) &&
-          (flags & VFIO_DEVICE_FEATURE_MASK) == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE &&
-          a.length >= fd_at + sizeof(int32_t)) {
-        int32_t data_fd;
-        memcpy(&data_fd, a.data + fd_at, sizeof(data_fd));
+  Napi::Value Result(Napi::Env env, const Outcome& out) const {
+    if (bytes) {
+      try {
+        bytes->Deliver(env, length);
+      } catch (const Napi::Error&) {
+        // The caller can no longer see a data_fd the kernel handed back: do not leak it.
+        int32_t data_fd = HandedDataFd(data, length);
         if (data_fd >= 0) close(data_fd);
+        throw;
       }
-      throw;
     }
     return Napi::Number::New(env, static_cast<double>(out.ret));
-  };
-  return RunAsync(
-      info.Env(), "ioctl", "VFIO_DEVICE_FEATURE", [a, bytes] { return FeatureNow(a); }, deliver);
-}
+  }
+  std::string Detail(const Outcome&) const { return "VFIO_DEVICE_FEATURE"; }
+};
 
-Outcome PrecopyNow(int fd, struct vfio_precopy_info* pi) {
-  Outcome out;
-  memset(pi, 0, sizeof(*pi));
-  pi->argsz = sizeof(*pi);
-  if (RetryIoctl(fd, VFIO_MIG_GET_PRECOPY_INFO, pi) < 0) out.err = errno;
-  return out;
-}
+// migGetPrecopyInfo[Async](dataFd): VFIO_MIG_GET_PRECOPY_INFO, the struct as bytes.
+struct PrecopyInfoOp {
+  static constexpr const char* kSyscall = "ioctl";
+  int fd;
+  struct vfio_precopy_info pi = {};
 
-Napi::Value MigGetPrecopyInfo(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "dataFd");
-  struct vfio_precopy_info pi;
-  Outcome out = PrecopyNow(fd, &pi);
-  if (out.err) ThrowIoctl(info.Env(), out.err, "VFIO_MIG_GET_PRECOPY_INFO");
-  return Napi::Buffer<uint8_t>::Copy(info.Env(), reinterpret_cast<uint8_t*>(&pi), sizeof(pi));
-}
-
-Napi::Value MigGetPrecopyInfoAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "dataFd");
-  auto pi = std::make_shared<struct vfio_precopy_info>();
-  return RunAsync(
-      info.Env(), "ioctl", "VFIO_MIG_GET_PRECOPY_INFO", [fd, pi] { return PrecopyNow(fd, pi.get()); },
-      [pi](Napi::Env env, const Outcome&) {
-        return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<uint8_t*>(pi.get()), sizeof(*pi));
-      });
-}
+  PrecopyInfoOp(const Napi::CallbackInfo& info, bool) : fd(ArgFd(info, 0, "dataFd")) {}
+  Outcome Run() {
+    Outcome out;
+    memset(&pi, 0, sizeof(pi));
+    pi.argsz = sizeof(pi);
+    if (RetryIoctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &pi) < 0) out.err = errno;
+    return out;
+  }
+  Napi::Value Result(Napi::Env env, const Outcome&) const {
+    return Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<const uint8_t*>(&pi), sizeof(pi));
+  }
+  std::string Detail(const Outcome&) const { return "VFIO_MIG_GET_PRECOPY_INFO"; }
+};
 
 }  // namespace
 
@@ -283,12 +254,9 @@ void InitVfio(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceGetInfo", Napi::Function::New(env, DeviceGetInfo, "deviceGetInfo"));
   exports.Set("deviceGetRegionInfo", Napi::Function::New(env, DeviceGetRegionInfo, "deviceGetRegionInfo"));
   exports.Set("deviceGetIrqInfo", Napi::Function::New(env, DeviceGetIrqInfo, "deviceGetIrqInfo"));
-  exports.Set("deviceReset", Napi::Function::New(env, DeviceReset, "deviceReset"));
-  exports.Set("deviceResetAsync", Napi::Function::New(env, DeviceResetAsync, "deviceResetAsync"));
-  exports.Set("deviceFeature", Napi::Function::New(env, DeviceFeature, "deviceFeature"));
-  exports.Set("deviceFeatureAsync", Napi::Function::New(env, DeviceFeatureAsync, "deviceFeatureAsync"));
-  exports.Set("migGetPrecopyInfo", Napi::Function::New(env, MigGetPrecopyInfo, "migGetPrecopyInfo"));
-  exports.Set("migGetPrecopyInfoAsync", Napi::Function::New(env, MigGetPrecopyInfoAsync, "migGetPrecopyInfoAsync"));
+  ExportTwin<ResetOp>(env, exports, "deviceReset");
+  ExportTwin<FeatureOp>(env, exports, "deviceFeature");
+  ExportTwin<PrecopyInfoOp>(env, exports, "migGetPrecopyInfo");
 }
 
 }  // namespace vfio

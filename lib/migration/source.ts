@@ -93,6 +93,10 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
     this.#handle.close();
   }
 
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
     try {
       for (;;) {

@@ -9,125 +9,22 @@ import {
   VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
   VFIO_DEVICE_FEATURE_SET,
   VFIO_DEVICE_STATE_ERROR,
-  VFIO_DEVICE_STATE_PRE_COPY,
-  VFIO_DEVICE_STATE_PRE_COPY_P2P,
-  VFIO_DEVICE_STATE_RESUMING,
-  VFIO_DEVICE_STATE_RUNNING,
-  VFIO_DEVICE_STATE_RUNNING_P2P,
-  VFIO_DEVICE_STATE_STOP,
-  VFIO_DEVICE_STATE_STOP_COPY,
+  VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
+  VFIO_DEVICE_STATE_RESUMING as RESUMING,
+  VFIO_DEVICE_STATE_RUNNING as RUNNING,
+  VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
+  VFIO_DEVICE_STATE_STOP as STOP,
+  VFIO_DEVICE_STATE_STOP_COPY as STOP_COPY,
   layout,
 } from '../uapi';
 import { MigrationError, abortError, deviceStepError, errnoOf } from './errors';
 import type { StreamRecord } from './stream';
 import type { CopyPass, MigrationEngine, PendingData, StateReading } from './types';
 import { ChunkBuffers } from './pipeline';
+import { V2_STATE_NAMES, supportedStates, v2Path, v2StateName } from './v2-states';
+import type { V2Support } from './v2-states';
 
-export const V2_STATE_NAMES: Record<number, string> = {
-  [VFIO_DEVICE_STATE_ERROR]: 'ERROR',
-  [VFIO_DEVICE_STATE_STOP]: 'STOP',
-  [VFIO_DEVICE_STATE_RUNNING]: 'RUNNING',
-  [VFIO_DEVICE_STATE_STOP_COPY]: 'STOP_COPY',
-  [VFIO_DEVICE_STATE_RESUMING]: 'RESUMING',
-  [VFIO_DEVICE_STATE_RUNNING_P2P]: 'RUNNING_P2P',
-  [VFIO_DEVICE_STATE_PRE_COPY]: 'PRE_COPY',
-  [VFIO_DEVICE_STATE_PRE_COPY_P2P]: 'PRE_COPY_P2P',
-};
-
-export function v2StateName(state: number): string {
-  return V2_STATE_NAMES[state] ?? `unknown state ${state}`;
-}
-
-export interface V2Support {
-  p2p: boolean;
-  preCopy: boolean;
-}
-
-const RUNNING = VFIO_DEVICE_STATE_RUNNING;
-const STOP = VFIO_DEVICE_STATE_STOP;
-const STOP_COPY = VFIO_DEVICE_STATE_STOP_COPY;
-const RESUMING = VFIO_DEVICE_STATE_RESUMING;
-const RUNNING_P2P = VFIO_DEVICE_STATE_RUNNING_P2P;
-const PRE_COPY = VFIO_DEVICE_STATE_PRE_COPY;
-const PRE_COPY_P2P = VFIO_DEVICE_STATE_PRE_COPY_P2P;
-
-/** The FSM arcs of linux/vfio.h, in the order a breadth-first search tries them. */
-const BASE_ARCS: readonly [number, number][] = [
-  [RUNNING_P2P, STOP],
-  [STOP_COPY, STOP],
-  [RESUMING, STOP],
-  [RUNNING_P2P, RUNNING],
-  [PRE_COPY, RUNNING],
-  [RUNNING, RUNNING_P2P],
-  [STOP, RUNNING_P2P],
-  [PRE_COPY_P2P, RUNNING_P2P],
-  [STOP, STOP_COPY],
-  [STOP, RESUMING],
-  [RUNNING, PRE_COPY],
-  [RUNNING_P2P, PRE_COPY_P2P],
-  [PRE_COPY, PRE_COPY_P2P],
-  [PRE_COPY_P2P, PRE_COPY],
-  [PRE_COPY_P2P, STOP_COPY],
-];
-
-const SAVING_GROUP = new Set([PRE_COPY, PRE_COPY_P2P, STOP_COPY]);
-
-/** States a device with these flags supports (RUNNING and ERROR always; STOP_COPY states are required). */
-export function supportedStates(support: V2Support): Set<number> {
-  const s = new Set([RUNNING, STOP, STOP_COPY, RESUMING]);
-  if (support.p2p) s.add(RUNNING_P2P);
-  if (support.preCopy) s.add(PRE_COPY);
-  if (support.p2p && support.preCopy) s.add(PRE_COPY_P2P);
-  return s;
-}
-
-/**
- * The shortest path of FSM arcs from `from` to `to`, as the kernel picks it: saving-group states
- * (PRE_COPY, PRE_COPY_P2P, STOP_COPY) are interior only inside one session; an unsupported P2P state behaves as its
- * running twin (so its arcs fold into that state); PRE_COPY arcs exist only with PRE_COPY support.
- * Returns the states to set, in order, excluding `from`; null when `to` is unreachable or unsupported.
- */
-export function v2Path(from: number, to: number, support: V2Support): number[] | null {
-  const states = supportedStates(support);
-  if (!states.has(to) || !states.has(from)) return null;
-  if (from === to) return [];
-  const fold = (s: number): number | null => {
-    if (states.has(s)) return s;
-    if (s === RUNNING_P2P) return RUNNING;
-    if (s === PRE_COPY_P2P && support.preCopy) return PRE_COPY;
-    return null;
-  };
-  const next = new Map<number, number[]>();
-  for (const [a, b] of BASE_ARCS) {
-    const fa = fold(a);
-    const fb = fold(b);
-    if (fa === null || fb === null || fa === fb) continue;
-    const list = next.get(fa) ?? [];
-    if (!list.includes(fb)) list.push(fb);
-    next.set(fa, list);
-  }
-  // STOP_COPY -> PRE_COPY(_P2P) is refused by the header ("not permitted"), directly or combined.
-  if (from === STOP_COPY && (to === PRE_COPY || to === PRE_COPY_P2P)) return null;
-  // Saving-group states may be interior only while one session continues (PRE_COPY -> STOP_COPY).
-  const interiorSavingOk = SAVING_GROUP.has(from) && SAVING_GROUP.has(to);
-  const prev = new Map<number, number>([[from, -1]]);
-  const queue = [from];
-  while (queue.length) {
-    const cur = queue.shift()!;
-    if (cur !== from && SAVING_GROUP.has(cur) && !interiorSavingOk) continue;
-    for (const n of next.get(cur) ?? []) {
-      if (prev.has(n)) continue;
-      prev.set(n, cur);
-      if (n === to) {
-        const path = [n];
-        for (let p = cur; p !== from; p = prev.get(p)!) path.unshift(p);
-        return path;
-      }
-      queue.push(n);
-    }
-  }
-  return null;
-}
+export * from './v2-states';
 
 /** Default data_fd read size: large enough to amortise syscalls, small enough to stream. */
 export const V2_READ_SIZE = 1 << 20;
@@ -160,13 +57,17 @@ export class V2Engine implements MigrationEngine {
     return buf;
   }
 
+  /** A VFIO_DEVICE_FEATURE GET of `feature` with `dataSize` bytes of payload, after the header. */
+  async #getFeature(feature: number, dataSize: number): Promise<Buffer> {
+    const buf = this.#featureBuffer(VFIO_DEVICE_FEATURE_GET | feature, dataSize);
+    await this.device.featureAsync(buf);
+    return buf;
+  }
+
   async getState(): Promise<number> {
-    const buf = this.#featureBuffer(
-      VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-      layout.vfio_device_feature_mig_state.size,
-    );
+    let buf: Buffer;
     try {
-      await this.device.featureAsync(buf);
+      buf = await this.#getFeature(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, layout.vfio_device_feature_mig_state.size);
     } catch (err) {
       throw deviceStepError('get device state', err);
     }
@@ -196,12 +97,9 @@ export class V2Engine implements MigrationEngine {
 
   /** Estimated stop-copy size (kernel 6.3+); undefined when the device or kernel has none. */
   async dataSizeEstimate(): Promise<bigint | undefined> {
-    const buf = this.#featureBuffer(
-      VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
-      layout.vfio_device_feature_mig_data_size.size,
-    );
+    let buf: Buffer;
     try {
-      await this.device.featureAsync(buf);
+      buf = await this.#getFeature(VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, layout.vfio_device_feature_mig_data_size.size);
     } catch (err) {
       // Kernels before 6.3 and drivers without the feature say ENOTTY (or EINVAL/EOPNOTSUPP): no estimate.
       if (isSyscallError(err, 'ENOTTY') || isSyscallError(err, 'EINVAL') || isSyscallError(err, 'EOPNOTSUPP'))

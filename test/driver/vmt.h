@@ -19,6 +19,7 @@
 #include <linux/atomic.h>
 #include <linux/vfio.h>
 #include <linux/mdev.h>
+#include <linux/sizes.h>
 
 #ifdef VFIO_MIGRATION_PRE_COPY
 #define VMT_HAVE_PRECOPY 1
@@ -51,12 +52,12 @@ static inline bool vmt_kind_is_v1(enum vmt_kind k)
 
 /* Device state granule; fixed by the stream format, not the host page. */
 #define VMT_PAGE		4096u
-#define VMT_STATE_MAX		(4ULL << 30)
-#define VMT_STATE_DEFAULT	(1ULL << 20)
+#define VMT_STATE_MAX		SZ_4G
+#define VMT_STATE_DEFAULT	SZ_1M
 #define VMT_CHUNK_MIN		((u32)PAGE_SIZE)
 #define VMT_CHUNK_MAX		(64u << 20)
 #define VMT_CHUNK_DEFAULT	(64u << 10)
-#define VMT_DIRTY_RATE_MAX	(1u << 30)
+#define VMT_DIRTY_RATE_MAX	SZ_1G
 #define VMT_DIRTY_TICK_HZ	50
 
 /* Region offsets inside the device fd, as in mtty: index in bits 40+. */
@@ -209,6 +210,7 @@ struct vmt_fault_desc {
 	const char *name;
 	unsigned int flags;
 };
+
 extern const struct vmt_fault_desc vmt_fault_descs[VMT_F_NR];
 
 /* One saving session: what is still to be sent, and record production. */

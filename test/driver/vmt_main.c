@@ -111,11 +111,13 @@ static const struct vfio_device_ops vmt_dev_ops;
 
 /* --- fault injection ------------------------------------------------ */
 
-#define VMT_FDESC(id, name, flags) [VMT_F_##id] = { name, flags },
+#define VMT_FDESC(id, name, flags) \
+	[VMT_F_##id] = { name, flags },
 const struct vmt_fault_desc vmt_fault_descs[VMT_F_NR] = { VMT_FAULTS(VMT_FDESC) };
 #undef VMT_FDESC
 
-#define VMT_CNAME(id, name) [VMT_C_##id] = name,
+#define VMT_CNAME(id, name) \
+	[VMT_C_##id] = name,
 static const char *const vmt_counter_names[VMT_C_NR] = { VMT_COUNTERS(VMT_CNAME) };
 #undef VMT_CNAME
 
@@ -561,8 +563,8 @@ static long vmt_ioctl(struct vfio_device *vdev, unsigned int cmd,
 		if (copy_from_user(&hdr, uarg, minsz))
 			return -EFAULT;
 		ret = vfio_set_irqs_validate_and_prepare(&hdr,
-			hdr.index == VFIO_PCI_INTX_IRQ_INDEX ? 1 : 0,
-			VFIO_PCI_NUM_IRQS, &data_size);
+							 hdr.index == VFIO_PCI_INTX_IRQ_INDEX,
+							 VFIO_PCI_NUM_IRQS, &data_size);
 		if (ret)
 			return ret;
 		if (data_size) {

@@ -341,8 +341,10 @@ int vmt_save_start(struct vmt_dev *d, bool stopped, u16 rec_flags)
 	s->npages = npages;
 	bitmap_fill(s->pend, npages);
 	bitmap_fill(s->init, npages);
-	s->n_pend_alloc = s->n_init_alloc = d->nr_present;
-	s->n_pend_zero = s->n_init_zero = npages - d->nr_present;
+	s->n_pend_alloc = d->nr_present;
+	s->n_init_alloc = d->nr_present;
+	s->n_pend_zero = npages - d->nr_present;
+	s->n_init_zero = npages - d->nr_present;
 	s->stopped = stopped;
 	s->rec_flags = rec_flags;
 	d->save = s;

@@ -360,7 +360,8 @@ static ssize_t vmt_resume_write(struct file *filp, const char __user *ubuf,
 			if (ret)
 				break;
 			migf->hdr_fill = 0;
-			migf->rfill = migf->rlen = 0;
+			migf->rfill = 0;
+			migf->rlen = 0;
 		}
 	}
 	if (ret == -EINVAL || ret == -ENOMEM)

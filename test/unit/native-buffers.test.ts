@@ -172,6 +172,24 @@ test('a write from a JS buffer copies its bytes at submission: detaching it afte
   }
 });
 
+test('pwriteAllAsync keeps its bounced copy of a JS buffer alive until the job has written it', async () => {
+  // 64 MiB: malloc serves the bounce copy from its own mmap, so a copy freed at submission is
+  // unmapped under the pool job (EFAULT or a short write) instead of silently still readable.
+  const size = 64 << 20;
+  const fd = native.memfdCreate('vfio-migration-test');
+  try {
+    const src = Buffer.allocUnsafeSlow(size);
+    for (let i = 0; i < size; i += 4096) src.fill(i / 4096, i, i + 4096);
+    await native.pwriteAllAsync(fd, src, 0, size, 0, fd, size, 8, 1n);
+    const back = Buffer.allocUnsafeSlow(size);
+    assert.equal(native.pread(fd, back, 0, size, 0), size);
+    assert.ok(back.equals(src), 'the file holds the bytes of the buffer');
+    assert.equal(native.preadWidth(fd, size, 8), 1n, 'then the register write');
+  } finally {
+    native.close(fd);
+  }
+});
+
 test('pool reads into a JS buffer detached before they complete reject with ERR_BUFFER_DETACHED (pread, mapping copy)', async () => {
   const fd = native.memfdCreate('vfio-migration-test');
   native.pwrite(fd, Buffer.alloc(4096, 3), 0, 4096, 0); // mapFd refuses a range past the end of the file

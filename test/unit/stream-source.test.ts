@@ -195,6 +195,23 @@ describe('FdSource (host kernel: files and pipes)', () => {
     }
   });
 
+  it('is disposable: leaving a `using` block closes the file it opened', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfmig-src-'));
+    try {
+      const path = join(dir, 'empty.vfmig');
+      writeFileSync(path, '');
+      const before = openFds();
+      {
+        using source = FdSource.open(path);
+        assert.equal(openFds(), before + 1);
+        assert.equal(source.name, path);
+      }
+      assert.equal(openFds(), before, 'the fd was closed at the end of the block');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('reads from a pipe fed in small pieces, blocking or non-blocking, and leaves a borrowed fd open', async () => {
     const payloads = [pattern(0, 200_000), pattern(1, 3), pattern(2, 700_000)];
     const bytes = await encode(payloads);

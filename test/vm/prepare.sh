@@ -3,7 +3,7 @@
 # into <project>/.cache/vm/<series>/. Idempotent and cached: a warm run only
 # checks stamps and lets make rebuild the project's out-of-tree modules.
 #
-#   bash test/vm/prepare.sh [--quiet] [--kernel 6.12|6.1|all] [--modules-only] [--no-project-modules]
+#   bash test/vm/prepare.sh [--quiet] [--kernel 6.12|6.1|all] [--modules-only] [--no-project-modules] [--source-only]
 #
 # Layout (per series, 6.12 and 6.1):
 #   kver               kernel release, e.g. 6.12.117+deb12-amd64
@@ -11,12 +11,14 @@
 #   pkg/headers/       the unpacked -common headers and linux-kbuild trees headers/ points into
 #   vmlinux            uncompressed kernel (PVH entry), from scripts/extract-vmlinux
 #   modules/           depmod base dir: modules/lib/modules/<kver>/ (decompressed .ko)
-#   src/               files taken from linux-source-<series> (samples/vfio-mdev, extract-vmlinux, uapi vfio.h)
+#   src/               files taken from linux-source-<series> (samples/vfio-mdev, extract-vmlinux, uapi vfio.h,
+#                      checkpatch.pl with spelling.txt and const_structs.checkpatch for npm run lint)
 #   mtty.ko            samples/vfio-mdev/mtty.c built against headers/
 #   initramfs.cpio     busybox + /init + the modules the guest loads at boot
 #   build/<name>/      out-of-tree modules of the project (test/driver/...), rebuilt by make on every run
 # Shared: .cache/vm/debs/ (downloaded .debs), .cache/vm/<series>.kver-memo (apt answer, keyed by apt's lists).
-# Options: --modules-only rebuilds only the project's modules; --no-project-modules skips them.
+# Options: --modules-only rebuilds only the project's modules; --no-project-modules skips them;
+# --source-only takes only the files of linux-source-<series> (what npm run lint needs: checkpatch.pl).
 set -euo pipefail
 shopt -s nullglob
 
@@ -27,6 +29,7 @@ QUIET=0
 KERNELS="6.12 6.1"
 MODULES_ONLY=0
 PROJECT_MODULES=1
+SOURCE_ONLY=0
 # Bump when the layout or the content of a step changes, so caches rebuild.
 STEP_VERSION=3
 
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
 	--kernel=*) set -- "--kernel" "${1#--kernel=}" "${@:2}"; continue ;;
 	--modules-only) MODULES_ONLY=1 ;;
 	--no-project-modules) PROJECT_MODULES=0 ;;
+	--source-only) SOURCE_ONLY=1 ;;
 	-h|--help) usage; exit 0 ;;
 	*) echo "prepare.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
 	esac
@@ -306,16 +310,21 @@ step_image() {
 }
 
 # Source: only a few files of linux-source-<series> are needed (extract-vmlinux,
-# the vfio-mdev samples, the uapi vfio.h); the tarball is streamed, not stored.
+# the vfio-mdev samples, the uapi vfio.h, checkpatch.pl and the two files it reads);
+# the tarball is streamed, not stored. A cache from before checkpatch.pl was taken
+# lacks it: that alone re-extracts (the stamp's format stays, so older checkouts
+# sharing the cache keep accepting it).
+SOURCE_FILES=(scripts/extract-vmlinux samples/vfio-mdev include/uapi/linux/vfio.h Makefile
+	scripts/checkpatch.pl scripts/spelling.txt scripts/const_structs.checkpatch)
 step_source() {
-	stamp_ok "$S/src.ok" && return 0
+	stamp_ok "$S/src.ok" && [ -f "$S/src/scripts/checkpatch.pl" ] && return 0
 	local spkg="linux-source-$SERIES" iver sver deb tmp
 	iver=$(pkg_version "linux-image-$KVER")
 	if apt-cache madison "$spkg" | awk -v v="$iver" '$3==v{f=1} END{exit !f}'; then sver=$iver
 	else sver=$(pkg_version "$spkg"); warn "$spkg $iver (the image's version) not in apt; using $sver"; fi
 	[ -n "$sver" ] || die "apt has no $spkg"
 	deb=$(download "$spkg=$sver")
-	log "$SERIES: extracting samples/vfio-mdev and extract-vmlinux from $spkg $sver"
+	log "$SERIES: extracting ${SOURCE_FILES[*]} from $spkg $sver"
 	rm -f "$S/src.ok"
 	tmp="$S/.src.tmp"
 	rm -rf "$tmp" "$S/src"; mkdir -p "$tmp"
@@ -325,10 +334,10 @@ step_source() {
 	local top; top=$(basename "$tarball"); top=${top%.tar.*}
 	local dec=(xz -dc); case "$tarball" in *.bz2) dec=(bzip2 -dc) ;; *.gz) dec=(gzip -dc) ;; *.zst) dec=(zstd -dc) ;; esac
 	dpkg-deb --fsys-tarfile "$deb" | tar -xO "$tarball" | "${dec[@]}" \
-		| tar -x -C "$tmp" --strip-components=1 "$top/scripts/extract-vmlinux" "$top/samples/vfio-mdev" \
-			"$top/include/uapi/linux/vfio.h" "$top/Makefile" \
+		| tar -x -C "$tmp" --strip-components=1 "${SOURCE_FILES[@]/#/$top/}" \
 		|| die "could not extract files from $tarball of $spkg"
 	[ -f "$tmp/samples/vfio-mdev/mtty.c" ] && [ -x "$tmp/scripts/extract-vmlinux" ] || die "$spkg lacks mtty.c or extract-vmlinux"
+	[ -f "$tmp/scripts/checkpatch.pl" ] && [ -f "$tmp/scripts/spelling.txt" ] || die "$spkg lacks scripts/checkpatch.pl or spelling.txt"
 	echo "$sver" >"$tmp/VERSION"
 	mv "$tmp" "$S/src"
 	stamp_set "$S/src.ok"
@@ -483,6 +492,19 @@ exec 9>"$CACHE/.prepare.lock"
 if ! flock -n 9; then
 	log "waiting for another prepare.sh to finish"
 	flock 9
+fi
+if [ "$SOURCE_ONLY" = 1 ]; then
+	# Only what step_source needs: no QEMU, no compiler.
+	ensure_tools apt-get:apt dpkg-deb:dpkg xz:xz-utils zstd:zstd
+	for SERIES in $KERNELS; do
+		S="$CACHE/$SERIES"
+		mkdir -p "$S"
+		KVER=$(resolve_kver "$SERIES")
+		# A changed kernel is left to the full prepare, which rebuilds the whole series (src/ too).
+		step_source
+		log "$SERIES: source files ready ($KVER)"
+	done
+	exit 0
 fi
 ensure_host_tools
 for SERIES in $KERNELS; do

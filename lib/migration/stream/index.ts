@@ -1,4 +1,4 @@
-// The .vfmig stream format (DESIGN.md, "The stream format"; docs/stream-format.md): encoder, streaming decoder, offline verifier.
+// The .vfmig stream format (docs/stream-format.md): encoder, streaming decoder, offline verifier.
 export {
   STREAM_MAGIC,
   STREAM_VERSION,
