@@ -113,6 +113,26 @@ describe('dirty tracking: DMA mappings, IOMMU dirty pages, device DMA logging', 
     }
   });
 
+  test('memory given to a DMA mapping stays mapped after its Mapping is unmapped, until the DMA unmap', () => {
+    const r = rig();
+    try {
+      const probe = new Uint8Array(r.mem.buffer);
+      r.mem.unmap(); // the JS view goes; the kernel may still write through the IOVA
+      assert.equal(r.mem.mapped, false);
+      assert.equal(probe.byteLength, 0, 'the view was detached');
+      r.dev.dmaWrite([{ iova: IOVA + 7n * PAGE, length: 16, byte: 0x77 }]); // lands in memory still mapped
+      assert.equal(r.dev.counters()['dma.writes'], 1n);
+      assert.equal(r.dma.unmap(r.dm), null); // now the addon may munmap
+      assert.notEqual(
+        r.dev.trySet('dma_write', `0x${(IOVA + 7n * PAGE).toString(16)}`),
+        null,
+        'no mapping at that IOVA now',
+      );
+    } finally {
+      teardown(r);
+    }
+  });
+
   test('VFIO_IOMMU_GET_INFO: the migration capability gives the dirty page sizes and the bitmap limit', () => {
     const r = rig();
     try {

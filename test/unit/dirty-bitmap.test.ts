@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { DirtyBitmap } from '../../lib/dirty/bitmap';
 import { decodeIommuInfo } from '../../lib/dirty/iommu-info';
 import { allocDmaMemory } from '../../lib/dirty/dma';
+import { nativeMappingOf } from '../../lib/mapping';
 import { VfioError } from '../../lib/errors';
 import { VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_INFO_PGSIZES } from '../../lib/uapi';
 
@@ -202,4 +203,21 @@ test('allocDmaMemory: page-sized lengths only; the memory is a shared, writable,
   } finally {
     m.unmap();
   }
+});
+
+test('DMA methods of a native Mapping: type-tagged receiver, no unmap without a DMA mapping, release is a no-op then', () => {
+  const m = allocDmaMemory(4096);
+  const map = nativeMappingOf(m);
+  try {
+    assert.throws(() => map.dmaUnmap.call({} as never, 0, 0n, 4096n), TypeError);
+    assert.throws(() => map.dmaRelease.call({} as never), TypeError);
+    assert.throws(() => map.dmaUnmap(0, 0n, 4096n), /no DMA mapping/);
+    map.dmaRelease();
+    assert.throws(() => map.dmaMap(-1, 0, 4096, 0n, 3), RangeError, 'a bad fd is refused before the ioctl');
+    assert.throws(() => map.dmaMap(0, 4096, 4096, 0n, 3), /outside the mapping/);
+    assert.throws(() => nativeMappingOf({} as never), TypeError);
+  } finally {
+    m.unmap();
+  }
+  assert.throws(() => map.dmaMap(0, 0, 4096, 0n, 3), /unmapped/);
 });
