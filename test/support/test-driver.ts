@@ -122,6 +122,9 @@ export class TestDevice {
    */
   dmaWrite(writes: readonly DmaWrite[]): void {
     const spec = writes.map((w) => `0x${w.iova.toString(16)}:${w.length ?? 1}:${w.byte ?? 0xa5}`).join(' ');
+    // sysfs hands a store at most a page: a longer spec would arrive cut (EINVAL for the cut entry)
+    if (spec.length >= 4096)
+      throw new RangeError(`dma_write spec of ${spec.length} bytes: split it (sysfs takes < 4096)`);
     this.set('dma_write', spec);
   }
   dmaLog(): DriverDmaLog {
