@@ -2,6 +2,8 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { guestKernel } from './helpers';
 import { TestDevice, needsDriver, removeAll, type DmaWrite } from '../support/test-driver';
 import {
@@ -357,6 +359,25 @@ describe('dirty tracking: DMA mappings, IOMMU dirty pages, device DMA logging', 
       DmaLog.start(again, [{ iova: IOVA, length: SIZE }]).close();
     } finally {
       teardown(r);
+    }
+  });
+
+  test('vfio-mig info says what each tracker offers (human and --json)', () => {
+    const dev = new TestDevice('v2');
+    try {
+      const bin = join(__dirname, '../../cli/vfio-mig.js');
+      const human = spawnSync(process.execPath, [bin, 'info', dev.uuid], { encoding: 'utf8' });
+      assert.equal(human.status, 0, human.stderr);
+      assert.match(human.stdout, /^Dirty tracking:$/m);
+      assert.match(human.stdout, /device DMA logging: offered/);
+      assert.match(human.stdout, /IOMMU dirty pages: page sizes 4 KiB.*, bitmap up to/);
+      const json = spawnSync(process.execPath, [bin, 'info', dev.uuid, '--json'], { encoding: 'utf8' });
+      assert.equal(json.status, 0, json.stderr);
+      const dirty = JSON.parse(json.stdout).dirty;
+      assert.equal(dirty.dmaLoggingMissing, null);
+      assert.ok(BigInt(dirty.iommu.pageSizes) & PAGE);
+    } finally {
+      dev.remove();
     }
   });
 });
