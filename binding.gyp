@@ -10,7 +10,8 @@
         "native/wait.cc",
         "native/vfio.cc",
         "native/mapping.cc",
-        "native/layout.cc"
+        "native/layout.cc",
+        "native/dma.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=9", "NAPI_CPP_EXCEPTIONS", "_GNU_SOURCE"],

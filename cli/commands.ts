@@ -5,6 +5,7 @@ import {
   listDevices,
   openDevice,
   printable,
+  probeDmaLogging,
   requireMigration,
   verify,
   FdSource,
@@ -12,7 +13,7 @@ import {
   type Device,
   type PrecopyPolicy,
 } from '../lib';
-import { infoText } from './info-text';
+import { infoText, type DirtyFacts } from './info-text';
 import { openOutput, type Output } from './output';
 import { ProgressView, formatBytes } from './progress';
 
@@ -193,6 +194,28 @@ async function verifyCommand({ positionals, signal, print }: CommandContext): Pr
   return EXIT.ok;
 }
 
+/** What `info` says about dirty tracking; a probe that fails says why instead of failing the command. */
+function dirtyFacts(device: Device): DirtyFacts {
+  const why = (err: unknown) => (err instanceof Error ? err.message : String(err));
+  let dmaLoggingMissing: string | null;
+  try {
+    const probe = probeDmaLogging(device);
+    dmaLoggingMissing = probe.supported ? null : probe.reason;
+  } catch (err) {
+    dmaLoggingMissing = why(err);
+  }
+  let iommu: DirtyFacts['iommu'];
+  try {
+    const migration = device.container?.dma.info().migration;
+    iommu = migration
+      ? { pageSizes: migration.pageSizes, maxBitmapBytes: migration.maxBitmapBytes }
+      : { missing: device.container ? 'the IOMMU has no migration capability' : 'no container' };
+  } catch (err) {
+    iommu = { missing: why(err) };
+  }
+  return { dmaLoggingMissing, iommu };
+}
+
 export const COMMANDS: Record<string, Command> = {
   list: {
     options: { 'no-probe': { type: 'boolean' } },
@@ -219,6 +242,7 @@ export const COMMANDS: Record<string, Command> = {
         const migration = device.migration;
         const state = migration ? await migration.state() : undefined;
         const dataSize = migration ? await migration.dataSizeEstimate() : undefined;
+        const dirty = dirtyFacts(device);
         const data = {
           name: device.name,
           sysfs: device.sysfs,
@@ -226,6 +250,7 @@ export const COMMANDS: Record<string, Command> = {
           regions,
           irqs,
           migration: migration ? { protocol: migration.protocol, ...migration.describe(), state, dataSize } : null,
+          dirty,
         };
         const human = infoText({
           name: device.name,
@@ -238,6 +263,7 @@ export const COMMANDS: Record<string, Command> = {
           migration: migration
             ? { protocol: migration.protocol, details: migration.describe(), state: state!, dataSize }
             : null,
+          dirty,
         });
         print(human, data);
         return EXIT.ok;

@@ -56,6 +56,32 @@ export interface InfoFacts {
     state: string;
     dataSize?: bigint;
   } | null;
+  /** What the two dirty trackers offer; absent when not probed. */
+  dirty?: DirtyFacts;
+}
+
+export interface DirtyFacts {
+  /** Device DMA logging (VFIO_DEVICE_FEATURE_PROBE of DMA_LOGGING_START): null when offered, else why not. */
+  dmaLoggingMissing: string | null;
+  /** The container's type1 IOMMU: its dirty page sizes and bitmap limit, or why there are none. */
+  iommu: { pageSizes: bigint; maxBitmapBytes: bigint } | { missing: string };
+}
+
+// "4 KiB 2 MiB" from a page-size bitmap (bit n: 2^n bytes).
+function pageSizeNames(bitmap: bigint): string {
+  const out: string[] = [];
+  for (let bit = 0n; bit < 64n; bit++) if (bitmap & (1n << bit)) out.push(formatBytes(1n << bit).replace('.0', ''));
+  return out.join(' ') || 'none';
+}
+
+function dirtyLines(d: DirtyFacts): string[] {
+  return [
+    'Dirty tracking:',
+    `  device DMA logging: ${d.dmaLoggingMissing === null ? 'offered (VFIO_DEVICE_FEATURE_DMA_LOGGING_*)' : `no: ${d.dmaLoggingMissing}`}`,
+    'missing' in d.iommu
+      ? `  IOMMU dirty pages: no: ${d.iommu.missing}`
+      : `  IOMMU dirty pages: page sizes ${pageSizeNames(d.iommu.pageSizes)}, bitmap up to ${formatBytes(d.iommu.maxBitmapBytes)} per call`,
+  ];
 }
 
 function migrationLines(m: NonNullable<InfoFacts['migration']>): string[] {
@@ -105,5 +131,6 @@ export function infoText(facts: InfoFacts): string {
     );
   }
   lines.push(...(facts.migration ? migrationLines(facts.migration) : ['Migration: none']));
+  if (facts.dirty) lines.push(...dirtyLines(facts.dirty));
   return lines.join('\n');
 }

@@ -2,12 +2,14 @@
 import { native } from './native';
 import { VfioError } from './errors';
 import { FdHandle, openNode } from './fd-handle';
+import { ContainerDma } from './dirty/dma';
 import { VFIO_API_VERSION, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU } from './uapi';
 
 /** A VFIO container (/dev/vfio/vfio): the IOMMU context the groups attach to. */
 export class Container {
   readonly #handle: FdHandle;
   iommuType: number | null = null;
+  #dma: ContainerDma | null = null;
 
   constructor(path = '/dev/vfio/vfio') {
     const fd = openNode(path, 'is the vfio module loaded?');
@@ -42,7 +44,14 @@ export class Container {
     throw new VfioError('ERR_VFIO_API', 'the VFIO container offers no type1 IOMMU (is vfio_iommu_type1 loaded?)');
   }
 
+  /** DMA mappings and the IOMMU's dirty page tracking (needs an IOMMU set). */
+  get dma(): ContainerDma {
+    this.#dma ??= new ContainerDma(() => this.fd);
+    return this.#dma;
+  }
+
   close(): void {
+    if (!this.#handle.closed) this.#dma?.releaseAll();
     this.#handle.close();
   }
 

@@ -61,7 +61,17 @@ export function toSafeNumber(value: bigint, what: string): number {
 /** A chain longer than this is treated as hostile even without a detected loop. */
 const MAX_CAPABILITIES = 64;
 
-function badInfo(what: string, detail: string): VfioError {
+/** Decodes one capability at `at` whose bytes end at `capEnd` (the chain walk has checked both). */
+export type CapabilityDecoder<T> = (
+  raw: Buffer,
+  at: number,
+  capEnd: number,
+  id: number,
+  version: number,
+  what: string,
+) => T;
+
+export function badInfo(what: string, detail: string): VfioError {
   return new VfioError('ERR_VFIO_BAD_INFO', `${what}: ${detail}`);
 }
 
@@ -70,15 +80,16 @@ function badInfo(what: string, detail: string): VfioError {
  * past the fixed struct (`fixedSize`) and inside both the buffer and the kernel's argsz; a
  * loop or an over-long chain is an error, never an endless walk.
  */
-export function parseCapabilityChain(
+export function parseCapabilityChain<T = Capability>(
   raw: Buffer,
   first: number,
   argsz: number,
   fixedSize: number,
   what: string,
-): Capability[] {
+  decode: CapabilityDecoder<T> = decodeCapability as unknown as CapabilityDecoder<T>,
+): T[] {
   const end = Math.min(argsz, raw.length);
-  const caps: Capability[] = [];
+  const caps: T[] = [];
   const seen = new Set<number>();
   const headerSize = layout.vfio_info_cap_header.size;
   let offset = first;
@@ -94,7 +105,7 @@ export function parseCapabilityChain(
     const next = raw.readUInt32LE(offset + 4);
     // A capability extends to the next one when that follows it, else to the end of the data.
     const capEnd = next > offset && next <= end ? next : end;
-    caps.push(decodeCapability(raw, offset, capEnd, id, version, what));
+    caps.push(decode(raw, offset, capEnd, id, version, what));
     offset = next;
   }
   return caps;

@@ -10,6 +10,7 @@ import {
   type RegionInfo,
 } from './decode';
 import { FdHandle } from './fd-handle';
+import type { Container } from './container';
 import { leaseGroup, releaseGroup, type Group, type GroupLease } from './group';
 import { Region } from './region';
 import { isVfioPciDriver, resolveDevice, type SysfsDevice } from './sysfs';
@@ -51,6 +52,10 @@ export class Device {
   }
   get group(): Group | null {
     return this.#lease?.group ?? null;
+  }
+  /** The container of the device's group (its IOMMU context: DMA mappings, dirty tracking). */
+  get container(): Container | null {
+    return this.#lease?.container ?? null;
   }
 
   regionInfo(index: number): RegionInfo {

@@ -13,6 +13,13 @@ export type { RegionInfo, DeviceInfo, IrqInfo, Capability, SparseMmapArea } from
 export { resolveDevice, listSysfsDevices, describeDevice, isVfioPciDriver } from './sysfs';
 export type { SysfsDevice } from './sysfs';
 export { listDevices } from './list';
+export { DirtyBitmap } from './dirty/bitmap';
+export { ContainerDma, allocDmaMemory } from './dirty/dma';
+export type { DmaMapping, DmaMapOptions } from './dirty/dma';
+export { decodeIommuInfo } from './dirty/iommu-info';
+export type { IommuInfo, IommuMigrationInfo, IommuCapability, IovaRange } from './dirty/iommu-info';
+export { DmaLog, probeDmaLogging, DMA_LOGGING_MAX_RANGES } from './dirty/logging';
+export type { IovaSpan, DmaLoggingSupport } from './dirty/logging';
 export { allocIoBuffer } from './buffers';
 export type { ListedDevice } from './list';
 export * as uapi from './uapi';

@@ -3,6 +3,15 @@ import { fstatSync } from 'node:fs';
 import { native, type NativeMapping, type RegisterWriteArgs, type Width } from './native';
 import { PROT_READ, PROT_WRITE } from './uapi';
 
+const natives = new WeakMap<Mapping, NativeMapping>();
+
+/** The addon object behind a Mapping, for the DMA layer (lib/dirty/dma.ts); not public API. */
+export function nativeMappingOf(mapping: Mapping): NativeMapping {
+  const map = natives.get(mapping);
+  if (!map) throw new TypeError('not a Mapping');
+  return map;
+}
+
 /** A mapping of part of a region: width-exact volatile accessors and a zero-copy view. */
 export class Mapping {
   readonly #map: NativeMapping;
@@ -12,6 +21,7 @@ export class Mapping {
   constructor(map: NativeMapping, regionOffset: bigint) {
     this.#map = map;
     this.regionOffset = regionOffset;
+    natives.set(this, map);
   }
 
   get length(): number {

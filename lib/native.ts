@@ -34,6 +34,15 @@ export interface NativeMapping {
   readonly mapped: boolean;
   /** Mapped with PROT_WRITE; a read-only mapping refuses write, writeFrom and buffer. */
   readonly writable: boolean;
+  /**
+   * VFIO_IOMMU_MAP_DMA of [offset, +length) at iova in a container. The address stays native;
+   * the memory stays mapped (even past unmap()) until each DMA mapping is released.
+   */
+  dmaMap(containerFd: number, offset: number, length: number, iova: bigint, flags: number): void;
+  /** VFIO_IOMMU_UNMAP_DMA (with the dirty bitmap when one is given); releases one DMA hold; returns bytes unmapped. */
+  dmaUnmap(containerFd: number, iova: bigint, size: bigint, bitmap?: Uint8Array, pgsize?: bigint): bigint;
+  /** Drops one DMA hold without an ioctl (the container is gone, and its DMA mappings with it). */
+  dmaRelease(): void;
 }
 
 export interface StructLayout {
@@ -112,6 +121,23 @@ export interface NativeAddon {
   deviceFeatureAsync(deviceFd: number, feature: Uint8Array): Promise<number>;
   migGetPrecopyInfo(dataFd: number): Buffer;
   migGetPrecopyInfoAsync(dataFd: number): Promise<Buffer>;
+
+  /** VFIO_IOMMU_GET_INFO: struct vfio_iommu_type1_info with its capability chain. */
+  iommuGetInfo(containerFd: number): Buffer;
+  /** VFIO_IOMMU_DIRTY_PAGES with _START or _STOP. */
+  iommuDirtyPages(containerFd: number, flags: number): void;
+  /** VFIO_IOMMU_DIRTY_PAGES _GET_BITMAP of [iova, +size) into bitmap (its whole length is given as bitmap.size). */
+  iommuDirtyBitmap(containerFd: number, iova: bigint, size: bigint, pgsize: bigint, bitmap: Uint8Array): void;
+  /** DMA_LOGGING_START for (iova, length) pairs; resolves to the page size the driver chose. */
+  deviceDmaLoggingStart(deviceFd: number, pageSize: bigint, ranges: BigUint64Array): bigint;
+  /** DMA_LOGGING_REPORT of [iova, +length) into bitmap (bits are only set, never cleared), off the JS thread. */
+  deviceDmaLoggingReportAsync(
+    deviceFd: number,
+    iova: bigint,
+    length: bigint,
+    pageSize: bigint,
+    bitmap: Uint8Array,
+  ): Promise<void>;
 
   Mapping: new (fd: number, offset: Offset, length: number, prot: number) => NativeMapping;
   structs: Record<string, StructLayout>;

@@ -64,6 +64,24 @@ export const VFIO_DEVICE_STATE_V1_SAVING = 1 << 1;
 export const VFIO_DEVICE_STATE_V1_RESUMING = 1 << 2;
 export const VFIO_DEVICE_STATE_MASK = 0b111;
 
+/** Type1 IOMMU info, DMA mapping and dirty page tracking. */
+export const VFIO_IOMMU_INFO_PGSIZES = 1 << 0;
+export const VFIO_IOMMU_INFO_CAPS = 1 << 1;
+export const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1;
+export const VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION = 2;
+export const VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL = 3;
+export const VFIO_DMA_MAP_FLAG_READ = 1 << 0;
+export const VFIO_DMA_MAP_FLAG_WRITE = 1 << 1;
+export const VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP = 1 << 0;
+export const VFIO_IOMMU_DIRTY_PAGES_FLAG_START = 1 << 0;
+export const VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP = 1 << 1;
+export const VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP = 1 << 2;
+
+/** Device DMA logging (VFIO_DEVICE_FEATURE; the uapi since 6.1). */
+export const VFIO_DEVICE_FEATURE_DMA_LOGGING_START = 6;
+export const VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP = 7;
+export const VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT = 8;
+
 export const O_RDONLY = 0;
 export const O_WRONLY = 1;
 export const O_RDWR = 2;
@@ -85,6 +103,17 @@ export const layout = {
   vfio_device_feature_mig_state: { size: 8, fields: { device_state: 0, data_fd: 4 } },
   vfio_device_feature_mig_data_size: { size: 8, fields: { stop_copy_length: 0 } },
   vfio_precopy_info: { size: 24, fields: { argsz: 0, flags: 4, initial_bytes: 8, dirty_bytes: 16 } },
+  vfio_iommu_type1_info: { size: 24, fields: { argsz: 0, flags: 4, iova_pgsizes: 8, cap_offset: 16 } },
+  vfio_iommu_type1_info_cap_migration: {
+    size: 32,
+    fields: { header: 0, flags: 8, pgsize_bitmap: 16, max_dirty_bitmap_size: 24 },
+  },
+  vfio_iommu_type1_info_cap_iova_range: { size: 16, fields: { header: 0, nr_iovas: 8, iova_ranges: 16 } },
+  vfio_iova_range: { size: 16, fields: { start: 0, end: 8 } },
+  vfio_iommu_type1_info_dma_avail: { size: 12, fields: { header: 0, avail: 8 } },
+  vfio_device_feature_dma_logging_control: { size: 24, fields: { page_size: 0, num_ranges: 8, ranges: 16 } },
+  vfio_device_feature_dma_logging_range: { size: 16, fields: { iova: 0, length: 8 } },
+  vfio_device_feature_dma_logging_report: { size: 32, fields: { page_size: 16, iova: 0, length: 8, bitmap: 24 } },
   vfio_device_migration_info: {
     size: 32,
     fields: { device_state: 0, reserved: 4, pending_bytes: 8, data_offset: 16, data_size: 24 },

@@ -24,6 +24,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitVfio(env, exports);
   InitMapping(env, exports);
   InitLayout(env, exports);
+  InitDma(env, exports);
   return exports;
 }
 

@@ -206,5 +206,6 @@ void InitIo(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);
 void InitMapping(Napi::Env env, Napi::Object exports);
 void InitLayout(Napi::Env env, Napi::Object exports);
+void InitDma(Napi::Env env, Napi::Object exports);
 
 }  // namespace vfio

@@ -113,6 +113,46 @@ void InitLayout(Napi::Env env, Napi::Object exports) {
   FIELD(vfio_device_migration_info, data_offset);
   FIELD(vfio_device_migration_info, data_size);
 
+  STRUCT(vfio_iommu_type1_info);
+  FIELD(vfio_iommu_type1_info, argsz);
+  FIELD(vfio_iommu_type1_info, flags);
+  FIELD(vfio_iommu_type1_info, iova_pgsizes);
+  FIELD(vfio_iommu_type1_info, cap_offset);
+
+  STRUCT(vfio_iommu_type1_info_cap_migration);
+  FIELD(vfio_iommu_type1_info_cap_migration, header);
+  FIELD(vfio_iommu_type1_info_cap_migration, flags);
+  FIELD(vfio_iommu_type1_info_cap_migration, pgsize_bitmap);
+  FIELD(vfio_iommu_type1_info_cap_migration, max_dirty_bitmap_size);
+
+  STRUCT(vfio_iommu_type1_info_cap_iova_range);
+  FIELD(vfio_iommu_type1_info_cap_iova_range, header);
+  FIELD(vfio_iommu_type1_info_cap_iova_range, nr_iovas);
+  b.Field("iova_ranges", offsetof(struct vfio_iommu_type1_info_cap_iova_range, iova_ranges), 0);
+
+  STRUCT(vfio_iova_range);
+  FIELD(vfio_iova_range, start);
+  FIELD(vfio_iova_range, end);
+
+  STRUCT(vfio_iommu_type1_info_dma_avail);
+  FIELD(vfio_iommu_type1_info_dma_avail, header);
+  FIELD(vfio_iommu_type1_info_dma_avail, avail);
+
+  STRUCT(vfio_device_feature_dma_logging_control);
+  FIELD(vfio_device_feature_dma_logging_control, page_size);
+  FIELD(vfio_device_feature_dma_logging_control, num_ranges);
+  FIELD(vfio_device_feature_dma_logging_control, ranges);
+
+  STRUCT(vfio_device_feature_dma_logging_range);
+  FIELD(vfio_device_feature_dma_logging_range, iova);
+  FIELD(vfio_device_feature_dma_logging_range, length);
+
+  STRUCT(vfio_device_feature_dma_logging_report);
+  FIELD(vfio_device_feature_dma_logging_report, iova);
+  FIELD(vfio_device_feature_dma_logging_report, length);
+  FIELD(vfio_device_feature_dma_logging_report, page_size);
+  FIELD(vfio_device_feature_dma_logging_report, bitmap);
+
   exports.Set("structs", b.structs);
 
   Napi::Object constants = Napi::Object::New(env);
@@ -164,6 +204,20 @@ void InitLayout(Napi::Env env, Napi::Object exports) {
   CONST(VFIO_DEVICE_STATE_V1_SAVING);
   CONST(VFIO_DEVICE_STATE_V1_RESUMING);
   CONST(VFIO_DEVICE_STATE_MASK);
+  CONST(VFIO_IOMMU_INFO_PGSIZES);
+  CONST(VFIO_IOMMU_INFO_CAPS);
+  CONST(VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE);
+  CONST(VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION);
+  CONST(VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL);
+  CONST(VFIO_DMA_MAP_FLAG_READ);
+  CONST(VFIO_DMA_MAP_FLAG_WRITE);
+  CONST(VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP);
+  CONST(VFIO_IOMMU_DIRTY_PAGES_FLAG_START);
+  CONST(VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP);
+  CONST(VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP);
+  CONST(VFIO_DEVICE_FEATURE_DMA_LOGGING_START);
+  CONST(VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP);
+  CONST(VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT);
   CONST(O_RDONLY);
   CONST(O_WRONLY);
   CONST(O_RDWR);

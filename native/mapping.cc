@@ -1,10 +1,12 @@
 // Mapping: an mmap of a device region with width-exact volatile accessors and a zero-copy ArrayBuffer view.
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
 
 #include "common.h"
+#include "vfio_uapi.h"
 
 namespace vfio {
 
@@ -20,10 +22,14 @@ struct MapState {
   size_t length = 0;
   int holders = 0;   // wrapper + live views
   int inflight = 0;  // async copies running
+  // DMA mappings of this memory in a VFIO container (VFIO_IOMMU_MAP_DMA): the kernel may write
+  // it through the IOVA until the matching unmap, so munmap waits for those too. A wrapper
+  // collected with DMA mappings still live leaks the memory rather than freeing it under the device.
+  int dma_holds = 0;
   bool unmap_requested = false;
 
   void UnmapIfIdle() {
-    if (unmap_requested && inflight == 0 && addr) {
+    if (unmap_requested && inflight == 0 && dma_holds == 0 && addr) {
       munmap(addr, length);
       addr = nullptr;
     }
@@ -47,6 +53,9 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
                            InstanceMethod<&Mapping::ReadInto>("readInto"),
                            InstanceMethod<&Mapping::WriteFrom>("writeFrom"),
                            InstanceMethod<&Mapping::Unmap>("unmap"),
+                           InstanceMethod<&Mapping::DmaMap>("dmaMap"),
+                           InstanceMethod<&Mapping::DmaUnmap>("dmaUnmap"),
+                           InstanceMethod<&Mapping::DmaRelease>("dmaRelease"),
                            InstanceAccessor<&Mapping::GetBuffer>("buffer"),
                            InstanceAccessor<&Mapping::GetLength>("length"),
                            InstanceAccessor<&Mapping::GetMapped>("mapped"),
@@ -186,6 +195,87 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
         view_.Reset();
       }
       state_->unmap_requested = true;
+      state_->UnmapIfIdle();
+    }
+    return info.Env().Undefined();
+  }
+
+  void CheckTag(const Napi::CallbackInfo& info) {
+    if (!info.This().IsObject() || !info.This().As<Napi::Object>().CheckTypeTag(&kMappingTag)) {
+      throw Napi::TypeError::New(info.Env(), "receiver is not a Mapping");
+    }
+  }
+
+  // dmaMap(containerFd, offset, length, iova, flags): VFIO_IOMMU_MAP_DMA of [offset, +length) of
+  // this mapping at iova. The address never leaves native code; the memory stays mapped until
+  // every DMA mapping of it is released (dmaUnmap or dmaRelease).
+  Napi::Value DmaMap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = ArgFd(info, 0, "containerFd");
+    size_t offset = ArgSize(info, 1, "offset");
+    size_t length = ArgSize(info, 2, "length");
+    int64_t iova = ArgOffset(info, 3, "iova");
+    uint32_t flags = ArgU32(info, 4, "flags");
+    if (length == 0) throw Napi::RangeError::New(env, "length must be greater than 0");
+    uint8_t* p = Check(info, offset, length);
+    if ((flags & VFIO_DMA_MAP_FLAG_WRITE) && !writable_) {
+      throw Napi::TypeError::New(env, "mapping is read-only: the device cannot be given write access to it");
+    }
+    struct vfio_iommu_type1_dma_map map = {};
+    map.argsz = sizeof(map);
+    map.flags = flags;
+    map.vaddr = reinterpret_cast<uintptr_t>(p);
+    map.iova = static_cast<uint64_t>(iova);
+    map.size = length;
+    if (RetryEintr([&] { return ioctl(fd, VFIO_IOMMU_MAP_DMA, &map); }) < 0) {
+      throw SyscallError(env, "ioctl", errno, "VFIO_IOMMU_MAP_DMA");
+    }
+    state_->dma_holds++;
+    return env.Undefined();
+  }
+
+  // dmaUnmap(containerFd, iova, size, bitmap?, pgsize?): VFIO_IOMMU_UNMAP_DMA, with
+  // VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP when a bitmap is given (synchronous: the kernel writes
+  // the caller's bytes on this thread). Releases one DMA hold on success; returns the bytes unmapped.
+  Napi::Value DmaUnmap(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckTag(info);
+    int fd = ArgFd(info, 0, "containerFd");
+    int64_t iova = ArgOffset(info, 1, "iova");
+    int64_t size = ArgOffset(info, 2, "size");
+    bool with_bitmap = info.Length() > 3 && !info[3].IsUndefined();
+    if (!state_ || state_->dma_holds == 0) throw Napi::Error::New(env, "mapping has no DMA mapping to unmap");
+    std::vector<uint8_t> arg(sizeof(struct vfio_iommu_type1_dma_unmap) +
+                             (with_bitmap ? sizeof(struct vfio_bitmap) : 0));
+    auto* unmap = reinterpret_cast<struct vfio_iommu_type1_dma_unmap*>(arg.data());
+    unmap->argsz = static_cast<uint32_t>(arg.size());
+    unmap->iova = static_cast<uint64_t>(iova);
+    unmap->size = static_cast<uint64_t>(size);
+    if (with_bitmap) {
+      Napi::Uint8Array view = ArgBytes(info, 3, "bitmap");
+      int64_t pgsize = ArgOffset(info, 4, "pgsize");
+      struct vfio_bitmap bm = {};
+      bm.pgsize = static_cast<uint64_t>(pgsize);
+      bm.size = view.ByteLength();
+      bm.data = reinterpret_cast<__u64*>(ViewRange(view, 0, view.ByteLength(), "bitmap"));
+      memcpy(arg.data() + sizeof(struct vfio_iommu_type1_dma_unmap), &bm, sizeof(bm));
+      unmap->flags = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
+    }
+    if (RetryEintr([&] { return ioctl(fd, VFIO_IOMMU_UNMAP_DMA, arg.data()); }) < 0) {
+      throw SyscallError(env, "ioctl", errno, "VFIO_IOMMU_UNMAP_DMA");
+    }
+    uint64_t unmapped = unmap->size;
+    state_->dma_holds--;
+    state_->UnmapIfIdle();
+    return Napi::BigInt::New(env, unmapped);
+  }
+
+  // dmaRelease(): drops one DMA hold without an ioctl, for a mapping the kernel already dropped
+  // (its container was closed).
+  Napi::Value DmaRelease(const Napi::CallbackInfo& info) {
+    CheckTag(info);
+    if (state_ && state_->dma_holds > 0) {
+      state_->dma_holds--;
       state_->UnmapIfIdle();
     }
     return info.Env().Undefined();

@@ -140,7 +140,12 @@ static inline bool vmt_kind_is_v1(enum vmt_kind k)
 	X(FAULTS_FIRED, "faults_fired")					\
 	X(MUTATES, "mutates")						\
 	X(DIRTY_TICKS, "dirty_ticks")					\
-	X(DIRTY_BYTES, "dirty_bytes")
+	X(DIRTY_BYTES, "dirty_bytes")					\
+	X(LOG_STARTS, "log.starts")					\
+	X(LOG_STOPS, "log.stops")					\
+	X(LOG_REPORTS, "log.reports")					\
+	X(DMA_WRITES, "dma.writes")					\
+	X(DMA_BYTES, "dma.bytes")
 
 #define VMT_ENUM(id, name) VMT_C_##id,
 enum vmt_counter { VMT_COUNTERS(VMT_ENUM) VMT_C_NR };
@@ -241,6 +246,7 @@ struct vmt_load {
 };
 
 struct vmt_migf;
+struct vmt_log_range;
 
 struct vmt_dev {
 	struct vfio_device vdev;
@@ -284,6 +290,13 @@ struct vmt_dev {
 	enum vfio_device_mig_state v2_state;
 	struct vmt_migf *saving_migf;
 	struct vmt_migf *resuming_migf;
+
+	/* device DMA logging (vmt_dma.c) */
+	bool log_active;
+	u64 log_page;		/* negotiated page size */
+	u64 log_page_size;	/* knob: 0 follows the request */
+	u32 log_nranges;
+	struct vmt_log_range *log_ranges;
 
 	/* one-shot fault, armed through sysfs */
 	spinlock_t fault_lock;
@@ -356,5 +369,12 @@ void vmt_v2_enter_error(struct vmt_dev *d);
 void vmt_v2_close(struct vmt_dev *d);
 bool vmt_v2_running(struct vmt_dev *d);
 void vmt_v2_wake(struct vmt_dev *d);
+
+/* vmt_dma.c */
+extern const struct vfio_log_ops vmt_log_ops;
+void vmt_log_close(struct vmt_dev *d);
+extern struct device_attribute dev_attr_dma_write;
+extern struct device_attribute dev_attr_dma_log;
+extern struct device_attribute dev_attr_log_page_size;
 
 #endif /* VMT_H */

@@ -623,6 +623,7 @@ static void vmt_close_device(struct vfio_device *vdev)
 		vmt_v1_close(d);
 	else if (d->kind == VMT_KIND_V2)
 		vmt_v2_close(d);
+	vmt_log_close(d);	/* logging ends with the open file */
 	vmt_intx_disable(d);
 	d->open = false;
 	vmt_count(d, VMT_C_CLOSES);
@@ -664,6 +665,8 @@ static int vmt_init_dev(struct vfio_device *vdev)
 #endif
 		vdev->mig_ops = &vmt_v2_mig_ops;
 	}
+	/* every type logs its DMA (dma_write); the uapi has it since 6.1 */
+	vdev->log_ops = &vmt_log_ops;
 	atomic_long_inc(&vmt_live_allocs);
 	return 0;
 }
@@ -1067,6 +1070,9 @@ static struct attribute *vmt_dev_attrs[] = {
 	&dev_attr_mutate.attr,
 	&dev_attr_present_pages.attr,
 	&dev_attr_kind.attr,
+	&dev_attr_dma_write.attr,
+	&dev_attr_dma_log.attr,
+	&dev_attr_log_page_size.attr,
 	NULL,
 };
 

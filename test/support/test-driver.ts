@@ -29,7 +29,25 @@ export type Knob =
   | 'generation'
   | 'mutate'
   | 'present_pages'
-  | 'kind';
+  | 'kind'
+  | 'dma_write'
+  | 'dma_log'
+  | 'log_page_size';
+
+/** One DMA write of dma_write: `length` bytes (default 1, at most 1 MiB) of `byte` (default 0xa5) at `iova`. */
+export interface DmaWrite {
+  iova: bigint;
+  length?: number;
+  byte?: number;
+}
+
+/** The driver's own DMA log as dma_log shows it (reading does not clear it). */
+export interface DriverDmaLog {
+  active: boolean;
+  pageSize: bigint;
+  /** First IOVA of every logged dirty page, in order. */
+  pages: bigint[];
+}
 
 /** Knobs set when an instance is created (chunk_size before state_size: both need the device closed). */
 export interface Knobs {
@@ -97,6 +115,26 @@ export class TestDevice {
       if (k && v !== undefined) out[k] = BigInt(v);
     }
     return out;
+  }
+  /**
+   * Makes the instance DMA-write through its container (vfio_dma_rw from a kernel worker), in
+   * order; the device must be open and running. Writes inside logged ranges are logged.
+   */
+  dmaWrite(writes: readonly DmaWrite[]): void {
+    const spec = writes.map((w) => `0x${w.iova.toString(16)}:${w.length ?? 1}:${w.byte ?? 0xa5}`).join(' ');
+    // sysfs hands a store at most a page: a longer spec would arrive cut (EINVAL for the cut entry)
+    if (spec.length >= 4096)
+      throw new RangeError(`dma_write spec of ${spec.length} bytes: split it (sysfs takes < 4096)`);
+    this.set('dma_write', spec);
+  }
+  dmaLog(): DriverDmaLog {
+    const [head = '', ...lines] = this.get('dma_log').split('\n');
+    const [state, page] = head.split(' ');
+    return {
+      active: state === 'active',
+      pageSize: BigInt(page ?? 0),
+      pages: lines.filter(Boolean).map((l) => BigInt(l)),
+    };
   }
   /** The state checksum through sysfs (bar0Checksum reads the same value through the device). */
   checksum(): bigint {
