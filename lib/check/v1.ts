@@ -58,6 +58,10 @@ async function arc(ctx: CheckContext, p: V1Probe, to: number, rule?: string): Pr
   const err = await refusal(() => p.engine.region.writeAsync(REG.device_state, 4, value));
   const after = await readState(p);
   const ev = { step, wrote: hex(value), read: hex(after), errno: err };
+  // compared with the bits seen at open too: a driver that lost them earlier keeps them lost
+  const opened = p.initialState & ~VFIO_DEVICE_STATE_MASK;
+  if ((before & ~VFIO_DEVICE_STATE_MASK) !== opened)
+    ctx.fail('v1.state.reserved-kept', `bits 3-31 read ${hex(before & ~7)} before ${step}, ${hex(opened)} at open`, ev);
   if ((after & ~VFIO_DEVICE_STATE_MASK) !== (before & ~VFIO_DEVICE_STATE_MASK))
     ctx.fail(
       'v1.state.reserved-kept',

@@ -44,7 +44,7 @@ const NEW_FD = new Set([
   `${RUNNING_P2P}-${PRE_COPY_P2P}`,
 ]);
 const READ_SIZE = 1 << 20;
-const MAX_STREAM = 8 << 30;
+const MAX_STREAM = 8 * 2 ** 30;
 
 export interface V2Probe {
   engine: V2Engine;
