@@ -90,10 +90,17 @@ describe('vfio-mig check on mtty', { skip: needsMdevParent('mtty') }, () => {
       assert.equal(report.protocol, 'v2');
       assert.equal(report.checksum, 'none');
       assert.equal(verdictOf(report, 'both.roundtrip.same-state'), 'skip');
-      assert.deepEqual(failed(report), MTTY_FAILS);
+      assert.deepEqual(failed(report), []);
+      assert.equal(report.conformant, true);
+      // the finding: at PRE_COPY's temporary end of stream mtty's read() returns 0, not ENOMSG ("should")
+      assert.deepEqual(
+        report.findings.filter((f) => f.verdict === 'warn').map((f) => f.id),
+        MTTY_WARNINGS,
+      );
+      assert.ok(report.restore.ok, report.restore.detail);
     },
   );
 });
 
-/** What mtty (Linux 6.12 samples/vfio-mdev/mtty.c) fails; see the README's "mtty" paragraph. */
-const MTTY_FAILS: string[] = [];
+/** What mtty (Linux 6.12 samples/vfio-mdev/mtty.c) deviates in; see the README's "mtty" paragraph. */
+const MTTY_WARNINGS = ['v2.precopy.enomsg'];
