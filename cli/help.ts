@@ -8,7 +8,7 @@ function ruleLines(): string {
   for (const r of RULES) {
     if (r.area !== area) out.push(`  ${(area = r.area)}:`);
     out.push(
-      `    ${r.id.padEnd(32)} ${r.level.padEnd(6)}${r.disruptive === 'reset' ? ' resets the device' : r.disruptive === 'stops' ? ' stops the device' : ''}`,
+      `    ${r.id.padEnd(32)} ${r.level.padEnd(6)}${r.disruptive === 'reset' ? ' resets the device' : r.disruptive === 'stops' ? ' stops the device' : ''}`.trimEnd(),
     );
   }
   return out.join('\n');
