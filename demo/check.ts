@@ -31,7 +31,8 @@ try {
   check([device.uuid, '--junit', JUNIT], 6);
   const xml = readFileSync(JUNIT, 'utf8');
   console.log(`\n${JUNIT}: ${(xml.match(/<testcase /g) ?? []).length} testcases, failing:`);
-  for (const m of xml.matchAll(/name="([^"]+)"[^>]*>\s*<failure message="([^"]*)"/g)) console.log(`  ${m[1]}: ${m[2]}`);
+  for (const m of xml.matchAll(/\sname="([^"]+)"[^>]*>\s*<failure message="([^"]*)"/g))
+    console.log(`  ${m[1]}: ${m[2]}`);
   device.set('bug', 'none');
   console.log(`\nchecksum after both checks: ${device.get('checksum')} (the state was saved first and loaded back)`);
 } finally {
