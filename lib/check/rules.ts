@@ -338,7 +338,7 @@ export const RULES: readonly Rule[] = [
     level: 'MUST',
     source: H,
     spec: 'The STOP_COPY arc will terminate a data transfer session.',
-    test: 'after STOP_COPY -> STOP a read of the old saving fd fails (neither data nor 0)',
+    test: 'after STOP_COPY -> STOP a read of the old saving fd fails (neither data nor 0); after RESUMING -> STOP a write of the resuming fd fails',
     disruptive: 'stops',
   },
   {

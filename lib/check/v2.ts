@@ -366,6 +366,12 @@ export async function checkV2(ctx: CheckContext, p: V2Probe, checksum: (() => bi
         ctx.skip('both.roundtrip.same-state', 'the load failed');
       } else {
         ctx.pass('v2.resuming.segmentation', `${data.length} bytes in odd pieces accepted`, ev);
+        // the resuming session ended with RESUMING -> STOP: a write on its fd must fail too
+        const w = await refusal(() => fd.run((f) => native.writeAsync(f, data, 0, Math.min(1, data.length))));
+        if (w === null)
+          ctx.fail('v2.datafd.after-session', 'a write of the resuming fd after RESUMING -> STOP succeeded', {
+            write: 'accepted',
+          });
         const after = checksum?.();
         if (before === undefined || after === undefined)
           ctx.skip(

@@ -1,6 +1,10 @@
 // Integration tests (VM guest) of `vfio-mig check`: the clean test driver conforms, each deliberate bug is caught by its rule, mtty's result.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { checkDevice, formatJunit, formatReport, openDevice, type CheckReport } from '../../lib';
 import { createMdev, removeMdev } from '../support/mdev';
 import { BUGS, needsDriver, removeAll, TestDevice, type Kind } from '../support/test-driver';
@@ -72,6 +76,43 @@ describe('vfio-mig check on the test driver', { skip: needsDriver }, () => {
       },
     );
   }
+});
+
+describe('vfio-mig check, the command', { skip: needsDriver }, () => {
+  const BIN = join(__dirname, '../../cli/vfio-mig.js');
+  const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+
+  test(`exit 0 on the clean driver, 6 with a MUST bug; --junit, --json, --only (${guestKernel})`, () => {
+    const d = new TestDevice('v2', { stateSize: 1 << 20 });
+    const dir = mkdtempSync(join(tmpdir(), 'check-'));
+    try {
+      d.set('mutate', 7);
+      const clean = run('check', d.uuid, '--quiet', '--junit', join(dir, 'clean.xml'));
+      assert.equal(clean.status, 0, clean.stdout + clean.stderr);
+      assert.match(clean.stdout, /\(v2\): conformant: 0 failed/);
+      assert.doesNotMatch(readFileSync(join(dir, 'clean.xml'), 'utf8'), /<failure/);
+      d.set('bug', 'v2.truncated_stream_accepted');
+      const buggy = run('check', d.uuid, '--json', '--only', 'v2.resuming', '--junit', join(dir, 'bug.xml'));
+      assert.equal(buggy.status, 6, buggy.stderr);
+      const report = JSON.parse(buggy.stdout) as CheckReport;
+      assert.equal(report.conformant, false);
+      assert.equal(verdictOf(report, 'v2.resuming.truncated'), 'fail');
+      assert.equal(verdictOf(report, 'v2.resuming.segmentation'), 'pass');
+      assert.match(
+        verdictOf(report, 'v2.arc.reach') === 'skip'
+          ? report.findings.find((f) => f.id === 'v2.arc.reach')!.detail
+          : '',
+        /not selected/,
+      );
+      assert.match(
+        readFileSync(join(dir, 'bug.xml'), 'utf8'),
+        /name="v2\.resuming\.truncated"[^>]*>\s*<failure message="RESUMING -> STOP accepted/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      d.remove();
+    }
+  });
 });
 
 describe('vfio-mig check on mtty', { skip: needsMdevParent('mtty') }, () => {
