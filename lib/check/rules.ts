@@ -174,6 +174,16 @@ export const RULES: readonly Rule[] = [
     disruptive: 'stops',
   },
   {
+    id: 'v1.data.mmap-matches',
+    protocol: 'v1',
+    area: 'v1 saving',
+    level: 'MUST',
+    source: V1,
+    spec: 'The user is not required to access through mmap regardless of the capabilities of the region mmap.',
+    test: 'each transaction read through the sparse mmap areas equals the same window read with pread',
+    disruptive: 'stops',
+  },
+  {
     id: 'v1.saving.precopy-any-pending',
     protocol: 'v1',
     area: 'v1 saving',

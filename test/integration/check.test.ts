@@ -106,7 +106,7 @@ describe('vfio-mig check, the command', { skip: needsDriver }, () => {
       );
       assert.match(
         readFileSync(join(dir, 'bug.xml'), 'utf8'),
-        /name="v2\.resuming\.truncated"[^>]*>\s*<failure message="RESUMING -> STOP accepted/,
+        /name="v2\.resuming\.truncated"[^>]*>\s*<failure message="RESUMING -&gt; STOP accepted/,
       );
     } finally {
       rmSync(dir, { recursive: true, force: true });
