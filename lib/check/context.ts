@@ -61,7 +61,7 @@ export class CheckContext {
 
   /**
    * Runs one step of a check; an unexpected exception fails every rule in `ids` that is still
-   * undecided (with the step and errno), so one broken step never hides the others.
+   * undecided (with the step and the error), so a broken step never reads as a pass.
    */
   async step(ids: string[], what: string, body: () => Promise<void>): Promise<boolean> {
     if (!this.wants(...ids)) return false;
@@ -73,7 +73,8 @@ export class CheckContext {
       const e = err as Error & { code?: string };
       for (const id of ids) {
         const f = this.findings.get(id);
-        if (!f || f.verdict === 'skip' || f.verdict === 'pass')
+        // a rule that already passed in this step keeps its verdict: what failed came after it
+        if (!f || f.verdict === 'skip')
           this.fail(id, `${what}: ${e.message}`, { step: what, error: e.message, code: e.code ?? null });
       }
       return false;
