@@ -225,7 +225,9 @@ extern const struct vmt_fault_desc vmt_fault_descs[VMT_F_NR];
 	X(V2_PRECOPY_INFO_ANY, "v2.precopy_info_any_state", VMT_FP_V2 | VMT_FP_PC) \
 	X(V2_DATA_SIZE_LOW, "v2.data_size_low", VMT_FP_V2 | VMT_FP_PC)	\
 	X(V2_TRUNCATED_OK, "v2.truncated_stream_accepted", VMT_FP_V2)	\
-	X(V2_FD_AFTER_STOP, "v2.fd_readable_after_stop", VMT_FP_V2)
+	X(V2_FD_AFTER_STOP, "v2.fd_readable_after_stop", VMT_FP_V2)	\
+	X(V2_SEGMENTATION_STRICT, "v2.segmentation_strict", VMT_FP_V2)	\
+	X(RESET_STOPS, "reset_stops", VMT_FP_V1 | VMT_FP_V2)
 
 #define VMT_ENUM(id, name, flags) VMT_B_##id,
 enum vmt_bug { VMT_BUGS(VMT_ENUM) VMT_B_NR };

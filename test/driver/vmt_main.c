@@ -587,6 +587,12 @@ static long vmt_ioctl(struct vfio_device *vdev, unsigned int cmd,
 			vmt_v1_reset(d);
 		else if (d->kind == VMT_KIND_V2)
 			vmt_v2_reset(d);
+		if (vmt_bug(d, VMT_B_RESET_STOPS)) {
+			/* the protocol ends up stopped instead of RUNNING */
+			d->v1_state &= ~VFIO_DEVICE_STATE_MASK;
+			if (d->kind == VMT_KIND_V2)
+				d->v2_state = VFIO_DEVICE_STATE_STOP;
+		}
 		vmt_intx_disable(d);
 		put_unaligned_le16(0, d->config + PCI_COMMAND);
 		vmt_dirty_kick(d);

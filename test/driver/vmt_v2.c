@@ -325,6 +325,11 @@ static ssize_t vmt_resume_write(struct file *filp, const char __user *ubuf,
 	ret = vmt_fault(d, VMT_F_V2_DATA_WRITE, &err);
 	if (ret)
 		goto out;
+	/* a driver that wants each record header in one write() */
+	if (vmt_bug(d, VMT_B_V2_SEGMENTATION_STRICT) && len < VMT_REC_HDR) {
+		ret = -EINVAL;
+		goto out;
+	}
 	if (migf->bad) {
 		ret = -EINVAL;
 		goto out;

@@ -240,4 +240,25 @@ export const BUGS: readonly Bug[] = [
     rule: 'v2.datafd.after-session',
     what: 'a read of a data fd whose session ended returns 0 instead of ENODEV',
   },
+  {
+    name: 'v2.segmentation_strict',
+    protocol: 'v2',
+    precopy: false,
+    rule: 'v2.resuming.segmentation',
+    what: 'a write() of the resuming fd shorter than a record header (32 bytes) fails EINVAL',
+  },
+  {
+    name: 'reset_stops',
+    protocol: 'v1',
+    precopy: false,
+    rule: 'v1.reset.running',
+    what: 'VFIO_DEVICE_RESET leaves the protocol in STOP instead of RUNNING',
+  },
+  {
+    name: 'reset_stops',
+    protocol: 'v2',
+    precopy: false,
+    rule: 'v2.reset.running',
+    what: 'VFIO_DEVICE_RESET leaves the protocol in STOP instead of RUNNING',
+  },
 ];
