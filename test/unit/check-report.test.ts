@@ -136,3 +136,49 @@ describe('check: report text and JUnit (host test)', () => {
     assert.ok(!out.includes('\u0001') && !out.includes('\u001b'));
   });
 });
+
+describe('check: verdicts of one run (host test)', () => {
+  test('host test: a worse verdict replaces a better one, never the reverse; unselected rules get none', async () => {
+    const { CheckContext } = await import('../../lib/check/context');
+    const seen: string[] = [];
+    const ctx = new CheckContext({ skip: ['v1.header'], onFinding: (f) => seen.push(`${f.id}=${f.verdict}`) });
+    ctx.pass('v1.region.type', 'ok');
+    ctx.fail('v1.region.type', 'bad');
+    ctx.pass('v1.region.type', 'ok again');
+    ctx.passIfClean('v1.region.type', 'clean?');
+    assert.equal(ctx.findings.get('v1.region.type')!.verdict, 'fail');
+    ctx.warn('v2.precopy.enomsg', 'zero read');
+    ctx.skip('v2.precopy.enomsg', 'later skip');
+    assert.equal(ctx.findings.get('v2.precopy.enomsg')!.verdict, 'warn');
+    ctx.fail('v1.header.reserved', 'not selected');
+    assert.equal(ctx.findings.has('v1.header.reserved'), false);
+    assert.ok(!ctx.wants('v1.header.reserved'));
+    assert.throws(() => ctx.pass('v9.nothing', 'x'), /no rule v9\.nothing/);
+    assert.deepEqual(seen, ['v1.region.type=pass', 'v1.region.type=fail', 'v2.precopy.enomsg=warn']);
+  });
+
+  test('host test: a step that throws fails only its rules still undecided, naming the step', async () => {
+    const { CheckContext } = await import('../../lib/check/context');
+    const ctx = new CheckContext({});
+    const ran = await ctx.step(['v1.pending.reread', 'v1.data.reread'], 'stop-and-copy', async () => {
+      ctx.pass('v1.pending.reread', 'stable');
+      throw Object.assign(new Error('read data_offset failed with EIO'), { code: 'EIO' });
+    });
+    assert.equal(ran, false);
+    assert.equal(ctx.findings.get('v1.pending.reread')!.verdict, 'pass');
+    const f = ctx.findings.get('v1.data.reread')!;
+    assert.equal(f.verdict, 'fail');
+    assert.match(f.detail, /^stop-and-copy: read data_offset failed with EIO/);
+    assert.equal(f.evidence.code, 'EIO');
+    // a step none of whose rules is wanted does not run
+    let called = false;
+    const only = new CheckContext({ only: ['v2'] });
+    assert.equal(
+      await only.step(['v1.data.reread'], 'x', async () => {
+        called = true;
+      }),
+      false,
+    );
+    assert.equal(called, false);
+  });
+});
