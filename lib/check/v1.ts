@@ -201,94 +201,96 @@ async function stateMachine(ctx: CheckContext, p: V1Probe): Promise<void> {
 /** Steps a-f of stop-and-copy, checking each register; returns the transactions. */
 async function stopAndCopy(ctx: CheckContext, p: V1Probe): Promise<Transactions> {
   const r = p.engine.region;
-  const size = r.info.size;
-  const mmapable = r.info.mmapAreas.length > 0;
-  const out: Transactions = [];
-  let moved = 0n;
   const maps: Mapping[] = [];
   try {
-    if (mmapable && ctx.wants('v1.data.mmap-matches'))
+    if (r.info.mmapAreas.length && ctx.wants('v1.data.mmap-matches'))
       for (const a of r.info.mmapAreas) maps.push(r.mmap(a.offset, a.size, false));
   } catch (err) {
     ctx.fail('v1.data.mmap-matches', `mmap of a sparse area failed: ${(err as Error).message}`, {});
   }
   try {
-    return await copyLoop();
+    return await copyTransactions(ctx, p, maps);
   } finally {
     for (const m of maps) m.unmap();
   }
+}
 
-  async function copyLoop(): Promise<Transactions> {
-    let pending = r.read(REG.pending_bytes, 8);
-    let iteration = 0;
-    while (pending > 0n) {
-      const again = [r.read(REG.pending_bytes, 8), r.read(REG.pending_bytes, 8)];
-      if (again.some((v) => v !== pending))
-        ctx.fail('v1.pending.reread', `pending_bytes read ${pending}, then ${again.join(', ')} before data_offset`, {
-          iteration,
-          reads: [pending, ...again].map(String),
-        });
-      const offset = await r.readAsync(REG.data_offset, 8);
-      const dsize = r.read(REG.data_size, 8);
-      const offset2 = await r.readAsync(REG.data_offset, 8);
-      const dsize2 = r.read(REG.data_size, 8);
-      const ev = { iteration, dataOffset: offset.toString(), dataSize: dsize.toString(), regionSize: size.toString() };
-      if (offset2 !== offset || dsize2 !== dsize)
-        ctx.fail('v1.data.reread', `data_offset/data_size ${offset}/${dsize} then ${offset2}/${dsize2}`, {
-          ...ev,
-          dataOffset2: offset2.toString(),
-          dataSize2: dsize2.toString(),
-        });
-      if (offset < BigInt(V1_HEADER_SIZE) || offset > size || dsize > size - offset) {
-        ctx.fail(
-          'v1.data.in-region',
-          `data_offset ${offset} + data_size ${dsize} is outside [${V1_HEADER_SIZE}, ${size})`,
-          ev,
-        );
-        throw new Error(`data window [${offset}, +${dsize}) is outside the region`);
-      }
-      if (mmapable && offset % PAGE) ctx.fail('v1.data.page-aligned', `data_offset ${offset} is not page aligned`, ev);
-      if (dsize === 0n) {
-        ctx.fail('v1.saving.stop-copy-ends', `data_size is 0 while pending_bytes is ${pending}`, ev);
-        throw new Error('data_size 0 with pending bytes');
-      }
-      const buf = Buffer.alloc(Number(dsize));
-      await r.readBulk(offset, buf);
-      if (maps.length) {
-        const viaMap = Buffer.from(buf);
-        for (const seg of splitByAreas(offset, buf.length, r.info.mmapAreas)) {
-          if (seg.area < 0) continue;
-          const at = Number(seg.regionOffset - r.info.mmapAreas[seg.area].offset);
-          await maps[seg.area].readInto(at, viaMap, seg.bufferOffset, seg.length);
-        }
-        if (!viaMap.equals(buf)) {
-          const first = viaMap.findIndex((b, i) => b !== buf[i]);
-          ctx.fail('v1.data.mmap-matches', `transaction ${iteration}: byte ${first} differs between mmap and pread`, {
-            ...ev,
-            byte: first,
-          });
-        }
-      }
-      out.push(buf);
-      moved += dsize;
-      iteration++;
-      if (moved > MAX_SAVE_BYTES) {
-        ctx.fail('v1.saving.stop-copy-ends', `pending_bytes still ${pending} after ${moved} bytes`, ev);
-        throw new Error('stop-and-copy does not end');
-      }
-      pending = r.read(REG.pending_bytes, 8);
+/** The loop of steps a-f; `maps` (one per sparse area, or none) re-read each window through mmap. */
+async function copyTransactions(ctx: CheckContext, p: V1Probe, maps: Mapping[]): Promise<Transactions> {
+  const r = p.engine.region;
+  const size = r.info.size;
+  const mmapable = r.info.mmapAreas.length > 0;
+  const out: Transactions = [];
+  let moved = 0n;
+  let pending = r.read(REG.pending_bytes, 8);
+  let iteration = 0;
+  while (pending > 0n) {
+    const again = [r.read(REG.pending_bytes, 8), r.read(REG.pending_bytes, 8)];
+    if (again.some((v) => v !== pending))
+      ctx.fail('v1.pending.reread', `pending_bytes read ${pending}, then ${again.join(', ')} before data_offset`, {
+        iteration,
+        reads: [pending, ...again].map(String),
+      });
+    const offset = await r.readAsync(REG.data_offset, 8);
+    const dsize = r.read(REG.data_size, 8);
+    const offset2 = await r.readAsync(REG.data_offset, 8);
+    const dsize2 = r.read(REG.data_size, 8);
+    const ev = { iteration, dataOffset: offset.toString(), dataSize: dsize.toString(), regionSize: size.toString() };
+    if (offset2 !== offset || dsize2 !== dsize)
+      ctx.fail('v1.data.reread', `data_offset/data_size ${offset}/${dsize} then ${offset2}/${dsize2}`, {
+        ...ev,
+        dataOffset2: offset2.toString(),
+        dataSize2: dsize2.toString(),
+      });
+    if (offset < BigInt(V1_HEADER_SIZE) || offset > size || dsize > size - offset) {
+      ctx.fail(
+        'v1.data.in-region',
+        `data_offset ${offset} + data_size ${dsize} is outside [${V1_HEADER_SIZE}, ${size})`,
+        ev,
+      );
+      throw new Error(`data window [${offset}, +${dsize}) is outside the region`);
     }
-    const ev = { transactions: out.length, bytes: moved.toString() };
-    ctx.passIfClean('v1.pending.reread', 'pending_bytes stable on re-read at every step a', ev);
-    ctx.passIfClean('v1.data.reread', 'data_offset and data_size stable on re-read', ev);
-    ctx.passIfClean('v1.data.in-region', 'every data window inside the data section', ev);
-    if (mmapable) ctx.passIfClean('v1.data.page-aligned', 'every data_offset page aligned', ev);
-    else ctx.skip('v1.data.page-aligned', 'the data section is not mmap-able');
-    ctx.passIfClean('v1.saving.stop-copy-ends', `pending_bytes reached 0 after ${out.length} transactions`, ev);
-    if (maps.length) ctx.passIfClean('v1.data.mmap-matches', 'every transaction reads the same through mmap', ev);
-    else if (!mmapable) ctx.skip('v1.data.mmap-matches', 'the data section is not mmap-able');
-    return out;
+    if (mmapable && offset % PAGE) ctx.fail('v1.data.page-aligned', `data_offset ${offset} is not page aligned`, ev);
+    if (dsize === 0n) {
+      ctx.fail('v1.saving.stop-copy-ends', `data_size is 0 while pending_bytes is ${pending}`, ev);
+      throw new Error('data_size 0 with pending bytes');
+    }
+    const buf = Buffer.alloc(Number(dsize));
+    await r.readBulk(offset, buf);
+    if (maps.length) {
+      const viaMap = Buffer.from(buf);
+      for (const seg of splitByAreas(offset, buf.length, r.info.mmapAreas)) {
+        if (seg.area < 0) continue;
+        const at = Number(seg.regionOffset - r.info.mmapAreas[seg.area].offset);
+        await maps[seg.area].readInto(at, viaMap, seg.bufferOffset, seg.length);
+      }
+      if (!viaMap.equals(buf)) {
+        const first = viaMap.findIndex((b, i) => b !== buf[i]);
+        ctx.fail('v1.data.mmap-matches', `transaction ${iteration}: byte ${first} differs between mmap and pread`, {
+          ...ev,
+          byte: first,
+        });
+      }
+    }
+    out.push(buf);
+    moved += dsize;
+    iteration++;
+    if (moved > MAX_SAVE_BYTES) {
+      ctx.fail('v1.saving.stop-copy-ends', `pending_bytes still ${pending} after ${moved} bytes`, ev);
+      throw new Error('stop-and-copy does not end');
+    }
+    pending = r.read(REG.pending_bytes, 8);
   }
+  const ev = { transactions: out.length, bytes: moved.toString() };
+  ctx.passIfClean('v1.pending.reread', 'pending_bytes stable on re-read at every step a', ev);
+  ctx.passIfClean('v1.data.reread', 'data_offset and data_size stable on re-read', ev);
+  ctx.passIfClean('v1.data.in-region', 'every data window inside the data section', ev);
+  if (mmapable) ctx.passIfClean('v1.data.page-aligned', 'every data_offset page aligned', ev);
+  else ctx.skip('v1.data.page-aligned', 'the data section is not mmap-able');
+  ctx.passIfClean('v1.saving.stop-copy-ends', `pending_bytes reached 0 after ${out.length} transactions`, ev);
+  if (maps.length) ctx.passIfClean('v1.data.mmap-matches', 'every transaction reads the same through mmap', ev);
+  else if (!mmapable) ctx.skip('v1.data.mmap-matches', 'the data section is not mmap-able');
+  return out;
 }
 
 /** Runs every v1 rule; `checksum` reads the test driver's state checksum (undefined elsewhere). */

@@ -1,9 +1,7 @@
 // The v2 checks (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE): flags, FSM arcs, the data fd, resuming.
-import { readFileSync } from 'node:fs';
 import type { FdHandle } from '../fd-handle';
 import { native } from '../native';
 import {
-  layout,
   VFIO_DEVICE_STATE_ERROR as ERROR,
   VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
   VFIO_DEVICE_STATE_PRE_COPY_P2P as PRE_COPY_P2P,
@@ -16,8 +14,11 @@ import {
   VFIO_MIGRATION_PRE_COPY,
   VFIO_MIGRATION_STOP_COPY,
 } from '../uapi';
-import { supportedStates, V2Engine, v2StateName as name } from '../migration/v2';
-import { CheckContext, errnoName, hex, refusal } from './context';
+import { supportedStates, v2StateName as name } from '../migration/v2';
+import { CheckContext, hex, refusal } from './context';
+import { checkFdMode, goTo, precopyInfo, readOnce, writeAll, type V2Probe } from './v2-support';
+
+export type { V2Probe } from './v2-support';
 
 /** The FSM arcs of linux/vfio.h (RESUMING -> STOP is checked with a real stream, below). */
 const ARCS: readonly [number, number][] = [
@@ -45,48 +46,6 @@ const NEW_FD = new Set([
 ]);
 const READ_SIZE = 1 << 20;
 const MAX_STREAM = 8 * 2 ** 30;
-
-export interface V2Probe {
-  engine: V2Engine;
-  flags: bigint;
-}
-
-/** Moves to `state` along the kernel's own paths; a session left in RESUMING is ended by reset. */
-async function goTo(p: V2Probe, state: number): Promise<void> {
-  const now = await p.engine.getState();
-  if (now === state) return;
-  if (now === RESUMING || now === ERROR) await p.engine.device.reset();
-  p.engine.release();
-  await p.engine.setState(state);
-}
-
-/** The access mode of an fd (O_RDONLY 0, O_WRONLY 1, O_RDWR 2) from /proc/self/fdinfo. */
-function accessMode(fd: number): number | undefined {
-  try {
-    const m = /^flags:\s*([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
-    return m ? parseInt(m[1], 8) & 3 : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function checkFdMode(ctx: CheckContext, fd: FdHandle, saving: boolean, step: string): void {
-  const mode = accessMode(fd.fd);
-  const want = saving ? 0 : 1;
-  const seek = (() => {
-    try {
-      native.pread(fd.fd, Buffer.alloc(1), 0, 1, 0);
-      return null;
-    } catch (err) {
-      return errnoName(err);
-    }
-  })();
-  const ev = { step, accessMode: mode === undefined ? null : ['O_RDONLY', 'O_WRONLY', 'O_RDWR'][mode], pread: seek };
-  if (mode !== undefined && mode !== want)
-    ctx.fail('v2.datafd.mode', `${step}: the fd is ${ev.accessMode}, not ${saving ? 'O_RDONLY' : 'O_WRONLY'}`, ev);
-  else if (seek !== 'ESPIPE')
-    ctx.fail('v2.datafd.mode', `${step}: pread on the fd gave ${seek ?? 'data'}, not ESPIPE (seekable)`, ev);
-}
 
 async function flagsAndArcs(ctx: CheckContext, p: V2Probe): Promise<void> {
   const known = BigInt(VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY);
@@ -192,21 +151,6 @@ async function flagsAndArcs(ctx: CheckContext, p: V2Probe): Promise<void> {
         : 'ERROR refused (no PRE_COPY: no STOP_COPY -> PRE_COPY arc to try)',
     );
   });
-}
-
-async function precopyInfo(fd: FdHandle): Promise<{ initial: bigint; dirty: bigint }> {
-  const raw = await fd.run((f) => native.migGetPrecopyInfoAsync(f));
-  const l = layout.vfio_precopy_info.fields;
-  return { initial: raw.readBigUInt64LE(l.initial_bytes), dirty: raw.readBigUInt64LE(l.dirty_bytes) };
-}
-
-/** One read of the data fd: bytes, 0, or the errno. */
-async function readOnce(fd: FdHandle, buf: Buffer): Promise<number | string> {
-  try {
-    return await fd.run((f) => native.readAsync(f, buf, 0, buf.length));
-  } catch (err) {
-    return errnoName(err);
-  }
 }
 
 async function precopy(ctx: CheckContext, p: V2Probe): Promise<void> {
@@ -325,16 +269,6 @@ async function stopCopy(ctx: CheckContext, p: V2Probe): Promise<Buffer> {
   }
   p.engine.release();
   return Buffer.concat(parts);
-}
-
-async function writeAll(fd: FdHandle, data: Buffer, piece: (at: number) => number): Promise<void> {
-  let at = 0;
-  while (at < data.length) {
-    const len = Math.min(piece(at), data.length - at);
-    const n = await fd.run((f) => native.writeAsync(f, data, at, len));
-    if (n <= 0) throw new Error(`write of the RESUMING fd accepted ${n} bytes at ${at}`);
-    at += n;
-  }
 }
 
 /** Runs every v2 rule; `checksum` reads the test driver's state checksum (undefined elsewhere). */
