@@ -1,6 +1,11 @@
 // The commands of vfio-mig as a table: each with its own options, positional arguments and run function.
 import type { ParseArgsConfig } from 'node:util';
+import { writeFileSync } from 'node:fs';
 import {
+  checkDevice,
+  formatJunit,
+  formatReport,
+  unknownSelectors,
   DEFAULT_PRECOPY_ITERATIONS,
   listDevices,
   openDevice,
@@ -17,7 +22,17 @@ import { infoText, type DirtyFacts } from './info-text';
 import { openOutput, type Output } from './output';
 import { ProgressView, formatBytes } from './progress';
 
-export const EXIT = { ok: 0, failure: 1, usage: 2, device: 3, protocol: 4, stream: 5, aborted: 130 } as const;
+export const EXIT = {
+  ok: 0,
+  failure: 1,
+  usage: 2,
+  device: 3,
+  protocol: 4,
+  stream: 5,
+  /** check: a MUST rule of the spec failed (or the device offers no migration protocol). */
+  nonConformant: 6,
+  aborted: 130,
+} as const;
 
 export class UsageError extends Error {}
 
@@ -26,7 +41,7 @@ export interface Io {
   stderr: NodeJS.WriteStream;
 }
 
-type Values = Record<string, string | boolean | undefined>;
+type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
 
 export interface CommandContext {
   values: Values;
@@ -216,6 +231,33 @@ function dirtyFacts(device: Device): DirtyFacts {
   return { dmaLoggingMissing, iommu };
 }
 
+/** --only/--skip: comma-separated rule ids or prefixes, repeatable. */
+function ruleList(value: unknown): string[] {
+  const list = (Array.isArray(value) ? value : value === undefined ? [] : [value]) as string[];
+  return list
+    .flatMap((v) => String(v).split(','))
+    .map((v) => v.trim())
+    .filter(Boolean);
+}
+
+function checkRuleOptions(values: Values): void {
+  const bad = unknownSelectors([...ruleList(values.only), ...ruleList(values.skip)]);
+  if (bad.length) throw new UsageError(`no rule matches ${bad.join(', ')} (vfio-mig help check lists them)`);
+}
+
+async function checkCommand({ values, positionals, io, print }: CommandContext): Promise<number> {
+  return withDevice(positionals[0]!, async (device) => {
+    const report = await checkDevice(device, {
+      only: ruleList(values.only),
+      skip: ruleList(values.skip),
+      onFinding: values.quiet || values.json ? undefined : (f) => io.stderr.write(`  ${f.verdict.padEnd(4)} ${f.id}\n`),
+    });
+    if (typeof values.junit === 'string') writeFileSync(values.junit, formatJunit(report));
+    print(formatReport(report).trimEnd(), report);
+    return report.conformant ? EXIT.ok : EXIT.nonConformant;
+  });
+}
+
 export const COMMANDS: Record<string, Command> = {
   list: {
     options: { 'no-probe': { type: 'boolean' } },
@@ -289,6 +331,16 @@ export const COMMANDS: Record<string, Command> = {
     run: load,
   },
   verify: { options: {}, args: ['FILE|-'], run: verifyCommand },
+  check: {
+    options: {
+      only: { type: 'string', multiple: true },
+      skip: { type: 'string', multiple: true },
+      junit: { type: 'string' },
+    },
+    args: ['device'],
+    check: checkRuleOptions,
+    run: checkCommand,
+  },
   state: {
     options: {},
     args: ['device', 'STATE?'],

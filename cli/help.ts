@@ -1,4 +1,18 @@
 // Help texts of vfio-mig: the tool's page and one page per command, each with an example.
+import { RULES } from '../lib/check/rules';
+
+/** The catalogue as help lines: id, level, and the rules that reset or stop the device. */
+function ruleLines(): string {
+  let area = '';
+  const out: string[] = [];
+  for (const r of RULES) {
+    if (r.area !== area) out.push(`  ${(area = r.area)}:`);
+    out.push(
+      `    ${r.id.padEnd(32)} ${r.level.padEnd(6)}${r.disruptive === 'reset' ? ' resets the device' : r.disruptive === 'stops' ? ' stops the device' : ''}`.trimEnd(),
+    );
+  }
+  return out.join('\n');
+}
 
 export const HELP: Record<string, string> = {
   main: `vfio-mig: save and restore the internal state of VFIO devices (v1 and v2 migration)
@@ -11,13 +25,15 @@ Commands:
   save <device> -o FILE|-      save the device state into a stream (FILE is written atomically)
   load <device> -i FILE|-      restore a stream into a device
   verify FILE|-                check a stream offline and print its header and totals
+  check <device>               check the device's migration driver against the spec (conformance)
   state <device> [STATE]       read or set the migration state (expert use)
   reset <device>               VFIO_DEVICE_RESET
 
 A <device> is a PCI address (0000:3b:00.1), an mdev UUID or a sysfs path.
 Global options: --json (machine-readable output), --quiet (no progress), --help.
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 device not found/not bound/permission/busy,
-4 device or protocol error, 5 bad or foreign stream, 130 aborted (Ctrl-C).
+4 device or protocol error, 5 bad or foreign stream, 6 not conformant (check: a MUST rule
+failed), 130 aborted (Ctrl-C).
 
 Across hosts:  vfio-mig save 0000:3b:00.1 -o - | ssh dst vfio-mig load 0000:3b:00.1 -i -`,
   list: `Usage: vfio-mig list [--json] [--no-probe]
@@ -69,6 +85,29 @@ Example:  vfio-mig load 0000:3b:00.1 -i dev.vfmig`,
 Checks a stream offline: magic, version, every checksum, the record sequence and the trailer.
 
 Example:  vfio-mig verify dev.vfmig`,
+  check: `Usage: vfio-mig check <device> [--only IDS] [--skip IDS] [--junit FILE] [--json]
+
+Checks the device's migration driver against the text of its protocol (the v1 migration region
+of the deprecated uapi, or VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE of linux/vfio.h). Every rule
+quotes the sentence it enforces and gets a verdict (pass, fail, warn, skip with why) with what
+was seen. The device state is saved first and loaded back at the end; the report says if that
+failed. While the check runs the device is stopped and reset many times: do not check a device
+in use. Equal state after a round trip is proven with the project's test driver's checksum only.
+
+Options:
+  --only IDS       run only these rules (comma-separated ids or prefixes such as v1.state; repeatable)
+  --skip IDS       leave these rules out
+  --junit FILE     also write the verdicts as JUnit XML (one testcase per rule)
+  --json           the full report as JSON
+  --quiet          no progress lines on stderr
+
+Exit status: 0 every MUST rule passed, 6 a MUST rule failed (not conformant) or the device has no
+migration protocol, 1-4 the check could not run (see vfio-mig --help).
+
+Rules (level; what the rule does to the device besides stopping it briefly):
+${ruleLines()}
+
+Example:  vfio-mig check 0000:3b:00.1 --junit check.xml`,
   state: `Usage: vfio-mig state <device> [STATE] [--json]
 
 Without STATE, prints the migration state. With STATE (RUNNING, STOP, ... as the device's

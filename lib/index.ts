@@ -25,3 +25,4 @@ export type { ListedDevice } from './list';
 export * as uapi from './uapi';
 export * from './migration';
 export { printable } from './printable';
+export * from './check';

@@ -173,6 +173,29 @@ export class V2Engine implements MigrationEngine {
     }
   }
 
+  /**
+   * One SET of MIG_DEVICE_STATE exactly as asked, with no path or support check (the conformance
+   * checker's primitive: it must be able to request forbidden arcs). A returned data_fd is not
+   * adopted: the caller owns the handle and closes it. Kernel errors are thrown as they come.
+   */
+  async setArcRaw(to: number): Promise<FdHandle | null> {
+    const buf = this.#featureBuffer(
+      VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+      layout.vfio_device_feature_mig_state.size,
+    );
+    const at = layout.vfio_device_feature.size;
+    buf.writeUInt32LE(to, at + layout.vfio_device_feature_mig_state.fields.device_state);
+    buf.writeInt32LE(-1, at + layout.vfio_device_feature_mig_state.fields.data_fd);
+    await this.device.featureAsync(buf);
+    const fd = buf.readInt32LE(at + layout.vfio_device_feature_mig_state.fields.data_fd);
+    return fd >= 0 ? new FdHandle(fd, `data_fd (-> ${v2StateName(to)})`) : null;
+  }
+
+  /** The data_fd of the current session, if any (owned by the engine: do not close it). */
+  get dataFd(): FdHandle | null {
+    return this.#dataFd;
+  }
+
   closeDataFd(): void {
     this.#dataFd?.close();
     this.#dataFd = null;

@@ -218,6 +218,30 @@ struct vmt_fault_desc {
 
 extern const struct vmt_fault_desc vmt_fault_descs[VMT_F_NR];
 
+/*
+ * Deliberate spec violations (sysfs "bug"): one at a time, persistent until
+ * "none", so that a conformance checker can be shown to catch each of them.
+ * Flags as for fault points (V1, V2, PC).
+ */
+#define VMT_BUGS(X)							\
+	X(V1_PENDING_REREAD, "v1.pending_reread", VMT_FP_V1)		\
+	X(V1_DATA_OFFSET_OUTSIDE, "v1.data_offset_outside", VMT_FP_V1)	\
+	X(V1_INVALID_STATE, "v1.invalid_state_accepted", VMT_FP_V1)	\
+	X(V1_RESERVED_LOST, "v1.reserved_lost", VMT_FP_V1)		\
+	X(V2_ENOMSG_STOP_COPY, "v2.enomsg_stop_copy", VMT_FP_V2)	\
+	X(V2_PRECOPY_INFO_ANY, "v2.precopy_info_any_state", VMT_FP_V2 | VMT_FP_PC) \
+	X(V2_DATA_SIZE_LOW, "v2.data_size_low", VMT_FP_V2 | VMT_FP_PC)	\
+	X(V2_TRUNCATED_OK, "v2.truncated_stream_accepted", VMT_FP_V2)	\
+	X(V2_FD_AFTER_STOP, "v2.fd_readable_after_stop", VMT_FP_V2)	\
+	X(V2_SEGMENTATION_STRICT, "v2.segmentation_strict", VMT_FP_V2)	\
+	X(RESET_STOPS, "reset_stops", VMT_FP_V1 | VMT_FP_V2)
+
+#define VMT_ENUM(id, name, flags) VMT_B_##id,
+enum vmt_bug { VMT_BUGS(VMT_ENUM) VMT_B_NR };
+#undef VMT_ENUM
+
+extern const struct vmt_fault_desc vmt_bug_descs[VMT_B_NR];
+
 /* One saving session: what is still to be sent, and record production. */
 struct vmt_save {
 	unsigned long npages;
@@ -304,8 +328,17 @@ struct vmt_dev {
 	int fault_errno;
 	bool fault_error;
 
+	/* deliberate spec violation (enum vmt_bug), -1 when none */
+	int bug;
+	u64 bug_tick;
+
 	atomic64_t counters[VMT_C_NR];
 };
+
+static inline bool vmt_bug(struct vmt_dev *d, enum vmt_bug b)
+{
+	return READ_ONCE(d->bug) == b;
+}
 
 static inline void vmt_count(struct vmt_dev *d, enum vmt_counter c)
 {

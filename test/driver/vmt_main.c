@@ -116,6 +116,11 @@ static const struct vfio_device_ops vmt_dev_ops;
 const struct vmt_fault_desc vmt_fault_descs[VMT_F_NR] = { VMT_FAULTS(VMT_FDESC) };
 #undef VMT_FDESC
 
+#define VMT_BDESC(id, name, flags) \
+	[VMT_B_##id] = { name, flags },
+const struct vmt_fault_desc vmt_bug_descs[VMT_B_NR] = { VMT_BUGS(VMT_BDESC) };
+#undef VMT_BDESC
+
 #define VMT_CNAME(id, name) \
 	[VMT_C_##id] = name,
 static const char *const vmt_counter_names[VMT_C_NR] = { VMT_COUNTERS(VMT_CNAME) };
@@ -585,6 +590,12 @@ static long vmt_ioctl(struct vfio_device *vdev, unsigned int cmd,
 			vmt_v1_reset(d);
 		else if (d->kind == VMT_KIND_V2)
 			vmt_v2_reset(d);
+		if (vmt_bug(d, VMT_B_RESET_STOPS)) {
+			/* the protocol ends up stopped instead of RUNNING */
+			d->v1_state &= ~VFIO_DEVICE_STATE_MASK;
+			if (d->kind == VMT_KIND_V2)
+				d->v2_state = VFIO_DEVICE_STATE_STOP;
+		}
 		vmt_intx_disable(d);
 		put_unaligned_le16(0, d->config + PCI_COMMAND);
 		vmt_dirty_kick(d);
@@ -649,6 +660,7 @@ static int vmt_init_dev(struct vfio_device *vdev)
 	mutex_init(&d->lock);
 	spin_lock_init(&d->fault_lock);
 	d->fault_point = -1;
+	d->bug = -1;
 	xa_init(&d->pages);
 	INIT_DELAYED_WORK(&d->dirty_work, vmt_dirty_work_fn);
 	d->state_size = VMT_STATE_DEFAULT;
@@ -979,6 +991,72 @@ static ssize_t fault_points_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(fault_points);
 
+static bool vmt_bug_applies(struct vmt_dev *d, int b)
+{
+	unsigned int f = vmt_bug_descs[b].flags;
+
+	if ((f & VMT_FP_PC) && !VMT_HAVE_PRECOPY)
+		return false;
+	if (vmt_kind_is_v1(d->kind))
+		return f & VMT_FP_V1;
+	if (d->kind == VMT_KIND_V2)
+		return f & VMT_FP_V2;
+	return false;
+}
+
+static ssize_t bug_show(struct device *dev, struct device_attribute *attr,
+			char *buf)
+{
+	struct vmt_dev *d = vmt_from_dev(dev);
+	int b = READ_ONCE(d->bug);
+
+	return sysfs_emit(buf, "%s\n", b < 0 ? "none" : vmt_bug_descs[b].name);
+}
+
+/* "<bug>" turns one deliberate spec violation on, "none" turns it off. */
+static ssize_t bug_store(struct device *dev, struct device_attribute *attr,
+			 const char *buf, size_t count)
+{
+	struct vmt_dev *d = vmt_from_dev(dev);
+	char tmp[64];
+	int b;
+
+	if (count >= sizeof(tmp))
+		return -EINVAL;
+	memcpy(tmp, buf, count);
+	tmp[count] = 0;
+	strim(tmp);
+	if (!strcmp(tmp, "none")) {
+		WRITE_ONCE(d->bug, -1);
+		return count;
+	}
+	for (b = 0; b < VMT_B_NR; b++)
+		if (!strcmp(tmp, vmt_bug_descs[b].name))
+			break;
+	if (b == VMT_B_NR || !vmt_bug_applies(d, b))
+		return -EINVAL;
+	mutex_lock(&d->lock);
+	d->bug_tick = 0;
+	WRITE_ONCE(d->bug, b);
+	mutex_unlock(&d->lock);
+	return count;
+}
+static DEVICE_ATTR_RW(bug);
+
+static ssize_t bugs_show(struct device *dev, struct device_attribute *attr,
+			 char *buf)
+{
+	struct vmt_dev *d = vmt_from_dev(dev);
+	int b, len = 0;
+
+	for (b = 0; b < VMT_B_NR; b++)
+		if (vmt_bug_applies(d, b))
+			len += sysfs_emit_at(buf, len, "%s\n",
+					     vmt_bug_descs[b].name);
+	return len;
+}
+static DEVICE_ATTR_RO(bugs);
+
 static ssize_t counters_show(struct device *dev, struct device_attribute *attr,
 			     char *buf)
 {
@@ -1064,6 +1142,8 @@ static struct attribute *vmt_dev_attrs[] = {
 	&dev_attr_reserved_bits.attr,
 	&dev_attr_fault.attr,
 	&dev_attr_fault_points.attr,
+	&dev_attr_bug.attr,
+	&dev_attr_bugs.attr,
 	&dev_attr_counters.attr,
 	&dev_attr_checksum.attr,
 	&dev_attr_generation.attr,

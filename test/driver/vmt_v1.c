@@ -157,6 +157,10 @@ static int vmt_v1_write_state(struct vmt_dev *d, u32 val)
 	/* bits 3-31 must be written back as read (read-modify-write) */
 	if ((val & ~V1_MASK) != (cur & ~V1_MASK))
 		return -EINVAL;
+	if (!VFIO_DEVICE_STATE_VALID(val) && vmt_bug(d, VMT_B_V1_INVALID_STATE)) {
+		d->v1_state = (cur & ~V1_MASK) | to;
+		return 0;
+	}
 	if (!VFIO_DEVICE_STATE_VALID(val) || VFIO_DEVICE_STATE_IS_ERROR(val))
 		return -EINVAL;
 	if (from == to)
@@ -173,6 +177,8 @@ static int vmt_v1_write_state(struct vmt_dev *d, u32 val)
 		ret = vmt_v1_transition(d, from, to);
 	if (!ret) {
 		d->v1_state = (cur & ~V1_MASK) | to;
+		if (vmt_bug(d, VMT_B_V1_RESERVED_LOST))
+			d->v1_state = to;
 		vmt_count(d, VMT_C_V1_TRANSITIONS);
 		return 0;
 	}
@@ -207,6 +213,8 @@ static int vmt_v1_read_reg(struct vmt_dev *d, u64 off, u64 *val, bool *err)
 		/* step a/f: the buffer handed out before has been consumed */
 		d->v1_staged = false;
 		*val = vmt_save_pending(d);
+		if (*val && vmt_bug(d, VMT_B_V1_PENDING_REREAD))
+			*val += ++d->bug_tick;
 		return 0;
 	case V1_OFF_DATA_OFFSET:
 		vmt_count(d, VMT_C_V1_RD_DATA_OFFSET);
@@ -228,6 +236,8 @@ static int vmt_v1_read_reg(struct vmt_dev *d, u64 off, u64 *val, bool *err)
 			d->v1_staged_len = len;
 		}
 		*val = VMT_MIG_DATA_OFFSET;
+		if (vmt_bug(d, VMT_B_V1_DATA_OFFSET_OUTSIDE))
+			*val += d->v1_buf_size;
 		return 0;
 	case V1_OFF_DATA_SIZE:
 		vmt_count(d, VMT_C_V1_RD_DATA_SIZE);

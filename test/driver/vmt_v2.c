@@ -154,7 +154,7 @@ static ssize_t vmt_save_read(struct file *filp, char __user *ubuf, size_t len,
 	mutex_lock(&d->lock);
 	vmt_count(d, VMT_C_V2_READS);
 	if (migf->disabled) {
-		ret = -ENODEV;
+		ret = vmt_bug(d, VMT_B_V2_FD_AFTER_STOP) ? 0 : -ENODEV;
 		goto out;
 	}
 	ret = vmt_fault(d, VMT_F_V2_DATA_READ, &err);
@@ -189,7 +189,8 @@ static ssize_t vmt_save_read(struct file *filp, char __user *ubuf, size_t len,
 	if (done) {
 		ret = done;
 		vmt_count_add(d, VMT_C_V2_BYTES_READ, done);
-	} else if (!ret && !d->save->stopped) {
+	} else if (!ret && (!d->save->stopped ||
+			    vmt_bug(d, VMT_B_V2_ENOMSG_STOP_COPY))) {
 		/* PRE_COPY: temporary end of stream */
 		ret = -ENOMSG;
 	}
@@ -245,7 +246,8 @@ static long vmt_save_ioctl(struct file *filp, unsigned int cmd,
 		goto out;
 	}
 	/* valid only in the PRE_COPY states */
-	if (!vmt_v2_precopy(d->v2_state)) {
+	if (!vmt_v2_precopy(d->v2_state) &&
+	    !vmt_bug(d, VMT_B_V2_PRECOPY_INFO_ANY)) {
 		ret = -EINVAL;
 		goto out;
 	}
@@ -323,6 +325,11 @@ static ssize_t vmt_resume_write(struct file *filp, const char __user *ubuf,
 	ret = vmt_fault(d, VMT_F_V2_DATA_WRITE, &err);
 	if (ret)
 		goto out;
+	/* a driver that wants each record header in one write() */
+	if (vmt_bug(d, VMT_B_V2_SEGMENTATION_STRICT) && len < VMT_REC_HDR) {
+		ret = -EINVAL;
+		goto out;
+	}
 	if (migf->bad) {
 		ret = -EINVAL;
 		goto out;
@@ -491,7 +498,8 @@ static struct file *vmt_v2_step(struct vmt_dev *d,
 	case S(RESUMING) << 4 | S(STOP):
 		/* the stream must be complete and valid */
 		migf = d->resuming_migf;
-		if (!migf || migf->bad || migf->hdr_fill || !d->load.done) {
+		if (!migf || ((migf->bad || migf->hdr_fill || !d->load.done) &&
+			      !vmt_bug(d, VMT_B_V2_TRUNCATED_OK))) {
 			vmt_count(d, VMT_C_RECORDS_REJECTED);
 			return ERR_PTR(-EINVAL);
 		}
@@ -595,6 +603,8 @@ static int vmt_v2_get_data_size(struct vfio_device *vdev,
 	if (err)
 		vmt_enter_error(d);
 	*stop_copy_length = vmt_full_estimate(d);
+	if (vmt_bug(d, VMT_B_V2_DATA_SIZE_LOW))
+		*stop_copy_length /= 16;
 	mutex_unlock(&d->lock);
 	return ret;
 }

@@ -24,6 +24,8 @@ export type Knob =
   | 'reserved_bits'
   | 'fault'
   | 'fault_points'
+  | 'bug'
+  | 'bugs'
   | 'counters'
   | 'checksum'
   | 'generation'
@@ -200,3 +202,101 @@ export function bar0Mutate(device: Device, seed: bigint): void {
 /** v1 device_state values. */
 export const V1 = { stop: 0, running: 1, saving: 2, precopy: 3, resuming: 4 } as const;
 export type V1Name = keyof typeof V1;
+
+/** A deliberate spec violation of the driver (sysfs `bug`) and the checker rule that must catch it. */
+export interface Bug {
+  name: string;
+  protocol: 'v1' | 'v2';
+  /** Exists only when the kernel has PRE_COPY (6.2+). */
+  precopy: boolean;
+  rule: string;
+  what: string;
+}
+
+/** The `bug` catalogue of test/driver/README.md, with the checker rule each one breaks. */
+export const BUGS: readonly Bug[] = [
+  {
+    name: 'v1.pending_reread',
+    protocol: 'v1',
+    precopy: false,
+    rule: 'v1.pending.reread',
+    what: 'each read of a non-zero pending_bytes adds one more',
+  },
+  {
+    name: 'v1.data_offset_outside',
+    protocol: 'v1',
+    precopy: false,
+    rule: 'v1.data.in-region',
+    what: 'data_offset points past the data section (at the end of the region)',
+  },
+  {
+    name: 'v1.invalid_state_accepted',
+    protocol: 'v1',
+    precopy: false,
+    rule: 'v1.state.invalid-refused',
+    what: 'writes of 101b and 111b succeed',
+  },
+  {
+    name: 'v1.reserved_lost',
+    protocol: 'v1',
+    precopy: false,
+    rule: 'v1.state.reserved-kept',
+    what: 'a transition clears device_state bits 3-31 (set reserved_bits to see it)',
+  },
+  {
+    name: 'v2.enomsg_stop_copy',
+    protocol: 'v2',
+    precopy: false,
+    rule: 'v2.stopcopy.no-enomsg',
+    what: 'STOP_COPY end of stream is ENOMSG instead of 0',
+  },
+  {
+    name: 'v2.precopy_info_any_state',
+    protocol: 'v2',
+    precopy: true,
+    rule: 'v2.precopy-info.states',
+    what: 'VFIO_MIG_GET_PRECOPY_INFO answers in STOP_COPY',
+  },
+  {
+    name: 'v2.data_size_low',
+    protocol: 'v2',
+    precopy: true,
+    rule: 'v2.data-size.estimate',
+    what: 'MIG_DATA_SIZE reports 1/16 of its estimate',
+  },
+  {
+    name: 'v2.truncated_stream_accepted',
+    protocol: 'v2',
+    precopy: false,
+    rule: 'v2.resuming.truncated',
+    what: 'RESUMING -> STOP accepts an incomplete stream',
+  },
+  {
+    name: 'v2.fd_readable_after_stop',
+    protocol: 'v2',
+    precopy: false,
+    rule: 'v2.datafd.after-session',
+    what: 'a read of a data fd whose session ended returns 0 instead of ENODEV',
+  },
+  {
+    name: 'v2.segmentation_strict',
+    protocol: 'v2',
+    precopy: false,
+    rule: 'v2.resuming.segmentation',
+    what: 'a write() of the resuming fd shorter than a record header (32 bytes) fails EINVAL',
+  },
+  {
+    name: 'reset_stops',
+    protocol: 'v1',
+    precopy: false,
+    rule: 'v1.reset.running',
+    what: 'VFIO_DEVICE_RESET leaves the protocol in STOP instead of RUNNING',
+  },
+  {
+    name: 'reset_stops',
+    protocol: 'v2',
+    precopy: false,
+    rule: 'v2.reset.running',
+    what: 'VFIO_DEVICE_RESET leaves the protocol in STOP instead of RUNNING',
+  },
+];

@@ -25,7 +25,7 @@ async function streamBytes(): Promise<Buffer> {
 test('--help for the tool and every command, with examples', () => {
   const main = run('--help');
   assert.equal(main.status, 0);
-  for (const cmd of ['list', 'info', 'save', 'load', 'verify', 'state', 'reset']) {
+  for (const cmd of ['list', 'info', 'save', 'load', 'verify', 'state', 'reset', 'check']) {
     assert.match(main.stdout, new RegExp(`\\n  ${cmd}`));
     const r = run(cmd, '--help');
     assert.equal(r.status, 0, cmd);
@@ -122,4 +122,20 @@ test('host: verify of a directory exits 1 naming it; --json errors carry offset 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('host: check: rule selectors are checked before a device is opened; help lists every rule and exit status 6', async () => {
+  const { RULES } = await import('../../lib/check');
+  const bad = run('check', '--only', 'v1.state,nosuch.rule', 'no-such-device');
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /no rule matches nosuch\.rule/);
+  assert.doesNotMatch(bad.stderr, /no-such-device/);
+  assert.equal(run('check', '--skip', 'v3', 'x').status, 2);
+  assert.equal(run('check', '--frobnicate', 'x').status, 2);
+  assert.equal(run('check', '--only', 'v1.state', '/nonexistent-device').status, 3);
+  const help = run('help', 'check');
+  assert.equal(help.status, 0);
+  for (const r of RULES) assert.match(help.stdout, new RegExp(`\\n    ${r.id.replace(/\./g, '\\.')} +${r.level}`));
+  assert.match(help.stdout, /6 a MUST rule failed/);
+  assert.match(run('--help').stdout, /6 not conformant/);
 });
