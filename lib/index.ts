@@ -1,14 +1,13 @@
 // Public API of vfio-migration.
 export { SyscallError, VfioError, isSyscallError } from './errors';
 export type { VfioErrorCode } from './errors';
-export { FdHandle } from './fd-handle';
 export { Container } from './container';
 export { Group } from './group';
 export { Mapping, mapFd } from './mapping';
 export { Region } from './region';
 export { Device, openDevice } from './device';
 export type { OpenOptions } from './device';
-export { decodeRegionInfo, decodeDeviceInfo, decodeIrqInfo, parseCapabilityChain, toSafeNumber } from './decode';
+export { decodeRegionInfo, decodeDeviceInfo, decodeIrqInfo } from './decode';
 export type { RegionInfo, DeviceInfo, IrqInfo, Capability, SparseMmapArea } from './decode';
 export { resolveDevice, listSysfsDevices, describeDevice, isVfioPciDriver } from './sysfs';
 export type { SysfsDevice } from './sysfs';
@@ -23,6 +22,52 @@ export type { IovaSpan, DmaLoggingSupport } from './dirty/logging';
 export { allocIoBuffer } from './buffers';
 export type { ListedDevice } from './list';
 export * as uapi from './uapi';
-export * from './migration';
+// Migration: the public surface only. The protocol engines and their state tables (V1Engine,
+// V2Engine, V1_ARCS, v2Path, ...) are internals of lib/migration/ and lib/check/; tests import
+// them from there.
+export {
+  Migration,
+  createMigration,
+  requireMigration,
+  verify,
+  deviceIdentity,
+  identityMismatches,
+  stopDevices,
+  MigrationError,
+  DEFAULT_PRECOPY_ITERATIONS,
+  probeMigration,
+  StreamEncoder,
+  StreamDecoder,
+  StreamError,
+  verifyStream,
+  PHASE_STOP_COPY,
+  STREAM_MAGIC,
+  STREAM_VERSION,
+  FdSource,
+  isByteSource,
+  v1StateName,
+  v2StateName,
+} from './migration';
+export type {
+  MigrationErrorCode,
+  Recovery,
+  Progress,
+  PrecopyPolicy,
+  SaveOptions,
+  LoadOptions,
+  SaveResult,
+  LoadResult,
+  Phase,
+  ProgressPhase,
+  MigrationEngine,
+  MigrationProbe,
+  StreamHeader,
+  StreamRecord,
+  StreamSink,
+  StreamSource,
+  VerifyResult,
+  ByteSource,
+  V2Support,
+} from './migration';
 export { printable } from './printable';
 export * from './check';
