@@ -211,7 +211,8 @@ Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
   RegisterWrite reg = ArgRegisterWrite(info, 5);
   JobBytesPtr bytes = ArgJobBytes(view, offset, length, JobBytes::Use::kSource, "buffer");
   uint8_t* data = bytes->data();
-  auto work = [=] {
+  // `bytes` is captured by name: it keeps the pinned or bounced memory alive until the job ends.
+  auto work = [fd, data, length, position, reg, bytes] {
     Outcome out;
     size_t done = 0;
     while (done < length) {
