@@ -29,7 +29,8 @@ export async function migrateLocal(
   const receiving = receive(
     pairs.map((p) => p[1]),
     b,
-    { force, timeoutMs: options.timeoutMs, signal: options.signal },
+    // No signal: an abort at the source reaches the receiver as an ERROR frame, so the error names the source.
+    { force, timeoutMs: options.timeoutMs },
   );
   receiving.catch(() => undefined);
   let sent: MigrateResult;
