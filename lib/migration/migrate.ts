@@ -73,13 +73,7 @@ export interface MigrateResult {
 
 /** All devices that offer it through RUNNING_P2P (PRE_COPY_P2P from PRE_COPY) before any of them stops. */
 async function quiesce(sources: readonly Migration[]): Promise<void> {
-  await Promise.all(
-    sources.map(async (m) => {
-      const state = await m.state();
-      if (state === 'PRE_COPY' && m.stateNames.includes('PRE_COPY_P2P')) await m.setState('PRE_COPY_P2P');
-      else if (state === 'RUNNING' && m.stateNames.includes('RUNNING_P2P')) await m.setState('RUNNING_P2P');
-    }),
-  );
+  await Promise.all(sources.map((m) => (m.engine.quiesce ? m.engine.quiesce() : Promise.resolve())));
 }
 
 /**

@@ -352,6 +352,14 @@ export class V2Engine implements MigrationEngine {
     }
   }
 
+  async quiesce(): Promise<void> {
+    // The pre-copy session's data_fd stays open across PRE_COPY -> PRE_COPY_P2P: setState keeps it.
+    if (!this.support.p2p) return;
+    const current = await this.getState();
+    if (current === RUNNING) await this.setState(RUNNING_P2P);
+    else if (current === PRE_COPY) await this.setState(PRE_COPY_P2P);
+  }
+
   async enterStopCopy(onStopped: () => void): Promise<void> {
     // With P2P, quiesce first as the header recommends; the device stops at the next arc.
     const current = await this.getState();
