@@ -198,8 +198,13 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
         });
       },
     );
+    rmSync(pidFile, { force: true });
     assert.ok([9, 7].includes(r.code!), `exit ${r.code}: ${r.stderr}`);
     assert.equal(a.checksum(), sum);
+    {
+      using d = b.open();
+      assert.equal(await requireMigration(d).state(), 'RUNNING', 'the killed receiver left its device usable');
+    }
   });
 
   test('CLI: Ctrl-C at the source: exit 130, source RUNNING with its checksum', async () => {
