@@ -114,7 +114,12 @@ export async function migrate(
   }));
   const timing = { ready: 0, precopyDone: 0, acked: 0, firstStop: 0, sent: 0, loaded: 0, running: 0 };
   const local = new AbortController();
-  const onAbort = (): void => local.abort(signal!.reason);
+  let started = false;
+  const onAbort = (): void => {
+    local.abort(signal!.reason);
+    // Waiting for the peer's preamble: only closing the channel ends that read.
+    if (!started) wire.close('aborted');
+  };
   signal?.addEventListener('abort', onAbort, { once: true });
   const wait = (type: number, device: number, what: string, ms = timeoutMs) =>
     inbox.wait(type, device, ms, what, local.signal);
@@ -129,6 +134,7 @@ export async function migrate(
     });
     const peerVersion = await wire.readPreamble(timeoutMs || undefined);
     inbox.start();
+    started = true;
     if (peerVersion !== WIRE_VERSION) {
       // The peer says why in an ERROR frame (its layout never changes); wait briefly for it.
       await wait(FRAME.ready, 0, 'the destination', 5000).catch((err: unknown) => {
@@ -230,7 +236,10 @@ export async function migrate(
     await wire.sendMessage(FRAME.commit, 0, {});
     event('committed');
   } catch (err) {
-    const error = asMigrateError(inbox.failure && !(err instanceof MigrateError) ? inbox.failure : err, 'source', step);
+    let error = asMigrateError(inbox.failure && !(err instanceof MigrateError) ? inbox.failure : err, 'source', step);
+    // Ctrl-C is what happened, whatever the abort broke on its way (a closed channel, a cancelled read).
+    if (signal?.aborted && error.code !== 'ERR_MIGRATION_ABORTED' && error.code !== 'ERR_MIGRATION_PEER')
+      error = abortReason(signal, step);
     // A failure on this side goes to the destination, so it resets at once instead of at EOF.
     if (error.side !== 'destination' || error.code !== 'ERR_MIGRATION_PEER') {
       await sendError(wire, error);

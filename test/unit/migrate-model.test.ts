@@ -170,3 +170,17 @@ test('model: a receiver that never answers: the source times out RUNNING', async
   });
   assert.equal(src.dev.deviceState, 1);
 });
+
+test('model: Ctrl-C while the receiver has not started: aborted at once, the source untouched', async () => {
+  const src = model(3);
+  const [a] = channelPair();
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(new Error('interrupted by SIGINT')), 50);
+  const t0 = Date.now();
+  await assert.rejects(migrate([src.mig], a, { signal: ac.signal, timeoutMs: 10_000 }), (err: MigrateError) => {
+    assert.equal(err.code, 'ERR_MIGRATION_ABORTED');
+    return true;
+  });
+  assert.ok(Date.now() - t0 < 5000);
+  assert.equal(src.dev.deviceState, 1);
+});
