@@ -184,3 +184,36 @@ test('model: Ctrl-C while the receiver has not started: aborted at once, the sou
   assert.ok(Date.now() - t0 < 5000);
   assert.equal(src.dev.deviceState, 1);
 });
+
+test('model: the channel dies after the destination said "loaded", before the commit: source RUNNING, destination reset', async () => {
+  const src = model(6);
+  const dst = model(0);
+  const toDst = new PassThrough();
+  const toSrc = new PassThrough();
+  const fromSrc = new PassThrough();
+  const fromDst = new PassThrough();
+  let cut = false;
+  fromSrc.on('data', (c: Buffer) => (cut ? undefined : toDst.write(c)));
+  fromDst.on('data', (c: Buffer) => {
+    if (cut) return;
+    // Frame headers are written as chunks of their own: cut at LOADED's, both directions at once.
+    if (c.length === 8 && c[0] === FRAME.loaded) {
+      cut = true;
+      toSrc.end();
+      toDst.end();
+      return;
+    }
+    toSrc.write(c);
+  });
+  const recv = receive([dst.mig], { readable: toDst, writable: fromDst });
+  recv.catch(() => undefined);
+  await assert.rejects(migrate([src.mig], { readable: toSrc, writable: fromSrc }), (err: MigrateError) => {
+    assert.equal(err.committed, false);
+    assert.equal(err.side, 'channel');
+    return true;
+  });
+  await assert.rejects(recv, (err: MigrateError) => err.committed === false);
+  assert.ok(cut);
+  assert.equal(src.dev.deviceState, 1, 'source RUNNING');
+  assert.ok(dst.dev.resets >= 1, 'destination reset');
+});
