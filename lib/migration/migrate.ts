@@ -121,6 +121,12 @@ export async function migrate(
     if (!started) wire.close('aborted');
   };
   signal?.addEventListener('abort', onAbort, { once: true });
+  // The destination is gone or failed: stop the device copies at once, and drop what is queued
+  // for a reader that may never drain it (a write waiting on back-pressure would hang).
+  inbox.onPeerFailure = (err) => {
+    local.abort(err);
+    wire.destroy('the destination failed');
+  };
   const wait = (type: number, device: number, what: string, ms = timeoutMs) =>
     inbox.wait(type, device, ms, what, local.signal);
   try {

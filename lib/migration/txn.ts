@@ -81,6 +81,8 @@ export class Inbox {
   readonly #early: Frame[] = [];
   readonly #failWaiters = new Set<(err: Error) => void>();
   #failure: Error | undefined;
+  /** Called once when the peer fails, closes the channel or sends something malformed (not for fail()). */
+  onPeerFailure: ((err: Error) => void) | undefined;
   /** Called for frames nobody waits for (DATA on the destination); may return a promise for back-pressure. */
   onFrame: ((frame: Frame) => void | Promise<void>) | undefined;
 
@@ -127,7 +129,10 @@ export class Inbox {
         }
       }
     } catch (err) {
-      this.fail(err instanceof Error ? err : new Error(String(err)));
+      const error = err instanceof Error ? err : new Error(String(err));
+      const first = this.#failure === undefined;
+      this.fail(error);
+      if (first) this.onPeerFailure?.(error);
     }
   }
 

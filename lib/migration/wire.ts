@@ -190,6 +190,15 @@ export class WireEnd {
     }
   }
 
+  /**
+   * Closes at once, dropping what is queued: for a peer that is gone or failed, whose reader may
+   * never drain the channel (a write waiting on back-pressure then fails instead of hanging).
+   */
+  destroy(reason = 'the channel was dropped'): void {
+    this.close(reason);
+    (this.#writable as Partial<NodeJS.WritableStream & { destroy(): void }>).destroy?.();
+  }
+
   async #write(chunk: Buffer, flush: boolean): Promise<void> {
     if (this.#closed) throw new WireError('ERR_WIRE_CLOSED', 'the channel is closed');
     this.bytesOut += chunk.length;
