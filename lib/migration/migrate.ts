@@ -43,7 +43,7 @@ export interface DevicePhases {
   records: number;
   bytes: number;
   /** What the destination measured: its validation (RESUMING -> STOP) and resume. */
-  destination_?: Record<string, unknown>;
+  destinationLoad?: Record<string, unknown>;
 }
 
 export interface MigrateResult {
@@ -233,7 +233,7 @@ export async function migrate(
       await wait(FRAME.loaded, 0, 'the destination to validate the streams (loaded)'),
     );
     loaded.devices?.forEach((d, i) => {
-      if (phases[i]) phases[i].destination_ = d;
+      if (phases[i]) phases[i].destinationLoad = d;
     });
     timing.loaded = Date.now();
     if (local.signal.aborted) throw abortReason(local.signal, 'the commit');
