@@ -213,6 +213,41 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
     }
   });
 
+  test('CLI: the source SIGKILLed mid-way: the receiver resets its device and exits; source checksum unchanged', async () => {
+    const { a, b, sum } = pair('v2', 64 * MiB);
+    const pidFile = '/tmp/vfio-mig-recv2.pid';
+    rmSync(pidFile, { force: true });
+    const r = await cli(
+      ['migrate', a.uuid, `exec:echo $$ > ${pidFile}; exec ${process.execPath} ${BIN} receive ${b.uuid}`],
+      (child) => {
+        let killed = false;
+        child.stderr!.on('data', () => {
+          if (killed || !existsSync(pidFile)) return;
+          killed = true;
+          child.kill('SIGKILL');
+        });
+      },
+    );
+    assert.equal(r.code, null, 'the source was killed');
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    rmSync(pidFile, { force: true });
+    const alive = (): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 200 && alive(); i++) await new Promise((res) => setTimeout(res, 100));
+    assert.equal(alive(), false, 'the orphaned receiver exited');
+    // The killed source's fd was closed by the kernel: the device is RUNNING with its state.
+    assert.equal(a.checksum(), sum);
+    using d = b.open();
+    assert.equal(await requireMigration(d).state(), 'RUNNING');
+    assert.notEqual(bar0Checksum(d), sum, 'the destination was reset, not left with a partial state');
+  });
+
   test('CLI: Ctrl-C at the source: exit 130, source RUNNING with its checksum', async () => {
     const { a, b, sum } = pair('v2', 64 * MiB);
     const r = await cli(['migrate', a.uuid, b.uuid], (child) => {
