@@ -7,7 +7,7 @@ import { progressReporter } from './steps';
 import { StreamDecoder, type StreamHeader } from './stream';
 import { ByteQueue, Inbox, MigrateError, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
 import type { Progress } from './types';
-import { FRAME, WIRE_VERSION, WireEnd, messageBody, type Channel, type Frame } from './wire';
+import { FRAME, WIRE_VERSION, WireEnd, WireError, messageBody, type Channel, type Frame } from './wire';
 import { DEFAULT_MIGRATE_TIMEOUT_MS, recoveryWords } from './migrate';
 
 export interface ReceiveOptions {
@@ -69,6 +69,7 @@ export async function receive(
   const resuming = new Set<Migration>();
   let step = 'hello';
   let committed = false;
+  let watchdog: NodeJS.Timeout | undefined;
   const onAbort = (): void =>
     inbox.fail(
       new MigrateError('ERR_MIGRATION_ABORTED', `receive aborted: ${String(options.signal?.reason)}`, 'destination'),
@@ -107,6 +108,17 @@ export async function receive(
       await m.engine.enterResuming();
     }
     await wire.sendMessage(FRAME.ready, 0, { devices: destinations.map((m) => ({ name: m.device.name })) });
+    // A source that hangs without closing the channel: nothing arrives and nothing is written for timeoutMs.
+    inbox.lastActivity = Date.now();
+    if (timeoutMs > 0) {
+      watchdog = setInterval(
+        () => {
+          if (Date.now() - inbox.lastActivity > timeoutMs)
+            inbox.fail(new WireError('ERR_WIRE_TIMEOUT', `nothing from the source for ${timeoutMs} ms`));
+        },
+        Math.min(1000, timeoutMs),
+      );
+    }
     event('RESUMING; ready');
 
     step = 'load';
@@ -146,6 +158,7 @@ export async function receive(
         await m.engine.writeRecord(record);
         result[i]!.records++;
         result[i]!.bytes += record.payload.length;
+        inbox.lastActivity = Date.now();
         report('resuming', 0, result[i]!.bytes);
         await maybeAck(i);
       }
@@ -158,6 +171,7 @@ export async function receive(
     for (const l of loads) l.catch(() => undefined);
     const loadedAt = await Promise.race([Promise.all(loads), inbox.failed()]);
     const validateMs = Math.max(...loadedAt) - Math.min(...loadedAt.map((_t, i) => loadedAt[i]! - result[i]!.loadMs));
+    clearInterval(watchdog);
     await wire.sendMessage(FRAME.loaded, 0, { devices: result });
     event('loaded and validated; waiting for the commit');
 
@@ -176,6 +190,7 @@ export async function receive(
     event('RUNNING');
     return { devices: result, validateMs, resumeMs, elapsedMs: Date.now() - start };
   } catch (err) {
+    clearInterval(watchdog);
     options.signal?.removeEventListener('abort', onAbort);
     const cause = inbox.failure && !(err instanceof MigrateError) ? inbox.failure : err;
     const error = asMigrateError(cause, 'destination', step);

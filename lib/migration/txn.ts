@@ -88,6 +88,8 @@ export class Inbox {
 
   readonly #peer: 'source' | 'destination';
   #started = false;
+  /** When the last frame arrived (or the caller last saw progress: touch()). */
+  lastActivity = Date.now();
 
   constructor(wire: WireEnd, peer: 'source' | 'destination') {
     this.#wire = wire;
@@ -110,6 +112,7 @@ export class Inbox {
       for (;;) {
         const frame = await this.#wire.read(undefined, `the ${peer}`);
         if (!frame) throw new WireError('ERR_WIRE_CLOSED', `the ${peer} closed the channel`);
+        this.lastActivity = Date.now();
         if (frame.type === FRAME.error) {
           const body = messageBody<PeerError>(frame);
           const side = body.side ?? peer;

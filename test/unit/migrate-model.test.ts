@@ -217,3 +217,22 @@ test('model: the channel dies after the destination said "loaded", before the co
   assert.equal(src.dev.deviceState, 1, 'source RUNNING');
   assert.ok(dst.dev.resets >= 1, 'destination reset');
 });
+
+test('model: a source that hangs after the hello: the receiver times out and resets its device', async () => {
+  const dst = model(0);
+  const [a, b] = channelPair();
+  const recv = receive([dst.mig], b, { timeoutMs: 300 });
+  const w = new WireEnd(a);
+  await w.writePreamble();
+  await w.sendMessage(FRAME.hello, 0, {
+    version: 1,
+    devices: [{ protocol: 'v1', device: { kind: 'unknown', name: 'model' } }],
+    switchoverAck: [false],
+  });
+  await assert.rejects(recv, (err: MigrateError) => {
+    assert.equal(err.code, 'ERR_MIGRATION_TIMEOUT');
+    assert.match(err.message, /nothing from the source for 300 ms/);
+    return true;
+  });
+  assert.ok(dst.dev.resets >= 1, 'destination reset');
+});
