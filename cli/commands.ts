@@ -21,6 +21,7 @@ import {
 import { infoText, type DirtyFacts } from './info-text';
 import { openOutput, type Output } from './output';
 import { ProgressView, formatBytes } from './progress';
+import { migrateCommand, receiveCommand } from './migrate-command';
 
 export const EXIT = {
   ok: 0,
@@ -31,6 +32,14 @@ export const EXIT = {
   stream: 5,
   /** check: a MUST rule of the spec failed (or the device offers no migration protocol). */
   nonConformant: 6,
+  /** migrate: the source side failed (10, after check's 6) before the commit (sources RUNNING again, destinations reset). */
+  source: 10,
+  /** migrate: the destination failed or refused before the commit (sources RUNNING again). */
+  destination: 7,
+  /** migrate: a failure after the commit (the message names both sides' states). */
+  afterCommit: 8,
+  /** migrate: the channel closed, broke or timed out before the commit (sources RUNNING again). */
+  channel: 9,
   aborted: 130,
 } as const;
 
@@ -98,6 +107,12 @@ function integerOption(values: Values, name: string): number | undefined {
   const n = /^\d+$/.test(text) ? Number(text) : NaN;
   if (!Number.isSafeInteger(n)) throw new UsageError(`--${name} must be a non-negative integer, not '${String(v)}'`);
   return n;
+}
+
+/** --timeout SECONDS as milliseconds (0 = no limit); undefined when not given. */
+function secondsOption(values: Values): number | undefined {
+  const s = integerOption(values, 'timeout');
+  return s === undefined ? undefined : s * 1000;
 }
 
 function precopyOption(values: Values): PrecopyPolicy | false {
@@ -340,6 +355,31 @@ export const COMMANDS: Record<string, Command> = {
     args: ['device'],
     check: checkRuleOptions,
     run: checkCommand,
+  },
+  migrate: {
+    options: {
+      ...precopyOptions,
+      'switchover-ack': { type: 'boolean' },
+      'no-switchover-ack': { type: 'boolean' },
+      timeout: { type: 'string' },
+      'reset-source': { type: 'boolean' },
+      'remote-command': { type: 'string' },
+      force: { type: 'boolean' },
+    },
+    args: ['sources', 'destinations'],
+    check(values) {
+      precopyOption(values);
+      integerOption(values, 'timeout');
+    },
+    run: (ctx) => migrateCommand(ctx, precopyOption(ctx.values), secondsOption(ctx.values)),
+  },
+  receive: {
+    options: { timeout: { type: 'string' }, force: { type: 'boolean' } },
+    args: ['devices'],
+    check(values) {
+      integerOption(values, 'timeout');
+    },
+    run: (ctx) => receiveCommand(ctx, secondsOption(ctx.values)),
   },
   state: {
     options: {},

@@ -26,6 +26,8 @@ Commands:
   load <device> -i FILE|-      restore a stream into a device
   verify FILE|-                check a stream offline and print its header and totals
   check <device>               check the device's migration driver against the spec (conformance)
+  migrate <sources> <dests>    live-migrate devices as one transaction (local, ssh://, exec:)
+  receive <devices>            the destination end of a migrate, on stdin/stdout
   state <device> [STATE]       read or set the migration state (expert use)
   reset <device>               VFIO_DEVICE_RESET
 
@@ -33,7 +35,9 @@ A <device> is a PCI address (0000:3b:00.1), an mdev UUID or a sysfs path.
 Global options: --json (machine-readable output), --quiet (no progress), --help.
 Exit codes: 0 ok, 1 other failure, 2 usage, 3 device not found/not bound/permission/busy,
 4 device or protocol error, 5 bad or foreign stream, 6 not conformant (check: a MUST rule
-failed), 130 aborted (Ctrl-C).
+failed); migrate/receive: 10 the source side failed, 7 the destination failed or refused, 9 the
+channel broke or timed out (10, 7, 9: before the commit: sources RUNNING again, destinations
+reset), 8 a failure after the commit; 130 aborted (Ctrl-C).
 
 Across hosts:  vfio-mig save 0000:3b:00.1 -o - | ssh dst vfio-mig load 0000:3b:00.1 -i -`,
   list: `Usage: vfio-mig list [--json] [--no-probe]
@@ -80,6 +84,45 @@ Options:
   --json, --quiet
 
 Example:  vfio-mig load 0000:3b:00.1 -i dev.vfmig`,
+  migrate: `Usage: vfio-mig migrate <sources> <destinations> [options]
+
+Live-migrates one device or several (comma-separated, paired in order) as one transaction:
+the destination checks the devices and enters RESUMING before any source stops; with pre-copy,
+the source waits for the destination's switchover-ack; all sources go through RUNNING_P2P
+before any stops; the stop-and-copy data of all devices moves concurrently; the destination
+validates everything and says "loaded"; only then does the source commit, and the destination
+runs. Before the commit, any failure (either side, the channel, Ctrl-C, a timeout) returns
+every source to RUNNING and resets every destination.
+
+Destinations:
+  B  or  B1,B2                  devices of this host
+  ssh://[user@]host[:port]/B1[,B2]   runs 'vfio-mig receive B1,B2' there through ssh
+  exec:<shell command>          a command whose stdin/stdout reach a vfio-mig receive
+
+Options:
+  --precopy-iterations N, --precopy-threshold BYTES, --precopy-time MS   as for save
+  --switchover-ack / --no-switchover-ack   wait for the destination to apply the initial
+                                pre-copy data before stopping (default on with pre-copy)
+  --timeout SECONDS             longest wait for the other end (default 30; 0 = none)
+  --reset-source                reset the sources after the commit (move semantics)
+  --remote-command CMD          the program ssh runs instead of vfio-mig (e.g. 'npx vfio-mig')
+  --force                       destinations may be another kind of device
+  --json, --quiet
+
+Exit codes: 0 ok; 10 source failed, 7 destination failed or refused, 9 channel failed or timed
+out (all before the commit: sources RUNNING again); 8 failure after the commit; 130 Ctrl-C.
+
+Examples:
+  vfio-mig migrate 0000:3b:00.1 0000:5e:00.1
+  vfio-mig migrate A1,A2 ssh://root@dst/B1,B2 --precopy-iterations 4
+  vfio-mig migrate A exec:'kubectl exec -i pod -- vfio-mig receive B'`,
+  receive: `Usage: vfio-mig receive <devices> [--timeout SECONDS] [--force] [--quiet] [--json]
+
+The destination end of 'vfio-mig migrate', speaking the migrate protocol on stdin and stdout
+(docs/migrate-protocol.md); progress and the report go to stderr. Until the source commits,
+any failure resets the devices.
+
+Example:  socat TCP-LISTEN:7000 EXEC:'vfio-mig receive 0000:5e:00.1'`,
   verify: `Usage: vfio-mig verify FILE|- [--json]
 
 Checks a stream offline: magic, version, every checksum, the record sequence and the trailer.

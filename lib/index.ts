@@ -47,6 +47,12 @@ export {
   isByteSource,
   v1StateName,
   v2StateName,
+  migrate,
+  DEFAULT_MIGRATE_TIMEOUT_MS,
+  receive,
+  migrateLocal,
+  channelPair,
+  MigrateError,
 } from './migration';
 export type {
   MigrationErrorCode,
@@ -68,6 +74,12 @@ export type {
   VerifyResult,
   ByteSource,
   V2Support,
+  MigrateOptions,
+  MigrateResult,
+  DevicePhases,
+  ReceiveOptions,
+  ReceiveResult,
+  Channel,
 } from './migration';
 export { printable } from './printable';
 export * from './check';

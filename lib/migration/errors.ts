@@ -9,7 +9,12 @@ export type MigrationErrorCode =
   | 'ERR_MIGRATION_STREAM' // the stream is corrupt, truncated or foreign
   | 'ERR_MIGRATION_MISMATCH' // the stream was saved from another kind of device or protocol
   | 'ERR_MIGRATION_IO' // writing or reading the stream failed (sink/source error)
-  | 'ERR_MIGRATION_ABORTED'; // the caller's AbortSignal fired
+  | 'ERR_MIGRATION_ABORTED' // the caller's AbortSignal fired
+  | 'ERR_MIGRATION_REFUSED' // migrate: the destination refused the hello (version, protocol, identity, RESUMING)
+  | 'ERR_MIGRATION_PEER' // migrate: the other end reported a failure (its message is in the error's)
+  | 'ERR_MIGRATION_CHANNEL' // migrate: the channel closed, broke or carried something malformed
+  | 'ERR_MIGRATION_TIMEOUT' // migrate: the peer did not answer in time
+  | 'ERR_MIGRATION_AFTER_COMMIT'; // migrate: a failure after the commit (both sides' states in the message)
 
 /** What the client did to leave the device safe after a failure. */
 export type Recovery = 'none' | 'running' | 'stopped' | 'reset' | 'failed';

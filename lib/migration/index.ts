@@ -71,3 +71,12 @@ export {
 export type { StreamHeader, StreamRecord, StreamSink, StreamSource, VerifyResult } from './stream';
 export { FdSource, isByteSource } from './source';
 export type { ByteSource } from './source';
+export { migrate, DEFAULT_MIGRATE_TIMEOUT_MS } from './migrate';
+export type { MigrateOptions, MigrateResult, DevicePhases } from './migrate';
+export { receive, helloProblem } from './receive';
+export type { ReceiveOptions, ReceiveResult } from './receive';
+export { migrateLocal, channelPair } from './local';
+export { MigrateError } from './txn';
+export type { Side, DeviceOutcome } from './txn';
+export { WIRE_VERSION, WIRE_MAGIC, FRAME, WireEnd, WireError } from './wire';
+export type { Channel, Frame } from './wire';

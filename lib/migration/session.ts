@@ -1,12 +1,12 @@
 // save()/load() for any protocol: the engines' steps composed with pre-copy policy, progress, abort and recovery.
 import type { Device } from '../device';
 import { MigrationError, abortError } from './errors';
-import { deviceIdentity, identityMismatches, version } from './identity';
+import { deviceIdentity, identityMismatches } from './identity';
 import { EmitWindow, readAhead } from './pipeline';
-import { precopyStop, wantsPrecopy } from './policy';
+import { wantsPrecopy } from './policy';
+import { precopyPasses, progressReporter, stopCopyPass, streamHeader, type Push } from './steps';
 import { recoverDestination, recoverSource, withRecovery } from './recovery';
 import {
-  PHASE_STOP_COPY,
   StreamDecoder,
   StreamEncoder,
   verifyStream,
@@ -15,41 +15,7 @@ import {
   type StreamSource,
   type VerifyResult,
 } from './stream';
-import type {
-  LoadOptions,
-  LoadResult,
-  MigrationEngine,
-  PrecopyPolicy,
-  Progress,
-  ProgressPhase,
-  SaveOptions,
-  SaveResult,
-} from './types';
-
-/** Calls onProgress at phase changes and at most every 100 ms in between. */
-function progressReporter(start: number, onProgress?: (p: Progress) => void) {
-  let lastPhase: ProgressPhase | undefined;
-  let lastIteration = -1;
-  let lastAt = 0;
-  return (phase: ProgressPhase, iteration: number, bytes: number, pendingBytes?: bigint, force = false) => {
-    if (!onProgress) return;
-    const now = Date.now();
-    if (!force && phase === lastPhase && iteration === lastIteration && now - lastAt < 100) return;
-    lastPhase = phase;
-    lastIteration = iteration;
-    lastAt = now;
-    const elapsedMs = now - start;
-    onProgress({
-      phase,
-      iteration,
-      bytes,
-      pendingBytes,
-      elapsedMs,
-      throughput: elapsedMs > 0 ? (bytes * 1000) / elapsedMs : 0,
-    });
-  };
-}
-type Report = ReturnType<typeof progressReporter>;
+import type { LoadOptions, LoadResult, MigrationEngine, PrecopyPolicy, SaveOptions, SaveResult } from './types';
 
 /** The migration API of one device, the same for v1 and v2. */
 export class Migration {
@@ -112,14 +78,7 @@ export class Migration {
         'none',
         'source',
       );
-    const header: StreamHeader = {
-      ...options.meta,
-      protocol: this.protocol,
-      device: deviceIdentity(this.device),
-      migration: this.engine.describe(),
-      tool: { name: 'vfio-migration', version: version() },
-      created: new Date().toISOString(),
-    };
+    const header = streamHeader(this.device, this.engine, options.meta);
     const encoder = new StreamEncoder(sink, header);
     // One emit in flight while the engine reads the next chunk from the device.
     const window = new EmitWindow((phase, payload) => encoder.writeRecord(phase, payload));
@@ -127,23 +86,16 @@ export class Migration {
     try {
       await encoder.writeHeader();
       const precopy = wantsPrecopy(options.precopy) && this.engine.canPrecopy;
+      const push: Push = (phase, payload) => window.push(phase, payload);
+      const flush = (): Promise<void> => window.flush();
       const pre = precopy
-        ? await this.#precopy(options.precopy as PrecopyPolicy, window, report, options.signal)
+        ? await precopyPasses(this.engine, options.precopy as PrecopyPolicy, push, flush, report, options.signal)
         : { iterations: 0, bytes: 0 };
       if (options.signal?.aborted) throw abortError(options.signal, 'entering stop-and-copy');
       await this.engine.enterStopCopy(() => {
         stoppedAt = Date.now();
       });
-      const pending = await this.engine.pending();
-      report('stop-copy', 0, pre.bytes, pending.bytes);
-      await this.engine.copy({
-        stage: 'stop-copy',
-        pending,
-        emit: (payload) => window.push(PHASE_STOP_COPY, payload),
-        signal: options.signal,
-        onChunk: (bytes, pending) => report('stop-copy', 0, pre.bytes + bytes, pending),
-      });
-      await window.flush();
+      await stopCopyPass(this.engine, push, flush, report, options.signal, pre.bytes);
       await this.engine.finishSave(options.leave ?? 'stopped');
       const stopCopyMs = stoppedAt ? Date.now() - stoppedAt : 0;
       const totals = await encoder.finish();
@@ -162,43 +114,6 @@ export class Migration {
       await window.flush().catch(() => undefined);
       throw withRecovery(err, await this.recoverSource(), 'source');
     }
-  }
-
-  /** Pre-copy passes while the device runs, until the policy says stop. */
-  async #precopy(
-    policy: PrecopyPolicy,
-    window: EmitWindow,
-    report: Report,
-    signal: AbortSignal | undefined,
-  ): Promise<{ iterations: number; bytes: number }> {
-    const engine = this.engine;
-    await engine.enterPrecopy();
-    const started = Date.now();
-    let iterations = 0;
-    let bytes = 0;
-    let previous: bigint | undefined;
-    for (;;) {
-      if (signal?.aborted) throw abortError(signal, `pre-copy iteration ${iterations}`);
-      const pending = await engine.pending();
-      report('precopy', iterations, bytes, pending.bytes);
-      if (precopyStop(policy, pending, { iterations, previous, elapsedMs: Date.now() - started })) break;
-      previous = pending.bytes;
-      const iteration = iterations;
-      const moved = await engine.copy({
-        stage: 'precopy',
-        pending,
-        emit: (payload) => window.push(iteration, payload),
-        budget: pending.bytes,
-        signal,
-        onChunk: (passBytes, left) => report('precopy', iteration, bytes + passBytes, left),
-      });
-      bytes += moved;
-      iterations++;
-      // A running device with nothing more to give: further passes would spin.
-      if (moved === 0 && pending.initialDone) break;
-    }
-    await window.flush();
-    return { iterations, bytes };
   }
 
   /**

@@ -133,6 +133,11 @@ export interface MigrationEngine {
   pending(): Promise<PendingData>;
   /** Moves one pass of data to pass.emit; resolves the bytes moved. Stop-and-copy passes run dry. */
   copy(pass: CopyPass): Promise<number>;
+  /**
+   * RUNNING -> RUNNING_P2P or PRE_COPY -> PRE_COPY_P2P where offered (no new peer-to-peer DMA),
+   * keeping a pre-copy session's data; absent or a no-op where there is no P2P state (v1).
+   */
+  quiesce?(): Promise<void>;
   /** Stops the device (through RUNNING_P2P where offered) into stop-and-copy; `onStopped` marks the downtime's start. */
   enterStopCopy(onStopped: () => void): Promise<void>;
   /** After the last stop-and-copy pass: STOP, then RUNNING when asked. */

@@ -10,6 +10,7 @@ import {
   VFIO_DEVICE_FEATURE_SET,
   VFIO_DEVICE_STATE_ERROR,
   VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
+  VFIO_DEVICE_STATE_PRE_COPY_P2P as PRE_COPY_P2P,
   VFIO_DEVICE_STATE_RESUMING as RESUMING,
   VFIO_DEVICE_STATE_RUNNING as RUNNING,
   VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
@@ -271,6 +272,14 @@ export class V2Engine implements MigrationEngine {
       if (stopCopy) stopCopy.moved += BigInt(n);
       pass.onChunk(moved, stopCopy ? (await this.pending()).bytes : undefined);
     }
+  }
+
+  async quiesce(): Promise<void> {
+    // The pre-copy session's data_fd stays open across PRE_COPY -> PRE_COPY_P2P: setState keeps it.
+    if (!this.support.p2p) return;
+    const current = await this.getState();
+    if (current === RUNNING) await this.setState(RUNNING_P2P);
+    else if (current === PRE_COPY) await this.setState(PRE_COPY_P2P);
   }
 
   async enterStopCopy(onStopped: () => void): Promise<void> {

@@ -1,0 +1,326 @@
+// migrate(): the source end of a live migration of one or several devices as one transaction over a channel.
+import { MigrationError, type Recovery } from './errors';
+import { EmitWindow } from './pipeline';
+import { wantsPrecopy } from './policy';
+import { recoverSource } from './recovery';
+import type { Migration } from './session';
+import { precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
+import { StreamEncoder } from './stream';
+import { Inbox, MigrateError, abortReason, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
+import type { PrecopyPolicy, Progress } from './types';
+import { FRAME, WIRE_VERSION, WireEnd, messageBody, type Channel } from './wire';
+
+export const DEFAULT_MIGRATE_TIMEOUT_MS = 30_000;
+
+export interface MigrateOptions {
+  /** Pre-copy policy (as save's); false or undefined = straight to stop-and-copy. */
+  precopy?: PrecopyPolicy | false;
+  /** Wait for the destination to apply each pre-copied device's initial data before stopping (default true). */
+  switchoverAck?: boolean;
+  /** Longest wait for any answer of the peer, in ms (default 30 s); 0 = no limit. */
+  timeoutMs?: number;
+  /** VFIO_DEVICE_RESET the sources after the commit (move semantics). */
+  resetSource?: boolean;
+  signal?: AbortSignal;
+  /** Progress of device `index` (its position in the list). */
+  onProgress?: (index: number, progress: Progress) => void;
+  /** A line about the transaction ('destination ready', 'commit', ...), for a verbose view. */
+  onEvent?: (text: string) => void;
+}
+
+export interface DevicePhases {
+  source: string;
+  destination?: string;
+  protocol: 'v1' | 'v2';
+  precopyIterations: number;
+  precopyBytes: number;
+  precopyMs: number;
+  /** Wait for the switchover-ack of this device (0 without one). */
+  switchoverAckMs: number;
+  /** From this device's stop to its trailer handed to the channel. */
+  stopCopyMs: number;
+  stopCopyBytes: number;
+  records: number;
+  bytes: number;
+  /** What the destination measured: its validation (RESUMING -> STOP) and resume. */
+  destinationLoad?: Record<string, unknown>;
+}
+
+export interface MigrateResult {
+  devices: DevicePhases[];
+  /** Payload bytes of every device. */
+  bytes: number;
+  /** Bytes that went over the channel (framing and stream headers included). */
+  wireBytes: number;
+  phases: {
+    /** Hello until the destination was ready (RESUMING). */
+    helloMs: number;
+    precopyMs: number;
+    switchoverAckMs: number;
+    /** First source stop to the last trailer sent. */
+    stopCopyMs: number;
+    /** Last trailer sent to "loaded" (the destination validated every record, trailer, RESUMING -> STOP). */
+    validateMs: number;
+    /** Commit sent to "running" received. */
+    resumeMs: number;
+  };
+  /** First source stop to the destination's report that its last device is RUNNING. */
+  downtimeMs: number;
+  elapsedMs: number;
+  /** What the destination reported in its "running" message. */
+  destination: Record<string, unknown>;
+}
+
+/** All devices that offer it through RUNNING_P2P (PRE_COPY_P2P from PRE_COPY) before any of them stops. */
+async function quiesce(sources: readonly Migration[]): Promise<void> {
+  await Promise.all(sources.map((m) => (m.engine.quiesce ? m.engine.quiesce() : Promise.resolve())));
+}
+
+/**
+ * Migrates `sources` (each open, with its migration) to the `receive()` at the other end of
+ * `channel`, paired in order. Until the commit, any failure returns every source to RUNNING and
+ * the destination resets its devices; the error says which side failed (MigrateError.side).
+ */
+export async function migrate(
+  sources: readonly Migration[],
+  channel: Channel,
+  options: MigrateOptions = {},
+): Promise<MigrateResult> {
+  if (!sources.length) throw new TypeError('migrate: no source devices');
+  if (sources.length > 0xffff) throw new RangeError('migrate: at most 65535 devices');
+  const start = Date.now();
+  const timeoutMs = options.timeoutMs ?? DEFAULT_MIGRATE_TIMEOUT_MS;
+  const signal = options.signal;
+  const event = options.onEvent ?? (() => undefined);
+  const wantAck = options.switchoverAck ?? true;
+  const precopy = wantsPrecopy(options.precopy) ? options.precopy : undefined;
+  const wire = new WireEnd(channel);
+  const inbox = new Inbox(wire, 'destination');
+  let step = 'hello';
+  let touched = false;
+  const headers = sources.map((m) => streamHeader(m.device, m.engine, { migrate: { version: WIRE_VERSION } }));
+  const acked = sources.map((m) => !!precopy && m.engine.canPrecopy && wantAck);
+  const phases: DevicePhases[] = sources.map((m) => ({
+    source: m.device.name,
+    protocol: m.protocol,
+    precopyIterations: 0,
+    precopyBytes: 0,
+    precopyMs: 0,
+    switchoverAckMs: 0,
+    stopCopyMs: 0,
+    stopCopyBytes: 0,
+    records: 0,
+    bytes: 0,
+  }));
+  const timing = { ready: 0, precopyDone: 0, acked: 0, firstStop: 0, sent: 0, loaded: 0, running: 0 };
+  const local = new AbortController();
+  let started = false;
+  const onAbort = (): void => {
+    local.abort(signal!.reason);
+    // Waiting for the peer's preamble: only closing the channel ends that read.
+    if (!started) wire.close('aborted');
+  };
+  signal?.addEventListener('abort', onAbort, { once: true });
+  // The destination is gone or failed: stop the device copies at once, and drop what is queued
+  // for a reader that may never drain it (a write waiting on back-pressure would hang).
+  inbox.onPeerFailure = (err) => {
+    local.abort(err);
+    wire.destroy('the destination failed');
+  };
+  const wait = (type: number, device: number, what: string, ms = timeoutMs) =>
+    inbox.wait(type, device, ms, what, local.signal);
+  try {
+    if (signal?.aborted) throw abortReason(signal, 'the start');
+    await wire.writePreamble();
+    await wire.sendMessage(FRAME.hello, 0, {
+      version: WIRE_VERSION,
+      devices: headers,
+      switchoverAck: acked,
+      timeoutMs,
+    });
+    const peerVersion = await wire.readPreamble(timeoutMs || undefined);
+    inbox.start();
+    started = true;
+    if (peerVersion !== WIRE_VERSION) {
+      // The peer says why in an ERROR frame (its layout never changes); wait briefly for it.
+      await wait(FRAME.ready, 0, 'the destination', 5000).catch((err: unknown) => {
+        throw err instanceof MigrateError && err.code === 'ERR_MIGRATION_PEER'
+          ? err
+          : new MigrateError(
+              'ERR_MIGRATION_REFUSED',
+              `the destination speaks migrate protocol version ${peerVersion}, this source ${WIRE_VERSION}`,
+              'destination',
+            );
+      });
+    } else {
+      const ready = await wait(FRAME.ready, 0, 'the destination to enter RESUMING');
+      const body = messageBody<{ devices?: { name?: string }[] }>(ready);
+      body.devices?.forEach((d, i) => {
+        if (phases[i]) phases[i].destination = String(d.name);
+      });
+    }
+    timing.ready = Date.now();
+    event('destination ready (RESUMING)');
+
+    const encoders = sources.map((_m, i) => new StreamEncoder((chunk) => wire.send(FRAME.data, i, chunk), headers[i]!));
+    const windows = encoders.map((e) => new EmitWindow((phase, payload) => e.writeRecord(phase, payload)));
+    const reports = sources.map((_m, i) =>
+      progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p))),
+    );
+
+    step = 'pre-copy';
+    touched = true;
+    await Promise.all(
+      sources.map(async (m, i) => {
+        const t0 = Date.now();
+        await encoders[i]!.writeHeader();
+        if (!precopy || !m.engine.canPrecopy) return;
+        const pre = await precopyPasses(
+          m.engine,
+          precopy,
+          (phase, payload) => windows[i]!.push(phase, payload),
+          () => windows[i]!.flush(),
+          reports[i]!,
+          local.signal,
+          acked[i],
+        );
+        phases[i]!.precopyIterations = pre.iterations;
+        phases[i]!.precopyBytes = pre.bytes;
+        phases[i]!.precopyMs = Date.now() - t0;
+        if (!acked[i]) return;
+        const t1 = Date.now();
+        await wire.sendMessage(FRAME.initialDone, i, { records: Number(encoders[i]!.totals.records) });
+        await wait(FRAME.switchoverAck, i, `the switchover-ack of ${m.device.name}`);
+        phases[i]!.switchoverAckMs = Date.now() - t1;
+      }),
+    );
+    timing.acked = Date.now();
+    if (acked.some(Boolean)) event('switchover-ack from the destination');
+
+    step = 'stop-and-copy';
+    if (local.signal.aborted) throw abortReason(local.signal, 'stop-and-copy');
+    await quiesce(sources);
+    await Promise.all(
+      sources.map(async (m, i) => {
+        let stoppedAt = 0;
+        await m.engine.enterStopCopy(() => {
+          stoppedAt = Date.now();
+          if (!timing.firstStop) timing.firstStop = stoppedAt;
+        });
+        const moved = await stopCopyPass(
+          m.engine,
+          (phase, payload) => windows[i]!.push(phase, payload),
+          () => windows[i]!.flush(),
+          reports[i]!,
+          local.signal,
+          phases[i]!.precopyBytes,
+        );
+        await m.engine.finishSave('stopped');
+        const totals = await encoders[i]!.finish();
+        // An empty DATA frame ends this device's stream: the decoder checks nothing follows the trailer.
+        await wire.send(FRAME.data, i, Buffer.alloc(0), true);
+        phases[i]!.stopCopyBytes = moved;
+        phases[i]!.stopCopyMs = Date.now() - stoppedAt;
+        phases[i]!.records = Number(totals.records);
+        phases[i]!.bytes = Number(totals.payloadBytes);
+      }),
+    );
+    timing.sent = Date.now();
+    event('stop-and-copy sent; waiting for the destination to validate');
+
+    step = 'validation';
+    const loaded = messageBody<{ devices?: Record<string, unknown>[] }>(
+      await wait(FRAME.loaded, 0, 'the destination to validate the streams (loaded)'),
+    );
+    loaded.devices?.forEach((d, i) => {
+      if (phases[i]) phases[i].destinationLoad = d;
+    });
+    timing.loaded = Date.now();
+    if (local.signal.aborted) throw abortReason(local.signal, 'the commit');
+
+    step = 'commit';
+    await wire.sendMessage(FRAME.commit, 0, {});
+    event('committed');
+  } catch (err) {
+    let error = asMigrateError(inbox.failure && !(err instanceof MigrateError) ? inbox.failure : err, 'source', step);
+    // Ctrl-C is what happened, whatever the abort broke on its way (a closed channel, a cancelled read).
+    if (signal?.aborted && error.code !== 'ERR_MIGRATION_ABORTED' && error.code !== 'ERR_MIGRATION_PEER')
+      error = abortReason(signal, step);
+    // A failure on this side goes to the destination, so it resets at once instead of at EOF.
+    if (error.side !== 'destination' || error.code !== 'ERR_MIGRATION_PEER') {
+      await sendError(wire, error);
+    }
+    inbox.fail(error);
+    wire.close('the migration failed');
+    signal?.removeEventListener('abort', onAbort);
+    error.devices = touched
+      ? await Promise.all(sources.map((m) => outcome(m, recoverSource(m.engine, m.device, m.noReset))))
+      : sources.map((m) => ({ device: m.device.name, role: 'source' as const, recovery: 'running' as const }));
+    const states = error.devices.map((d) => `${d.device} ${recoveryWords(d.recovery)}`).join(', ');
+    error.message += `; before the commit: source ${states}; the destination resets its devices`;
+    throw error;
+  }
+
+  // Committed: the destination owns the workload now. A failure from here on cannot undo it.
+  try {
+    const running = messageBody(await wait(FRAME.running, 0, 'the destination to run (after the commit)'));
+    timing.running = Date.now();
+    signal?.removeEventListener('abort', onAbort);
+    if (options.resetSource) await Promise.all(sources.map((m) => m.device.reset()));
+    wire.close('done');
+    return {
+      devices: phases,
+      bytes: phases.reduce((a, p) => a + p.bytes, 0),
+      wireBytes: wire.bytesOut,
+      phases: {
+        helloMs: timing.ready - start,
+        precopyMs: Math.max(0, ...phases.map((p) => p.precopyMs)),
+        switchoverAckMs: Math.max(0, ...phases.map((p) => p.switchoverAckMs)),
+        stopCopyMs: timing.sent - timing.firstStop,
+        validateMs: timing.loaded - timing.sent,
+        resumeMs: timing.running - timing.loaded,
+      },
+      downtimeMs: timing.running - timing.firstStop,
+      elapsedMs: Date.now() - start,
+      destination: running,
+    };
+  } catch (err) {
+    signal?.removeEventListener('abort', onAbort);
+    wire.close('failed after the commit');
+    const cause = asMigrateError(err, 'source', 'after the commit');
+    const error = new MigrateError(
+      'ERR_MIGRATION_AFTER_COMMIT',
+      `after the commit: ${cause.message}; the source devices (${sources.map((m) => m.device.name).join(', ')}) are stopped with their state handed over${options.resetSource ? ' (not reset)' : ''}; the destination devices were loaded and validated and should be RUNNING, but the destination did not confirm it: check them`,
+      cause.side,
+      { cause, committed: true, step: 'after the commit' },
+    );
+    error.devices = sources.map((m) => ({ device: m.device.name, role: 'source', recovery: 'committed' }));
+    throw error;
+  }
+}
+
+async function sendError(wire: WireEnd, error: MigrateError): Promise<void> {
+  const body = { message: error.message, code: error.code, side: error.side, step: error.step, recovery: 'running' };
+  await settleWithin(wire.sendMessage(FRAME.error, 0, body), 1000);
+}
+
+async function outcome(m: Migration, recovery: Promise<Recovery>): Promise<DeviceOutcome> {
+  return { device: m.device.name, role: 'source', recovery: await recovery.catch(() => 'failed' as const) };
+}
+
+export function recoveryWords(r: DeviceOutcome['recovery']): string {
+  switch (r) {
+    case 'running':
+      return 'RUNNING again';
+    case 'reset':
+      return 'reset (VFIO_DEVICE_RESET)';
+    case 'committed':
+      return 'stopped (committed)';
+    case 'failed':
+      return 'NOT recovered: reset it before use';
+    default:
+      return r;
+  }
+}
+
+export { MigrationError };

@@ -1,0 +1,235 @@
+// receive(): the destination end of a migrate: checks the hello, RESUMING, loads and validates, runs after the commit.
+import { identityMismatches, deviceIdentity } from './identity';
+import { readAhead } from './pipeline';
+import { recoverDestination } from './recovery';
+import type { Migration } from './session';
+import { progressReporter } from './steps';
+import { StreamDecoder, type StreamHeader } from './stream';
+import { ByteQueue, Inbox, MigrateError, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
+import type { Progress } from './types';
+import { FRAME, WIRE_VERSION, WireEnd, WireError, messageBody, type Channel, type Frame } from './wire';
+import { DEFAULT_MIGRATE_TIMEOUT_MS, recoveryWords } from './migrate';
+
+export interface ReceiveOptions {
+  /** Load streams whose device identity differs from the destination's. */
+  force?: boolean;
+  /** Longest silence of the source, in ms, and longest wait for the commit (default 30 s); 0 = no limit. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  onProgress?: (index: number, progress: Progress) => void;
+  onEvent?: (text: string) => void;
+}
+
+export interface ReceiveResult {
+  devices: { device: string; protocol: 'v1' | 'v2'; records: number; bytes: number; loadMs: number }[];
+  /** RESUMING -> STOP of every device (the drivers' validation), the longest. */
+  validateMs: number;
+  /** Commit received to the last device RUNNING. */
+  resumeMs: number;
+  elapsedMs: number;
+}
+
+interface Hello {
+  version?: number;
+  devices?: StreamHeader[];
+  switchoverAck?: boolean[];
+}
+
+/** Why this destination cannot take this hello, or undefined when it can. */
+export function helloProblem(hello: Hello, destinations: readonly Migration[], force: boolean): string | undefined {
+  if (!Array.isArray(hello.devices)) return 'the hello lists no devices';
+  if (hello.devices.length !== destinations.length)
+    return `the source migrates ${hello.devices.length} device(s), this receiver was given ${destinations.length}`;
+  for (const [i, h] of hello.devices.entries()) {
+    const m = destinations[i]!;
+    if (h === null || typeof h !== 'object') return `device ${i}: no stream header`;
+    if (h.protocol !== m.protocol)
+      return `device ${i} (${m.device.name}): the source speaks migration protocol ${String(h.protocol)}, this device ${m.protocol}`;
+    const mismatches = identityMismatches((h.device ?? {}) as Record<string, unknown>, deviceIdentity(m.device));
+    if (mismatches.length && !force)
+      return `device ${i} (${m.device.name}) is another kind of device than its source (${mismatches.join('; ')}); use --force to take it anyway`;
+  }
+  return undefined;
+}
+
+/**
+ * Receives a migrate from the other end of `channel` into `destinations`, paired in order. Until
+ * the source's commit, any failure resets every destination device; after it, they run.
+ */
+export async function receive(
+  destinations: readonly Migration[],
+  channel: Channel,
+  options: ReceiveOptions = {},
+): Promise<ReceiveResult> {
+  const start = Date.now();
+  const timeoutMs = options.timeoutMs ?? DEFAULT_MIGRATE_TIMEOUT_MS;
+  const event = options.onEvent ?? (() => undefined);
+  const wire = new WireEnd(channel);
+  const inbox = new Inbox(wire, 'source');
+  const resuming = new Set<Migration>();
+  let step = 'hello';
+  let committed = false;
+  let watchdog: NodeJS.Timeout | undefined;
+  const onAbort = (): void =>
+    inbox.fail(
+      new MigrateError('ERR_MIGRATION_ABORTED', `receive aborted: ${String(options.signal?.reason)}`, 'destination'),
+    );
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  const queues = destinations.map(() => new ByteQueue());
+  const result: ReceiveResult['devices'] = destinations.map((m) => ({
+    device: m.device.name,
+    protocol: m.protocol,
+    records: 0,
+    bytes: 0,
+    loadMs: 0,
+  }));
+  try {
+    await wire.writePreamble();
+    const version = await wire.readPreamble(timeoutMs || undefined);
+    if (version !== WIRE_VERSION) {
+      throw new MigrateError(
+        'ERR_MIGRATION_REFUSED',
+        `the source speaks migrate protocol version ${version}; this receiver (vfio-migration) speaks version ${WIRE_VERSION} only: use the same version of vfio-mig on both ends`,
+        'destination',
+        { step },
+      );
+    }
+    inbox.start();
+    const hello = messageBody<Hello>(await inbox.wait(FRAME.hello, 0, timeoutMs, 'the hello'));
+    if (hello.version !== WIRE_VERSION)
+      throw new MigrateError('ERR_MIGRATION_REFUSED', `hello of version ${String(hello.version)}`, 'destination');
+    const problem = helloProblem(hello, destinations, !!options.force);
+    if (problem)
+      throw new MigrateError('ERR_MIGRATION_REFUSED', `refused: ${problem}; nothing was stopped`, 'destination');
+
+    step = 'enter RESUMING';
+    for (const m of destinations) {
+      resuming.add(m);
+      await m.engine.enterResuming();
+    }
+    await wire.sendMessage(FRAME.ready, 0, { devices: destinations.map((m) => ({ name: m.device.name })) });
+    // A source that hangs without closing the channel: nothing arrives and nothing is written for timeoutMs.
+    inbox.lastActivity = Date.now();
+    if (timeoutMs > 0) {
+      watchdog = setInterval(
+        () => {
+          if (Date.now() - inbox.lastActivity > timeoutMs)
+            inbox.fail(new WireError('ERR_WIRE_TIMEOUT', `nothing from the source for ${timeoutMs} ms`));
+        },
+        Math.min(1000, timeoutMs),
+      );
+    }
+    event('RESUMING; ready');
+
+    step = 'load';
+    const ackAt: (number | undefined)[] = destinations.map(() => undefined);
+    const acked: boolean[] = destinations.map(() => false);
+    const maybeAck = async (i: number): Promise<void> => {
+      const at = ackAt[i];
+      if (at === undefined || acked[i] || result[i]!.records < at) return;
+      acked[i] = true;
+      await wire.sendMessage(FRAME.switchoverAck, i, {});
+    };
+    inbox.onFrame = (frame: Frame): void | Promise<void> => {
+      const i = frame.device;
+      if (i >= destinations.length) throw new MigrateError('ERR_MIGRATION_CHANNEL', `frame for device ${i}`, 'source');
+      if (frame.type === FRAME.data) {
+        if (frame.payload.length === 0) return queues[i]!.end();
+        return queues[i]!.push(frame.payload);
+      }
+      if (frame.type === FRAME.initialDone) {
+        ackAt[i] = Number(messageBody<{ records?: number }>(frame).records ?? 0);
+        return maybeAck(i);
+      }
+      throw new MigrateError('ERR_MIGRATION_CHANNEL', `unexpected ${frame.type} frame during the load`, 'source');
+    };
+    const loads = destinations.map(async (m, i) => {
+      const t0 = Date.now();
+      const report = progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p)));
+      const decoder = new StreamDecoder(queues[i]!);
+      const header = await decoder.readHeader();
+      if (JSON.stringify(header.device) !== JSON.stringify(hello.devices![i]!.device) || header.protocol !== m.protocol)
+        throw new MigrateError(
+          'ERR_MIGRATION_STREAM',
+          `device ${i}: the stream header differs from the hello`,
+          'source',
+        );
+      for await (const record of readAhead(decoder.records())) {
+        await m.engine.writeRecord(record);
+        result[i]!.records++;
+        result[i]!.bytes += record.payload.length;
+        inbox.lastActivity = Date.now();
+        report('resuming', 0, result[i]!.bytes);
+        await maybeAck(i);
+      }
+      // The trailer checked out: RESUMING -> STOP is where the driver validates what it was given.
+      await m.engine.finishLoad('stopped');
+      resuming.delete(m);
+      result[i]!.loadMs = Date.now() - t0;
+      return Date.now();
+    });
+    for (const l of loads) l.catch(() => undefined);
+    const loadedAt = await Promise.race([Promise.all(loads), inbox.failed()]);
+    const validateMs = Math.max(...loadedAt) - Math.min(...loadedAt.map((_t, i) => loadedAt[i]! - result[i]!.loadMs));
+    clearInterval(watchdog);
+    await wire.sendMessage(FRAME.loaded, 0, { devices: result });
+    event('loaded and validated; waiting for the commit');
+
+    step = 'wait for the commit';
+    await inbox.wait(FRAME.commit, 0, timeoutMs, 'the commit');
+    committed = true;
+    const t = Date.now();
+    step = 'resume after the commit';
+    // linux/vfio.h: every device to RUNNING_P2P before any to RUNNING.
+    for (const m of destinations) if (m.stateNames.includes('RUNNING_P2P')) await m.setState('RUNNING_P2P');
+    for (const m of destinations) await m.engine.toRunning();
+    const resumeMs = Date.now() - t;
+    await wire.sendMessage(FRAME.running, 0, { resumeMs, devices: destinations.map((m) => m.device.name) });
+    options.signal?.removeEventListener('abort', onAbort);
+    wire.close('done');
+    event('RUNNING');
+    return { devices: result, validateMs, resumeMs, elapsedMs: Date.now() - start };
+  } catch (err) {
+    clearInterval(watchdog);
+    options.signal?.removeEventListener('abort', onAbort);
+    const cause = inbox.failure && !(err instanceof MigrateError) ? inbox.failure : err;
+    const error = asMigrateError(cause, 'destination', step);
+    if (error.code !== 'ERR_MIGRATION_PEER') {
+      await settleWithin(
+        wire.sendMessage(FRAME.error, 0, {
+          message: error.message,
+          code: error.code,
+          side: error.side,
+          step: error.step,
+        }),
+        1000,
+      );
+    }
+    inbox.fail(error);
+    for (const q of queues) q.end(error);
+    wire.close('the migration failed');
+    if (committed) {
+      const states = await Promise.all(destinations.map((m) => m.state().catch(() => 'unknown')));
+      throw new MigrateError(
+        'ERR_MIGRATION_AFTER_COMMIT',
+        `after the commit: ${error.message}; destination devices: ${destinations.map((m, i) => `${m.device.name} ${states[i]}`).join(', ')}; the source devices are stopped (committed)`,
+        'destination',
+        { cause: error, committed: true, step },
+      );
+    }
+    // Before the commit, a destination holds nothing the workload needs: reset what was touched.
+    const touched = step !== 'hello';
+    error.devices = await Promise.all(
+      destinations.map(async (m): Promise<DeviceOutcome> => ({
+        device: m.device.name,
+        role: 'destination',
+        recovery: touched
+          ? await recoverDestination(m.engine, m.device, m.noReset).catch(() => 'failed' as const)
+          : 'none',
+      })),
+    );
+    if (touched)
+      error.message += `; destination ${error.devices.map((d) => `${d.device} ${recoveryWords(d.recovery)}`).join(', ')}; the source returns its devices to RUNNING`;
+    throw error;
+  }
+}

@@ -1,0 +1,120 @@
+// Steps of a save shared by save() and migrate(): the stream header, progress, pre-copy passes, the stop-and-copy pass.
+import { abortError } from './errors';
+import { deviceIdentity, version } from './identity';
+import { precopyStop } from './policy';
+import { PHASE_STOP_COPY, type StreamHeader } from './stream';
+import type { MigrationEngine, PendingData, PrecopyPolicy, Progress, ProgressPhase } from './types';
+import type { Device } from '../device';
+
+/** Calls onProgress at phase changes and at most every 100 ms in between. */
+export function progressReporter(start: number, onProgress?: (p: Progress) => void) {
+  let lastPhase: ProgressPhase | undefined;
+  let lastIteration = -1;
+  let lastAt = 0;
+  return (phase: ProgressPhase, iteration: number, bytes: number, pendingBytes?: bigint, force = false) => {
+    if (!onProgress) return;
+    const now = Date.now();
+    if (!force && phase === lastPhase && iteration === lastIteration && now - lastAt < 100) return;
+    lastPhase = phase;
+    lastIteration = iteration;
+    lastAt = now;
+    const elapsedMs = now - start;
+    onProgress({
+      phase,
+      iteration,
+      bytes,
+      pendingBytes,
+      elapsedMs,
+      throughput: elapsedMs > 0 ? (bytes * 1000) / elapsedMs : 0,
+    });
+  };
+}
+export type Report = ReturnType<typeof progressReporter>;
+
+/** The header of the stream a device's save writes. */
+export function streamHeader(device: Device, engine: MigrationEngine, meta?: Record<string, unknown>): StreamHeader {
+  return {
+    ...meta,
+    protocol: engine.protocol,
+    device: deviceIdentity(device),
+    migration: engine.describe(),
+    tool: { name: 'vfio-migration', version: version() },
+    created: new Date().toISOString(),
+  };
+}
+
+export type Push = (phase: number, payload: Uint8Array) => Promise<void>;
+
+export interface PrecopyOutcome {
+  iterations: number;
+  bytes: number;
+  /** Whether the device said its initial data is out (v1: always). */
+  initialDone: boolean;
+}
+
+/**
+ * Pre-copy passes while the device runs, until the policy says stop. With `untilInitialDone`,
+ * the iteration and time limits do not end pre-copy before the device's initial data is out
+ * (a switchover-ack needs it); the caller bounds that wait.
+ */
+export async function precopyPasses(
+  engine: MigrationEngine,
+  policy: PrecopyPolicy,
+  push: Push,
+  flush: () => Promise<void>,
+  report: Report,
+  signal: AbortSignal | undefined,
+  untilInitialDone = false,
+): Promise<PrecopyOutcome> {
+  await engine.enterPrecopy();
+  const started = Date.now();
+  let iterations = 0;
+  let bytes = 0;
+  let previous: bigint | undefined;
+  let pending: PendingData;
+  for (;;) {
+    if (signal?.aborted) throw abortError(signal, `pre-copy iteration ${iterations}`);
+    pending = await engine.pending();
+    report('precopy', iterations, bytes, pending.bytes);
+    const stop = precopyStop(policy, pending, { iterations, previous, elapsedMs: Date.now() - started });
+    if (stop && !(untilInitialDone && !pending.initialDone && (stop === 'iterations' || stop === 'time'))) break;
+    previous = pending.bytes;
+    const iteration = iterations;
+    const moved = await engine.copy({
+      stage: 'precopy',
+      pending,
+      emit: (payload) => push(iteration, payload),
+      budget: pending.bytes,
+      signal,
+      onChunk: (passBytes, left) => report('precopy', iteration, bytes + passBytes, left),
+    });
+    bytes += moved;
+    iterations++;
+    // A running device with nothing more to give: further passes would spin.
+    if (moved === 0 && pending.initialDone) break;
+  }
+  await flush();
+  return { iterations, bytes, initialDone: pending.initialDone };
+}
+
+/** The stop-and-copy pass, after enterStopCopy: every byte the stopped device holds. */
+export async function stopCopyPass(
+  engine: MigrationEngine,
+  push: Push,
+  flush: () => Promise<void>,
+  report: Report,
+  signal: AbortSignal | undefined,
+  before: number,
+): Promise<number> {
+  const pending = await engine.pending();
+  report('stop-copy', 0, before, pending.bytes);
+  const moved = await engine.copy({
+    stage: 'stop-copy',
+    pending,
+    emit: (payload) => push(PHASE_STOP_COPY, payload),
+    signal,
+    onChunk: (bytes, left) => report('stop-copy', 0, before + bytes, left),
+  });
+  await flush();
+  return moved;
+}

@@ -1,0 +1,240 @@
+// The migrate wire format (docs/migrate-protocol.md): preamble, frames, and the channel both ends speak over.
+import { ChunkReader } from './stream/reader';
+import { writableEmitter, type Emit } from './stream/sink';
+
+export const WIRE_MAGIC = Buffer.from('VFIOMIGW', 'latin1');
+export const WIRE_VERSION = 1;
+export const PREAMBLE_SIZE = 12;
+export const FRAME_HEADER_SIZE = 8;
+/** Largest JSON message body; DATA frames may be larger (one stream record and its header). */
+export const MAX_MESSAGE = 1 << 20;
+/** Largest DATA frame: a record of the stream format's default maximum payload plus its header. */
+export const MAX_DATA = (1 << 30) + 64;
+
+export const FRAME = {
+  hello: 0x01,
+  ready: 0x02,
+  data: 0x10,
+  initialDone: 0x11,
+  switchoverAck: 0x12,
+  loaded: 0x20,
+  commit: 0x21,
+  running: 0x22,
+  error: 0x7f,
+} as const;
+export type FrameType = (typeof FRAME)[keyof typeof FRAME];
+const NAMES = new Map<number, string>(Object.entries(FRAME).map(([k, v]) => [v, k]));
+
+export function frameName(type: number): string {
+  return NAMES.get(type) ?? `unknown frame 0x${type.toString(16)}`;
+}
+
+export interface Frame {
+  type: number;
+  device: number;
+  payload: Buffer;
+}
+
+/** The error the wire itself reports: bad preamble, foreign version, malformed frame, closed channel. */
+export class WireError extends Error {
+  readonly code: 'ERR_WIRE_VERSION' | 'ERR_WIRE_FORMAT' | 'ERR_WIRE_CLOSED' | 'ERR_WIRE_TIMEOUT';
+  constructor(code: WireError['code'], message: string) {
+    super(message);
+    this.name = 'WireError';
+    this.code = code;
+  }
+}
+
+export function encodePreamble(version = WIRE_VERSION): Buffer {
+  const b = Buffer.alloc(PREAMBLE_SIZE);
+  WIRE_MAGIC.copy(b, 0);
+  b.writeUInt16LE(version, 8);
+  b.writeUInt16LE(0, 10);
+  return b;
+}
+
+/** The version a preamble announces; throws on anything that is not a preamble. */
+export function decodePreamble(b: Buffer): number {
+  if (b.length !== PREAMBLE_SIZE || !b.subarray(0, 8).equals(WIRE_MAGIC)) {
+    throw new WireError(
+      'ERR_WIRE_FORMAT',
+      `the peer does not speak the vfio-mig migrate protocol (got ${JSON.stringify(b.subarray(0, 8).toString('latin1'))}; is the remote command a vfio-mig receive?)`,
+    );
+  }
+  return b.readUInt16LE(8);
+}
+
+export function encodeFrameHeader(type: number, device: number, length: number): Buffer {
+  const h = Buffer.alloc(FRAME_HEADER_SIZE);
+  h.writeUInt8(type, 0);
+  h.writeUInt8(0, 1);
+  h.writeUInt16LE(device, 2);
+  h.writeUInt32LE(length, 4);
+  return h;
+}
+
+export function encodeFrame(type: number, device: number, payload: Buffer): Buffer {
+  return Buffer.concat([encodeFrameHeader(type, device, payload.length), payload]);
+}
+
+export function encodeMessage(type: number, device: number, body: unknown): Buffer {
+  return encodeFrame(type, device, Buffer.from(JSON.stringify(body ?? {}), 'utf8'));
+}
+
+/** The JSON body of a message frame, which must be an object. */
+export function messageBody<T = Record<string, unknown>>(frame: Frame): T {
+  let v: unknown;
+  try {
+    v = JSON.parse(frame.payload.toString('utf8'));
+  } catch {
+    throw new WireError('ERR_WIRE_FORMAT', `${frameName(frame.type)} frame: body is not JSON`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    throw new WireError('ERR_WIRE_FORMAT', `${frameName(frame.type)} frame: body is not a JSON object`);
+  return v as T;
+}
+
+/** A duplex byte stream: what migrate() and receive() talk over. */
+export type Channel =
+  | { readable: AsyncIterable<Buffer | Uint8Array>; writable: NodeJS.WritableStream }
+  | (NodeJS.ReadWriteStream & AsyncIterable<Buffer | Uint8Array>);
+
+function channelEnds(channel: Channel): {
+  readable: AsyncIterable<Buffer | Uint8Array>;
+  writable: NodeJS.WritableStream;
+} {
+  if (channel && typeof channel === 'object' && 'readable' in channel && typeof channel.readable === 'object')
+    return channel as { readable: AsyncIterable<Buffer | Uint8Array>; writable: NodeJS.WritableStream };
+  if (channel && typeof (channel as NodeJS.ReadWriteStream).write === 'function')
+    return { readable: channel as AsyncIterable<Buffer>, writable: channel as NodeJS.WritableStream };
+  throw new TypeError('channel must be a Duplex or { readable, writable }');
+}
+
+/**
+ * One end of the wire: writes frames in order (a frame is never interleaved with another), reads
+ * frames one at a time. A read that the peer never answers ends with close() or a timeout.
+ */
+export class WireEnd {
+  readonly #reader: ChunkReader;
+  readonly #emit: Emit;
+  readonly #writable: NodeJS.WritableStream;
+  #closed = false;
+  #closeWaiters = new Set<(err: Error) => void>();
+  bytesOut = 0;
+  bytesIn = 0;
+
+  constructor(channel: Channel) {
+    const { readable, writable } = channelEnds(channel);
+    this.#reader = new ChunkReader(readable);
+    this.#writable = writable;
+    this.#emit = writableEmitter(writable);
+  }
+
+  async writePreamble(version = WIRE_VERSION): Promise<void> {
+    await this.#write(encodePreamble(version), false);
+  }
+
+  async readPreamble(timeoutMs?: number): Promise<number> {
+    const b = await this.#timed(this.#reader.read(PREAMBLE_SIZE), timeoutMs, 'the peer to start');
+    if (!b) throw new WireError('ERR_WIRE_CLOSED', 'the channel closed before the peer said hello');
+    this.bytesIn += b.length;
+    return decodePreamble(Buffer.from(b));
+  }
+
+  /** Writes a frame; the header and payload go as two writes in the same tick, so nothing comes between. */
+  async send(type: number, device: number, payload: Buffer, flush = false): Promise<void> {
+    if (this.#closed) throw new WireError('ERR_WIRE_CLOSED', 'the channel is closed');
+    const header = encodeFrameHeader(type, device, payload.length);
+    const p = this.#emit(header, false);
+    const q = this.#emit(payload, flush);
+    this.bytesOut += header.length + payload.length;
+    await Promise.all([p, q]);
+  }
+
+  sendMessage(type: number, device: number, body: unknown): Promise<void> {
+    return this.send(type, device, Buffer.from(JSON.stringify(body ?? {}), 'utf8'), true);
+  }
+
+  /** The next frame, or null at a clean end of the channel between frames. */
+  async read(timeoutMs?: number, waitingFor = 'the peer'): Promise<Frame | null> {
+    const head = await this.#timed(this.#reader.read(FRAME_HEADER_SIZE), timeoutMs, waitingFor);
+    if (!head) {
+      if (this.#reader.buffered > 0) throw new WireError('ERR_WIRE_CLOSED', 'the channel closed inside a frame');
+      return null;
+    }
+    const type = head.readUInt8(0);
+    const device = head.readUInt16LE(2);
+    const length = head.readUInt32LE(4);
+    if (head.readUInt8(1) !== 0) throw new WireError('ERR_WIRE_FORMAT', `frame header: reserved byte is not 0`);
+    if (!NAMES.has(type)) throw new WireError('ERR_WIRE_FORMAT', frameName(type));
+    const limit = type === FRAME.data ? MAX_DATA : MAX_MESSAGE;
+    if (length > limit)
+      throw new WireError('ERR_WIRE_FORMAT', `${frameName(type)} frame of ${length} bytes, more than ${limit}`);
+    const body = await this.#timed(this.#reader.read(length), timeoutMs, waitingFor);
+    if (!body) throw new WireError('ERR_WIRE_CLOSED', `the channel closed inside a ${frameName(type)} frame`);
+    this.bytesIn += FRAME_HEADER_SIZE + length;
+    return { type, device, payload: body };
+  }
+
+  /** Stops reading and writing; pending reads fail. Ends the writable side. Idempotent. */
+  close(reason = 'the channel was closed'): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const w of this.#closeWaiters) w(new WireError('ERR_WIRE_CLOSED', reason));
+    this.#closeWaiters.clear();
+    void Promise.resolve(this.#reader.close()).catch(() => undefined);
+    try {
+      this.#writable.end();
+    } catch {
+      // already destroyed
+    }
+  }
+
+  /**
+   * Closes at once, dropping what is queued: for a peer that is gone or failed, whose reader may
+   * never drain the channel (a write waiting on back-pressure then fails instead of hanging).
+   */
+  destroy(reason = 'the channel was dropped'): void {
+    this.close(reason);
+    (this.#writable as Partial<NodeJS.WritableStream & { destroy(): void }>).destroy?.();
+  }
+
+  async #write(chunk: Buffer, flush: boolean): Promise<void> {
+    if (this.#closed) throw new WireError('ERR_WIRE_CLOSED', 'the channel is closed');
+    this.bytesOut += chunk.length;
+    await this.#emit(chunk, flush);
+  }
+
+  #timed<T>(p: Promise<T>, timeoutMs: number | undefined, waitingFor: string): Promise<T> {
+    p.catch(() => undefined);
+    if (this.#closed) return Promise.reject(new WireError('ERR_WIRE_CLOSED', 'the channel is closed'));
+    return new Promise<T>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const done = (): void => {
+        if (timer) clearTimeout(timer);
+        this.#closeWaiters.delete(onClose);
+      };
+      const onClose = (err: Error): void => {
+        done();
+        reject(err);
+      };
+      this.#closeWaiters.add(onClose);
+      if (timeoutMs !== undefined && timeoutMs > 0) {
+        timer = setTimeout(() => {
+          done();
+          reject(new WireError('ERR_WIRE_TIMEOUT', `timed out after ${timeoutMs} ms waiting for ${waitingFor}`));
+        }, timeoutMs);
+      }
+      p.then(
+        (v) => {
+          done();
+          resolve(v);
+        },
+        (err: unknown) => {
+          done();
+          reject(err instanceof Error ? err : new Error(String(err)));
+        },
+      );
+    });
+  }
+}

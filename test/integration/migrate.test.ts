@@ -1,0 +1,316 @@
+// Integration tests (VM guest, real kernel) of migrate/receive and vfio-mig migrate against the test vendor driver and mtty.
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { MigrateError, migrateLocal, openDevice, requireMigration } from '../../lib';
+import { guestKernel, hasPrecopy, needsMdevParent, openFdCount } from './helpers';
+import { createMdev, removeMdev } from '../support/mdev';
+import { TestDevice, bar0Checksum, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
+
+const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const KINDS: Kind[] = ['v1', 'v1-trapped', 'v2'];
+const MiB = 1 << 20;
+
+const created: TestDevice[] = [];
+function make(kind: Kind, knobs: ConstructorParameters<typeof TestDevice>[1] = {}): TestDevice {
+  const d = new TestDevice(kind, { chunkSize: 64 * 1024, ...knobs });
+  created.push(d);
+  return d;
+}
+after(() => {
+  for (const d of created) d.remove();
+});
+
+/** Runs vfio-mig; `during` gets the child once it started. */
+function cli(args: string[], during?: (child: ReturnType<typeof spawn>) => void) {
+  return new Promise<{ code: number | null; stderr: string; stdout: string }>((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    let stdout = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    during?.(child);
+    child.on('exit', (code) => resolve({ code, stderr, stdout }));
+  });
+}
+
+/** A source with distinct state and its checksum, and a destination that differs. */
+function pair(kind: Kind, stateSize = MiB, dirtyRate?: number) {
+  const a = make(kind, { stateSize, dirtyRate });
+  const b = make(kind, { stateSize });
+  {
+    using d = a.open();
+    bar0Mutate(d, 0x51n + BigInt(stateSize));
+  }
+  return { a, b, sum: a.checksum() };
+}
+
+describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
+  for (const kind of KINDS) {
+    test(`${kind}: local migrate moves the state; destination RUNNING, source stopped; no fd leaked`, async () => {
+      const { a, b, sum } = pair(kind, 4 * MiB);
+      const fds = openFdCount();
+      {
+        using src = a.open();
+        using dst = b.open();
+        const r = await migrateLocal([[requireMigration(src), requireMigration(dst)]]);
+        assert.equal(await requireMigration(dst).state(), 'RUNNING');
+        assert.equal(await requireMigration(src).state(), 'STOP');
+        assert.equal(bar0Checksum(dst), sum);
+        assert.equal(r.devices[0]!.bytes >= 4 * MiB, true);
+        assert.ok(r.downtimeMs >= 0);
+        console.log(`# ${kind} 4 MiB: downtime ${r.downtimeMs} ms, phases ${JSON.stringify(r.phases)}`);
+      }
+      assert.equal(openFdCount(), fds);
+      assert.equal(b.checksum(), sum);
+    });
+  }
+
+  test(
+    'v2 with pre-copy, a self-dirtying source and switchover-ack',
+    { skip: hasPrecopy ? false : 'PRE_COPY needs kernel 6.2+' },
+    async () => {
+      const { a, b } = pair('v2', 8 * MiB, 65536);
+      using src = a.open();
+      using dst = b.open();
+      const r = await migrateLocal([[requireMigration(src), requireMigration(dst)]], {
+        precopy: { maxIterations: 4 },
+        switchoverAck: true,
+      });
+      assert.ok(r.devices[0]!.precopyIterations >= 1);
+      // The source is stopped now: its checksum is final and the destination's must equal it.
+      assert.equal(bar0Checksum(dst), bar0Checksum(src));
+      console.log(`# v2 8 MiB pre-copy: downtime ${r.downtimeMs} ms, ack ${r.phases.switchoverAckMs} ms`);
+    },
+  );
+
+  test('three devices of mixed types in one transaction', async () => {
+    const pairs = (['v1', 'v1-trapped', 'v2'] as Kind[]).map((k) => pair(k, 2 * MiB));
+    const opened = pairs.map((p) => [p.a.open(), p.b.open()] as const);
+    try {
+      const r = await migrateLocal(opened.map(([s, d]) => [requireMigration(s), requireMigration(d)] as const));
+      pairs.forEach((p, i) => assert.equal(bar0Checksum(opened[i]![1]), p.sum));
+      assert.equal(r.devices.length, 3);
+      console.log(`# three devices: downtime ${r.downtimeMs} ms`);
+    } finally {
+      for (const [s, d] of opened) {
+        s.close();
+        d.close();
+      }
+    }
+  });
+
+  test('three mixed devices with pre-copy and switchover-ack (v2 pre-copies where the kernel has PRE_COPY)', async () => {
+    const pairs = (['v1', 'v1-trapped', 'v2'] as Kind[]).map((k) => pair(k, 2 * MiB));
+    const opened = pairs.map((p) => [p.a.open(), p.b.open()] as const);
+    try {
+      const r = await migrateLocal(
+        opened.map(([s, d]) => [requireMigration(s), requireMigration(d)] as const),
+        { precopy: { maxIterations: 2 }, switchoverAck: true },
+      );
+      pairs.forEach((p, i) => assert.equal(bar0Checksum(opened[i]![1]), p.sum));
+      assert.ok(r.devices[0]!.precopyIterations >= 1, 'v1 pre-copied');
+      console.log(`# three devices with pre-copy: downtime ${r.downtimeMs} ms, ${JSON.stringify(r.phases)}`);
+    } finally {
+      for (const [s, d] of opened) {
+        s.close();
+        d.close();
+      }
+    }
+  });
+
+  test('CLI: --reset-source --json: the report has the downtime; the source was reset after the commit', async () => {
+    const { a, b, sum } = pair('v2', MiB);
+    const resets = a.counters()['resets'] ?? 0n;
+    const r = await cli(['--json', 'migrate', a.uuid, b.uuid, '--reset-source']);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.equal(typeof report.downtimeMs, 'number');
+    assert.equal(b.checksum(), sum);
+    assert.equal(a.counters()['resets'], resets + 1n, 'the source was reset (the driver keeps its memory)');
+  });
+
+  const DEST_FAULTS: Record<string, string[]> = {
+    v1: ['v1.transition.running_resuming', 'v1.write.data_size', 'v1.transition.resuming_stop'],
+    'v1-trapped': ['v1.transition.running_resuming', 'v1.write.data', 'v1.transition.resuming_stop'],
+    v2: ['v2.arc.stop_resuming', 'v2.data.write', 'v2.arc.resuming_stop'],
+  };
+  for (const kind of KINDS) {
+    for (const point of DEST_FAULTS[kind]!) {
+      test(`${kind}: destination fault ${point}: source RUNNING with its checksum, destination reset`, async () => {
+        const { a, b, sum } = pair(kind, MiB);
+        b.set('fault', `${point} EIO`);
+        const resets = b.counters()['resets'] ?? 0n;
+        const fds = openFdCount();
+        {
+          using src = a.open();
+          using dst = b.open();
+          await assert.rejects(migrateLocal([[requireMigration(src), requireMigration(dst)]]), (err: MigrateError) => {
+            assert.equal(err.name, 'MigrateError');
+            assert.equal(err.committed, false);
+            assert.equal(err.side, 'destination', err.message);
+            return true;
+          });
+          assert.equal(await requireMigration(src).state(), 'RUNNING');
+          assert.equal(bar0Checksum(src), sum);
+          assert.equal(await requireMigration(dst).state(), 'RUNNING');
+          assert.ok(b.counters()['resets']! > resets, 'the destination was reset');
+        }
+        assert.equal(openFdCount(), fds);
+        assert.equal(a.checksum(), sum);
+      });
+    }
+  }
+
+  test('v2: a destination fault after the commit is reported as such (both sides named)', async () => {
+    const { a, b } = pair('v2', MiB);
+    b.set('fault', 'v2.arc.stop_running_p2p EIO');
+    using src = a.open();
+    using dst = b.open();
+    await assert.rejects(migrateLocal([[requireMigration(src), requireMigration(dst)]]), (err: MigrateError) => {
+      assert.equal(err.committed, true, err.message);
+      assert.equal(err.code, 'ERR_MIGRATION_AFTER_COMMIT');
+      assert.match(err.message, /source/);
+      assert.match(err.message, /destination/);
+      return true;
+    });
+  });
+
+  test('CLI: local vfio-mig migrate A B', async () => {
+    const { a, b, sum } = pair('v2', 2 * MiB);
+    const r = await cli(['--json', 'migrate', a.uuid, b.uuid]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.equal(report.devices.length, 1);
+    assert.equal(b.checksum(), sum);
+  });
+
+  test('CLI: the exec transport through a local vfio-mig receive', async () => {
+    const { a, b, sum } = pair('v1', 2 * MiB);
+    const r = await cli(['migrate', a.uuid, `exec:${process.execPath} ${BIN} receive ${b.uuid}`]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /downtime \d+ ms/);
+    assert.equal(b.checksum(), sum);
+  });
+
+  test('CLI: a receiver on another device kind refuses; exit 7; the source never stopped', async () => {
+    const { a, sum } = pair('v1', MiB);
+    const other = make('v2', { stateSize: MiB });
+    const r = await cli(['migrate', a.uuid, `exec:${process.execPath} ${BIN} receive ${other.uuid}`]);
+    assert.equal(r.code, 7, r.stderr);
+    assert.match(r.stderr, /protocol v1, this device v2/);
+    assert.equal(a.checksum(), sum);
+  });
+
+  test('CLI: the channel cut mid-way (a relay that dies): source RUNNING with its checksum, destination reset', async () => {
+    const { a, b, sum } = pair('v2', 8 * MiB);
+    const t0 = Date.now();
+    // A relay that passes the first ~300 kB (inside the stop-and-copy data) and dies; its shell keeps the pipe open.
+    const relay = `${process.execPath} -e 'let n=0;process.stdin.on("data",c=>{n+=c.length;process.stdout.write(c,()=>{if(n>300000)process.exit(0)})})'`;
+    const r = await cli(['migrate', a.uuid, `exec:${relay} | ${process.execPath} ${BIN} receive ${b.uuid}`]);
+    const took = Date.now() - t0;
+    console.log(`# cut channel: exit ${r.code} after ${took} ms`);
+    assert.ok(took < 25_000, 'noticed without waiting for a timeout');
+    assert.ok([7, 9].includes(r.code!), `exit ${r.code}: ${r.stderr}`);
+    assert.equal(a.checksum(), sum);
+    {
+      using d = b.open();
+      assert.equal(await requireMigration(d).state(), 'RUNNING');
+    }
+  });
+
+  test('CLI: the receiver SIGKILLed mid-way: exit 9, source RUNNING with its checksum', async () => {
+    const { a, b, sum } = pair('v2', 64 * MiB);
+    const pidFile = '/tmp/vfio-mig-recv.pid';
+    rmSync(pidFile, { force: true });
+    const r = await cli(
+      ['migrate', a.uuid, `exec:echo $$ > ${pidFile}; exec ${process.execPath} ${BIN} receive ${b.uuid}`],
+      (child) => {
+        let killed = false;
+        child.stderr!.on('data', () => {
+          if (killed || !existsSync(pidFile)) return;
+          killed = true;
+          process.kill(Number(readFileSync(pidFile, 'utf8')), 'SIGKILL');
+        });
+      },
+    );
+    rmSync(pidFile, { force: true });
+    assert.ok([9, 7].includes(r.code!), `exit ${r.code}: ${r.stderr}`);
+    assert.equal(a.checksum(), sum);
+    {
+      using d = b.open();
+      assert.equal(await requireMigration(d).state(), 'RUNNING', 'the killed receiver left its device usable');
+    }
+  });
+
+  test('CLI: the source SIGKILLed mid-way: the receiver resets its device and exits; source checksum unchanged', async () => {
+    const { a, b, sum } = pair('v2', 64 * MiB);
+    const pidFile = '/tmp/vfio-mig-recv2.pid';
+    rmSync(pidFile, { force: true });
+    const r = await cli(
+      ['migrate', a.uuid, `exec:echo $$ > ${pidFile}; exec ${process.execPath} ${BIN} receive ${b.uuid}`],
+      (child) => {
+        let killed = false;
+        child.stderr!.on('data', () => {
+          if (killed || !existsSync(pidFile)) return;
+          killed = true;
+          child.kill('SIGKILL');
+        });
+      },
+    );
+    assert.equal(r.code, null, 'the source was killed');
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    rmSync(pidFile, { force: true });
+    const alive = (): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 200 && alive(); i++) await new Promise((res) => setTimeout(res, 100));
+    assert.equal(alive(), false, 'the orphaned receiver exited');
+    // The killed source's fd was closed by the kernel: the device is RUNNING with its state.
+    assert.equal(a.checksum(), sum);
+    using d = b.open();
+    assert.equal(await requireMigration(d).state(), 'RUNNING');
+  });
+
+  test('CLI: Ctrl-C at the source: exit 130, source RUNNING with its checksum', async () => {
+    const { a, b, sum } = pair('v2', 64 * MiB);
+    const r = await cli(['migrate', a.uuid, b.uuid], (child) => {
+      let sent = false;
+      child.stderr!.on('data', () => {
+        if (sent) return;
+        sent = true;
+        child.kill('SIGINT');
+      });
+    });
+    assert.equal(r.code, 130, r.stderr);
+    assert.equal(a.checksum(), sum);
+  });
+});
+
+describe('migrate mtty', { skip: needsMdevParent('mtty') }, () => {
+  test(
+    '6.12: two mtty devices, local migrate',
+    { skip: guestKernel === '6.1' ? 'mtty has no migration on 6.1' : false },
+    async () => {
+      const u = [createMdev('mtty', 'mtty-1'), createMdev('mtty', 'mtty-1')];
+      try {
+        using src = openDevice(u[0]!);
+        using dst = openDevice(u[1]!);
+        const r = await migrateLocal([[requireMigration(src), requireMigration(dst)]], {
+          precopy: { maxIterations: 2 },
+        });
+        assert.ok(r.bytes > 0);
+        assert.equal(await requireMigration(dst).state(), 'RUNNING');
+      } finally {
+        for (const x of u) removeMdev(x);
+      }
+    },
+  );
+});

@@ -1,0 +1,238 @@
+// Unit tests of migrate/receive against in-process MODEL devices (test/models/v1-device.ts) on the host: wire format and transaction.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import type { Device } from '../../lib/device';
+import {
+  FRAME,
+  Migration,
+  MigrateError,
+  V1Engine,
+  WIRE_VERSION,
+  channelPair,
+  migrate,
+  migrateLocal,
+  receive,
+} from '../../lib/migration';
+import { WireEnd, decodePreamble, encodeFrame, encodePreamble } from '../../lib/migration/wire';
+import { V1ModelDevice, type ModelOptions } from '../models/v1-device';
+
+function model(seed: number, opts: Partial<ModelOptions> = {}): { dev: V1ModelDevice; mig: Migration } {
+  const dev = new V1ModelDevice({ stateSize: 20000, chunkSize: 4096, ...opts });
+  if (seed) dev.fill(seed);
+  const asDevice = dev as unknown as Device;
+  return { dev, mig: new Migration(asDevice, new V1Engine(asDevice, dev.info)) };
+}
+
+test('host: the preamble and a frame encode and decode; a foreign preamble is refused', async () => {
+  const p = encodePreamble();
+  assert.equal(p.length, 12);
+  assert.equal(p.subarray(0, 8).toString('latin1'), 'VFIOMIGW');
+  assert.equal(decodePreamble(p), WIRE_VERSION);
+  assert.throws(() => decodePreamble(Buffer.from('VFIOMIG\0\x01\x00\x00\x00', 'latin1')), /does not speak/);
+  const [a, b] = channelPair();
+  const wa = new WireEnd(a);
+  const wb = new WireEnd(b);
+  await wa.writePreamble();
+  await wa.sendMessage(FRAME.hello, 3, { x: 1 });
+  await wa.send(FRAME.data, 2, Buffer.from([1, 2, 3]));
+  assert.equal(await wb.readPreamble(), WIRE_VERSION);
+  const f1 = await wb.read();
+  assert.deepEqual([f1!.type, f1!.device, JSON.parse(f1!.payload.toString())], [FRAME.hello, 3, { x: 1 }]);
+  const f2 = await wb.read();
+  assert.deepEqual([f2!.type, f2!.device, [...f2!.payload]], [FRAME.data, 2, [1, 2, 3]]);
+  // The exact bytes: type, reserved, u16 device, u32 length, payload.
+  assert.deepEqual([...encodeFrame(0x10, 0x0102, Buffer.from([9]))], [0x10, 0, 2, 1, 1, 0, 0, 0, 9]);
+  wa.close();
+  assert.equal(await wb.read(), null);
+});
+
+test('model: one device migrates; the destination holds the state and runs, the source is stopped (committed)', async () => {
+  const src = model(5);
+  const dst = model(0);
+  const r = await migrateLocal([[src.mig, dst.mig]]);
+  assert.ok(dst.dev.state.equals(src.dev.state));
+  assert.equal(dst.dev.deviceState, 1, 'destination RUNNING');
+  assert.equal(src.dev.deviceState, 0, 'source STOP');
+  assert.ok(r.devices[0]!.bytes >= 20000);
+  assert.ok(r.downtimeMs >= 0 && r.downtimeMs <= r.elapsedMs);
+  assert.equal(r.receiver.devices[0]!.bytes, r.devices[0]!.bytes);
+});
+
+test('model: three devices with pre-copy and switchover-ack migrate together', async () => {
+  const pairs = [1, 2, 3].map((s) => [model(s, { dirtyPerRead: 3 }), model(0)] as const);
+  const r = await migrateLocal(
+    pairs.map(([s, d]) => [s.mig, d.mig] as const),
+    { precopy: { maxIterations: 3 }, switchoverAck: true },
+  );
+  for (const [s, d] of pairs) assert.ok(d.dev.state.equals(s.dev.state));
+  assert.equal(r.devices.length, 3);
+  assert.ok(r.devices.every((d) => d.precopyIterations >= 1));
+});
+
+test('model: a destination fault while loading: the source RUNNING with its state, the destination reset', async () => {
+  const src = model(7);
+  const before = Buffer.from(src.dev.state);
+  let writes = 0;
+  const dst = model(0, {
+    fault: (a) => {
+      if (a.startsWith('write data') && ++writes === 3) throw Object.assign(new Error('injected EIO'), { code: 'EIO' });
+    },
+  });
+  await assert.rejects(migrateLocal([[src.mig, dst.mig]]), (err: MigrateError) => {
+    assert.equal(err.name, 'MigrateError');
+    assert.equal(err.side, 'destination');
+    assert.equal(err.committed, false);
+    assert.match(err.message, /RUNNING again/);
+    return true;
+  });
+  assert.equal(src.dev.deviceState, 1, 'source RUNNING');
+  assert.ok(src.dev.state.equals(before), 'source state intact');
+  assert.ok(dst.dev.resets >= 1, 'destination reset');
+});
+
+test('model: the destination refuses a mismatch with its own message; the source never stopped', async () => {
+  const src = model(1);
+  const dst = model(0);
+  const pair = channelPair();
+  const recv = receive([dst.mig, model(0).mig], pair[1]);
+  recv.catch(() => undefined);
+  await assert.rejects(migrate([src.mig], pair[0]), (err: MigrateError) => {
+    assert.equal(err.side, 'destination');
+    assert.match(err.message, /migrates 1 device\(s\), this receiver was given 2/);
+    return true;
+  });
+  await assert.rejects(recv, /refused/);
+  assert.ok(!src.dev.accesses.some((a) => a.includes('device_state')), 'the source device state was never written');
+  assert.equal(dst.dev.resets, 0);
+});
+
+test('model: a receiver of another version refuses clearly', async () => {
+  const dst = model(0);
+  const [a, b] = channelPair();
+  const recv = receive([dst.mig], b);
+  const w = new WireEnd(a);
+  await w.writePreamble(2);
+  await assert.rejects(recv, /speaks migrate protocol version 2; this receiver .* speaks version 1 only/);
+  assert.equal(await w.readPreamble(), 1);
+  const err = await w.read();
+  assert.equal(err!.type, FRAME.error);
+  assert.match(JSON.parse(err!.payload.toString()).message, /version 2/);
+});
+
+test('model: the channel closes before the commit: the source RUNNING, the destination reset', async () => {
+  const src = model(9);
+  const dst = model(0);
+  const [a, b] = channelPair();
+  // A relay that cuts the channel after ~10 kB towards the destination.
+  const cut = new PassThrough();
+  let passed = 0;
+  (a.writable as PassThrough).on('data', (c: Buffer) => {
+    passed += c.length;
+    if (passed < 10000) cut.write(c);
+    else cut.end();
+  });
+  const recv = receive([dst.mig], { readable: cut, writable: (b as unknown as { writable: PassThrough }).writable });
+  recv.catch(() => undefined);
+  await assert.rejects(migrate([src.mig], a), (err: MigrateError) => {
+    assert.equal(err.committed, false);
+    return true;
+  });
+  await assert.rejects(recv);
+  assert.equal(src.dev.deviceState, 1);
+  assert.ok(dst.dev.resets >= 1);
+});
+
+test('model: abort at the source before the commit returns the source to RUNNING', async () => {
+  const src = model(4, { dirtyPerRead: 5 });
+  const dst = model(0);
+  const ac = new AbortController();
+  let n = 0;
+  const p = migrateLocal([[src.mig, dst.mig]], {
+    signal: ac.signal,
+    precopy: { maxIterations: 50 },
+    onProgress: () => {
+      if (++n === 2) ac.abort(new Error('Ctrl-C'));
+    },
+  });
+  await assert.rejects(p, (err: MigrateError) => err.code === 'ERR_MIGRATION_ABORTED' || /abort/i.test(err.message));
+  assert.equal(src.dev.deviceState, 1);
+  assert.ok(dst.dev.resets >= 1);
+});
+
+test('model: a receiver that never answers: the source times out RUNNING', async () => {
+  const src = model(2);
+  const [a] = channelPair();
+  await assert.rejects(migrate([src.mig], a, { timeoutMs: 200 }), (err: MigrateError) => {
+    assert.equal(err.code, 'ERR_MIGRATION_TIMEOUT');
+    assert.equal(err.side, 'channel');
+    return true;
+  });
+  assert.equal(src.dev.deviceState, 1);
+});
+
+test('model: Ctrl-C while the receiver has not started: aborted at once, the source untouched', async () => {
+  const src = model(3);
+  const [a] = channelPair();
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(new Error('interrupted by SIGINT')), 50);
+  const t0 = Date.now();
+  await assert.rejects(migrate([src.mig], a, { signal: ac.signal, timeoutMs: 10_000 }), (err: MigrateError) => {
+    assert.equal(err.code, 'ERR_MIGRATION_ABORTED');
+    return true;
+  });
+  assert.ok(Date.now() - t0 < 5000);
+  assert.equal(src.dev.deviceState, 1);
+});
+
+test('model: the channel dies after the destination said "loaded", before the commit: source RUNNING, destination reset', async () => {
+  const src = model(6);
+  const dst = model(0);
+  const toDst = new PassThrough();
+  const toSrc = new PassThrough();
+  const fromSrc = new PassThrough();
+  const fromDst = new PassThrough();
+  let cut = false;
+  fromSrc.on('data', (c: Buffer) => (cut ? undefined : toDst.write(c)));
+  fromDst.on('data', (c: Buffer) => {
+    if (cut) return;
+    // Frame headers are written as chunks of their own: cut at LOADED's, both directions at once.
+    if (c.length === 8 && c[0] === FRAME.loaded) {
+      cut = true;
+      toSrc.end();
+      toDst.end();
+      return;
+    }
+    toSrc.write(c);
+  });
+  const recv = receive([dst.mig], { readable: toDst, writable: fromDst });
+  recv.catch(() => undefined);
+  await assert.rejects(migrate([src.mig], { readable: toSrc, writable: fromSrc }), (err: MigrateError) => {
+    assert.equal(err.committed, false);
+    assert.equal(err.side, 'channel');
+    return true;
+  });
+  await assert.rejects(recv, (err: MigrateError) => err.committed === false);
+  assert.ok(cut);
+  assert.equal(src.dev.deviceState, 1, 'source RUNNING');
+  assert.ok(dst.dev.resets >= 1, 'destination reset');
+});
+
+test('model: a source that hangs after the hello: the receiver times out and resets its device', async () => {
+  const dst = model(0);
+  const [a, b] = channelPair();
+  const recv = receive([dst.mig], b, { timeoutMs: 300 });
+  const w = new WireEnd(a);
+  await w.writePreamble();
+  await w.sendMessage(FRAME.hello, 0, {
+    version: 1,
+    devices: [{ protocol: 'v1', device: { kind: 'unknown', name: 'model' } }],
+    switchoverAck: [false],
+  });
+  await assert.rejects(recv, (err: MigrateError) => {
+    assert.equal(err.code, 'ERR_MIGRATION_TIMEOUT');
+    assert.match(err.message, /nothing from the source for 300 ms/);
+    return true;
+  });
+  assert.ok(dst.dev.resets >= 1, 'destination reset');
+});
