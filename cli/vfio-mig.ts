@@ -153,7 +153,8 @@ if (require.main === module) {
   const controller = new AbortController();
   let interrupts = 0;
   // First signal: abort, which returns a source to RUNNING or resets a destination and removes a
-  // partial output. Second: say what is still running. Third: exit at once (partial output removed).
+  // partial output (exit 130). Second: say what is still running. Third: end at once (partial
+  // output removed).
   const onSignal = (name: NodeJS.Signals) => {
     interrupts++;
     if (interrupts === 1) controller.abort(new Error(`interrupted by ${name}`));
