@@ -330,6 +330,39 @@ describe('vfio-mig killed or signalled at chosen moments', { skip: needsDriver }
   );
 
   test(
+    'save -o - to a reader that stalls: signals are still handled (a third SIGINT ends it at once); the source runs',
+    { timeout: 120_000 },
+    async () => {
+      const a = make('v2', 16 << 20);
+      a.set('mutate', '30');
+      const sum = a.get('checksum');
+      const c = cli(['save', a.uuid, '-o', '-']);
+      let got = 0;
+      await new Promise<void>((resolve) => {
+        c.child.stdout!.on('data', (d: Buffer) => {
+          got += d.length;
+          if (got < 1 << 20) return;
+          c.child.stdout!.pause(); // the reader stalls; the pipe fills
+          resolve();
+        });
+      });
+      await sleep(500);
+      for (let i = 0; i < 3 && c.child.exitCode === null; i++) {
+        c.child.kill('SIGINT');
+        await sleep(300);
+      }
+      const t = Date.now();
+      const r = await Promise.race([c.exited, sleep(5000).then(() => null)]);
+      if (r === null) c.child.kill('SIGKILL');
+      assert.ok(r, `three SIGINTs left the save blocked on its stalled stdout ${Date.now() - t} ms later`);
+      assert.ok(r.signal === 'SIGINT' || r.code === 130, `exit ${r.code} ${r.signal}: ${r.stderr}`);
+      assert.match(r.stderr, /interrupted by SIGINT|SIGINT again/);
+      assertRunning(a, 'after SIGINTs with a stalled stdout');
+      assert.equal(a.get('checksum'), sum);
+    },
+  );
+
+  test(
     'save -o FILE: three quick SIGINTs end it (130), no file and no temporary file left, the source runs',
     { timeout: 120_000 },
     async () => {
