@@ -50,9 +50,23 @@ async function readPast(pid: number, path: string, offset: number, timeoutMs = 1
   throw new Error(`pid ${pid} did not read ${path} past ${offset} within ${timeoutMs} ms`);
 }
 
-/** Gives the child time to start and block in its read of stdin (nothing observable says it has). */
-async function settle(ms = 300): Promise<void> {
-  await new Promise((r) => setTimeout(r, ms));
+/**
+ * Waits until the child catches SIGHUP, SIGINT and SIGTERM (its handlers are installed before
+ * it reads anything: a signal sent earlier would kill it by the default action), then gives it
+ * a moment to block in its read of stdin.
+ */
+async function settle(pid: number, timeoutMs = 10_000): Promise<void> {
+  const wanted = (1n << 0n) | (1n << 1n) | (1n << 14n); // SIGHUP (1), SIGINT (2), SIGTERM (15)
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const caught = /^SigCgt:\s+([0-9a-f]+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+    if (caught && (BigInt(`0x${caught}`) & wanted) === wanted) {
+      await new Promise((r) => setTimeout(r, 200));
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`pid ${pid} did not install its signal handlers within ${timeoutMs} ms`);
 }
 
 describe('vfio-mig under signals (no device)', () => {
@@ -96,7 +110,7 @@ describe('vfio-mig under signals (no device)', () => {
     assert.equal(r.code, 130, `exit ${r.code} ${r.signal} (0 means the signal was ignored): ${r.stderr}`);
     assert.match(r.stderr, /verify .*many\.vfmig: interrupted by SIGINT\n/);
     assert.doesNotMatch(r.stderr, /Error: interrupted/, 'the reason is printed as a message, not an Error');
-    assert.ok(r.afterSignalMs < 2000, `exited ${r.afterSignalMs} ms after the signal (file of ${bigSize} bytes)`);
+    assert.ok(r.afterSignalMs < 5000, `exited ${r.afterSignalMs} ms after the signal (file of ${bigSize} bytes)`);
   });
 
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
@@ -104,26 +118,26 @@ describe('vfio-mig under signals (no device)', () => {
       const { child, exited, signalled } = start(['verify', '-']);
       // A header and part of a record, then nothing: the reader waits for the rest.
       child.stdin!.write(readFileSync(big).subarray(0, 1000));
-      await settle();
+      await settle(child.pid!);
       signalled(Date.now());
       child.kill(signal);
       const r = await exited;
       child.stdin!.destroy();
       assert.equal(r.code, 130, `exit ${r.code} ${r.signal}: ${r.stderr}`);
       assert.match(r.stderr, new RegExp(`interrupted by ${signal}`));
-      assert.ok(r.afterSignalMs < 2000, `exited ${r.afterSignalMs} ms after the signal`);
+      assert.ok(r.afterSignalMs < 5000, `exited ${r.afterSignalMs} ms after the signal`);
     });
   }
 
   it('verify - on a pipe that never delivers a byte: SIGINT exits 130', async () => {
     const { child, exited, signalled } = start(['verify', '-']);
-    await settle();
+    await settle(child.pid!);
     signalled(Date.now());
     child.kill('SIGINT');
     const r = await exited;
     child.stdin!.destroy();
     assert.equal(r.code, 130, `exit ${r.code} ${r.signal}: ${r.stderr}`);
-    assert.ok(r.afterSignalMs < 2000, `exited ${r.afterSignalMs} ms after the signal`);
+    assert.ok(r.afterSignalMs < 5000, `exited ${r.afterSignalMs} ms after the signal`);
   });
 
   it('SIGPIPE is not fatal: verify with its stdout closed still exits with its verdict', async () => {
