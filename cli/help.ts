@@ -19,7 +19,8 @@ Global options: --json (machine-readable output), --quiet (no progress), --help.
 Exit codes: 0 ok, 1 other failure (I/O, a closed output pipe), 2 usage, 3 device not
 found/not bound/permission/busy, 4 device or protocol error, 5 bad or foreign stream,
 130 interrupted (SIGINT, SIGTERM or SIGHUP: the device is recovered first; a third signal
-ends the process at once, by that signal: 128 + its number). SIGPIPE is ignored: writing to a closed pipe fails the command with exit 1.
+ends the process at once, by that signal: 128 + its number). SIGPIPE is ignored: writing to
+a closed pipe fails the command with exit 1.
 
 Across hosts:  vfio-mig save 0000:3b:00.1 -o - | ssh dst vfio-mig load 0000:3b:00.1 -i -`,
   list: `Usage: vfio-mig list [--json] [--no-probe]
