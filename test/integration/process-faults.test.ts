@@ -213,6 +213,9 @@ describe('vfio-mig killed or signalled at chosen moments', { skip: needsDriver }
     const r = await c.exited;
     // The kill races the end of the process (the trailer is its last write): either way the source must be safe.
     assert.ok(r.signal === 'SIGKILL' || r.code === 0, `exit ${r.code} ${r.signal}: ${r.stderr}`);
+    console.log(
+      `save killed at the trailer: ${r.signal === 'SIGKILL' ? 'the kill landed' : 'the save finished first'}`,
+    );
     assertRunning(a, `at the trailer (${r.signal ?? 'finished first'})`);
     assert.equal(a.get('checksum'), sum, 'the source state is unchanged');
   });
