@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 
 import { StreamEncoder } from '../../lib/migration/stream';
 
@@ -18,8 +18,13 @@ interface Exit {
   afterSignalMs: number;
 }
 
+// Children still running when a test ends (it failed midway) are killed, so they cannot hold the suite.
+const children = new Set<ChildProcess>();
+
 function start(args: string[]): { child: ChildProcess; exited: Promise<Exit>; signalled: (t: number) => void } {
   const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  children.add(child);
+  child.on('exit', () => children.delete(child));
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
   child.stdout!.resume();
@@ -33,7 +38,7 @@ function start(args: string[]): { child: ChildProcess; exited: Promise<Exit>; si
 }
 
 /** Waits until the child has read past `offset` of the file open as `path` (its fd's position). */
-async function readPast(pid: number, path: string, offset: number, timeoutMs = 10_000): Promise<void> {
+async function readPast(pid: number, path: string, offset: number, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     try {
@@ -55,7 +60,7 @@ async function readPast(pid: number, path: string, offset: number, timeoutMs = 1
  * it reads anything: a signal sent earlier would kill it by the default action), then gives it
  * a moment to block in its read of stdin.
  */
-async function settle(pid: number, timeoutMs = 10_000): Promise<void> {
+async function settle(pid: number, timeoutMs = 30_000): Promise<void> {
   const wanted = (1n << 0n) | (1n << 1n) | (1n << 14n); // SIGHUP (1), SIGINT (2), SIGTERM (15)
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
@@ -98,6 +103,9 @@ describe('vfio-mig under signals (no device)', () => {
     await enc.finish();
     bigSize += writeSync(fd, Buffer.concat(parts));
     closeSync(fd);
+  });
+  afterEach(() => {
+    for (const c of children) c.kill('SIGKILL');
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
