@@ -204,7 +204,8 @@ async function verifyCommand({ positionals, signal, print }: CommandContext): Pr
   const input = positionals[0]!;
   const r = await verify(openInput(input, signal)).catch((err: unknown) => {
     if (!signal?.aborted) throw err;
-    throw new MigrationError('ERR_MIGRATION_ABORTED', `verify ${input}: ${String(signal.reason)}`, { cause: err });
+    const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
+    throw new MigrationError('ERR_MIGRATION_ABORTED', `verify ${input}: ${reason}`, { cause: err });
   });
   // Header fields come from the stream: printed escaped, never as terminal control sequences.
   const h = r.header;

@@ -33,11 +33,14 @@ Commands:
 
 A <device> is a PCI address (0000:3b:00.1), an mdev UUID or a sysfs path.
 Global options: --json (machine-readable output), --quiet (no progress), --help.
-Exit codes: 0 ok, 1 other failure, 2 usage, 3 device not found/not bound/permission/busy,
-4 device or protocol error, 5 bad or foreign stream, 6 not conformant (check: a MUST rule
-failed); migrate/receive: 10 the source side failed, 7 the destination failed or refused, 9 the
-channel broke or timed out (10, 7, 9: before the commit: sources RUNNING again, destinations
-reset), 8 a failure after the commit; 130 aborted (Ctrl-C).
+Exit codes: 0 ok, 1 other failure (I/O, a closed output pipe), 2 usage, 3 device not
+found/not bound/permission/busy, 4 device or protocol error, 5 bad or foreign stream,
+6 not conformant (check: a MUST rule failed); migrate/receive: 10 the source side failed,
+7 the destination failed or refused, 9 the channel broke or timed out (10, 7, 9: before the
+commit: sources RUNNING again, destinations reset), 8 a failure after the commit;
+130 interrupted (SIGINT, SIGTERM or SIGHUP: the device is recovered first; a third signal
+ends the process at once, by that signal: 128 + its number). SIGPIPE is ignored: writing to
+a closed pipe fails the command with exit 1.
 
 Across hosts:  vfio-mig save 0000:3b:00.1 -o - | ssh dst vfio-mig load 0000:3b:00.1 -i -`,
   list: `Usage: vfio-mig list [--json] [--no-probe]

@@ -147,21 +147,29 @@ export async function main(
   }
 }
 
+const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+
 if (require.main === module) {
   const controller = new AbortController();
   let interrupts = 0;
   // First signal: abort, which returns a source to RUNNING or resets a destination and removes a
-  // partial output. Second: say what is still running. Third: exit at once (partial output removed).
-  const onSignal = (name: string) => {
+  // partial output (exit 130). Second: say what is still running. Third: end at once (partial
+  // output removed).
+  const onSignal = (name: NodeJS.Signals) => {
     interrupts++;
     if (interrupts === 1) controller.abort(new Error(`interrupted by ${name}`));
     else if (interrupts === 2)
       process.stderr.write(`vfio-mig: ${name} again: recovering the device first; once more exits without recovery\n`);
-    else process.exit(EXIT.aborted);
+    else {
+      pendingOutputs.forEach((o) => o.discard());
+      // Not process.exit(): at exit libuv joins its thread pool, and a pool thread blocked writing
+      // to a stalled FIFO or pipe would hold the process for ever. Dying of the signal itself
+      // ends every thread at once; the shell reports 128 + the signal's number (130 for SIGINT).
+      for (const s of SIGNALS) process.removeAllListeners(s);
+      process.kill(process.pid, name);
+    }
   };
-  process.on('SIGINT', () => onSignal('SIGINT'));
-  process.on('SIGTERM', () => onSignal('SIGTERM'));
-  process.on('SIGHUP', () => onSignal('SIGHUP'));
+  for (const s of SIGNALS) process.on(s, () => onSignal(s));
   process.on('exit', () => pendingOutputs.forEach((o) => o.discard()));
   // A closed pipe downstream (ssh gone) is a stream failure, reported by save itself.
   process.stdout.on('error', () => undefined);

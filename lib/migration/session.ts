@@ -159,7 +159,14 @@ export class Migration {
       await this.engine.finishLoad(options.leave ?? 'running');
     } catch (err) {
       const recovery = await recoverDestination(this.engine, this.device, this.noReset || !!options.noReset);
-      throw withRecovery(err, recovery, 'destination');
+      // Aborting closes a source that waits on a silent pipe (the CLI does on a signal): its read
+      // then fails, and that failure is the abort, not an I/O error.
+      const signal = options.signal;
+      const aborted =
+        signal?.aborted && !(err instanceof MigrationError && err.code === 'ERR_MIGRATION_ABORTED')
+          ? Object.assign(abortError(signal, 'resuming'), { cause: err })
+          : err;
+      throw withRecovery(aborted, recovery, 'destination');
     }
     // The whole stream was consumed, so the decoder verified the trailer and has its totals.
     const totals = decoder.totals!;

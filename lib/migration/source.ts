@@ -115,6 +115,9 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
 // is never smaller than MIN_CAPACITY, so small records do not cost one read each.
 const LOOKAHEAD = 4096;
 export const MIN_CAPACITY = 256 * 1024;
+// A buffer is first made at most this much larger than the bytes it holds; past that it doubles
+// as data arrives, so a record length that lies costs memory only in proportion to real bytes.
+const GROW_STEP = 16 << 20;
 const EMPTY = Buffer.alloc(0);
 
 /**
@@ -160,11 +163,15 @@ export class ByteSourceReader {
     // Bytes already handed out lie before #head: new bytes go after #tail, or into the next buffer.
     if (this.#buf.length - this.#head < n) this.#switchBuffer(n);
     while (this.buffered < n) {
+      // A length read from the stream can lie: the buffer grows only as bytes actually arrive.
+      if (this.#tail === this.#buf.length) this.#grow(n);
       const need = n - this.buffered;
-      const got = await this.#source.readAtLeast(this.#buf, this.#tail, need, this.#buf.length - this.#tail);
+      const room = this.#buf.length - this.#tail;
+      const min = Math.min(need, room);
+      const got = await this.#source.readAtLeast(this.#buf, this.#tail, min, room);
       this.#tail += got;
       this.#received += got;
-      if (got < need) {
+      if (got < min) {
         this.#ended = true;
         return false;
       }
@@ -191,19 +198,39 @@ export class ByteSourceReader {
     this.#source.close();
   }
 
-  /** Moves the unread bytes to the next buffer, grown to hold `n` bytes plus the look-ahead. */
+  /**
+   * Moves the unread bytes to the next buffer, which is made to hold `n` bytes plus the look-ahead,
+   * or GROW_STEP more than is buffered when `n` is larger: #grow() adds the rest as data arrives.
+   */
   #switchBuffer(n: number): void {
     this.#turn = (this.#turn + 1) % this.#buffers.length;
     let next = this.#buffers[this.#turn]!;
-    if (next.length < n + LOOKAHEAD) {
+    const first = Math.max(MIN_CAPACITY, Math.min(n + LOOKAHEAD, this.buffered + GROW_STEP));
+    if (next.length < first) {
       // Native-owned: the source reads into it in place (no bounce copy), and it stays valid for
       // an in-flight read whatever a consumer does with the views it was handed.
-      next = allocIoBuffer(Math.max(n + LOOKAHEAD, MIN_CAPACITY));
+      next = allocIoBuffer(first);
       this.#buffers[this.#turn] = next;
     }
     const have = this.buffered;
     this.#buf.copy(next, 0, this.#head, this.#tail);
     this.#buf = next;
+    this.#head = 0;
+    this.#tail = have;
+  }
+
+  /**
+   * Replaces the current buffer, full and still short of `n` bytes, by one twice its size (at most
+   * `n` plus the look-ahead). Only a buffer just switched to grows (fill() switches whenever the
+   * current one cannot hold `n` bytes past #head), so no view of it was handed out yet: the
+   * three-buffer contract holds, and the old buffer goes to the collector.
+   */
+  #grow(n: number): void {
+    const bigger = allocIoBuffer(Math.min(n + LOOKAHEAD, 2 * this.#buf.length));
+    const have = this.buffered;
+    this.#buf.copy(bigger, 0, this.#head, this.#tail);
+    this.#buffers[this.#turn] = bigger;
+    this.#buf = bigger;
     this.#head = 0;
     this.#tail = have;
   }

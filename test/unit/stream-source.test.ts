@@ -154,6 +154,26 @@ describe('stream decoder over a ByteSource (in-process byte sources)', () => {
     assert.ok(payload.equals(bytes.subarray(at + 32, at + 32 + MIN_CAPACITY + 1000)));
   });
 
+  it('reader: a read larger than the first buffer grows it as data arrives, views kept valid', async () => {
+    // 40 MiB: past the first allocation (16 MiB ahead of the data), so the buffer doubles twice.
+    const big = 40 << 20;
+    const bytes = Buffer.alloc(big + (2 << 20));
+    for (let i = 0; i < bytes.length; i += 4) bytes.writeUInt32LE(i, i);
+    const reader = new ByteSourceReader(memorySource(bytes, () => 1 << 20));
+    const held = await reader.read(1 << 20);
+    const copy = Buffer.from(held!);
+    const payload = await reader.read(big);
+    assert.ok(payload && payload.equals(bytes.subarray(1 << 20, (1 << 20) + big)), 'the grown read');
+    assert.ok(held!.equals(copy), 'the held view was overwritten by the growing read');
+    const next = await reader.read(32);
+    assert.ok(payload.equals(bytes.subarray(1 << 20, (1 << 20) + big)), 'the grown buffer was reused too early');
+    assert.ok(next!.equals(bytes.subarray((1 << 20) + big, (1 << 20) + big + 32)));
+    // The source ends short of a lying length: null, and the bytes that came are counted.
+    const lie = new ByteSourceReader(memorySource(bytes.subarray(0, 5000), () => 100));
+    assert.equal(await lie.read(1 << 30), null);
+    assert.equal(lie.received, 5000);
+  });
+
   it('closes the source after the end, an error or an early break', async () => {
     const bytes = await encode([pattern(0, 100), pattern(1, 100)]);
     const done = memorySource(bytes);

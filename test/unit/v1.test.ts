@@ -14,6 +14,24 @@ import {
 } from '../../lib/migration';
 import { V1ModelDevice, type ModelOptions } from '../models/v1-device';
 import { SyscallError } from '../../lib/errors';
+import { FdSource } from '../../lib/migration/source';
+import { native } from '../../lib/native';
+import { execFileSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** A FIFO as [read fd (non-blocking, for the FdSource), write fd], removed from the file system at once. */
+function pipe(): [number, number] {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-v1-'));
+  try {
+    execFileSync('mkfifo', [join(dir, 'p')]);
+    const r = native.open(join(dir, 'p'), 0o4000 /* O_RDONLY | O_NONBLOCK */);
+    return [r, openSync(join(dir, 'p'), 'w')];
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+}
 import type { MigrationEngine } from '../../lib/migration/types';
 
 function model(opts: Partial<ModelOptions> = {}): { dev: V1ModelDevice; mig: Migration } {
@@ -265,6 +283,32 @@ test('model: a corrupt or truncated stream leaves the destination reset with an 
     ),
     (e: MigrationError) => e.code === 'ERR_MIGRATION_STREAM' && e.record !== undefined && e.recovery === 'reset',
   );
+});
+
+test('model: a load waiting on a stalled pipe, aborted by closing its source, is an abort (not I/O) and resets', async () => {
+  const src = model({ stateSize: 20000 });
+  src.dev.fill(3);
+  const io = collector();
+  await src.mig.save(io.sink);
+  const whole = Buffer.concat(io.chunks);
+  const [r, w] = pipe();
+  writeSync(w, whole.subarray(0, whole.length >> 1)); // half the stream, then nothing: the writer stalls
+  const source = new FdSource(r, { closeFd: true });
+  const ac = new AbortController();
+  // What vfio-mig does on a signal: the abort closes the input, which cancels the waiting read.
+  ac.signal.addEventListener('abort', () => source.close(), { once: true });
+  const dst = model({ stateSize: 20000 });
+  setTimeout(() => ac.abort(new Error('interrupted by SIGINT')), 100);
+  try {
+    await assert.rejects(
+      dst.mig.load(source, { signal: ac.signal }),
+      (e: MigrationError) =>
+        e.code === 'ERR_MIGRATION_ABORTED' && /interrupted by SIGINT/.test(e.message) && e.recovery === 'reset',
+    );
+  } finally {
+    closeSync(w);
+  }
+  assert.equal(dst.dev.resets, 1);
 });
 
 test('host test: a Migration closes its engine through close() and Symbol.dispose, both methods of the class', () => {
