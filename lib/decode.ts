@@ -71,6 +71,32 @@ export type CapabilityDecoder<T> = (
   what: string,
 ) => T;
 
+/** Throws when capability `id` at `at` has fewer than `bytes` bytes before `capEnd`. */
+export function needCapabilityBytes(at: number, bytes: number, capEnd: number, id: number, what: string): void {
+  if (at + bytes > capEnd)
+    throw badInfo(what, `capability ${id} at offset ${at} needs ${bytes} bytes, has ${capEnd - at}`);
+}
+
+/**
+ * A capability's trailing array of `count` (u64, u64) pairs starting at `first` (sparse mmap
+ * areas, IOVA ranges): the count the kernel gave is checked against the room the capability has.
+ */
+export function readU64Pairs(
+  raw: Buffer,
+  first: number,
+  count: number,
+  capEnd: number,
+  what: string,
+  claim: { capability: string; items: string },
+): [bigint, bigint][] {
+  const room = Math.floor((capEnd - first) / 16);
+  if (count > room) throw badInfo(what, `${claim.capability} claims ${count} ${claim.items}, room for ${room}`);
+  const pairs: [bigint, bigint][] = [];
+  for (let i = 0; i < count; i++)
+    pairs.push([raw.readBigUInt64LE(first + i * 16), raw.readBigUInt64LE(first + i * 16 + 8)]);
+  return pairs;
+}
+
 export function badInfo(what: string, detail: string): VfioError {
   return new VfioError('ERR_VFIO_BAD_INFO', `${what}: ${detail}`);
 }
@@ -119,27 +145,16 @@ function decodeCapability(
   version: number,
   what: string,
 ): Capability {
-  const need = (bytes: number) => {
-    if (at + bytes > capEnd)
-      throw badInfo(what, `capability ${id} at offset ${at} needs ${bytes} bytes, has ${capEnd - at}`);
-  };
+  const need = (bytes: number) => needCapabilityBytes(at, bytes, capEnd, id, what);
   switch (id) {
     case VFIO_REGION_INFO_CAP_SPARSE_MMAP: {
       const l = layout.vfio_region_info_cap_sparse_mmap;
       need(l.size);
       const count = raw.readUInt32LE(at + l.fields.nr_areas);
-      const areaSize = layout.vfio_region_sparse_mmap_area.size;
-      if (count > (capEnd - at - l.size) / areaSize) {
-        throw badInfo(
-          what,
-          `sparse mmap capability claims ${count} areas, room for ${Math.floor((capEnd - at - l.size) / areaSize)}`,
-        );
-      }
-      const areas: SparseMmapArea[] = [];
-      for (let i = 0; i < count; i++) {
-        const a = at + l.fields.areas + i * areaSize;
-        areas.push({ offset: raw.readBigUInt64LE(a), size: raw.readBigUInt64LE(a + 8) });
-      }
+      const areas = readU64Pairs(raw, at + l.fields.areas, count, capEnd, what, {
+        capability: 'sparse mmap capability',
+        items: 'areas',
+      }).map(([offset, size]): SparseMmapArea => ({ offset, size }));
       return { kind: 'sparse-mmap', id, version, areas };
     }
     case VFIO_REGION_INFO_CAP_TYPE: {

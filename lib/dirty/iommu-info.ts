@@ -1,5 +1,5 @@
 // Decoder of VFIO_IOMMU_GET_INFO (struct vfio_iommu_type1_info and its bounds-checked capability chain).
-import { badInfo, parseCapabilityChain } from '../decode';
+import { badInfo, needCapabilityBytes, parseCapabilityChain, readU64Pairs } from '../decode';
 import {
   VFIO_IOMMU_INFO_CAPS,
   VFIO_IOMMU_INFO_PGSIZES,
@@ -57,24 +57,16 @@ function decodeIommuCapability(
   version: number,
   what: string,
 ): IommuCapability {
-  const need = (bytes: number) => {
-    if (at + bytes > capEnd) {
-      throw badInfo(what, `capability ${id} at offset ${at} needs ${bytes} bytes, has ${capEnd - at}`);
-    }
-  };
+  const need = (bytes: number) => needCapabilityBytes(at, bytes, capEnd, id, what);
   switch (id) {
     case VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: {
       const l = layout.vfio_iommu_type1_info_cap_iova_range;
       need(l.size);
       const count = raw.readUInt32LE(at + l.fields.nr_iovas);
-      const size = layout.vfio_iova_range.size;
-      const room = Math.floor((capEnd - at - l.size) / size);
-      if (count > room) throw badInfo(what, `IOVA range capability claims ${count} ranges, room for ${room}`);
-      const ranges: IovaRange[] = [];
-      for (let i = 0; i < count; i++) {
-        const r = at + l.fields.iova_ranges + i * size;
-        ranges.push({ start: raw.readBigUInt64LE(r), end: raw.readBigUInt64LE(r + 8) });
-      }
+      const ranges = readU64Pairs(raw, at + l.fields.iova_ranges, count, capEnd, what, {
+        capability: 'IOVA range capability',
+        items: 'ranges',
+      }).map(([start, end]): IovaRange => ({ start, end }));
       return { kind: 'iova-range', id, version, ranges };
     }
     case VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: {
