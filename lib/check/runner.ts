@@ -10,6 +10,7 @@ import { RULES, unknownSelectors } from './rules';
 import type { CheckOptions, CheckReport, Verdict } from './types';
 import { checkV1 } from './v1';
 import { checkV2 } from './v2';
+import { checkDmaLogging } from './dmalog';
 
 /** The project's test driver (test/driver/): PCI vendor 0x5654, state checksum at BAR0 0x10. */
 export const TEST_DRIVER_VENDOR = 0x5654;
@@ -99,8 +100,10 @@ export async function checkDevice(device: Device, options: CheckOptions = {}): P
           { engine, info: found.protocol === 'v1' ? found.region : engine.region.info, initialState: initialV1 },
           checksum,
         );
-      else
+      else {
         await checkV2(ctx, { engine: engine as V2Engine, flags: found.protocol === 'v2' ? found.flags : 0n }, checksum);
+        await checkDmaLogging(ctx, device);
+      }
     } finally {
       engine.release();
     }
