@@ -112,6 +112,16 @@ export class V2Engine implements MigrationEngine {
 
   /** Sets one FSM arc; adopts a returned data_fd (the previous one stays open if none is returned). */
   async #setArc(from: number, to: number): Promise<void> {
+    const fd = await this.#setStateIoctl(to);
+    // Only arcs that start a session return an fd; anything else would be a driver bug we must not leak.
+    if (fd >= 0) {
+      this.closeDataFd();
+      this.#dataFd = new FdHandle(fd, `data_fd (${v2StateName(from)} -> ${v2StateName(to)})`);
+    }
+  }
+
+  /** One VFIO_DEVICE_FEATURE SET of MIG_DEVICE_STATE; resolves the data_fd the kernel returned, or -1. */
+  async #setStateIoctl(to: number): Promise<number> {
     const buf = this.#featureBuffer(
       VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
       layout.vfio_device_feature_mig_state.size,
@@ -120,12 +130,7 @@ export class V2Engine implements MigrationEngine {
     buf.writeUInt32LE(to, at + layout.vfio_device_feature_mig_state.fields.device_state);
     buf.writeInt32LE(-1, at + layout.vfio_device_feature_mig_state.fields.data_fd);
     await this.device.featureAsync(buf);
-    const fd = buf.readInt32LE(at + layout.vfio_device_feature_mig_state.fields.data_fd);
-    // Only arcs that start a session return an fd; anything else would be a driver bug we must not leak.
-    if (fd >= 0) {
-      this.closeDataFd();
-      this.#dataFd = new FdHandle(fd, `data_fd (${v2StateName(from)} -> ${v2StateName(to)})`);
-    }
+    return buf.readInt32LE(at + layout.vfio_device_feature_mig_state.fields.data_fd);
   }
 
   /**
@@ -180,15 +185,7 @@ export class V2Engine implements MigrationEngine {
    * adopted: the caller owns the handle and closes it. Kernel errors are thrown as they come.
    */
   async setArcRaw(to: number): Promise<FdHandle | null> {
-    const buf = this.#featureBuffer(
-      VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-      layout.vfio_device_feature_mig_state.size,
-    );
-    const at = layout.vfio_device_feature.size;
-    buf.writeUInt32LE(to, at + layout.vfio_device_feature_mig_state.fields.device_state);
-    buf.writeInt32LE(-1, at + layout.vfio_device_feature_mig_state.fields.data_fd);
-    await this.device.featureAsync(buf);
-    const fd = buf.readInt32LE(at + layout.vfio_device_feature_mig_state.fields.data_fd);
+    const fd = await this.#setStateIoctl(to);
     return fd >= 0 ? new FdHandle(fd, `data_fd (-> ${v2StateName(to)})`) : null;
   }
 
