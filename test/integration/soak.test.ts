@@ -91,15 +91,22 @@ describe('soak: save/load round trips', { skip: needsDriver }, () => {
     const initialRss = await rss();
     for (let i = 0; i < WARMUP; i++) await roundTrip(i); // warm-up: buffers, pools, JIT, malloc
     const before = { fds: openFdCount(), allocs: liveAllocs(), rss: await rss() };
-    for (let i = WARMUP; i < IN_PROCESS; i++) await roundTrip(i);
+    const half = WARMUP + Math.floor((IN_PROCESS - WARMUP) / 2);
+    for (let i = WARMUP; i < half; i++) await roundTrip(i);
+    const middle = await rss();
+    for (let i = half; i < IN_PROCESS; i++) await roundTrip(i);
     const end = { fds: openFdCount(), allocs: liveAllocs(), rss: await rss() };
     const ms = Date.now() - started;
     console.log(
-      `soak in-process: ${IN_PROCESS} round trips in ${ms} ms; fds ${before.fds} -> ${end.fds}; live_allocs ${before.allocs} -> ${end.allocs}; RSS ${(initialRss / 2 ** 20).toFixed(1)} at the start, ${(before.rss / 2 ** 20).toFixed(1)} after ${WARMUP} (warm-up), ${(end.rss / 2 ** 20).toFixed(1)} MiB at the end`,
+      `soak in-process: ${IN_PROCESS} round trips in ${ms} ms; fds ${before.fds} -> ${end.fds}; live_allocs ${before.allocs} -> ${end.allocs}; RSS ${(initialRss / 2 ** 20).toFixed(1)} at the start, ${(before.rss / 2 ** 20).toFixed(1)} after ${WARMUP} (warm-up), ${(middle / 2 ** 20).toFixed(1)} half-way, ${(end.rss / 2 ** 20).toFixed(1)} MiB at the end`,
     );
     assert.equal(end.fds, before.fds, 'fds leaked');
     assert.equal(end.allocs, before.allocs, "the test driver's live allocations grew");
-    assert.ok(end.rss - before.rss < RSS_TOLERANCE, `RSS grew by ${end.rss - before.rss} bytes`);
+    // A leak grows RSS by the same amount in each half; the allocator's settling (seen up to ~10
+    // MiB in a loaded CI guest) happens early and stops. So: the second half within the tolerance,
+    // and the whole measured run within twice it.
+    assert.ok(end.rss - middle < RSS_TOLERANCE, `RSS grew by ${end.rss - middle} bytes in the second half`);
+    assert.ok(end.rss - before.rss < 2 * RSS_TOLERANCE, `RSS grew by ${end.rss - before.rss} bytes after the warm-up`);
   });
 
   test(`${ACROSS_PROCESSES} round trips through vfio-mig processes: live_allocs flat, devices RUNNING`, () => {
