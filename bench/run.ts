@@ -79,6 +79,23 @@ async function main(): Promise<void> {
     }
   }
   const table = lines.join('\n');
+  // Dirty tracking: what one report of a 1 GiB range costs through each mechanism, per kernel.
+  const dirtyTables: string[] = [];
+  for (const kernel of ['6.12', '6.1'] as const) {
+    const d = await runInGuest({
+      kernel,
+      command: [process.execPath, join(ROOT, 'dist/bench/dirty.js')],
+      timeoutMs: 900_000,
+      echo: process.stderr,
+      prepare: true,
+    });
+    const out = d.output.split('\n').map((l: string) => l.replace(/\r$/, ''));
+    const title = out.find((l: string) => l.startsWith('kernel ')) ?? `kernel ${kernel}`;
+    const rowsOf = out.filter((l: string) => l.startsWith('|'));
+    dirtyTables.push(
+      d.status === 0 ? `${title}\n\n${rowsOf.join('\n')}` : `${kernel}: the dirty bench failed (status ${d.status})`,
+    );
+  }
   const startupLine = r.output.split('\n').find((l: string) => l.includes('@@startup '));
   const startup = startupLine
     ? (JSON.parse(startupLine.slice(startupLine.indexOf('@@startup ') + 10)) as { nodeMs: number; cliMs: number })
@@ -138,6 +155,14 @@ a bare \`node -e 0\` takes ${startup ? f1(startup.nodeMs) : '?'} ms, and \`vfio-
 modules and the addon, no device) ${startup ? f1(startup.cliMs) : '?'} ms. The engine-only rows below show where the rest goes.
 
 ${whole.join('\n')}
+
+## Dirty tracking
+
+One read of the dirty pages of a 1 GiB range (4 KiB pages, dirtied by real DMA from the test
+driver before each read), through the IOMMU and through the device's own DMA logging
+(bench/dirty.ts, in its own guest per kernel):
+
+${dirtyTables.join('\n\n')}
 
 ## The engine alone
 
