@@ -29,9 +29,8 @@ const ACROSS_PROCESSES = Math.round(3 * SCALE);
 // 30th, then 70 +- 2 MiB up to the 1000th; V8's heap and external memory stay flat throughout).
 const WARMUP = 40;
 const STATE = 256 << 10;
-// After the warm-up, RSS may move this much (the host run moved +-2 MiB): a leak of half a
-// state (128 KiB) per round trip would add 20 MiB over the 160 measured ones. Measured in the
-// guest: 47.8 MiB at the start, 66.1 after the warm-up, 69.6 after 150 round trips.
+// In the second half of the measured round trips RSS may move this much (the host moved +-2
+// MiB; guests 0.9-2.9 MiB): a leak of half a state (128 KiB) per round trip adds 10 MiB there.
 const RSS_TOLERANCE = 8 << 20;
 
 const gc: () => void = (() => {
@@ -102,11 +101,11 @@ describe('soak: save/load round trips', { skip: needsDriver }, () => {
     );
     assert.equal(end.fds, before.fds, 'fds leaked');
     assert.equal(end.allocs, before.allocs, "the test driver's live allocations grew");
-    // A leak grows RSS by the same amount in each half; the allocator's settling (seen up to ~10
-    // MiB in a loaded CI guest) happens early and stops. So: the second half within the tolerance,
-    // and the whole measured run within twice it.
+    // A leak grows RSS by the same amount in each half; the allocator's settling happens early and
+    // stops, though not always within the warm-up (a loaded CI guest on 6.1: 60.6 MiB after it,
+    // 75.5 half-way, 78.4 at the end; quiet runs plateau at 74-78 MiB). So the second half is judged:
+    // a leak of 128 KiB per round trip would add 10 MiB there.
     assert.ok(end.rss - middle < RSS_TOLERANCE, `RSS grew by ${end.rss - middle} bytes in the second half`);
-    assert.ok(end.rss - before.rss < 2 * RSS_TOLERANCE, `RSS grew by ${end.rss - before.rss} bytes after the warm-up`);
   });
 
   test(`${ACROSS_PROCESSES} round trips through vfio-mig processes: live_allocs flat, devices RUNNING`, () => {
