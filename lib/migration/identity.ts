@@ -45,3 +45,19 @@ export function identityMismatches(saved: Record<string, unknown>, here: Record<
     .filter((k) => saved[k] !== here[k])
     .map((k) => `${k}: stream has ${JSON.stringify(saved[k])}, device has ${JSON.stringify(here[k])}`);
 }
+
+/**
+ * Why a destination speaking `protocol` cannot take a stream with this header, or undefined when
+ * it can: another protocol always refuses; another kind of device refuses unless forced.
+ * `load()` and `receive` word the answer for their callers.
+ */
+export function headerRefusal(
+  header: { protocol?: unknown; device?: unknown },
+  protocol: 'v1' | 'v2',
+  device: Device,
+  force: boolean,
+): { protocol: unknown } | { mismatches: string[] } | undefined {
+  if (header.protocol !== protocol) return { protocol: header.protocol };
+  const mismatches = identityMismatches((header.device ?? {}) as Record<string, unknown>, deviceIdentity(device));
+  return mismatches.length && !force ? { mismatches } : undefined;
+}

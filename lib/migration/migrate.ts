@@ -2,7 +2,6 @@
 import { MigrationError, type Recovery } from './errors';
 import { EmitWindow } from './pipeline';
 import { wantsPrecopy } from './policy';
-import { recoverSource } from './recovery';
 import type { Migration } from './session';
 import { precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
 import { StreamEncoder } from './stream';
@@ -254,7 +253,7 @@ export async function migrate(
     wire.close('the migration failed');
     signal?.removeEventListener('abort', onAbort);
     error.devices = touched
-      ? await Promise.all(sources.map((m) => outcome(m, recoverSource(m.engine, m.device, m.noReset))))
+      ? await Promise.all(sources.map((m) => outcome(m, m.recoverSource())))
       : sources.map((m) => ({ device: m.device.name, role: 'source' as const, recovery: 'running' as const }));
     const states = error.devices.map((d) => `${d.device} ${recoveryWords(d.recovery)}`).join(', ');
     error.message += `; before the commit: source ${states}; the destination resets its devices`;

@@ -1,5 +1,5 @@
 // receive(): the destination end of a migrate: checks the hello, RESUMING, loads and validates, runs after the commit.
-import { identityMismatches, deviceIdentity } from './identity';
+import { headerRefusal } from './identity';
 import { readAhead } from './pipeline';
 import { recoverDestination } from './recovery';
 import type { Migration } from './session';
@@ -43,11 +43,11 @@ export function helloProblem(hello: Hello, destinations: readonly Migration[], f
   for (const [i, h] of hello.devices.entries()) {
     const m = destinations[i]!;
     if (h === null || typeof h !== 'object') return `device ${i}: no stream header`;
-    if (h.protocol !== m.protocol)
-      return `device ${i} (${m.device.name}): the source speaks migration protocol ${String(h.protocol)}, this device ${m.protocol}`;
-    const mismatches = identityMismatches((h.device ?? {}) as Record<string, unknown>, deviceIdentity(m.device));
-    if (mismatches.length && !force)
-      return `device ${i} (${m.device.name}) is another kind of device than its source (${mismatches.join('; ')}); use --force to take it anyway`;
+    const refusal = headerRefusal(h, m.protocol, m.device, force);
+    if (refusal && 'mismatches' in refusal)
+      return `device ${i} (${m.device.name}) is another kind of device than its source (${refusal.mismatches.join('; ')}); use --force to take it anyway`;
+    if (refusal)
+      return `device ${i} (${m.device.name}): the source speaks migration protocol ${String(refusal.protocol)}, this device ${m.protocol}`;
   }
   return undefined;
 }

@@ -1,7 +1,7 @@
 // save()/load() for any protocol: the engines' steps composed with pre-copy policy, progress, abort and recovery.
 import type { Device } from '../device';
 import { MigrationError, abortError } from './errors';
-import { deviceIdentity, identityMismatches } from './identity';
+import { deviceIdentity, headerRefusal, identityMismatches } from './identity';
 import { EmitWindow, readAhead } from './pipeline';
 import { wantsPrecopy } from './policy';
 import { precopyPasses, progressReporter, stopCopyPass, streamHeader, type Push } from './steps';
@@ -131,17 +131,13 @@ export class Migration {
     } catch (err) {
       throw withRecovery(err, 'none', 'destination');
     }
-    if (header.protocol !== this.protocol) {
+    const refusal = headerRefusal(header, this.protocol, this.device, !!options.force);
+    if (refusal) {
       throw new MigrationError(
         'ERR_MIGRATION_MISMATCH',
-        `the stream was saved with migration protocol ${header.protocol}, this device speaks ${this.protocol}; nothing was written to the device`,
-      );
-    }
-    const mismatches = identityMismatches(header.device, deviceIdentity(this.device));
-    if (mismatches.length && !options.force) {
-      throw new MigrationError(
-        'ERR_MIGRATION_MISMATCH',
-        `the stream was saved from another kind of device (${mismatches.join('; ')}); use force to load it anyway; nothing was written to the device`,
+        'mismatches' in refusal
+          ? `the stream was saved from another kind of device (${refusal.mismatches.join('; ')}); use force to load it anyway; nothing was written to the device`
+          : `the stream was saved with migration protocol ${String(refusal.protocol)}, this device speaks ${this.protocol}; nothing was written to the device`,
       );
     }
     try {
