@@ -88,10 +88,8 @@ export function json(value: unknown): string {
  */
 function openInput(input: string, signal?: AbortSignal): FdSource {
   try {
-    const source = input === '-' ? new FdSource(0, { name: 'stdin' }) : FdSource.open(input);
-    // A read waiting on a silent pipe ends only when the source is closed.
-    signal?.addEventListener('abort', () => source.close(), { once: true });
-    return source;
+    // On a signal the source closes itself: a read waiting on a silent pipe ends as the abort.
+    return input === '-' ? new FdSource(0, { name: 'stdin', signal }) : FdSource.open(input, { signal });
   } catch (err) {
     throw new MigrationError('ERR_MIGRATION_IO', `cannot open ${input}: ${(err as Error).message}`, {
       cause: err,
@@ -202,6 +200,8 @@ async function load({ values, positionals, io, signal, print }: CommandContext):
 
 async function verifyCommand({ positionals, signal, print }: CommandContext): Promise<number> {
   const input = positionals[0]!;
+  // An abort closes the source (openInput): the read in progress rejects as the abort; said here
+  // in verify's own words.
   const r = await verify(openInput(input, signal)).catch((err: unknown) => {
     if (!signal?.aborted) throw err;
     const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);

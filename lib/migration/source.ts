@@ -4,7 +4,7 @@ import { FdHandle } from '../fd-handle';
 import { isSyscallError } from '../errors';
 import { native } from '../native';
 import { O_RDONLY } from '../uapi';
-import { MigrationError } from './errors';
+import { MigrationError, abortError } from './errors';
 
 /**
  * A source of stream bytes that reads into buffers the caller owns. The decoder then keeps three
@@ -48,19 +48,27 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
   readonly #handle: FdHandle;
   readonly #cancelId = (lastCancelId = (lastCancelId % 0xfffffffe) + 1);
 
-  /** Reads `fd`; close() closes it only when `closeFd` is set (stdin stays open by default). */
-  constructor(fd: number, options: { name?: string; closeFd?: boolean } = {}) {
+  readonly #signal: AbortSignal | undefined;
+
+  /**
+   * Reads `fd`; close() closes it only when `closeFd` is set (stdin stays open by default). With
+   * `signal`, an abort closes the source: a read waiting on a silent pipe, and every read after,
+   * rejects with ERR_MIGRATION_ABORTED.
+   */
+  constructor(fd: number, options: { name?: string; closeFd?: boolean; signal?: AbortSignal } = {}) {
     if (!Number.isInteger(fd) || fd < 0)
       throw new TypeError(`FdSource: fd must be a non-negative integer, got ${String(fd)}`);
     this.name = options.name ?? `fd ${fd}`;
     this.#handle = new FdHandle(fd, this.name, { closeFd: options.closeFd ?? false });
+    this.#signal = options.signal;
+    this.#signal?.addEventListener('abort', () => this.close(), { once: true });
   }
 
   /** Opens a file (O_RDONLY | O_CLOEXEC) to read a stream from; close() closes it. */
-  static open(path: string): FdSource {
+  static open(path: string, options: { signal?: AbortSignal } = {}): FdSource {
     if (typeof path !== 'string' || path.includes('\0'))
       throw new TypeError(`FdSource.open: path must be a string without NUL bytes, got ${JSON.stringify(path)}`);
-    return new FdSource(native.open(path, O_RDONLY), { name: path, closeFd: true });
+    return new FdSource(native.open(path, O_RDONLY), { name: path, closeFd: true, signal: options.signal });
   }
 
   /**
@@ -71,6 +79,7 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
     try {
       return await this.#handle.run((fd) => native.readAtLeastAsync(fd, buffer, offset, min, max, this.#cancelId));
     } catch (err) {
+      if (this.#signal?.aborted) throw Object.assign(abortError(this.#signal, `reading ${this.name}`), { cause: err });
       if (this.#handle.closed && isSyscallError(err, 'ECANCELED')) {
         throw new MigrationError('ERR_MIGRATION_IO', `${this.name} was closed while a read was waiting`, {
           cause: err,
