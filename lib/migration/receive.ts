@@ -5,6 +5,8 @@ import { recoverDestination } from './recovery';
 import type { Migration } from './session';
 import { progressReporter } from './steps';
 import { StreamDecoder, type StreamHeader } from './stream';
+import { headerProblem } from './stream/header';
+import { printable } from '../printable';
 import { ByteQueue, Inbox, MigrateError, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
 import type { Progress } from './types';
 import { FRAME, WIRE_VERSION, WireEnd, WireError, messageBody, type Channel, type Frame } from './wire';
@@ -43,6 +45,9 @@ export function helloProblem(hello: Hello, destinations: readonly Migration[], f
   for (const [i, h] of hello.devices.entries()) {
     const m = destinations[i]!;
     if (h === null || typeof h !== 'object') return `device ${i}: no stream header`;
+    // The same shape rules as a stream file's header: a hello is as untrusted as a file.
+    const bad = headerProblem(h as Parameters<typeof headerProblem>[0]);
+    if (bad) return `device ${i}: bad stream header: ${printable(bad.problem)}`;
     const refusal = headerRefusal(h, m.protocol, m.device, force);
     if (refusal && 'mismatches' in refusal)
       return `device ${i} (${m.device.name}) is another kind of device than its source (${refusal.mismatches.join('; ')}); use --force to take it anyway`;
