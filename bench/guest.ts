@@ -13,7 +13,7 @@ const ONE = join(__dirname, 'one.js');
 const OURS_FILE = '/tmp/bench-ours.vfmig';
 const REF_FILE = '/tmp/bench-ref.bin';
 const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
-const CLI = join(__dirname, '../cli/vfio-mig.js');
+const CLI = join(__dirname, '../bin/vfio-mig.js');
 
 /** Wall time of a whole command as a user runs it: from spawn to exit, process start included. */
 function timed(cmd: string, args: string[]): number {
@@ -161,10 +161,10 @@ async function main(): Promise<void> {
           const refSave = run(REF, [`${proto}-save`, src, REF_FILE]);
           idleDelays.push(JSON.parse((await idleOut).trim().split('\n').pop()!).loopDelayMaxMs);
           // The reference leaves the source stopped; the driver needs RUNNING for the next save.
-          execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
+          execFileSync(process.execPath, [join(__dirname, '../bin/vfio-mig.js'), 'state', src, 'RUNNING']);
           const refLoad = run(REF, [`${proto}-load`, dst, REF_FILE]);
           rmSync(REF_FILE, { force: true });
-          execFileSync(process.execPath, [join(__dirname, '../cli/vfio-mig.js'), 'state', src, 'RUNNING']);
+          execFileSync(process.execPath, [join(__dirname, '../bin/vfio-mig.js'), 'state', src, 'RUNNING']);
           runs.push({ ours, ref: { save: refSave, load: refLoad } });
           wholes.push(wholeCommands(proto, src, dst));
           exact &&= source.checksum() === dest.checksum();

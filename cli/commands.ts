@@ -1,27 +1,16 @@
 // The commands of vfio-mig as a table: each with its own options, positional arguments and run function.
 import type { ParseArgsConfig } from 'node:util';
 import { writeFileSync } from 'node:fs';
-import {
-  checkDevice,
-  formatJunit,
-  formatReport,
-  unknownSelectors,
-  DEFAULT_PRECOPY_ITERATIONS,
-  listDevices,
-  openDevice,
-  printable,
-  probeDmaLogging,
-  requireMigration,
-  verify,
-  FdSource,
-  MigrationError,
-  type Device,
-  type PrecopyPolicy,
-} from '../lib';
+import type { Device, PrecopyPolicy } from '../lib';
+import { openDevice } from '../lib/device';
+import { printable } from '../lib/printable';
+import { requireMigration } from '../lib/migration/attach';
+import { MigrationError } from '../lib/migration/errors';
+import { DEFAULT_PRECOPY_ITERATIONS } from '../lib/migration/policy';
+import { FdSource } from '../lib/migration/source';
 import { infoText, type DirtyFacts } from './info-text';
 import { openOutput, type Output } from './output';
 import { ProgressView, formatBytes } from './progress';
-import { migrateCommand, receiveCommand } from './migrate-command';
 
 export const EXIT = {
   ok: 0,
@@ -60,6 +49,9 @@ export interface CommandContext {
   /** Prints the human text, or the data as JSON with --json. */
   print(human: string, data: unknown): void;
 }
+
+// Modules only some commands use are loaded by those commands (import() below): start-up is most
+// of a short command's time, and a save should not pay for the checker or the migrate protocol.
 
 export interface Command {
   /** Options of this command besides the global --json, --quiet and --help. */
@@ -202,6 +194,7 @@ async function verifyCommand({ positionals, signal, print }: CommandContext): Pr
   const input = positionals[0]!;
   // An abort closes the source (openInput): the read in progress rejects as the abort; said here
   // in verify's own words.
+  const { verify } = await import('../lib/migration/session');
   const r = await verify(openInput(input, signal)).catch((err: unknown) => {
     if (!signal?.aborted) throw err;
     const reason = signal.reason instanceof Error ? signal.reason.message : String(signal.reason);
@@ -226,7 +219,8 @@ async function verifyCommand({ positionals, signal, print }: CommandContext): Pr
 }
 
 /** What `info` says about dirty tracking; a probe that fails says why instead of failing the command. */
-function dirtyFacts(device: Device): DirtyFacts {
+async function dirtyFacts(device: Device): Promise<DirtyFacts> {
+  const { probeDmaLogging } = await import('../lib/dirty/logging');
   const why = (err: unknown) => (err instanceof Error ? err.message : String(err));
   let dmaLoggingMissing: string | null;
   try {
@@ -256,12 +250,16 @@ function ruleList(value: unknown): string[] {
     .filter(Boolean);
 }
 
-function checkRuleOptions(values: Values): void {
+async function checkRuleOptions(values: Values): Promise<void> {
+  const { unknownSelectors } = await import('../lib/check/rules');
   const bad = unknownSelectors([...ruleList(values.only), ...ruleList(values.skip)]);
   if (bad.length) throw new UsageError(`no rule matches ${bad.join(', ')} (vfio-mig help check lists them)`);
 }
 
 async function checkCommand({ values, positionals, io, print }: CommandContext): Promise<number> {
+  // the rule selectors are checked before the device is opened
+  await checkRuleOptions(values);
+  const { checkDevice, formatJunit, formatReport } = await import('../lib/check');
   return withDevice(positionals[0]!, async (device) => {
     const report = await checkDevice(device, {
       only: ruleList(values.only),
@@ -279,6 +277,7 @@ export const COMMANDS: Record<string, Command> = {
     options: { 'no-probe': { type: 'boolean' } },
     args: [],
     async run({ values, print }) {
+      const { listDevices } = await import('../lib/list');
       const devices = await listDevices({ probe: !values['no-probe'] });
       const rows = devices.map((d) => {
         const flags = d.migrationFlags
@@ -300,7 +299,7 @@ export const COMMANDS: Record<string, Command> = {
         const migration = device.migration;
         const state = migration ? await migration.state() : undefined;
         const dataSize = migration ? await migration.dataSizeEstimate() : undefined;
-        const dirty = dirtyFacts(device);
+        const dirty = await dirtyFacts(device);
         const data = {
           name: device.name,
           sysfs: device.sysfs,
@@ -354,7 +353,6 @@ export const COMMANDS: Record<string, Command> = {
       junit: { type: 'string' },
     },
     args: ['device'],
-    check: checkRuleOptions,
     run: checkCommand,
   },
   migrate: {
@@ -372,7 +370,8 @@ export const COMMANDS: Record<string, Command> = {
       precopyOption(values);
       integerOption(values, 'timeout');
     },
-    run: (ctx) => migrateCommand(ctx, precopyOption(ctx.values), secondsOption(ctx.values)),
+    run: async (ctx) =>
+      (await import('./migrate-command')).migrateCommand(ctx, precopyOption(ctx.values), secondsOption(ctx.values)),
   },
   receive: {
     options: { timeout: { type: 'string' }, force: { type: 'boolean' } },
@@ -380,7 +379,7 @@ export const COMMANDS: Record<string, Command> = {
     check(values) {
       integerOption(values, 'timeout');
     },
-    run: (ctx) => receiveCommand(ctx, secondsOption(ctx.values)),
+    run: async (ctx) => (await import('./migrate-command')).receiveCommand(ctx, secondsOption(ctx.values)),
   },
   state: {
     options: {},

@@ -32,7 +32,7 @@ Commands:
   reset <device>               VFIO_DEVICE_RESET
 
 A <device> is a PCI address (0000:3b:00.1), an mdev UUID or a sysfs path.
-Global options: --json (machine-readable output), --quiet (no progress), --help.
+Global options: --json (machine-readable output), --quiet (no progress), --help, --version.
 Exit codes: 0 ok, 1 other failure (I/O, a closed output pipe), 2 usage, 3 device not
 found/not bound/permission/busy, 4 device or protocol error, 5 bad or foreign stream,
 6 not conformant (check: a MUST rule failed); migrate/receive: 10 the source side failed,

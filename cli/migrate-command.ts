@@ -1,18 +1,14 @@
 // vfio-mig migrate and vfio-mig receive: destinations (local, ssh://, exec:), the child that carries the channel, the report.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import {
-  MigrateError,
-  migrate,
-  migrateLocal,
-  openDevice,
-  printable,
-  receive,
-  requireMigration,
-  type Device,
-  type MigrateResult,
-  type Progress,
-} from '../lib';
+import type { Device, MigrateResult, Progress } from '../lib';
+import { openDevice } from '../lib/device';
+import { printable } from '../lib/printable';
+import { requireMigration } from '../lib/migration/attach';
+import { migrate } from '../lib/migration/migrate';
+import { migrateLocal } from '../lib/migration/local';
+import { receive } from '../lib/migration/receive';
+import { MigrateError } from '../lib/migration/txn';
 import { EXIT, UsageError, type CommandContext } from './commands';
 import { formatBytes } from './progress';
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 // vfio-mig: the command line of vfio-migration: arguments, dispatch to the command table, errors and exit codes.
 import { parseArgs } from 'node:util';
-import { MigrationError, StreamError, SyscallError, VfioError, printable } from '../lib';
+import { SyscallError, VfioError } from '../lib/errors';
+import { MigrationError } from '../lib/migration/errors';
+import { StreamError } from '../lib/migration/stream/errors';
+import { printable } from '../lib/printable';
 import { COMMANDS, EXIT, UsageError, json, pendingOutputs, type Io } from './commands';
-import { HELP } from './help';
 import { OutputError } from './output';
+import { version } from '../lib/migration/identity';
 
 export { EXIT };
 
@@ -12,6 +15,7 @@ const GLOBAL_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
   json: { type: 'boolean' },
   quiet: { type: 'boolean', short: 'q' },
+  version: { type: 'boolean' },
 } as const;
 
 const DEVICE_CODES = [
@@ -71,6 +75,11 @@ function errorObject(err: unknown, exitCode: number): Record<string, unknown> {
   };
 }
 
+/** A help page; the texts (which list the checker's rules) are loaded only when asked for. */
+async function helpText(topic: string): Promise<string> {
+  return (await import('./help')).HELP[topic]!;
+}
+
 /** Splits argv into the command and its arguments; global options may come before the command. */
 function splitCommand(argv: string[]): { command: string | undefined; rest: string[]; globals: string[] } {
   const globals: string[] = [];
@@ -92,11 +101,15 @@ export async function main(
     if (command === 'help') {
       const topic = rest[0];
       if (topic !== undefined && !COMMANDS[topic]) throw new UsageError(`no help for '${topic}': not a command`);
-      io.stdout.write(`${HELP[topic ?? 'main']}\n`);
+      io.stdout.write(`${await helpText(topic ?? 'main')}\n`);
+      return EXIT.ok;
+    }
+    if (!command && pre.values.version) {
+      io.stdout.write(`vfio-mig ${version()}\n`);
       return EXIT.ok;
     }
     if (!command) {
-      io.stdout.write(`${HELP.main}\n`);
+      io.stdout.write(`${await helpText('main')}\n`);
       return pre.values.help ? EXIT.ok : EXIT.usage;
     }
     const spec = COMMANDS[command];
@@ -110,7 +123,7 @@ export async function main(
     const values = { ...pre.values, ...parsed.values } as Record<string, string | boolean | undefined>;
     asJson = !!values.json;
     if (values.help) {
-      io.stdout.write(`${HELP[command]}\n`);
+      io.stdout.write(`${await helpText(command)}\n`);
       return EXIT.ok;
     }
     const required = spec.args.filter((a) => !a.endsWith('?'));

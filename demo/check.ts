@@ -4,7 +4,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { DRIVER, PARENT_DIR, TestDevice } from '../test/support/test-driver';
 
-const CLI = join(__dirname, '../cli/vfio-mig.js');
+const CLI = join(__dirname, '../bin/vfio-mig.js');
 const JUNIT = '/tmp/demo-check.xml';
 
 function die(message: string): never {

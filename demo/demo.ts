@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { DRIVER, PARENT_DIR, TestDevice } from '../test/support/test-driver';
 
 const STATE_SIZE = Number(process.env.DEMO_STATE_SIZE ?? 64 << 20);
-const CLI = join(__dirname, '../cli/vfio-mig.js');
+const CLI = join(__dirname, '../bin/vfio-mig.js');
 const FILE = '/tmp/demo-device.vfmig';
 
 function die(message: string): never {

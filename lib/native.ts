@@ -1,4 +1,5 @@
 // The one place that loads the native addon, with the typed interface of everything it exports.
+import { join } from 'node:path';
 import { SyscallError } from './errors';
 
 export type Width = 1 | 2 | 4 | 8;
@@ -144,9 +145,22 @@ export interface NativeAddon {
   constants: Record<string, number>;
 }
 
-// bindings finds build/Release (or Debug) from the package root, wherever dist/ is run from.
 // eslint-disable-next-line @typescript-eslint/no-require-imports -- bindings has no ES module form
-const loadBinding = require('bindings') as (name: string) => unknown;
+const loadBinding = require('bindings') as (opts: {
+  bindings: string;
+  module_root: string;
+  try: string[][];
+}) => unknown;
 
-export const native = loadBinding('vfio_native') as NativeAddon;
+// The package root is two levels above this file, in dist/lib and in the CLI's bundle (dist/bin)
+// alike. Given it, bindings skips its stack-trace search for the root, and trying Release first
+// spares a command the failed lookups of every other layout (a visible share of start-up).
+export const native = loadBinding({
+  bindings: 'vfio_native',
+  module_root: join(__dirname, '..', '..'),
+  try: [
+    ['module_root', 'build', 'Release', 'bindings'],
+    ['module_root', 'build', 'Debug', 'bindings'],
+  ],
+}) as NativeAddon;
 native.setErrorClass(SyscallError);

@@ -1,16 +1,30 @@
 // What a stream records about its source device and tool, and how a destination is compared with it.
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Device } from '../device';
 
 let toolVersion: string | undefined;
-/** The package version written into stream headers. */
+/**
+ * The package version written into stream headers, from the nearest package.json of this package
+ * above this file: dist/lib/migration/ in the library, dist/bin/ in the CLI's bundle.
+ */
 export function version(): string {
   if (toolVersion === undefined) {
-    try {
-      toolVersion = String(JSON.parse(readFileSync(join(__dirname, '../../../package.json'), 'utf8')).version);
-    } catch {
-      toolVersion = 'unknown';
+    toolVersion = 'unknown';
+    for (let dir = __dirname; ; dir = dirname(dir)) {
+      try {
+        const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
+          name?: unknown;
+          version?: unknown;
+        };
+        if (pkg.name === 'vfio-migration') {
+          toolVersion = String(pkg.version);
+          break;
+        }
+      } catch {
+        // no package.json here (or not readable): look further up
+      }
+      if (dirname(dir) === dir) break;
     }
   }
   return toolVersion;

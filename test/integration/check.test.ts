@@ -102,7 +102,7 @@ describe('vfio-mig check on the test driver', { skip: needsDriver }, () => {
 });
 
 describe('vfio-mig check, the command', { skip: needsDriver }, () => {
-  const BIN = join(__dirname, '../../cli/vfio-mig.js');
+  const BIN = join(__dirname, '../../bin/vfio-mig.js');
   const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 
   test(`exit 0 on the clean driver, 6 with a MUST bug; --junit, --json, --only (${guestKernel})`, () => {

@@ -6,7 +6,7 @@ import { existsSync, readdirSync, writeFileSync, readFileSync, rmSync, statSync 
 import { join } from 'node:path';
 import { TestDevice, needsDriver } from '../support/test-driver';
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-cli-test';
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 

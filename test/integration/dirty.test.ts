@@ -365,7 +365,7 @@ describe('dirty tracking: DMA mappings, IOMMU dirty pages, device DMA logging', 
   test('vfio-mig info says what each tracker offers (human and --json)', () => {
     const dev = new TestDevice('v2');
     try {
-      const bin = join(__dirname, '../../cli/vfio-mig.js');
+      const bin = join(__dirname, '../../bin/vfio-mig.js');
       const human = spawnSync(process.execPath, [bin, 'info', dev.uuid], { encoding: 'utf8' });
       assert.equal(human.status, 0, human.stderr);
       assert.match(human.stdout, /^Dirty tracking:$/m);

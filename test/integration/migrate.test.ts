@@ -9,7 +9,7 @@ import { guestKernel, hasPrecopy, needsMdevParent, openFdCount } from './helpers
 import { createMdev, removeMdev } from '../support/mdev';
 import { TestDevice, bar0Checksum, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const KINDS: Kind[] = ['v1', 'v1-trapped', 'v2'];
 const MiB = 1 << 20;
 

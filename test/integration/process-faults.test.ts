@@ -10,7 +10,7 @@ import { KIND_TRAILER } from '../../lib/migration/stream/format';
 import { TestDevice, needsDriver, type Kind } from '../support/test-driver';
 import { hasPrecopy } from './helpers';
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-process-faults';
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 const TEMP_FILE = /^\..+\.vfio-mig-.+-\d+-[0-9a-f]{8}\.tmp$/;

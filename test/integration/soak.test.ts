@@ -12,7 +12,7 @@ import { openOutput } from '../../cli/output';
 import { TestDevice, liveAllocs, needsDriver, type Kind } from '../support/test-driver';
 import { openFdCount } from './helpers';
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-soak';
 
 // Issue 17 asks for a thousand round trips. Under TCG (no KVM on the CI machine) one in-process

@@ -2,12 +2,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StreamEncoder, PHASE_STOP_COPY } from '../../lib/migration/stream';
+import { version } from '../../lib/migration/identity';
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 
 async function streamBytes(): Promise<Buffer> {
@@ -138,4 +139,12 @@ test('host: check: rule selectors are checked before a device is opened; help li
   for (const r of RULES) assert.match(help.stdout, new RegExp(`\\n    ${r.id.replace(/\./g, '\\.')} +${r.level}`));
   assert.match(help.stdout, /6 a MUST rule failed/);
   assert.match(run('--help').stdout, /6 not conformant/);
+});
+
+test('--version prints the package version, from the bundled bin as from the library', () => {
+  const pkg = JSON.parse(readFileSync(join(__dirname, '../../../package.json'), 'utf8')) as { version: string };
+  const r = run('--version');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, `vfio-mig ${pkg.version}\n`);
+  assert.equal(version(), pkg.version);
 });

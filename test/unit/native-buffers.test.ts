@@ -13,7 +13,7 @@ import { mapFd } from '../../lib/mapping';
 import { O_RDWR } from '../../lib/uapi';
 
 const NATIVE = join(__dirname, '../../lib/native.js');
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 
 interface ChildResult {
   code: number | null;

@@ -8,7 +8,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 
 import { StreamEncoder } from '../../lib/migration/stream';
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 
 interface Exit {
   code: number | null;

@@ -12,7 +12,7 @@ import { FdSource, printable } from '../../lib';
 import { native } from '../../lib/native';
 import { StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamHeader } from '../../lib/migration/stream';
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 
 /** A stream whose header JSON is `json` (bytes as given, every checksum right), with one record. */
 function streamWithJson(json: string | Buffer): Buffer {
