@@ -8,6 +8,7 @@ import { requireMigration } from '../lib/migration/attach';
 import { MigrationError } from '../lib/migration/errors';
 import { DEFAULT_PRECOPY_ITERATIONS } from '../lib/migration/policy';
 import { FdSource } from '../lib/migration/source';
+import { enlargePipe } from '../lib/pipe';
 import { infoText, type DirtyFacts } from './info-text';
 import { openOutput, type Output } from './output';
 import { ProgressView, formatBytes } from './progress';
@@ -81,7 +82,9 @@ export function json(value: unknown): string {
 function openInput(input: string, signal?: AbortSignal): FdSource {
   try {
     // On a signal the source closes itself: a read waiting on a silent pipe ends as the abort.
-    return input === '-' ? new FdSource(0, { name: 'stdin', signal }) : FdSource.open(input, { signal });
+    if (input !== '-') return FdSource.open(input, { signal });
+    enlargePipe(0);
+    return new FdSource(0, { name: 'stdin', signal });
   } catch (err) {
     throw new MigrationError('ERR_MIGRATION_IO', `cannot open ${input}: ${(err as Error).message}`, {
       cause: err,
@@ -147,7 +150,9 @@ async function save({ values, positionals, io, signal, print }: CommandContext):
       const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
       try {
         // commit runs inside save(): if the fsync or rename fails, the source is recovered.
-        const result = await migration.save(file ? file.stream : io.stdout, {
+        // A pipe to the next command (ssh, load -i -) takes a whole record per write.
+        if (!file) enlargePipe(1);
+        const result = await migration.save(file ? file.sink : io.stdout, {
           ...options,
           onProgress: view.update,
           commit: file?.commit,

@@ -90,6 +90,18 @@ export interface NativeAddon {
   ): Promise<void>;
   read(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
   readAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
+  /** One read (position -1) or pread, then the CRC-32 of the bytes read, on the same pool thread. */
+  readChecksummedAsync(
+    fd: number,
+    buffer: Uint8Array,
+    bufferOffset: number,
+    length: number,
+    position: Offset | -1,
+  ): Promise<{ bytes: number; crc: number }>;
+  /** writev of whole views in order, short writes continued, one pool job; regular files and block devices only. */
+  writevAllAsync(fd: number, buffers: Uint8Array[]): Promise<number>;
+  /** F_SETPIPE_SZ: resolves the pipe's capacity after the call. */
+  setPipeSize(fd: number, bytes: number): number;
   /**
    * Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended. A
    * regular file is read on the pool; a pipe, socket or terminal on a thread of its own, which

@@ -81,6 +81,7 @@ class JobBytes {
 
   // The job's memory: valid on any thread for the job's life.
   uint8_t* data() const { return data_; }
+  size_t length() const { return length_; }
   bool bounced() const { return bounce_ != nullptr; }
   // JS thread, after a kTarget/kBoth job succeeded: copies the first `n` bytes into the caller's view.
   // Throws an Error with code ERR_BUFFER_DETACHED when the view lost its memory meanwhile.

@@ -162,7 +162,9 @@ export async function migrate(
     event('destination ready (RESUMING)');
 
     const encoders = sources.map((_m, i) => new StreamEncoder((chunk) => wire.send(FRAME.data, i, chunk), headers[i]!));
-    const windows = encoders.map((e) => new EmitWindow((phase, payload) => e.writeRecord(phase, payload)));
+    const windows = encoders.map(
+      (e) => new EmitWindow((phase, payload, payloadCrc) => e.writeRecord(phase, payload, payloadCrc)),
+    );
     const reports = sources.map((_m, i) =>
       progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p))),
     );
@@ -177,7 +179,7 @@ export async function migrate(
         const pre = await precopyPasses(
           m.engine,
           precopy,
-          (phase, payload) => windows[i]!.push(phase, payload),
+          (phase, payload, payloadCrc) => windows[i]!.push(phase, payload, payloadCrc),
           () => windows[i]!.flush(),
           reports[i]!,
           local.signal,
@@ -208,7 +210,7 @@ export async function migrate(
         });
         const moved = await stopCopyPass(
           m.engine,
-          (phase, payload) => windows[i]!.push(phase, payload),
+          (phase, payload, payloadCrc) => windows[i]!.push(phase, payload, payloadCrc),
           () => windows[i]!.flush(),
           reports[i]!,
           local.signal,

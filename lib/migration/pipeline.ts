@@ -16,9 +16,9 @@ export class EmitWindow {
     this.#emit = emit;
   }
 
-  async push(phase: number, payload: Uint8Array): Promise<void> {
+  async push(phase: number, payload: Uint8Array, payloadCrc?: number): Promise<void> {
     await this.flush();
-    const p = this.#emit(phase, payload);
+    const p = this.#emit(phase, payload, payloadCrc);
     p.catch(() => undefined); // surfaced by the next push() or flush()
     this.#inFlight = p;
   }

@@ -81,12 +81,12 @@ export class Migration {
     const header = streamHeader(this.device, this.engine, options.meta);
     const encoder = new StreamEncoder(sink, header);
     // One emit in flight while the engine reads the next chunk from the device.
-    const window = new EmitWindow((phase, payload) => encoder.writeRecord(phase, payload));
+    const window = new EmitWindow((phase, payload, payloadCrc) => encoder.writeRecord(phase, payload, payloadCrc));
     let stoppedAt = 0;
     try {
       await encoder.writeHeader();
       const precopy = wantsPrecopy(options.precopy) && this.engine.canPrecopy;
-      const push: Push = (phase, payload) => window.push(phase, payload);
+      const push: Push = (phase, payload, payloadCrc) => window.push(phase, payload, payloadCrc);
       const flush = (): Promise<void> => window.flush();
       const pre = precopy
         ? await precopyPasses(this.engine, options.precopy as PrecopyPolicy, push, flush, report, options.signal)

@@ -43,7 +43,7 @@ export function streamHeader(device: Device, engine: MigrationEngine, meta?: Rec
   };
 }
 
-export type Push = (phase: number, payload: Uint8Array) => Promise<void>;
+export type Push = (phase: number, payload: Uint8Array, payloadCrc?: number) => Promise<void>;
 
 export interface PrecopyOutcome {
   iterations: number;
@@ -83,7 +83,7 @@ export async function precopyPasses(
     const moved = await engine.copy({
       stage: 'precopy',
       pending,
-      emit: (payload) => push(iteration, payload),
+      emit: (payload, payloadCrc) => push(iteration, payload, payloadCrc),
       budget: pending.bytes,
       signal,
       onChunk: (passBytes, left) => report('precopy', iteration, bytes + passBytes, left),
@@ -111,7 +111,7 @@ export async function stopCopyPass(
   const moved = await engine.copy({
     stage: 'stop-copy',
     pending,
-    emit: (payload) => push(PHASE_STOP_COPY, payload),
+    emit: (payload, payloadCrc) => push(PHASE_STOP_COPY, payload, payloadCrc),
     signal,
     onChunk: (bytes, left) => report('stop-copy', 0, before + bytes, left),
   });

@@ -72,8 +72,11 @@ export interface LoadResult {
   elapsedMs: number;
 }
 
-/** Callback that takes one chunk of a save; the payload view may be reused after it resolves. */
-export type EmitChunk = (phase: number, payload: Uint8Array) => Promise<void>;
+/**
+ * Callback that takes one chunk of a save; the payload view may be reused after it resolves.
+ * `payloadCrc` is the payload's CRC-32 when the engine's read computed it (native, off the JS thread).
+ */
+export type EmitChunk = (phase: number, payload: Uint8Array, payloadCrc?: number) => Promise<void>;
 
 /** Where a saving device stands, as its engine reads it. */
 export interface PendingData {
@@ -90,7 +93,7 @@ export interface CopyPass {
    * Takes one chunk. The engine may refill a chunk's buffer once the next emit() has resolved:
    * the caller keeps at most one emit in flight (EmitWindow), so two buffers used in turn suffice.
    */
-  emit: (payload: Uint8Array) => Promise<void>;
+  emit: (payload: Uint8Array, payloadCrc?: number) => Promise<void>;
   /** What pending() said just before this pass (v1: spec step a), so the engine need not ask again. */
   pending?: PendingData;
   /** Pre-copy only: end the pass after this many bytes (a device that dirties itself never runs dry). */

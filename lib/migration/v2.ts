@@ -252,9 +252,13 @@ export class V2Engine implements MigrationEngine {
       if (pass.signal?.aborted) throw abortError(pass.signal, precopy ? 'pre-copy' : 'stop-and-copy');
       if (pass.budget !== undefined && BigInt(moved) >= pass.budget) return moved;
       let n: number;
+      let crc: number;
       const buf = this.#chunks.next(this.readSize);
       try {
-        n = await fd.run((f) => native.readAsync(f, buf, 0, this.readSize));
+        // The payload's CRC-32 is computed by the pool thread that read it, off the JS thread.
+        const read = await fd.run((f) => native.readChecksummedAsync(f, buf, 0, this.readSize, -1));
+        n = read.bytes;
+        crc = read.crc;
       } catch (err) {
         if (precopy && (isSyscallError(err, 'ENOMSG') || isSyscallError(err, 'EAGAIN'))) return moved;
         if (!precopy && isSyscallError(err, 'EAGAIN') && again++ < 100) {
@@ -264,7 +268,7 @@ export class V2Engine implements MigrationEngine {
         throw deviceStepError(`read data_fd in ${precopy ? 'PRE_COPY' : 'STOP_COPY'}`, err);
       }
       if (n === 0) return moved;
-      await pass.emit(buf.subarray(0, n));
+      await pass.emit(buf.subarray(0, n), crc);
       moved += n;
       if (stopCopy) stopCopy.moved += BigInt(n);
       pass.onChunk(moved, stopCopy ? (await this.pending()).bytes : undefined);

@@ -75,7 +75,7 @@ describe('soak: save/load round trips', { skip: needsDriver }, () => {
         // The CLI's path: an atomic output, committed inside save().
         const out = openOutput(file);
         try {
-          await requireMigration(src).save(out.stream, { leave: 'running', commit: out.commit });
+          await requireMigration(src).save(out.sink, { leave: 'running', commit: out.commit });
         } finally {
           out.discard();
         }

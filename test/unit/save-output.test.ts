@@ -19,14 +19,22 @@ import { join } from 'node:path';
 import type { Device } from '../../lib/device';
 import { Migration, MigrationError, V1Engine, verify } from '../../lib/migration';
 import { V1ModelDevice } from '../models/v1-device';
-import { OutputError, openOutput, sweepAbandoned } from '../../cli/output';
+import { OutputError, openOutput, sweepAbandoned, type Output } from '../../cli/output';
+import { FileSink } from '../../lib/migration/stream/sink';
 
 const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-output-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
+/** Writes raw bytes to an output, whichever sink it has (a FileSink for files, a WriteStream otherwise). */
+async function writeTo(out: Output, data: string): Promise<void> {
+  const sink = out.sink;
+  if (sink instanceof FileSink) return sink.write([Buffer.from(data)]);
+  await new Promise<void>((resolve, reject) => sink.write(data, (err) => (err ? reject(err) : resolve())));
+}
+
 async function writeAll(path: string, data: string) {
   const out = openOutput(path);
-  await new Promise<void>((resolve, reject) => out.stream.write(data, (err) => (err ? reject(err) : resolve())));
+  await writeTo(out, data);
   await out.commit();
   return out;
 }
@@ -79,7 +87,7 @@ test('host: a FIFO is written in place and its reader gets every byte; without a
     try {
       const out = openOutput(fifo);
       assert.equal(out.kind, 'direct');
-      await new Promise<void>((resolve, reject) => out.stream.write('via fifo', (e) => (e ? reject(e) : resolve())));
+      await writeTo(out, 'via fifo');
       await out.commit();
       break;
     } catch (err) {
@@ -102,11 +110,11 @@ test('host: a directory, a missing directory and a dangling link are refused bef
   assert.ok(!existsSync(join(dir, 'nowhere')));
 });
 
-test('host: discard removes the temporary file at once and leaves an existing file untouched', () => {
+test('host: discard removes the temporary file at once and leaves an existing file untouched', async () => {
   const file = join(dir, 'keep.vfmig');
   writeFileSync(file, 'previous');
   const out = openOutput(file);
-  out.stream.write('partial');
+  await writeTo(out, 'partial');
   out.discard();
   out.discard();
   assert.deepEqual(

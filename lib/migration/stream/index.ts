@@ -10,7 +10,7 @@ export {
 } from './format';
 export type { StreamHeader } from './header';
 export { StreamError, type StreamErrorCode } from './errors';
-export type { StreamSink } from './sink';
+export { FileSink, type StreamSink } from './sink';
 export { StreamEncoder, type StreamEncoderOptions } from './encoder';
 export type { StreamSource, StreamReader } from './reader';
 export { StreamDecoder, type StreamDecoderOptions } from './decoder';

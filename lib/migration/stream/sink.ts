@@ -2,8 +2,23 @@
 import type { Writable } from 'node:stream';
 import { WriteStream } from 'node:fs';
 import { Socket } from 'node:net';
+import { native } from '../../native';
 
-export type StreamSink = NodeJS.WritableStream | ((chunk: Buffer) => Promise<void>);
+/**
+ * A regular file (or block device) that the encoder writes itself: each record leaves in one
+ * writev from the buffer its payload was read into, with no copy and no stream queue between.
+ * The caller owns the fd (opens, fsyncs, closes it).
+ */
+export class FileSink {
+  constructor(readonly fd: number) {}
+
+  /** Writes the views in order at the fd's offset; resolves once they are all written. */
+  async write(parts: Uint8Array[]): Promise<void> {
+    await native.writevAllAsync(this.fd, parts);
+  }
+}
+
+export type StreamSink = NodeJS.WritableStream | FileSink | ((chunk: Buffer) => Promise<void>);
 
 /** Hands one chunk to the sink; `flush` waits until the sink has taken it. */
 export type Emit = (chunk: Buffer, flush: boolean) => Promise<void>;
