@@ -142,6 +142,19 @@ function comm(pid: number): string {
   }
 }
 
+/** ssh -o options (for vfio-mig migrate --ssh-option) that log in with this key and trust any host key. */
+export function sshClientOptions(identityFile: string): string[] {
+  return [
+    `IdentityFile=${identityFile}`,
+    'IdentitiesOnly=yes',
+    'StrictHostKeyChecking=no',
+    'UserKnownHostsFile=/dev/null',
+    'GlobalKnownHostsFile=/dev/null',
+    'LogLevel=ERROR',
+    'ConnectTimeout=20',
+  ];
+}
+
 /** Starts sshd on address:port (root may log in with the throwaway key only). */
 export async function startSshd(opts: { address?: string; port?: number } = {}): Promise<Sshd> {
   const address = opts.address ?? '127.0.0.1';
@@ -197,15 +210,7 @@ export async function startSshd(opts: { address?: string; port?: number } = {}):
     port,
     dir,
     pid,
-    clientOptions: [
-      `IdentityFile=${join(dir, 'id')}`,
-      'IdentitiesOnly=yes',
-      'StrictHostKeyChecking=no',
-      'UserKnownHostsFile=/dev/null',
-      'GlobalKnownHostsFile=/dev/null',
-      'LogLevel=ERROR',
-      'ConnectTimeout=20',
-    ],
+    clientOptions: sshClientOptions(join(dir, 'id')),
     connectionPids: () => descendants(pid).filter((p) => comm(p) === 'sshd'),
     log,
     stop: async () => {
