@@ -368,6 +368,7 @@ export const COMMANDS: Record<string, Command> = {
       timeout: { type: 'string' },
       'reset-source': { type: 'boolean' },
       'remote-command': { type: 'string' },
+      'ssh-option': { type: 'string', multiple: true },
       force: { type: 'boolean' },
     },
     args: ['sources', 'destinations'],

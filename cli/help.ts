@@ -109,6 +109,8 @@ Options:
   --timeout SECONDS             longest wait for the other end (default 30; 0 = none)
   --reset-source                reset the sources after the commit (move semantics)
   --remote-command CMD          the program ssh runs instead of vfio-mig (e.g. 'npx vfio-mig')
+  --ssh-option KEY=VALUE        passed to ssh as -o KEY=VALUE (repeatable), e.g.
+                                IdentityFile=~/.ssh/mig, UserKnownHostsFile=FILE, ConnectTimeout=5
   --force                       destinations may be another kind of device
   --json, --quiet
 

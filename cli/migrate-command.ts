@@ -37,6 +37,17 @@ function shellQuote(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
+/** --ssh-option KEY=VALUE (repeatable): each one becomes ssh's `-o KEY=VALUE`. */
+function sshOptions(values: Values): string[] {
+  const list = ([] as unknown[]).concat(values['ssh-option'] ?? []).map(String);
+  for (const o of list) {
+    // ssh would take a leading '-' as another flag, and 'Key value' is its config-file spelling
+    if (!/^[A-Za-z][A-Za-z0-9]*=./.test(o))
+      throw new UsageError(`--ssh-option takes KEY=VALUE (ssh's -o), not '${printable(o)}'`);
+  }
+  return list;
+}
+
 /** Parses `<destinations>`: local devices, ssh://[user@]host[:port]/B1[,B2], or exec:<shell command>. */
 export function parseDestination(text: string, values: Values): Destination {
   if (text.startsWith('exec:')) {
@@ -61,6 +72,7 @@ export function parseDestination(text: string, values: Values): Destination {
       '-T',
       '-o',
       'BatchMode=yes',
+      ...sshOptions(values).flatMap((o) => ['-o', o]),
       ...(port ? ['-p', port] : []),
       `${user ? `${user}@` : ''}${host!.replace(/^\[|\]$/g, '')}`,
       command.join(' '),

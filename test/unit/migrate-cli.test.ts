@@ -22,6 +22,21 @@ test('host: destinations: local lists, ssh:// with user and port, exec:', () => 
   ]);
   const other = parseDestination('ssh://h/B', { 'remote-command': 'npx vfio-mig' });
   assert.equal(other.kind === 'command' && other.argv.at(-1), 'npx vfio-mig receive B --quiet');
+  const opts = parseDestination('ssh://h:22/B', { 'ssh-option': ['IdentityFile=/k', 'StrictHostKeyChecking=no'] });
+  assert.deepEqual(opts.kind === 'command' && opts.argv.slice(0, 10), [
+    'ssh',
+    '-T',
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'IdentityFile=/k',
+    '-o',
+    'StrictHostKeyChecking=no',
+    '-p',
+    '22',
+  ]);
+  for (const bad of ['-oProxyCommand=x', 'IdentityFile /k', '=x', 'Port='])
+    assert.throws(() => parseDestination('ssh://h/B', { 'ssh-option': [bad] }), /--ssh-option takes KEY=VALUE/);
   const exec = parseDestination('exec:socat - TCP:h:7000', {});
   assert.deepEqual(exec.kind === 'command' && exec.argv, ['sh', '-c', 'socat - TCP:h:7000']);
   assert.throws(() => parseDestination('exec:', {}), /needs a shell command/);

@@ -104,6 +104,23 @@ describe('qemuArgs', () => {
     }
   });
 
+  test('a link: a virtio-net NIC on a UDP socket netdev to the peer, after the e1000e; bad ports and MACs refused', () => {
+    const a = qemuArgs({ ...base, link: { localPort: 40001, peerPort: 40002, mac: '52:54:00:23:10:01' } });
+    const at = a.indexOf('e1000e,netdev=n0');
+    assert.deepEqual(a.slice(at + 1, at + 5), [
+      '-netdev',
+      'socket,id=link0,udp=127.0.0.1:40002,localaddr=127.0.0.1:40001',
+      '-device',
+      'virtio-net-pci,netdev=link0,mac=52:54:00:23:10:01',
+    ]);
+    assert.equal(a.filter((x) => x === '-netdev').length, 2);
+    assert.equal(qemuArgs(base).filter((x) => x === '-netdev').length, 1, 'no link unless asked');
+    const link = { localPort: 1, peerPort: 2, mac: '52:54:00:00:00:01' };
+    assert.throws(() => qemuArgs({ ...base, link: { ...link, peerPort: 70000 } }), RangeError);
+    assert.throws(() => qemuArgs({ ...base, link: { ...link, localPort: 0 } }), RangeError);
+    assert.throws(() => qemuArgs({ ...base, link: { ...link, mac: '52:54:00:00:00' } }), RangeError);
+  });
+
   test('qemuArgv: under setpriv --pdeathsig when setpriv works', () => {
     assert.deepEqual(qemuArgv(['-m', '1'], true), [
       'setpriv',

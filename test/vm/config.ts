@@ -21,6 +21,19 @@ export interface TextSink {
   write(text: string): unknown;
 }
 
+/**
+ * A second NIC (virtio-net) on a link of its own: a QEMU UDP socket netdev between two guests over the
+ * host's loopback, each guest sending to the other's port. No host interface, no route out; the guests
+ * give it addresses themselves. Either guest may start first (UDP: nothing to connect to).
+ */
+export interface GuestLink {
+  /** The UDP port on 127.0.0.1 this guest receives on, and the peer's. */
+  localPort: number;
+  peerPort: number;
+  /** The NIC's MAC address (the guest finds its interface by it), e.g. 52:54:00:23:10:01. */
+  mac: string;
+}
+
 export interface GuestOptions {
   /** Argument vector, run with exec semantics at the project root inside the guest. */
   command: readonly string[];
@@ -53,6 +66,8 @@ export interface GuestOptions {
   prepare?: boolean;
   /** Aborting kills the guest; the result then says so. */
   signal?: AbortSignal;
+  /** A virtio-net NIC on a link to another guest (see GuestLink). */
+  link?: GuestLink;
 }
 
 export interface GuestResult {

@@ -485,6 +485,50 @@ step_initramfs() {
 	echo "$KVER $STEP_VERSION $sum" >"$S/initramfs.ok"
 }
 
+# OpenSSH for the ssh tests (test/support/sshd.ts): Debian's openssh-server (and libwrap0, which
+# its sshd links against and the host may lack), unpacked with dpkg-deb -x into .cache/vm/openssh/,
+# never installed: no service on the host. The guest runs that sshd (and the host's ssh client, or
+# openssh-client from here when the host has none) against throwaway keys. Shared by both series.
+OPENSSH="$CACHE/openssh"
+step_openssh() {
+	local pkgs=(openssh-server libwrap0) vers=() p v stamp debs=() d tmp fp
+	# apt's lists unchanged since the tree was unpacked: nothing to ask apt (it takes ~0.7 s a call)
+	fp=$(apt_lists_fingerprint || true) # (a missing sources.list fails its ls, not the fingerprint)
+	[ -x "$OPENSSH/usr/sbin/sshd" ] && [ "$(sed -n 1p "$OPENSSH.ok" 2>/dev/null)" = "$fp $STEP_VERSION" ] && return 0
+	command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || pkgs+=(openssh-client)
+	for p in "${pkgs[@]}"; do
+		v=$(pkg_version "$p")
+		[ -n "$v" ] || { warn "apt has no $p: the ssh tests will be skipped"; return 0; }
+		vers+=("$p=$v")
+	done
+	stamp="${vers[*]}"
+	if [ -x "$OPENSSH/usr/sbin/sshd" ] && [ "$(sed -n 2p "$OPENSSH.ok" 2>/dev/null)" = "$stamp" ]; then
+		printf '%s\n%s\n' "$fp $STEP_VERSION" "$stamp" >"$OPENSSH.ok"
+		return 0
+	fi
+	local list
+	if ! list=$( (download "${vers[@]}") 2>&1); then
+		warn "could not download ${vers[*]} (the ssh tests will be skipped): $(echo "$list" | tail -n 3)"
+		return 0
+	fi
+	mapfile -t debs < <(echo "$list" | grep '\.deb$')
+	log "unpacking ${pkgs[*]} into $OPENSSH"
+	tmp="$CACHE/.openssh.tmp"
+	rm -rf "$tmp" "$OPENSSH" "$OPENSSH.ok"; mkdir -p "$tmp"
+	for d in "${debs[@]}"; do dpkg-deb -x "$d" "$tmp" || die "dpkg-deb -x $d failed"; done
+	[ -x "$tmp/usr/sbin/sshd" ] || die "openssh-server has no usr/sbin/sshd"
+	local missing
+	missing=$(LD_LIBRARY_PATH="$tmp/usr/lib/x86_64-linux-gnu:$tmp/lib/x86_64-linux-gnu" ldd "$tmp/usr/sbin/sshd" \
+		| awk '/not found/ {print $1}' | tr '\n' ' ')
+	if [ -n "$missing" ]; then
+		warn "the unpacked sshd lacks libraries on this host: $missing(the ssh tests will be skipped)"
+		rm -rf "$tmp"; return 0
+	fi
+	mv "$tmp" "$OPENSSH"
+	printf '%s\n%s\n' "$fp $STEP_VERSION" "$stamp" >"$OPENSSH.ok"
+	log "openssh ready: $OPENSSH/usr/sbin/sshd (LD_LIBRARY_PATH=$OPENSSH/usr/lib/x86_64-linux-gnu)"
+}
+
 # ---------------------------------------------------------------- main
 mkdir -p "$CACHE"
 # one prepare at a time (npm run vm and npm run test:vm may run side by side)
@@ -531,4 +575,5 @@ for SERIES in $KERNELS; do
 	echo "$KVER" >"$S/ready"
 	log "$SERIES: ready ($KVER)"
 done
+[ "$MODULES_ONLY" = 1 ] || step_openssh
 log "done in $(elapsed) s"

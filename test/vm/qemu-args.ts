@@ -1,7 +1,7 @@
 // What a guest run is given, built without side effects: QEMU's argument vector, the kernel command
 // line, /init's guest.env and the command script. Pure functions of their inputs (unit-tested on the host).
 import { dirname, join } from 'node:path';
-import type { Accel } from './config';
+import type { Accel, GuestLink } from './config';
 import { EXIT_HARNESS } from './config';
 import { dumpMargin } from './console';
 
@@ -24,6 +24,8 @@ export interface QemuConfig {
   /** Extra kernel parameters (env VFIO_MIG_VM_APPEND) and a CPU model instead of the default (VFIO_MIG_VM_CPU). */
   extraAppend?: string;
   cpuModel?: string;
+  /** A virtio-net NIC on a UDP socket link to another guest. */
+  link?: GuestLink;
 }
 
 /** Commas are QEMU's option separator: a literal one is doubled. */
@@ -74,6 +76,7 @@ export function qemuArgs(c: QemuConfig): string[] {
     'hubport,id=n0,hubid=0',
     '-device',
     'e1000e,netdev=n0',
+    ...linkArgs(c.link),
     '-virtfs',
     'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
     '-virtfs',
@@ -89,6 +92,20 @@ export function qemuArgs(c: QemuConfig): string[] {
     'chardev:ctl',
     '-device',
     'isa-debug-exit,iobase=0xf4,iosize=0x04',
+  ];
+}
+
+/** The link NIC: QEMU's socket netdev in UDP mode (receives on localaddr, sends to udp=). */
+function linkArgs(link: GuestLink | undefined): string[] {
+  if (!link) return [];
+  for (const port of [link.localPort, link.peerPort])
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`link port ${port} out of range`);
+  if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(link.mac)) throw new RangeError(`link MAC ${link.mac} is malformed`);
+  return [
+    '-netdev',
+    `socket,id=link0,udp=127.0.0.1:${link.peerPort},localaddr=127.0.0.1:${link.localPort}`,
+    '-device',
+    `virtio-net-pci,netdev=link0,mac=${link.mac}`,
   ];
 }
 

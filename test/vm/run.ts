@@ -191,6 +191,7 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
       ctlPath,
       extraAppend: process.env.VFIO_MIG_VM_APPEND,
       cpuModel: process.env.VFIO_MIG_VM_CPU,
+      link: opts.link,
     }),
     hasSetpriv(),
   );
