@@ -10,7 +10,7 @@ import { guestKernel } from './helpers';
 import { startSshd, needsSshd, type Sshd } from '../support/sshd';
 import { TestDevice, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const MiB = 1 << 20;
 
 const created: TestDevice[] = [];

@@ -31,7 +31,7 @@ export interface Found {
   state: string;
 }
 
-const BIN = join(__dirname, '../../cli/vfio-mig.js');
+const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const MiB = 1 << 20;
 const WAIT_MS = 240_000;
 
