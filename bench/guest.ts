@@ -48,6 +48,118 @@ function wholeCommands(proto: string, src: string, dst: string): Whole {
   return { oursSaveMs, oursLoadMs, oursPipeMs, refSaveMs, refLoadMs, refPipeMs };
 }
 
+/** `vfio-mig migrate A B` as a user runs it (cold, --json report on stdout) and its wall time. */
+function migrateCold(sources: string[], destinations: string[]): { ms: number; report: MigrateReport } {
+  const start = process.hrtime.bigint();
+  const out = execFileSync(
+    process.execPath,
+    [CLI, 'migrate', sources.join(','), destinations.join(','), '--quiet', '--json'],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 22 },
+  );
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  return { ms, report: JSON.parse(out) as MigrateReport };
+}
+
+export interface MigrateReport {
+  downtimeMs: number;
+  elapsedMs: number;
+  phases: Record<string, number>;
+}
+
+/** One migrate row: ours cold against the C reference's device-to-device pipe, both every run. */
+export interface MigrateRow {
+  kind: string;
+  mib: number;
+  devices: number;
+  oursMs: number[];
+  refMs: number[];
+  downtimeMs: number[];
+  phases: Record<string, number>[];
+  exact: boolean;
+}
+
+/**
+ * migrate, whole command: for each type and size, one device against the C reference moving the
+ * same state device to device; then four v2 devices of 64 MiB in one command, whose downtime is
+ * compared with one device's (the stop-copy data of the four moves concurrently).
+ */
+async function migrateRows(): Promise<void> {
+  const node = process.execPath;
+  for (const mib of SIZES_MIB.filter((m) => m >= 64)) {
+    for (const kind of KINDS) {
+      const source = new TestDevice(kind as Kind, { chunkSize: CHUNK, stateSize: mib << 20 });
+      const dest = new TestDevice(kind as Kind, { chunkSize: CHUNK, stateSize: mib << 20 });
+      try {
+        source.set('mutate', '0x5eed');
+        const row: MigrateRow = {
+          kind,
+          mib,
+          devices: 1,
+          oursMs: [],
+          refMs: [],
+          downtimeMs: [],
+          phases: [],
+          exact: true,
+        };
+        for (let rep = 0; rep < REPEAT; rep++) {
+          const ours = migrateCold([source.uuid], [dest.uuid]);
+          row.exact &&= source.checksum() === dest.checksum();
+          row.oursMs.push(ours.ms);
+          row.downtimeMs.push(ours.report.downtimeMs);
+          row.phases.push(ours.report.phases);
+          // migrate leaves the source stopped (committed); the next run starts from RUNNING.
+          execFileSync(node, [CLI, 'state', source.uuid, 'RUNNING']);
+          row.refMs.push(timed(REF, [`${kind === 'v2' ? 'v2' : 'v1'}-pipe`, source.uuid, dest.uuid]));
+          execFileSync(node, [CLI, 'state', source.uuid, 'RUNNING']);
+        }
+        console.log(`@@migrate ${JSON.stringify(row)}`);
+      } finally {
+        source.remove();
+        dest.remove();
+      }
+    }
+  }
+  if (!KINDS.includes('v2') || !SIZES_MIB.includes(64)) return;
+  // Four devices in one command against one device, downtime side by side in the same run.
+  const make = () => new TestDevice('v2', { chunkSize: CHUNK, stateSize: 64 << 20 });
+  const sources = [make(), make(), make(), make()];
+  const dests = [make(), make(), make(), make()];
+  try {
+    sources.forEach((d, i) => d.set('mutate', String(0x100 + i)));
+    for (const [count, label] of [
+      [1, 1],
+      [4, 4],
+    ] as const) {
+      const row: MigrateRow = {
+        kind: 'v2',
+        mib: 64,
+        devices: label,
+        oursMs: [],
+        refMs: [],
+        downtimeMs: [],
+        phases: [],
+        exact: true,
+      };
+      for (let rep = 0; rep < REPEAT; rep++) {
+        const src = sources.slice(0, count);
+        const dst = dests.slice(0, count);
+        const r = migrateCold(
+          src.map((d) => d.uuid),
+          dst.map((d) => d.uuid),
+        );
+        row.exact &&= src.every((d, i) => d.checksum() === dst[i]!.checksum());
+        row.oursMs.push(r.ms);
+        row.downtimeMs.push(r.report.downtimeMs);
+        row.phases.push(r.report.phases);
+        for (const d of src) execFileSync(node, [CLI, 'state', d.uuid, 'RUNNING']);
+      }
+      console.log(`@@migrate-n ${JSON.stringify(row)}`);
+    }
+  } finally {
+    for (const d of [...sources, ...dests]) d.remove();
+  }
+}
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor((sorted.length - 1) / 2)]!;
@@ -197,6 +309,7 @@ async function main(): Promise<void> {
       }
     }
   }
+  await migrateRows();
   console.log(`@@bench-done ${results.length}`);
 }
 

@@ -4,7 +4,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { runInGuest } from '../test/vm/vm';
-import type { Op, Whole } from './guest';
+import type { MigrateRow, Op, Whole } from './guest';
+import { ratioChart, type Bar } from './chart';
 
 const ROOT = join(__dirname, '../..');
 
@@ -28,6 +29,10 @@ interface Row {
 }
 
 const mibs = (op: Op, mib: number) => (mib * 1000) / op.ms;
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)]!;
+}
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-');
 const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '-');
 
@@ -36,7 +41,7 @@ async function main(): Promise<void> {
   mkdirSync(refDir, { recursive: true });
   const ref = join(refDir, 'ref');
   execFileSync('gcc', ['-O2', '-Wall', '-o', ref, join(ROOT, 'bench/ref/ref.c')], { stdio: 'inherit' });
-  const sizes = process.env.BENCH_SIZES ?? '1,64,256';
+  const sizes = process.env.BENCH_SIZES ?? '64,256';
   const repeat = process.env.BENCH_REPEAT ?? '3';
   const command = [
     'env',
@@ -44,8 +49,10 @@ async function main(): Promise<void> {
     `BENCH_SIZES=${sizes}`,
     `BENCH_REPEAT=${repeat}`,
     `BENCH_KINDS=${process.env.BENCH_KINDS ?? 'v1,v1-trapped,v2'}`,
-    process.execPath,
-    join(ROOT, 'dist/bench/guest.js'),
+    'sh',
+    '-c',
+    // the engine, whole commands and migrate; then where one command's time goes (profiled)
+    `"${process.execPath}" "${join(ROOT, 'dist/bench/guest.js')}" && "${process.execPath}" "${join(ROOT, 'dist/bench/split.js')}"`,
   ];
   const started = Date.now();
   const r = await runInGuest({
@@ -56,10 +63,17 @@ async function main(): Promise<void> {
     echo: process.stderr,
     prepare: true,
   });
-  const rows: Row[] = r.output
-    .split('\n')
-    .filter((l: string) => l.includes('@@bench '))
-    .map((l: string) => JSON.parse(l.slice(l.indexOf('@@bench ') + 8)));
+  const tagged = <T>(tag: string): T[] =>
+    r.output
+      .split('\n')
+      .filter((l: string) => l.includes(`${tag} `))
+      .map((l: string) => JSON.parse(l.slice(l.indexOf(`${tag} `) + tag.length + 1)) as T);
+  const rows = tagged<Row>('@@bench');
+  const migrates = tagged<MigrateRow>('@@migrate');
+  const multi = tagged<MigrateRow>('@@migrate-n');
+  const splits = tagged<{ kind: string; mib: number; op: string; ms: number; split: Record<string, number> }>(
+    '@@split',
+  );
   if (r.status !== 0 || rows.length === 0) {
     console.error(r.output.split('\n').slice(-40).join('\n'));
     throw new Error(`the guest benchmark failed (status ${r.status})`);
@@ -101,9 +115,11 @@ async function main(): Promise<void> {
     ? (JSON.parse(startupLine.slice(startupLine.indexOf('@@startup ') + 10)) as { nodeMs: number; cliMs: number })
     : undefined;
   const whole = [
-    '| type | state | command | ours ms (cold) | C reference ms (cold) | ours / ref | ours, every run | ref, every run |',
-    '|---|---|---|---|---|---|---|---|',
+    '| type | state | command | ours ms (cold) | C reference ms (cold) | ours / ref | ratio spread (worst-best pairing) | ours, every run | ref, every run |',
+    '|---|---|---|---|---|---|---|---|---|',
   ];
+  const bars: Bar[] = [];
+  const wholeRatios: number[] = [];
   for (const row of rows) {
     if (!row.whole) continue;
     const w = row.whole;
@@ -113,11 +129,98 @@ async function main(): Promise<void> {
       ['load from a file', 'oursLoadMs', 'refLoadMs'],
       ['save \\| load (pipe) vs C device to device', 'oursPipeMs', 'refPipeMs'],
     ];
-    for (const [name, ours, ref] of pairs)
+    for (const [name, ours, ref] of pairs) {
+      const ratios = (row.wholeRuns ?? []).map((x) => x[ref] / x[ours]);
+      const ratio = w[ref] / w[ours];
+      wholeRatios.push(ratio);
       whole.push(
-        `| ${row.kind} | ${row.mib} MiB | ${name} | ${f1(w[ours])} | ${f1(w[ref])} | ${f2(w[ref] / w[ours])} | ${runs(ours)} | ${runs(ref)} |`,
+        `| ${row.kind} | ${row.mib} MiB | ${name} | ${f1(w[ours])} | ${f1(w[ref])} | ${f2(ratio)} | ${f2(Math.min(...ratios))}-${f2(Math.max(...ratios))} | ${runs(ours)} | ${runs(ref)} |`,
       );
+      bars.push({
+        group: `${row.kind}, ${row.mib} MiB`,
+        label: name.replace(' vs C device to device', '').replace('\\|', '|'),
+        ratio,
+        low: Math.min(...ratios),
+        high: Math.max(...ratios),
+      });
+    }
   }
+  // migrate, cold, against the C reference moving the same state device to device.
+  const migrateTable = [
+    '| type | state | ours ms (cold, median) | C device to device ms | ours / ref | ratio spread | downtime ms (median) | ours, every run | ref, every run |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ];
+  const migrateRatios: number[] = [];
+  for (const m of migrates) {
+    const ratios = m.oursMs.map((o, i) => m.refMs[i]! / o);
+    const ratio = median(m.refMs) / median(m.oursMs);
+    migrateRatios.push(ratio);
+    migrateTable.push(
+      `| ${m.kind} | ${m.mib} MiB | ${f1(median(m.oursMs))} | ${f1(median(m.refMs))} | ${f2(ratio)} | ${f2(Math.min(...ratios))}-${f2(Math.max(...ratios))} | ${f1(median(m.downtimeMs))} | ${m.oursMs.map(Math.round).join(', ')} | ${m.refMs.map(Math.round).join(', ')} |`,
+    );
+    bars.push({
+      group: `${m.kind}, ${m.mib} MiB`,
+      label: 'migrate A B',
+      ratio,
+      low: Math.min(...ratios),
+      high: Math.max(...ratios),
+    });
+  }
+  bars.sort((a, b) => a.group.localeCompare(b.group, 'en', { numeric: true }));
+  const phaseNames = ['helloMs', 'precopyMs', 'switchoverAckMs', 'stopCopyMs', 'validateMs', 'resumeMs'];
+  const multiTable = [
+    `| devices (v2, 64 MiB each) | downtime ms (median) | downtime, every run | whole command ms (median) | ${phaseNames.map((p) => p.replace(/Ms$/, ' ms')).join(' | ')} |`,
+    `|---|---|---|---|${phaseNames.map(() => '---').join('|')}|`,
+  ];
+  for (const m of multi) {
+    const phase = (name: string) => median(m.phases.map((p) => p[name] ?? NaN));
+    multiTable.push(
+      `| ${m.devices} | ${f1(median(m.downtimeMs))} | ${m.downtimeMs.map(Math.round).join(', ')} | ${f1(median(m.oursMs))} | ${phaseNames.map((p) => f1(phase(p))).join(' | ')} |`,
+    );
+  }
+  const one = multi.find((m) => m.devices === 1);
+  const four = multi.find((m) => m.devices === 4);
+  const downtimeRatio = one && four ? median(four.downtimeMs) / median(one.downtimeMs) : NaN;
+  // Where one command's time goes.
+  const categories = [
+    'node start',
+    'start-up',
+    'device I/O',
+    'checksums',
+    'copies',
+    'stream and protocol',
+    'gc',
+    'waiting',
+  ];
+  const splitTable = [
+    `| type | command | wall ms (profiled) | ${categories.join(' | ')} |`,
+    `|---|---|---|${categories.map(() => '---').join('|')}|`,
+  ];
+  for (const x of splits)
+    splitTable.push(
+      `| ${x.kind} | ${x.op} ${x.mib} MiB | ${f1(x.ms)} | ${categories.map((c) => f1(x.split[c] ?? 0)).join(' | ')} |`,
+    );
+  // The targets of issue 16 and 14, judged on this run.
+  const engineRatios = rows.flatMap((row) => (['save', 'load'] as const).map((op) => row.ref[op].ms / row.ours[op].ms));
+  const delays = rows
+    .filter((row) => row.mib >= 256)
+    .flatMap((row) =>
+      (['save', 'load'] as const).map((op) => (row.ours[op].loopDelayMaxMs ?? NaN) - (row.idleLoopDelayMaxMs ?? NaN)),
+    );
+  const verdict = (ok: boolean) => (ok ? 'met' : '**not met**');
+  const targets = [
+    '| target | this run | verdict |',
+    '|---|---|---|',
+    `| whole commands (save, load, pipe) at least 0.8x of the C client | worst ${f2(Math.min(...wholeRatios))}, best ${f2(Math.max(...wholeRatios))} | ${verdict(Math.min(...wholeRatios) >= 0.8)} |`,
+    `| the engine alone at least 1.0x on every path | worst ${f2(Math.min(...engineRatios))}, best ${f2(Math.max(...engineRatios))} | ${verdict(Math.min(...engineRatios) >= 1)} |`,
+    `| worst loop delay of a 256 MiB save or load within 5 ms of an idle Node process | worst excess ${f1(Math.max(...delays))} ms | ${delays.length ? verdict(Math.max(...delays) <= 5) : 'not measured (no 256 MiB rows)'} |`,
+    `| cold migrate A B at least as fast as the C client device to device | worst ${f2(Math.min(...migrateRatios))}, best ${f2(Math.max(...migrateRatios))} | ${migrateRatios.length ? verdict(Math.min(...migrateRatios) >= 1) : 'not measured'} |`,
+    `| four 64 MiB devices: downtime at most 1.3x that of one | ${f2(downtimeRatio)}x | ${Number.isFinite(downtimeRatio) ? verdict(downtimeRatio <= 1.3) : 'not measured'} |`,
+  ];
+  writeFileSync(
+    join(ROOT, 'bench/chart.svg'),
+    ratioChart(`vfio-mig against the C client, whole commands (${r.accel} guest)`, bars),
+  );
   console.log(whole.join('\n'));
   const raw = ['| type | state | op | ours, every run (ms) | ref (C), every run (ms) |', '|---|---|---|---|---|'];
   for (const row of rows) {
@@ -154,7 +257,35 @@ file, load from a file, and device to device through a pipe between its two halv
 a bare \`node -e 0\` takes ${startup ? f1(startup.nodeMs) : '?'} ms, and \`vfio-mig list --no-probe\` (the CLI loading its
 modules and the addon, no device) ${startup ? f1(startup.cliMs) : '?'} ms. The engine-only rows below show where the rest goes.
 
+![ours against the C client](chart.svg)
+
+${targets.join('\n')}
+
 ${whole.join('\n')}
+
+## migrate, as a user runs it
+
+\`vfio-mig migrate A B --json\` timed from spawn to exit (both ends in one process, the destination
+validating everything before the commit), against the C reference moving the same state device to
+device (\`ref v1-pipe\`/\`v2-pipe\`). Downtime is the command's own report: first source stop to the
+last destination RUNNING.
+
+${migrateTable.join('\n')}
+
+Four v2 devices of 64 MiB in one command against one, in the same run (the stop-copy data of the
+four moves concurrently); downtime of four / downtime of one: ${f2(downtimeRatio)}x. Phases (medians, ms):
+
+${multiTable.join('\n')}
+
+## Where the time of one command goes
+
+Each command run once more with \`node --cpu-prof\` (10 ms samples) and its main thread's samples
+sorted: "node start" is Node's own bootstrap before the profile, "start-up" module and addon
+loading, "device I/O" the addon's synchronous calls, "checksums" CRC-32 on the JS thread,
+"copies" buffer copies, "waiting" the idle loop (the thread pool reading or writing the device or
+the file, a pipe's other end). Times in ms; the profiler itself slows the command a little.
+
+${splitTable.join('\n')}
 
 ## Dirty tracking
 
