@@ -63,6 +63,10 @@ export class Mapping {
   readInto(offset: number, target: Uint8Array, targetOffset = 0, length = target.length - targetOffset): Promise<void> {
     return this.#map.readInto(offset, target, targetOffset, length);
   }
+  /** readInto that also resolves the CRC-32 of the bytes copied (computed off the JS thread, by the same job). */
+  readIntoChecksummed(offset: number, target: Uint8Array, targetOffset: number, length: number): Promise<number> {
+    return this.#map.readInto(offset, target, targetOffset, length, true);
+  }
   /** Copies into the mapping off the JS thread; `then` is a register pwrite done after it in the same job (see Region.writeMappedThen). */
   writeFrom(
     offset: number,

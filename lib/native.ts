@@ -19,6 +19,8 @@ export interface NativeMapping {
   write(offset: number, width: Width, value: number | bigint): void;
   /** Copies mapping[offset, +length) into target off the JS thread. */
   readInto(offset: number, target: Uint8Array, targetOffset: number, length: number): Promise<void>;
+  /** readInto that also resolves the CRC-32 of the bytes copied, computed by the same pool job. */
+  readInto(offset: number, target: Uint8Array, targetOffset: number, length: number, checksum: true): Promise<number>;
   /** Copies source into mapping[offset, +length) off the JS thread, then the optional register write (fd, position, width, value) in the same job. */
   writeFrom(
     offset: number,

@@ -67,6 +67,26 @@ export class Region {
     return this.#bulk('pread', offset, target, targetOffset, length);
   }
 
+  /**
+   * readBulk in one pool job (short preads continued there) that also resolves the CRC-32 of the
+   * bytes read, computed by the thread that read them.
+   */
+  async readBulkChecksummed(
+    offset: number | bigint,
+    target: Uint8Array,
+    targetOffset: number,
+    length: number,
+  ): Promise<number> {
+    const at = this.#at(offset, length);
+    const r = await this.device.handle.run((fd) => native.readChecksummedAsync(fd, target, targetOffset, length, at));
+    if (r.bytes < length)
+      throw new VfioError(
+        'ERR_VFIO_BAD_INFO',
+        `region ${this.index}: pread at ${BigInt(offset) + BigInt(r.bytes)} returned end of region`,
+      );
+    return r.crc;
+  }
+
   /** Moves exactly `length` bytes, continuing short transfers; a transfer of 0 bytes is the end of the region. */
   async #bulk(
     syscall: 'pread' | 'pwrite',

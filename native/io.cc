@@ -224,21 +224,11 @@ Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
       info.Env(), "read", "", [=] { return ReadAtLeast(fd, data, min, max); }, DeliverBytes(bytes));
 }
 
-// CRC-32 (zlib's) of a range of any length: zlib takes a uInt length, so ranges go in pieces.
-uint32_t Crc32(const uint8_t* data, size_t length) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  while (length > 0) {
-    uInt piece = length > UINT_MAX / 2 ? UINT_MAX / 2 : static_cast<uInt>(length);
-    crc = crc32(crc, data, piece);
-    data += piece;
-    length -= piece;
-  }
-  return static_cast<uint32_t>(crc);
-}
-
-// readChecksummedAsync(fd, buffer, bufferOffset, length, position): one read (position -1) or
-// pread, then the CRC-32 of the bytes read, on the same pool thread while they are still in its
-// cache; resolves { bytes, crc }. The stream's payload checksum is then off the JS thread.
+// readChecksummedAsync(fd, buffer, bufferOffset, length, position): one read (position -1: a
+// data_fd, where each read is one chunk of the device's choosing), or preads continued until
+// `length` bytes or the end (a region's data window: one pool job per transaction); then the
+// CRC-32 of the bytes read, on the same pool thread while they are still in its cache. Resolves
+// { bytes, crc }: the stream's payload checksum is off the JS thread.
 Napi::Value ReadChecksummedAsync(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
@@ -327,6 +317,18 @@ Napi::Value SetPipeSize(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+// zlib takes a uInt length, so long ranges go in pieces.
+uint32_t Crc32(const uint8_t* data, size_t length) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  while (length > 0) {
+    uInt piece = length > UINT_MAX / 2 ? UINT_MAX / 2 : static_cast<uInt>(length);
+    crc = crc32(crc, data, piece);
+    data += piece;
+    length -= piece;
+  }
+  return static_cast<uint32_t>(crc);
+}
 
 // Reads into [data, data+max) until at least `min` bytes arrived or the input ended: one job for
 // what a pipe hands over in many short reads.

@@ -153,6 +153,8 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     size_t view_offset = ArgSize(info, 2, "bufferOffset");
     size_t length = ArgSize(info, 3, "length");
     RegisterWrite reg = from_mapping ? RegisterWrite{} : ArgRegisterWrite(info, 4);
+    // readInto(..., checksum): the CRC-32 of the bytes copied, computed by the same pool job.
+    bool checksum = from_mapping && info.Length() > 4 && info[4].ToBoolean();
     uint8_t* mapped = from_mapping ? Check(info, offset, length) : CheckWritable(info, offset, length, "writeFrom()");
     // The JS side of the copy is pinned or bounced (JobBytes): the view itself may lose its memory.
     JobBytesPtr job_bytes = ArgJobBytes(view, view_offset, length,
@@ -161,18 +163,19 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     MapState* state = state_;
     state->inflight++;
     auto work = [=] {
+      Outcome out;
       if (from_mapping) {
         memcpy(bytes, mapped, length);
+        if (checksum) out.value = Crc32(bytes, length);
       } else {
         memcpy(mapped, bytes, length);
       }
-      Outcome out;
       RunRegisterWrite(reg, out);
       return out;
     };
-    auto deliver = [job_bytes, length](Napi::Env env, const Outcome&) -> Napi::Value {
+    auto deliver = [job_bytes, length, checksum](Napi::Env env, const Outcome& out) -> Napi::Value {
       job_bytes->Deliver(env, length);
-      return env.Undefined();
+      return checksum ? Napi::Number::New(env, static_cast<double>(out.value)) : env.Undefined();
     };
     auto done = [state] {
       state->inflight--;

@@ -10,6 +10,7 @@ import { MigrationError, abortError, deviceStepError, errnoOf } from './errors';
 import type { StreamRecord } from './stream';
 import type { CopyPass, MigrationEngine, PendingData, StateReading } from './types';
 import { ChunkBuffers } from './pipeline';
+import { crc32Combine } from './stream/crc';
 import {
   V1_PRECOPY,
   V1_RESUMING,
@@ -216,29 +217,42 @@ export class V1Engine implements MigrationEngine {
     }
   }
 
-  async #transfer(direction: 'read' | 'write', offset: bigint, buffer: Buffer, length: number): Promise<void> {
-    for (const seg of splitByAreas(offset, length, this.#areas)) await this.#segment(direction, seg, buffer);
+  /**
+   * Saving steps d and e: the data window at `offset` into `buffer`, each segment in one pool job
+   * that also checksums what it read; resolves the CRC-32 of the whole window.
+   */
+  async #readTransaction(offset: bigint, buffer: Buffer, length: number): Promise<number> {
+    let crc = 0;
+    for (const seg of splitByAreas(offset, length, this.#areas)) {
+      const step = `read data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : 'pread'}`;
+      let part: number;
+      try {
+        if (seg.area >= 0) {
+          const area = this.#areas[seg.area];
+          const at = Number(seg.regionOffset - area.offset);
+          part = await area.map.readIntoChecksummed(at, buffer, seg.bufferOffset, seg.length);
+        } else {
+          part = await this.region.readBulkChecksummed(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
+        }
+      } catch (err) {
+        throw deviceStepError(step, err);
+      }
+      crc = crc32Combine(crc, part, seg.length);
+    }
+    return crc;
   }
 
-  /** One segment of a data window, through its mapping or by pread/pwrite; `doorbell` follows a write in the same job. */
-  async #segment(
-    direction: 'read' | 'write',
-    seg: Segment,
-    buffer: Buffer,
-    doorbell?: { step: string; write: Doorbell },
-  ): Promise<void> {
-    const step = `${direction} data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : direction === 'read' ? 'pread' : 'pwrite'}`;
+  /** One segment of a data window written, through its mapping or by pwrite; `doorbell` follows in the same job. */
+  async #writeSegment(seg: Segment, buffer: Buffer, doorbell?: { step: string; write: Doorbell }): Promise<void> {
+    const step = `write data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : 'pwrite'}`;
     try {
       if (seg.area >= 0) {
         const area = this.#areas[seg.area];
         const at = Number(seg.regionOffset - area.offset);
-        if (direction === 'read') return await area.map.readInto(at, buffer, seg.bufferOffset, seg.length);
         if (doorbell)
           return await this.region.writeMappedThen(area.map, at, buffer, seg.bufferOffset, seg.length, doorbell.write);
         return await area.map.writeFrom(at, buffer, seg.bufferOffset, seg.length);
       }
-      if (direction === 'read')
-        return await this.region.readBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
       if (doorbell)
         return await this.region.writeBulkThen(seg.regionOffset, buffer, seg.bufferOffset, seg.length, doorbell.write);
       return await this.region.writeBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
@@ -254,8 +268,8 @@ export class V1Engine implements MigrationEngine {
   async #writeTransaction(offset: bigint, payload: Buffer, where: string): Promise<void> {
     const segments = splitByAreas(offset, payload.length, this.#areas);
     const last = segments.pop()!;
-    for (const seg of segments) await this.#segment('write', seg, payload);
-    await this.#segment('write', last, payload, {
+    for (const seg of segments) await this.#writeSegment(seg, payload);
+    await this.#writeSegment(last, payload, {
       step: `${where}: write data_size`,
       write: { offset: REG.data_size, width: 8, value: BigInt(payload.length) },
     });
@@ -302,9 +316,9 @@ export class V1Engine implements MigrationEngine {
       this.#checkWindow(offset, size, 'read data_offset/data_size');
       const length = toSafeNumber(size, 'data_size');
       const chunk = this.#chunks.next(length);
-      await this.#transfer('read', offset, chunk, length);
+      const crc = await this.#readTransaction(offset, chunk, length);
       // The previous chunk's emit ran while this one was read; the device moves on meanwhile.
-      await pass.emit(chunk.subarray(0, length));
+      await pass.emit(chunk.subarray(0, length), crc);
       moved += length;
       pending = this.#readPending();
       pass.onChunk(moved, pending);

@@ -1,4 +1,5 @@
 // An in-process MODEL of a v1 vendor driver (not a kernel): the spec's registers and state machine over a byte array, for fast policy tests.
+import { crc32 } from 'node:zlib';
 import { VfioError } from '../../lib/errors';
 import { SyscallError } from '../../lib/errors';
 import type { RegionInfo } from '../../lib/decode';
@@ -172,6 +173,11 @@ export class V1ModelDevice {
           s.window = undefined;
         }
       },
+      // As the addon does: the read, then the CRC-32 of what it read, in one job.
+      async readBulkChecksummed(offset: bigint, target: Uint8Array, targetOffset: number, length: number) {
+        await this_region().readBulk(offset, target, targetOffset, length);
+        return crc32(target.subarray(targetOffset, targetOffset + length));
+      },
       async writeBulk(
         offset: bigint,
         source: Uint8Array,
@@ -217,6 +223,10 @@ export class V1ModelDevice {
           async readInto(at: number, target: Uint8Array, targetOffset: number, len: number) {
             if (!mapped) throw new Error('unmapped');
             await this_region().readBulk(BigInt(HEADER + base + at), target, targetOffset, len);
+          },
+          async readIntoChecksummed(at: number, target: Uint8Array, targetOffset: number, len: number) {
+            await this.readInto(at, target, targetOffset, len);
+            return crc32(target.subarray(targetOffset, targetOffset + len));
           },
           async writeFrom(at: number, source: Uint8Array, sourceOffset: number, len: number) {
             if (!mapped) throw new Error('unmapped');
