@@ -306,6 +306,24 @@ Napi::Value WritevAllAsync(const Napi::CallbackInfo& info) {
   return RunAsync(env, "writev", "", work, BytesResult);
 }
 
+// crc32Async(buffer, bufferOffset, length): the CRC-32 of a range, computed on the pool (a
+// loaded record's payload is checked there, not on the JS thread between two device writes).
+Napi::Value Crc32Async(const Napi::CallbackInfo& info) {
+  Napi::Uint8Array view = ArgBytes(info, 0, "buffer");
+  size_t offset = ArgSize(info, 1, "bufferOffset");
+  size_t length = ArgSize(info, 2, "length");
+  JobBytesPtr bytes = ArgJobBytes(view, offset, length, JobBytes::Use::kSource, "buffer");
+  auto work = [bytes, length] {
+    Outcome out;
+    out.value = Crc32(bytes->data(), length);
+    return out;
+  };
+  auto convert = [](Napi::Env env, const Outcome& out) -> Napi::Value {
+    return Napi::Number::New(env, static_cast<double>(out.value));
+  };
+  return RunAsync(info.Env(), "crc32", "", work, convert);
+}
+
 // setPipeSize(fd, bytes): F_SETPIPE_SZ; returns the pipe's capacity after the call. A larger pipe
 // lets a 1 MiB record cross in one write instead of sixteen wake-ups of the other end.
 Napi::Value SetPipeSize(const Napi::CallbackInfo& info) {
@@ -380,6 +398,7 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("readAtLeastAsync", Napi::Function::New(env, ReadAtLeastAsync, "readAtLeastAsync"));
   exports.Set("readChecksummedAsync", Napi::Function::New(env, ReadChecksummedAsync, "readChecksummedAsync"));
   exports.Set("writevAllAsync", Napi::Function::New(env, WritevAllAsync, "writevAllAsync"));
+  exports.Set("crc32Async", Napi::Function::New(env, Crc32Async, "crc32Async"));
   exports.Set("setPipeSize", Napi::Function::New(env, SetPipeSize, "setPipeSize"));
 }
 

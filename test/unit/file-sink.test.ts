@@ -141,3 +141,13 @@ test('a mapping copies out and checksums in one job (the v1 mmap data section pa
     closeSync(fd);
   }
 });
+
+test('crc32Async (the load side: large payloads are checked on the pool) equals zlib, on native and JS memory', async () => {
+  const data = pattern(300_000, 5);
+  const io = allocIoBuffer(data.length);
+  data.copy(io);
+  assert.equal(await native.crc32Async(io, 0, io.length), crc32(data));
+  assert.equal(await native.crc32Async(data, 17, 1000), crc32(data.subarray(17, 1017)));
+  assert.equal(await native.crc32Async(data, 0, 0), 0);
+  assert.throws(() => native.crc32Async(data, 299_999, 2), RangeError);
+});

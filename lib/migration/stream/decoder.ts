@@ -1,6 +1,7 @@
 // StreamDecoder: reads a stream record by record, yielding each only once everything that covers it is verified.
 import { crc32 } from 'node:zlib';
 import { crc32Update, extendCrc } from './crc';
+import { native } from '../../native';
 import { StreamError, at } from './errors';
 import {
   FIXED_HEADER_SIZE,
@@ -22,6 +23,9 @@ import {
 } from './format';
 import { parseHeader, type StreamHeader } from './header';
 import { streamReader, type StreamReader, type StreamSource } from './reader';
+
+/** Payloads from this size on are checksummed on the thread pool (a pool hop costs less than the CRC). */
+const POOL_CRC_MIN = 64 << 10;
 
 export interface StreamDecoderOptions {
   /**
@@ -180,7 +184,9 @@ export class StreamDecoder {
         index,
       );
     }
-    const computed = crc32(payload);
+    // A large payload is checked on the thread pool: the JS thread stays free (event-loop delay)
+    // while the previous record is written to the device.
+    const computed = n >= POOL_CRC_MIN ? await native.crc32Async(payload, 0, n) : crc32(payload);
     if (computed !== payloadCrc) {
       throw StreamError.checksum(
         place,
