@@ -84,35 +84,14 @@ export interface MigrateRow {
  * compared with one device's (the stop-copy data of the four moves concurrently).
  */
 async function migrateRows(): Promise<void> {
-  const node = process.execPath;
   for (const mib of SIZES_MIB.filter((m) => m >= 64)) {
     for (const kind of KINDS) {
       const source = new TestDevice(kind as Kind, { chunkSize: CHUNK, stateSize: mib << 20 });
       const dest = new TestDevice(kind as Kind, { chunkSize: CHUNK, stateSize: mib << 20 });
       try {
         source.set('mutate', '0x5eed');
-        const row: MigrateRow = {
-          kind,
-          mib,
-          devices: 1,
-          oursMs: [],
-          refMs: [],
-          downtimeMs: [],
-          phases: [],
-          exact: true,
-        };
-        for (let rep = 0; rep < REPEAT; rep++) {
-          const ours = migrateCold([source.uuid], [dest.uuid]);
-          row.exact &&= source.checksum() === dest.checksum();
-          row.oursMs.push(ours.ms);
-          row.downtimeMs.push(ours.report.downtimeMs);
-          row.phases.push(ours.report.phases);
-          // migrate leaves the source stopped (committed); the next run starts from RUNNING.
-          execFileSync(node, [CLI, 'state', source.uuid, 'RUNNING']);
-          row.refMs.push(timed(REF, [`${kind === 'v2' ? 'v2' : 'v1'}-pipe`, source.uuid, dest.uuid]));
-          execFileSync(node, [CLI, 'state', source.uuid, 'RUNNING']);
-        }
-        console.log(`@@migrate ${JSON.stringify(row)}`);
+        const ref = `${kind === 'v2' ? 'v2' : 'v1'}-pipe`;
+        console.log(`@@migrate ${JSON.stringify(migrateRuns(kind, mib, [source], [dest], ref))}`);
       } finally {
         source.remove();
         dest.remove();
@@ -126,38 +105,50 @@ async function migrateRows(): Promise<void> {
   const dests = [make(), make(), make(), make()];
   try {
     sources.forEach((d, i) => d.set('mutate', String(0x100 + i)));
-    for (const [count, label] of [
-      [1, 1],
-      [4, 4],
-    ] as const) {
-      const row: MigrateRow = {
-        kind: 'v2',
-        mib: 64,
-        devices: label,
-        oursMs: [],
-        refMs: [],
-        downtimeMs: [],
-        phases: [],
-        exact: true,
-      };
-      for (let rep = 0; rep < REPEAT; rep++) {
-        const src = sources.slice(0, count);
-        const dst = dests.slice(0, count);
-        const r = migrateCold(
-          src.map((d) => d.uuid),
-          dst.map((d) => d.uuid),
-        );
-        row.exact &&= src.every((d, i) => d.checksum() === dst[i]!.checksum());
-        row.oursMs.push(r.ms);
-        row.downtimeMs.push(r.report.downtimeMs);
-        row.phases.push(r.report.phases);
-        for (const d of src) execFileSync(node, [CLI, 'state', d.uuid, 'RUNNING']);
-      }
-      console.log(`@@migrate-n ${JSON.stringify(row)}`);
-    }
+    for (const count of [1, 4])
+      console.log(
+        `@@migrate-n ${JSON.stringify(migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count)))}`,
+      );
   } finally {
     for (const d of [...sources, ...dests]) d.remove();
   }
+}
+
+/**
+ * REPEAT cold migrations of `sources` to `dests` (paired in order), each followed, when `ref`
+ * names a C reference mode, by the reference moving the first pair device to device.
+ */
+function migrateRuns(kind: string, mib: number, sources: TestDevice[], dests: TestDevice[], ref?: string): MigrateRow {
+  const row: MigrateRow = {
+    kind,
+    mib,
+    devices: sources.length,
+    oursMs: [],
+    refMs: [],
+    downtimeMs: [],
+    phases: [],
+    exact: true,
+  };
+  const running = () => {
+    // migrate leaves the sources stopped (committed); the next run starts from RUNNING.
+    for (const d of sources) execFileSync(process.execPath, [CLI, 'state', d.uuid, 'RUNNING']);
+  };
+  for (let rep = 0; rep < REPEAT; rep++) {
+    const r = migrateCold(
+      sources.map((d) => d.uuid),
+      dests.map((d) => d.uuid),
+    );
+    row.exact &&= sources.every((d, i) => d.checksum() === dests[i]!.checksum());
+    row.oursMs.push(r.ms);
+    row.downtimeMs.push(r.report.downtimeMs);
+    row.phases.push(r.report.phases);
+    running();
+    if (ref) {
+      row.refMs.push(timed(REF, [ref, sources[0]!.uuid, dests[0]!.uuid]));
+      running();
+    }
+  }
+  return row;
 }
 
 function median(values: number[]): number {
