@@ -23,6 +23,10 @@ const DEVICES = [
   'hubport,id=n0,hubid=0',
   '-device',
   'e1000e,netdev=n0',
+  '-device',
+  'edu',
+  '-device',
+  'edu',
   '-virtfs',
   'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
 ];
@@ -136,6 +140,7 @@ describe("the guest's inputs", () => {
         "VM_MTTY=''",
         "VM_MODULES='/c/a.ko /c/b.ko'",
         'VM_PCI_ID=0x8086:0x10d3',
+        'VM_EDU_ID=0x1234:0x11e8',
         'VM_INTERACTIVE=0',
         "VM_KEEP=''",
         'VM_DUMP_AT=585',
@@ -152,6 +157,20 @@ describe("the guest's inputs", () => {
       timeoutMs: 10_000,
     });
     assert.match(short, /^VM_PCI_ID=''$/m);
+    assert.match(
+      guestEnvFile({
+        outDir: '/r',
+        mtty: '',
+        modules: [],
+        keep: [],
+        pciDevice: true,
+        eduDevices: false,
+        interactive: false,
+        timeoutMs: 10_000,
+      }),
+      /^VM_EDU_ID=''$/m,
+      'no edu devices to bind',
+    );
     assert.match(short, /^VM_INTERACTIVE=1$/m);
     assert.match(short, /^VM_DUMP_AT=0$/m, 'no hang report for a run this short');
     assert.match(

@@ -157,6 +157,7 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
       mtty,
       modules,
       pciDevice: opts.pciDevice !== false,
+      eduDevices: opts.eduDevices !== false,
       interactive: Boolean(opts.interactive),
       // paths under /tmp or /run that must stay visible once the guest mounts tmpfs there
       keep: [PROJECT_ROOT, dirname(process.execPath)].filter((p) => /^\/(tmp|run)(\/|$)/.test(p)),
@@ -191,6 +192,7 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
       ctlPath,
       extraAppend: process.env.VFIO_MIG_VM_APPEND,
       cpuModel: process.env.VFIO_MIG_VM_CPU,
+      eduDevices: opts.eduDevices !== false,
     }),
     hasSetpriv(),
   );
