@@ -12,6 +12,7 @@
 #include <linux/vfio.h>
 #include <linux/vfio_pci_core.h>
 #include <linux/version.h>
+#include <linux/xarray.h>
 
 #define EDU_NAME "vfio_mig_edu"
 
@@ -91,6 +92,7 @@ struct edu_payload {
 			 sizeof(struct edu_payload))
 
 struct edu_migf;
+struct edu_log_range;
 
 struct edu_dev {
 	struct vfio_pci_core_device core;
@@ -100,17 +102,28 @@ struct edu_dev {
 	void __iomem *bar;
 	struct edu_migf *saving_migf;
 	struct edu_migf *resuming_migf;
+	/* device DMA logging, under state_mutex */
+	bool log_active;
+	bool log_overflow;
+	struct edu_log_range *log_ranges;
+	u32 log_nranges;
+	struct xarray log_dirty;	/* IOVA page numbers the device wrote */
 };
 
 /* edu_hw.c: the device itself */
 int edu_hw_capture(struct edu_dev *e, struct edu_payload *p);
 int edu_hw_restore(struct edu_dev *e, const struct edu_payload *p);
 int edu_hw_reset(struct edu_dev *e);
-int edu_hw_check_cmd(struct edu_dev *e, u64 cmd);
+int edu_hw_check_cmd(struct edu_dev *e, u64 cmd, u64 *ram_dst, u64 *ram_len);
 
 /* edu_mig.c: v2 migration */
 extern const struct vfio_migration_ops edu_mig_ops;
 void edu_mig_reset(struct edu_dev *e);
 int edu_stream_check(const u8 *data, size_t len);
+
+/* edu_log.c: device DMA logging */
+extern const struct vfio_log_ops edu_log_ops;
+void edu_log_close(struct edu_dev *e);
+void edu_log_mark(struct edu_dev *e, u64 iova, u64 len);
 
 #endif

@@ -311,10 +311,11 @@ int edu_hw_restore(struct edu_dev *e, const struct edu_payload *p)
  * abort on a range that is not strictly inside the buffer, so the driver
  * refuses it instead.
  */
-int edu_hw_check_cmd(struct edu_dev *e, u64 cmd)
+int edu_hw_check_cmd(struct edu_dev *e, u64 cmd, u64 *ram_dst, u64 *ram_len)
 {
 	u64 cnt, addr;
 
+	*ram_len = 0;
 	if (!(cmd & EDU_CMD_RUN) || (edu_rd64(e, EDU_REG_DMA_CMD) & EDU_CMD_RUN))
 		return 0;	/* edu ignores it */
 	cnt = edu_rd64(e, EDU_REG_DMA_CNT);
@@ -323,6 +324,11 @@ int edu_hw_check_cmd(struct edu_dev *e, u64 cmd)
 	if (!cnt || cnt > EDU_BUF_REACH || addr < EDU_BUF_ADDR ||
 	    addr - EDU_BUF_ADDR > EDU_BUF_REACH - cnt)
 		return -EINVAL;
+	if (cmd & EDU_CMD_TO_RAM) {
+		/* edu masks its RAM address with its 28-bit DMA mask */
+		*ram_dst = edu_rd64(e, EDU_REG_DMA_DST) & (EDU_DMA_LIMIT - 1);
+		*ram_len = cnt;
+	}
 	return 0;
 }
 

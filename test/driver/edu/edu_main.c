@@ -28,12 +28,14 @@ static int edu_init_dev(struct vfio_device *vdev)
 	struct edu_dev *e = edu_of(vdev);
 
 	mutex_init(&e->state_mutex);
+	xa_init(&e->log_dirty);
 	e->mig_state = VFIO_DEVICE_STATE_RUNNING;
 	vdev->migration_flags = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P;
 #if EDU_HAVE_PRECOPY
 	vdev->migration_flags |= VFIO_MIGRATION_PRE_COPY;
 #endif
 	vdev->mig_ops = &edu_mig_ops;
+	vdev->log_ops = &edu_log_ops;
 	return vfio_pci_core_init_dev(vdev);
 }
 
@@ -41,6 +43,7 @@ static void edu_release_dev(struct vfio_device *vdev)
 {
 	struct edu_dev *e = edu_of(vdev);
 
+	xa_destroy(&e->log_dirty);
 	mutex_destroy(&e->state_mutex);
 	vfio_pci_core_release_dev(vdev);
 }
@@ -71,6 +74,7 @@ static void edu_close_device(struct vfio_device *vdev)
 
 	mutex_lock(&e->state_mutex);
 	edu_mig_reset(e);
+	edu_log_close(e);
 	mutex_unlock(&e->state_mutex);
 	pci_iounmap(e->core.pdev, e->bar);
 	e->bar = NULL;
@@ -147,12 +151,13 @@ static bool edu_running(enum vfio_device_mig_state s)
 
 /* A write that touches the DMA command register must be that register alone. */
 static int edu_check_write(struct edu_dev *e, const char __user *buf,
-			   size_t count, loff_t pos)
+			   size_t count, loff_t pos, u64 *ram_dst, u64 *ram_len)
 {
 	u64 off = pos & VFIO_PCI_OFFSET_MASK;
 	u32 v32;
 	u64 v64;
 
+	*ram_len = 0;
 	if (off > EDU_REG_DMA_CMD || off + count <= EDU_REG_DMA_CMD)
 		return 0;
 	if (off != EDU_REG_DMA_CMD)
@@ -167,13 +172,14 @@ static int edu_check_write(struct edu_dev *e, const char __user *buf,
 	} else {
 		return -EINVAL;
 	}
-	return edu_hw_check_cmd(e, v64);
+	return edu_hw_check_cmd(e, v64, ram_dst, ram_len);
 }
 
 static ssize_t edu_write(struct vfio_device *vdev, const char __user *buf,
 			 size_t count, loff_t *ppos)
 {
 	struct edu_dev *e = edu_of(vdev);
+	u64 ram_dst, ram_len;
 	ssize_t ret;
 
 	if (VFIO_PCI_OFFSET_TO_INDEX(*ppos) != VFIO_PCI_BAR0_REGION_INDEX)
@@ -182,9 +188,12 @@ static ssize_t edu_write(struct vfio_device *vdev, const char __user *buf,
 	if (!edu_running(e->mig_state))
 		ret = -EBUSY;	/* a stopped device takes no commands */
 	else
-		ret = edu_check_write(e, buf, count, *ppos);
-	if (!ret)
+		ret = edu_check_write(e, buf, count, *ppos, &ram_dst, &ram_len);
+	if (!ret) {
+		/* logged before the device can write: a report never misses it */
+		edu_log_mark(e, ram_dst, ram_len);
 		ret = vfio_pci_core_write(vdev, buf, count, ppos);
+	}
 	mutex_unlock(&e->state_mutex);
 	return ret;
 }
