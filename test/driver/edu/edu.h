@@ -60,9 +60,22 @@
 /* edu's default dma_mask is 28 bits: its DMA addresses stay below 256 MiB */
 #define EDU_DMA_LIMIT		BIT_ULL(28)
 
-/* the migration stream: a header of our own, then the payload */
+/*
+ * The migration stream: a preamble (sent in PRE_COPY, before the device
+ * stops: the destination can tell early whether the stream is for it), a
+ * header of our own, then the payload.
+ */
+#define EDU_PREAMBLE_MAGIC	0x50554445	/* "EDUP" */
 #define EDU_STREAM_MAGIC	0x4d554445	/* "EDUM" */
 #define EDU_STREAM_VERSION	1
+
+struct edu_preamble {
+	__le32 magic;
+	__le16 version;
+	__le16 size;
+	__le32 ident;		/* the device's identification register */
+	__le32 reserved;
+};
 
 struct edu_stream_hdr {
 	__le32 magic;
@@ -88,7 +101,8 @@ struct edu_payload {
 	u8 buf[EDU_BUF_REACH];
 } __packed;
 
-#define EDU_STREAM_SIZE (sizeof(struct edu_stream_hdr) + \
+#define EDU_STREAM_SIZE (sizeof(struct edu_preamble) + \
+			 sizeof(struct edu_stream_hdr) + \
 			 sizeof(struct edu_payload))
 
 struct edu_migf;
@@ -114,12 +128,13 @@ struct edu_dev {
 int edu_hw_capture(struct edu_dev *e, struct edu_payload *p);
 int edu_hw_restore(struct edu_dev *e, const struct edu_payload *p);
 int edu_hw_reset(struct edu_dev *e);
+u32 edu_hw_ident(struct edu_dev *e);
 int edu_hw_check_cmd(struct edu_dev *e, u64 cmd, u64 *ram_dst, u64 *ram_len);
 
 /* edu_mig.c: v2 migration */
 extern const struct vfio_migration_ops edu_mig_ops;
 void edu_mig_reset(struct edu_dev *e);
-int edu_stream_check(const u8 *data, size_t len);
+int edu_stream_check(const u8 *data, size_t len, u32 ident);
 
 /* edu_log.c: device DMA logging */
 extern const struct vfio_log_ops edu_log_ops;

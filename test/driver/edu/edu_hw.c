@@ -245,6 +245,15 @@ static int edu_capture(struct edu_dev *e, struct edu_payload *p)
 	return ret;
 }
 
+u32 edu_hw_ident(struct edu_dev *e)
+{
+	u16 cmd = edu_enable(e);
+	u32 ident = edu_rd32(e, EDU_REG_IDENT);
+
+	edu_restore_command(e, cmd);
+	return ident;
+}
+
 int edu_hw_capture(struct edu_dev *e, struct edu_payload *p)
 {
 	u16 cmd = edu_enable(e);

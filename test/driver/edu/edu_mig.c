@@ -20,6 +20,7 @@ struct edu_migf {
 	struct edu_dev *e;	/* pinned by a reference on e's vfio device */
 	bool disabled;		/* the FSM left the data transfer state */
 	bool ready;		/* saving: data holds the whole stream */
+	size_t avail;		/* saving: bytes of data that can be read */
 	bool bad;		/* resuming: more than a stream was written */
 	wait_queue_head_t wq;
 	size_t pos;
@@ -70,11 +71,11 @@ static ssize_t edu_save_read(struct file *filp, char __user *buf, size_t len,
 	mutex_lock(&e->state_mutex);
 	if (migf->disabled) {
 		ret = -ENODEV;
-	} else if (!migf->ready) {
+	} else if (migf->pos == migf->avail && !migf->ready) {
 		/* PRE_COPY: the state is sent whole once the device stops */
 		ret = -ENOMSG;
 	} else {
-		len = min(len, EDU_STREAM_SIZE - migf->pos);
+		len = min(len, migf->avail - migf->pos);
 		if (copy_to_user(buf, migf->data + migf->pos, len)) {
 			ret = -EFAULT;
 		} else {
@@ -96,7 +97,7 @@ static __poll_t edu_save_poll(struct file *filp, struct poll_table_struct *wait)
 	mutex_lock(&e->state_mutex);
 	if (migf->disabled)
 		mask = EPOLLERR | EPOLLHUP;
-	else if (migf->ready)
+	else if (migf->ready || migf->pos < migf->avail)
 		mask = EPOLLIN | EPOLLRDNORM;
 	mutex_unlock(&e->state_mutex);
 	return mask;
@@ -127,9 +128,9 @@ static long edu_save_ioctl(struct file *filp, unsigned int cmd,
 		   e->mig_state != S(PRE_COPY_P2P)) {
 		ret = -EINVAL;
 	} else {
-		/* nothing is sent before the stop: the state is small */
+		/* only the preamble goes before the stop */
 		info.flags = 0;
-		info.initial_bytes = 0;
+		info.initial_bytes = migf->avail - migf->pos;
 		info.dirty_bytes = 0;
 		if (copy_to_user((void __user *)arg, &info, minsz))
 			ret = -EFAULT;
@@ -196,6 +197,18 @@ static const struct file_operations edu_resume_fops = {
 	.release = edu_migf_release,
 };
 
+/* A saving file starts with the preamble readable. */
+static void edu_preamble_fill(struct edu_dev *e, struct edu_migf *migf)
+{
+	struct edu_preamble *pre = (void *)migf->data;
+
+	pre->magic = cpu_to_le32(EDU_PREAMBLE_MAGIC);
+	pre->version = cpu_to_le16(EDU_STREAM_VERSION);
+	pre->size = cpu_to_le16(sizeof(*pre));
+	pre->ident = cpu_to_le32(edu_hw_ident(e));
+	migf->avail = sizeof(*pre);
+}
+
 static struct edu_migf *edu_migf_new(struct edu_dev *e, bool saving)
 {
 	struct edu_migf *migf;
@@ -215,6 +228,8 @@ static struct edu_migf *edu_migf_new(struct edu_dev *e, bool saving)
 	}
 	stream_open(filp->f_inode, filp);
 	migf->filp = filp;
+	if (saving)
+		edu_preamble_fill(e, migf);
 	/* the file may outlive the device fd: keep the device allocated */
 	get_device(&e->core.vdev.device);
 	return migf;
@@ -225,13 +240,18 @@ static u32 edu_crc(const u8 *p, size_t len)
 	return crc32_le(~0U, p, len) ^ ~0U;
 }
 
-/* 0 when @data is a whole, intact stream of ours. */
-int edu_stream_check(const u8 *data, size_t len)
+/* 0 when @data is a whole, intact stream of ours, for a device with @ident. */
+int edu_stream_check(const u8 *data, size_t len, u32 ident)
 {
-	const struct edu_stream_hdr *h = (const void *)data;
-	const u8 *payload = data + sizeof(*h);
+	const struct edu_preamble *pre = (const void *)data;
+	const struct edu_stream_hdr *h = (const void *)(pre + 1);
+	const u8 *payload = (const u8 *)(h + 1);
 
 	if (len != EDU_STREAM_SIZE ||
+	    le32_to_cpu(pre->magic) != EDU_PREAMBLE_MAGIC ||
+	    le16_to_cpu(pre->version) != EDU_STREAM_VERSION ||
+	    le16_to_cpu(pre->size) != sizeof(*pre) ||
+	    le32_to_cpu(pre->ident) != ident ||
 	    le32_to_cpu(h->magic) != EDU_STREAM_MAGIC ||
 	    le16_to_cpu(h->version) != EDU_STREAM_VERSION ||
 	    le16_to_cpu(h->hdr_size) != sizeof(*h) ||
@@ -244,8 +264,9 @@ int edu_stream_check(const u8 *data, size_t len)
 /* Reads the stopped device into the saving file: header, then payload. */
 static int edu_save_fill(struct edu_dev *e, struct edu_migf *migf)
 {
-	struct edu_stream_hdr *h = (void *)migf->data;
-	struct edu_payload *p = (void *)(migf->data + sizeof(*h));
+	struct edu_stream_hdr *h = (void *)(migf->data +
+					    sizeof(struct edu_preamble));
+	struct edu_payload *p = (void *)(h + 1);
 	int ret;
 
 	ret = edu_hw_capture(e, p);
@@ -256,7 +277,7 @@ static int edu_save_fill(struct edu_dev *e, struct edu_migf *migf)
 	h->hdr_size = cpu_to_le16(sizeof(*h));
 	h->length = cpu_to_le32(sizeof(*p));
 	h->crc = cpu_to_le32(edu_crc((u8 *)p, sizeof(*p)));
-	migf->pos = 0;
+	migf->avail = EDU_STREAM_SIZE;
 	migf->ready = true;
 	wake_up_interruptible(&migf->wq);
 	return 0;
@@ -325,9 +346,11 @@ static struct file *edu_step(struct edu_dev *e, enum vfio_device_mig_state cur,
 
 	case S(RESUMING) << 4 | S(STOP):
 		migf = e->resuming_migf;
-		if (migf->bad || edu_stream_check(migf->data, migf->pos))
+		if (migf->bad || edu_stream_check(migf->data, migf->pos,
+						  edu_hw_ident(e)))
 			return ERR_PTR(-EINVAL);
 		ret = edu_hw_restore(e, (void *)(migf->data +
+						 sizeof(struct edu_preamble) +
 						 sizeof(struct edu_stream_hdr)));
 		if (ret)
 			return ERR_PTR(ret);
