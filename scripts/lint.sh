@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # npm run lint: Prettier and typescript-eslint for TypeScript, clang-format for native/, shellcheck for the scripts,
-# the kernel's checkpatch.pl for the test driver (test/driver/*.c *.h, a kernel module).
+# the kernel's checkpatch.pl for the test drivers (test/driver/*.c *.h and test/driver/edu/, kernel modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,7 +65,7 @@ else
 	#     0 or 1 inside a sum (vmt_state.c).
 	run perl "$checkpatch" --no-tree --strict -f --quiet --no-summary --show-types --terse \
 		--ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON,COMPLEX_MACRO,MACRO_ARG_REUSE,MACRO_ARG_UNUSED,UNNECESSARY_PARENTHESES \
-		test/driver/*.c test/driver/*.h
+		test/driver/*.c test/driver/*.h test/driver/edu/*.c test/driver/edu/*.h
 fi
 
 if ((status == 0)); then echo "lint: clean"; fi

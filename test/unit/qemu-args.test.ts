@@ -23,6 +23,10 @@ const DEVICES = [
   'hubport,id=n0,hubid=0',
   '-device',
   'e1000e,netdev=n0',
+  '-device',
+  'edu',
+  '-device',
+  'edu',
   '-virtfs',
   'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
 ];
@@ -104,9 +108,10 @@ describe('qemuArgs', () => {
     }
   });
 
-  test('a link: a virtio-net NIC on a UDP socket netdev to the peer, after the e1000e; bad ports and MACs refused', () => {
+  test('a link: a virtio-net NIC on a UDP socket netdev to the peer, after the e1000e and the edu devices (their PCI addresses stay put); bad ports and MACs refused', () => {
     const a = qemuArgs({ ...base, link: { localPort: 40001, peerPort: 40002, mac: '52:54:00:23:10:01' } });
-    const at = a.indexOf('e1000e,netdev=n0');
+    const at = a.lastIndexOf('edu');
+    assert.equal(a[a.indexOf('e1000e,netdev=n0') + 1], '-device', 'the edu devices follow the e1000e');
     assert.deepEqual(a.slice(at + 1, at + 5), [
       '-netdev',
       'socket,id=link0,udp=127.0.0.1:40002,localaddr=127.0.0.1:40001',
@@ -153,6 +158,7 @@ describe("the guest's inputs", () => {
         "VM_MTTY=''",
         "VM_MODULES='/c/a.ko /c/b.ko'",
         'VM_PCI_ID=0x8086:0x10d3',
+        'VM_EDU_ID=0x1234:0x11e8',
         'VM_INTERACTIVE=0',
         "VM_KEEP=''",
         'VM_DUMP_AT=585',
@@ -169,6 +175,20 @@ describe("the guest's inputs", () => {
       timeoutMs: 10_000,
     });
     assert.match(short, /^VM_PCI_ID=''$/m);
+    assert.match(
+      guestEnvFile({
+        outDir: '/r',
+        mtty: '',
+        modules: [],
+        keep: [],
+        pciDevice: true,
+        eduDevices: false,
+        interactive: false,
+        timeoutMs: 10_000,
+      }),
+      /^VM_EDU_ID=''$/m,
+      'no edu devices to bind',
+    );
     assert.match(short, /^VM_INTERACTIVE=1$/m);
     assert.match(short, /^VM_DUMP_AT=0$/m, 'no hang report for a run this short');
     assert.match(

@@ -60,6 +60,8 @@ export interface GuestOptions {
   mtty?: boolean;
   projectModules?: boolean;
   pciDevice?: boolean;
+  /** Two QEMU edu devices bound to the project's vfio_mig_edu (default true; VFIO_MIG_EDU). */
+  eduDevices?: boolean;
   /** Kernel console at loglevel 7 instead of quiet. */
   verboseKernel?: boolean;
   /** Run `prepare.sh --quiet --kernel <series>` first (default false: the caller prepared). */

@@ -13,6 +13,7 @@ export const PHASES: Record<string, string> = {
   'load-mtty': 'loading mtty.ko',
   'load-project-modules': "loading the project's modules",
   'bind-vfio-pci': 'binding the e1000e to vfio-pci',
+  'bind-edu': 'binding the edu devices to vfio_mig_edu',
   command: 'running the command',
   shutdown: 'powering off after the command',
 };

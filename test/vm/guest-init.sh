@@ -140,6 +140,25 @@ if [ -n "$VM_PCI_ID" ]; then
 	say "info pci $pci"
 fi
 
+# QEMU's edu devices go to the project's variant driver, when it is loaded
+if [ -n "$VM_EDU_ID" ] && [ -d /sys/bus/pci/drivers/vfio_mig_edu ]; then
+	phase bind-edu
+	edu=
+	for d in /sys/bus/pci/devices/*; do
+		[ "$(cat "$d/vendor"):$(cat "$d/device")" = "$VM_EDU_ID" ] || continue
+		a=${d##*/}
+		if [ -e "$d/driver" ]; then echo "$a" >"$d/driver/unbind" || fail "unbinding $a"; fi
+		echo vfio_mig_edu >"$d/driver_override" || fail "driver_override of $a"
+		echo "$a" >/sys/bus/pci/drivers_probe
+		case "$(readlink "$d/driver")" in */vfio_mig_edu) ;; *) fail "$a ($VM_EDU_ID) did not bind to vfio_mig_edu" ;; esac
+		edu="${edu:+$edu }$a"
+	done
+	if [ -n "$edu" ]; then
+		echo "export VFIO_MIG_EDU='$edu'" >>"$ENV"
+		say "info edu $edu"
+	fi
+fi
+
 # Shortly before the runner's timeout, report what every process is doing
 # (state, wchan, kernel stacks of each thread, sysrq-w): a hang then says where.
 hang_report() {

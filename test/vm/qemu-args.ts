@@ -7,6 +7,8 @@ import { dumpMargin } from './console';
 
 /** The e1000e the guest binds to vfio-pci (vendor:device as sysfs prints them). */
 export const PCI_ID = '0x8086:0x10d3';
+/** QEMU's edu device (hw/misc/edu.c), two of which the guest binds to the project's vfio_mig_edu. */
+export const EDU_ID = '0x1234:0x11e8';
 
 export interface QemuConfig {
   accel: Accel;
@@ -26,6 +28,8 @@ export interface QemuConfig {
   cpuModel?: string;
   /** A virtio-net NIC on a UDP socket link to another guest. */
   link?: GuestLink;
+  /** Two edu devices behind the IOMMU (default true). */
+  eduDevices?: boolean;
 }
 
 /** Commas are QEMU's option separator: a literal one is doubled. */
@@ -76,6 +80,7 @@ export function qemuArgs(c: QemuConfig): string[] {
     'hubport,id=n0,hubid=0',
     '-device',
     'e1000e,netdev=n0',
+    ...(c.eduDevices === false ? [] : ['-device', 'edu', '-device', 'edu']),
     ...linkArgs(c.link),
     '-virtfs',
     'local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap',
@@ -121,6 +126,8 @@ export interface GuestEnvConfig {
   mtty: string;
   modules: readonly string[];
   pciDevice: boolean;
+  /** Bind the edu devices to vfio_mig_edu (default true; they exist only when qemuArgs added them). */
+  eduDevices?: boolean;
   interactive: boolean;
   /** Paths under /tmp or /run that must stay visible once the guest mounts tmpfs there. */
   keep: readonly string[];
@@ -135,6 +142,7 @@ export function guestEnvFile(c: GuestEnvConfig): string {
       `VM_MTTY=${shQuote(c.mtty)}`,
       `VM_MODULES=${shQuote(c.modules.join(' '))}`,
       `VM_PCI_ID=${c.pciDevice ? PCI_ID : "''"}`,
+      `VM_EDU_ID=${c.eduDevices === false ? "''" : EDU_ID}`,
       `VM_INTERACTIVE=${c.interactive ? 1 : 0}`,
       `VM_KEEP=${shQuote(c.keep.join(' '))}`,
       // seconds of guest uptime after which /init reports what every process is doing
@@ -185,7 +193,7 @@ export function commandScript(c: CommandScriptConfig): string {
   const lines = [
     '# written by the test/vm runner (qemu-args.ts); run by the guest /init in the chroot',
     ...Object.entries(c.env).map(([k, v]) => `export ${k}=${shQuote(v)}`),
-    '# set by /init: VFIO_MIG_GUEST, VFIO_MIG_KERNEL, VFIO_MIG_KVER, VFIO_MIG_OUT, VFIO_MIG_PCI, VFIO_MIG_MTTY, VFIO_MIG_TEST_DRIVER',
+    '# set by /init: VFIO_MIG_GUEST, VFIO_MIG_KERNEL, VFIO_MIG_KVER, VFIO_MIG_OUT, VFIO_MIG_PCI, VFIO_MIG_EDU, VFIO_MIG_MTTY, VFIO_MIG_TEST_DRIVER',
     '. /run/vm/env',
     `export VFIO_MIG_CACHE=${shQuote(c.cacheDir)}`,
     `cd ${shQuote(c.projectRoot)} || exit ${EXIT_HARNESS}`,

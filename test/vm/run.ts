@@ -157,6 +157,7 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
       mtty,
       modules,
       pciDevice: opts.pciDevice !== false,
+      eduDevices: opts.eduDevices !== false,
       interactive: Boolean(opts.interactive),
       // paths under /tmp or /run that must stay visible once the guest mounts tmpfs there
       keep: [PROJECT_ROOT, dirname(process.execPath)].filter((p) => /^\/(tmp|run)(\/|$)/.test(p)),
@@ -192,6 +193,7 @@ async function runInGuestOnce(opts: GuestOptions): Promise<GuestResult> {
       extraAppend: process.env.VFIO_MIG_VM_APPEND,
       cpuModel: process.env.VFIO_MIG_VM_CPU,
       link: opts.link,
+      eduDevices: opts.eduDevices !== false,
     }),
     hasSetpriv(),
   );

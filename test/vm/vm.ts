@@ -54,8 +54,9 @@ options:
   --accel auto|kvm|tcg  accelerator (auto: KVM only when a probe proved it works)
   -i, --interactive     forward stdin to the guest's terminal (default when stdin and stdout are TTYs)
   --batch               never interactive
-  --no-mtty, --no-project-modules, --no-pci
-                        do not load mtty / the project's modules, do not bind the e1000e
+  --no-mtty, --no-project-modules, --no-pci, --no-edu
+                        do not load mtty / the project's modules, do not bind the e1000e,
+                        no edu devices
   --no-prepare          do not run prepare.sh first
   --verbose             show the kernel console and /init's log on stderr
   -h, --help            this text`;
@@ -147,6 +148,9 @@ export function parseArgs(args: readonly string[]): CliOptions | 'help' {
         break;
       case '--no-pci':
         o.pciDevice = false;
+        break;
+      case '--no-edu':
+        o.eduDevices = false;
         break;
       case '--no-prepare':
         o.noPrepare = true;
