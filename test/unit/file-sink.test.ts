@@ -2,7 +2,7 @@
 import { after, test } from 'node:test';
 import { execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -150,4 +150,26 @@ test('crc32Async (the load side: large payloads are checked on the pool) equals 
   assert.equal(await native.crc32Async(data, 17, 1000), crc32(data.subarray(17, 1017)));
   assert.equal(await native.crc32Async(data, 0, 0), 0);
   assert.throws(() => native.crc32Async(data, 299_999, 2), RangeError);
+});
+
+test('a pipe read takes what is already there on the spot, then waits on its own thread for the rest', async () => {
+  const [r, w] = pipeFds();
+  try {
+    const buf = allocIoBuffer(100);
+    writeSync(w, Buffer.from('0123456789'));
+    // min 20: ten bytes are there, the other ten come later, through the wait thread
+    const pending = native.readAtLeastAsync(r, buf, 0, 20, 100, 7);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    writeSync(w, Buffer.from('abcdefghij'));
+    assert.equal(await pending, 20);
+    assert.equal(buf.subarray(0, 20).toString(), '0123456789abcdefghij');
+    // all of it there already: settled without a thread, into JS-owned memory too
+    writeSync(w, Buffer.from('xyz'));
+    const js = Buffer.alloc(8);
+    assert.equal(await native.readAtLeastAsync(r, js, 2, 3, 6, 7), 3);
+    assert.equal(js.subarray(2, 5).toString(), 'xyz');
+  } finally {
+    closeSync(r);
+    closeSync(w);
+  }
 });
