@@ -63,7 +63,6 @@ function main(): void {
   child.stdin.on('error', () => undefined);
 
   let halted = false;
-  let released = false;
   let dataFrames = 0;
   const toDest = new FrameReader();
   const toSource = new FrameReader();
@@ -74,12 +73,12 @@ function main(): void {
     process.stderr.write(`relay: at ${moment} receiver ${child.pid} relay ${process.pid}\n`);
   };
   process.on('SIGUSR1', () => {
-    released = true;
     process.stdin.resume();
     child.stdout.resume();
   });
-  // After the moment only ERROR frames pass (and the held frame never does).
-  const passes = (frame: Buffer): boolean => !halted || (released && frame[0] === FRAME.error);
+  // After the moment only ERROR frames pass (and the held frame never does); the halted
+  // direction is not read before the release, the other one is, so an end's ERROR is never lost.
+  const passes = (frame: Buffer): boolean => !halted || frame[0] === FRAME.error;
 
   process.stdin.on('data', (chunk: Buffer) => {
     for (const frame of toDest.push(chunk)) {
@@ -111,7 +110,6 @@ function main(): void {
   // ssh's does when its remote command exits.
   child.on('exit', (code, signal) => {
     process.stderr.write(`relay: receiver exited ${code} ${signal}\n`);
-    released = true;
     child.stdout.resume();
   });
   child.on('close', () => {
