@@ -58,6 +58,17 @@ function signalIfAlive(pid: number, signal: NodeJS.Signals | 0): boolean {
   }
 }
 
+/** Stops a self-dirtying device's changes and returns its checksum once a tick in flight is over (it ticks every 20 ms). */
+async function stillChecksum(d: TestDevice): Promise<bigint> {
+  d.set('dirty_rate', 0);
+  for (let last = d.checksum(); ;) {
+    await new Promise((r) => setTimeout(r, 60));
+    const now = d.checksum();
+    if (now === last) return now;
+    last = now;
+  }
+}
+
 /** Waits for a process that is not this one's child to be gone (polled: there is nothing to wait on). */
 async function exits(pid: number, ms: number): Promise<boolean> {
   for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 50)))
@@ -238,10 +249,17 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
   // whatever the speed of the machine. Setup per moment: a v2 device where the kernel lets it
   // pre-copy, else v1 (its pre-copy needs no kernel support); the state large enough that the
   // halted source is blocked inside its phase (more than a pipe holds) where the moment is a
-  // phase of the source, small where the source only waits.
-  const SETUP: Record<Moment, { kind: Kind; stateSize: number; args: string[] }> = {
+  // phase of the source, small where the source only waits. The pre-copying source dirties
+  // itself until the moment; the test then stops that (dirty_rate 0) and takes the checksum the
+  // failure must leave unchanged.
+  const SETUP: Record<Moment, { kind: Kind; stateSize: number; args: string[]; dirtyRate?: number }> = {
     ready: { kind: 'v2', stateSize: MiB, args: [] },
-    precopy: { kind: hasPrecopy ? 'v2' : 'v1', stateSize: 4 * MiB, args: ['--precopy-iterations', '4'] },
+    precopy: {
+      kind: hasPrecopy ? 'v2' : 'v1',
+      stateSize: 4 * MiB,
+      args: ['--precopy-iterations', '4'],
+      dirtyRate: MiB,
+    },
     stopcopy: { kind: 'v1', stateSize: 4 * MiB, args: [] },
     loaded: { kind: 'v2', stateSize: MiB, args: [] },
   };
@@ -260,9 +278,10 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
   } as const;
   for (const moment of MOMENTS) {
     for (const [failure, { exit, harm }] of Object.entries(FAILURES)) {
-      const { kind, stateSize, args } = SETUP[moment];
+      const { kind, stateSize, args, dirtyRate } = SETUP[moment];
       test(`CLI: ${failure} at ${moment} (${kind}): exit ${exit}, source RUNNING with its checksum, destination reset, nothing left`, async () => {
-        const { a, b, sum } = pair(kind, stateSize);
+        const { a, b, sum: before } = pair(kind, stateSize, dirtyRate);
+        let sum = before;
         const resets = b.counters()['resets'] ?? 0n;
         const fds = openFdCount();
         const tmp = readdirSync('/tmp').sort();
@@ -285,9 +304,13 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
               const at = /\[exec\] relay: at \S+ receiver (\d+) relay (\d+)/.exec(line);
               if (at && !receiver) {
                 receiver = Number(at[1]);
-                harm(child, receiver, Number(at[2]));
-                // From here the relay passes ERROR frames and ends of stream: each end learns what it would have.
-                signalIfAlive(Number(at[2]), 'SIGUSR1');
+                const relay = Number(at[2]);
+                void (async () => {
+                  if (dirtyRate) sum = await stillChecksum(a);
+                  harm(child, receiver, relay);
+                  // From here the relay passes ERROR frames and ends of stream: each end learns what it would have.
+                  signalIfAlive(relay, 'SIGUSR1');
+                })();
               }
               const exited = /\[exec\] relay: receiver exited (\S+) (\S+)/.exec(line);
               if (exited) receiverExit = `${exited[1]} ${exited[2]}`;
@@ -301,6 +324,7 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
         // Where the time went, when it was long (a loaded machine, or a wait that should not be there).
         if (took > 5000) console.log(timeline.map((l) => `#   ${l}`).join('\n'));
         assert.ok(receiver, `the moment was reached: ${r.stderr}`);
+        if (dirtyRate) assert.notEqual(sum, before, 'the source dirtied itself until the moment');
         if (exit === null) assert.equal(r.signal, 'SIGKILL');
         else assert.equal(r.code, exit, r.stderr);
         assert.ok(took < (TIMEOUT_S * 1000) / 2, `noticed without waiting for a timeout:\n${timeline.join('\n')}`);
