@@ -247,9 +247,9 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
   // The failure matrix (issue 14): each failure at each moment, the moment held by a relay
   // (test/support/wire-relay.ts) that halts the wire there, so the harm lands inside the phase
   // whatever the speed of the machine. Setup per moment: a v2 device where the kernel lets it
-  // pre-copy, else v1 (its pre-copy needs no kernel support); the state large enough that the
-  // halted source is blocked inside its phase (more than a pipe holds) where the moment is a
-  // phase of the source, small where the source only waits. The pre-copying source dirties
+  // pre-copy, else v1 (its pre-copy needs no kernel support); where the moment is a phase of the
+  // source, a state (4 MiB) far larger than the channel's pipes and buffers hold, so the halted
+  // source cannot finish the phase; small where the source only waits. The pre-copying source dirties
   // itself until the moment; the test then stops that (dirty_rate 0) and takes the checksum the
   // failure must leave unchanged.
   const SETUP: Record<Moment, { kind: Kind; stateSize: number; args: string[]; dirtyRate?: number }> = {

@@ -6,10 +6,12 @@
 // the relay reads the frames going each way. At MOMENT it holds the frame that marks it, stops
 // reading that direction (so the source cannot get past the moment, however fast it is), and
 // says on stderr `relay: at MOMENT receiver PID relay PID`, which the source relays as an
-// `[exec]` line. The test then does its harm (kills a process, sends a signal) and sends the
-// relay SIGUSR1: from then on only ERROR frames pass in either direction (the held frame never
-// does), so each end learns of a failure the way it would without the relay, and ends of
-// stream go through. Moments (each holds the source before the commit):
+// `[exec]` line. From the moment on only ERROR frames pass (the held frame never does): at once
+// in the direction still read, and in the halted one once the test, after its harm (a process
+// killed, a signal sent), sends the relay SIGUSR1 to read it again. So each end learns of a
+// failure as it would without the relay, and ends of stream go through; a test that never sends
+// SIGUSR1 has a stalled channel. When the receive exits, so does the relay (as ssh does).
+// Moments (each holds the source before the commit):
 //   ready     the destination's READY: it is in RESUMING, the source has not touched a device
 //   precopy   the source's first pre-copy record: its device pre-copies, the destination has only the header
 //   stopcopy  the source's first stop-and-copy record: its device is stopped, the destination has none of that data
