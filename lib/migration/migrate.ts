@@ -114,10 +114,14 @@ export async function migrate(
   const timing = { ready: 0, precopyDone: 0, acked: 0, firstStop: 0, sent: 0, loaded: 0, running: 0 };
   const local = new AbortController();
   let started = false;
+  let dropChannel: NodeJS.Timeout | undefined;
   const onAbort = (): void => {
     local.abort(signal!.reason);
     // Waiting for the peer's preamble: only closing the channel ends that read.
     if (!started) wire.close('aborted');
+    // A write waiting on a channel nobody drains (a stalled peer) would hold the abort off until
+    // the peer's timeout: the failure path gets a second to send its ERROR, then the channel goes.
+    else dropChannel = setTimeout(() => wire.destroy('aborted'), 1000).unref();
   };
   signal?.addEventListener('abort', onAbort, { once: true });
   // The destination is gone or failed: stop the device copies at once, and drop what is queued
@@ -254,6 +258,7 @@ export async function migrate(
     inbox.fail(error);
     wire.close('the migration failed');
     signal?.removeEventListener('abort', onAbort);
+    clearTimeout(dropChannel);
     error.devices = touched
       ? await Promise.all(sources.map((m) => outcome(m, m.recoverSource())))
       : sources.map((m) => ({ device: m.device.name, role: 'source' as const, recovery: 'running' as const }));
@@ -267,6 +272,7 @@ export async function migrate(
     const running = messageBody(await wait(FRAME.running, 0, 'the destination to run (after the commit)'));
     timing.running = Date.now();
     signal?.removeEventListener('abort', onAbort);
+    clearTimeout(dropChannel);
     if (options.resetSource) await Promise.all(sources.map((m) => m.device.reset()));
     wire.close('done');
     return {
@@ -287,6 +293,7 @@ export async function migrate(
     };
   } catch (err) {
     signal?.removeEventListener('abort', onAbort);
+    clearTimeout(dropChannel);
     wire.close('failed after the commit');
     const cause = asMigrateError(err, 'source', 'after the commit');
     const error = new MigrateError(
