@@ -19,7 +19,11 @@ import {
   type StreamTotals,
 } from './format';
 import { headerProblem, type StreamHeader } from './header';
+import { allocIoBuffer } from '../../buffers';
 import { FileSink, RecordPool, sinkReleasesOnCallback, writableEmitter, type Emit, type StreamSink } from './sink';
+
+/** Records with a payload from this size on are allocated in native-owned memory (see writeRecord). */
+const NATIVE_RECORD_MIN = 64 << 10;
 
 export interface StreamEncoderOptions {
   /** Largest payload writeRecord accepts, so no stream is written that a decoder would refuse. */
@@ -155,9 +159,13 @@ export class StreamEncoder {
         this.#payloadBytes += BigInt(length);
         return;
       }
+      // A sink function may keep the record (a channel to a destination in this process, which
+      // writes its payload into a device): native-owned memory is written from without a bounce.
       const record = this.#pool
         ? this.#pool.take(RECORD_HEADER_SIZE + length)
-        : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
+        : length >= NATIVE_RECORD_MIN
+          ? allocIoBuffer(RECORD_HEADER_SIZE + length)
+          : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
       // Buffer#copy is a plain memmove; TypedArray#set measured 10x slower under emulation (bench).
       asBuffer(payload).copy(record, RECORD_HEADER_SIZE);
       const body = record.subarray(RECORD_HEADER_SIZE);

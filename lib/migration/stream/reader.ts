@@ -1,6 +1,7 @@
 // Exact-length reads for the decoder: the interface both readers keep, and the reader over async iterables of chunks.
 import { ByteSourceReader, isByteSource, type ByteSource } from '../source';
 import { EMPTY } from './format';
+import { allocIoBuffer } from '../../buffers';
 
 /**
  * What the decoder reads through. ChunkReader (here) reads an async iterable of chunks;
@@ -37,6 +38,9 @@ export function streamReader(source: StreamSource): StreamReader {
 // Reads at least this large are filled chunk by chunk into their final Buffer, so a record is
 // held once in memory rather than as pieces plus their concatenation.
 const DIRECT_READ_MIN = 64 * 1024;
+/** Reads assembled from several chunks into a buffer of at least this size get native-owned memory. */
+const NATIVE_READ_MIN = 64 << 10;
+
 // A large read's buffer is first allocated up to this size; past it, it doubles as data arrives.
 const GROW_STEP = 16 << 20;
 
@@ -107,7 +111,9 @@ export class ChunkReader implements StreamReader {
     // length that lies costs memory only in proportion to the bytes that actually came.
     const grow = (need: number): void => {
       if (out !== undefined && out.length >= need) return;
-      const bigger = Buffer.allocUnsafe(Math.min(n, Math.max(need, GROW_STEP, 2 * (out?.length ?? 0))));
+      const size = Math.min(n, Math.max(need, GROW_STEP, 2 * (out?.length ?? 0)));
+      // Native-owned when large: a payload assembled here is written into a device without a bounce copy.
+      const bigger = size >= NATIVE_READ_MIN ? allocIoBuffer(size) : Buffer.allocUnsafe(size);
       out?.copy(bigger, 0, 0, filled);
       out = bigger;
     };
