@@ -82,6 +82,11 @@ function cli(args: string[], stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', '
   };
 }
 
+/** Ends a child a failed test left running (it would hold its device for the next tests). */
+async function stop(c: Child): Promise<void> {
+  if (c.child.exitCode === null && c.child.signalCode === null) await kill9(c);
+}
+
 async function kill9(c: Child): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
   c.child.kill('SIGKILL');
   return c.exited;
@@ -511,7 +516,7 @@ describe('edu on vfio_mig_edu (a real PCI device, DMA through the IOMMU)', { ski
         try {
           return await readBack(address);
         } catch (e) {
-          if (!(e instanceof SyscallError && e.code === 'EBUSY') || i >= 100) throw e;
+          if (!['EBUSY', 'ERR_VFIO_BUSY'].includes((e as { code?: string }).code ?? '') || i >= 100) throw e;
           await sleep(100);
         }
       }
@@ -629,26 +634,29 @@ process.stdin.on('data', (c) => {
       }
     };
 
-    test('save -o FIFO blocked in its write: a SIGINT lands in the flush, which completes (exit 0, a whole stream); source RUNNING and unchanged', async () => {
+    test('save -o FIFO blocked writing its one record in stop-and-copy, SIGINT: the save completes once the write does (exit 0, a whole stream); source RUNNING and unchanged', async () => {
       const want = await program(A, 8);
       const before = files();
       const fds = openFdCount();
       const fifo = fullFifo('int.fifo');
       let out: Buffer;
+      const c = cli(['save', A, '-o', fifo.path]);
       try {
-        const c = cli(['save', A, '-o', fifo.path]);
         // The stream's first write blocks on the full FIFO; give the save time to reach it.
         await sleep(1500);
         assert.equal(c.child.exitCode, null, 'the save ended although the FIFO is full');
-        assert.match(c.stderr(), /done: /, 'the whole stream is queued behind the blocked write');
+        assert.match(c.stderr(), /stop-copy: /);
+        assert.doesNotMatch(c.stderr(), /done: /, 'blocked in stop-and-copy');
         c.child.kill('SIGINT');
         await sleep(500);
         assert.equal(c.child.exitCode, null, 'the save waits for the write in flight');
         /*
-         * edu's 4.3 KiB stream is queued in the write stream (1 MiB high-water mark) before its first write
-         * returns: the device's part is over, the source RUNNING again, when the signal comes, and only the
-         * flush (the commit of a FIFO output) is left. The save lets it finish and succeeds: the reader gets a
-         * whole stream, which is what exit 0 says. A record-sized state cannot be interrupted mid-stream here.
+         * What happens, not what README's "Signals" promises (130, the stream not completed): the abort is
+         * looked at between records, and edu's state is one record, already in the write the signal finds
+         * blocked; after it only the trailer and the commit are left, which the save does not abort. So the
+         * save succeeds and the reader gets a whole stream (the mdev test driver's many records take the abort,
+         * see process-faults.test.ts). Kept as a test of the state left: if the CLI comes to abort here, the
+         * exit becomes 130 and the stream partial.
          */
         const chunks = [fifo.drain()];
         const drainer = setInterval(() => chunks.push(fifo.drain()), 20);
@@ -658,6 +666,7 @@ process.stdin.on('data', (c) => {
         assert.equal(r.code, 0, `exit ${r.code} ${r.signal}: ${r.stderr}`);
         out = Buffer.concat(chunks).subarray(fifo.filled);
       } finally {
+        await stop(c);
         fifo.close();
       }
       const file = join(TMP, 'int.vfmig');
@@ -677,8 +686,8 @@ process.stdin.on('data', (c) => {
       const before = files();
       const fds = openFdCount();
       const fifo = fullFifo('early.fifo');
+      const c = cli(['save', A, '-o', fifo.path]);
       try {
-        const c = cli(['save', A, '-o', fifo.path]);
         const pid = c.child.pid!;
         const nap = new Int32Array(new SharedArrayBuffer(4));
         // Watch the save's fds without yielding: the kill lands the moment its device fd appears.
@@ -708,6 +717,7 @@ process.stdin.on('data', (c) => {
         assert.equal(r.signal, 'SIGKILL', `the save ended before the kill: exit ${r.code} ${r.stderr}`);
         assert.doesNotMatch(r.stderr, /stop-copy/);
       } finally {
+        await stop(c);
         fifo.close();
       }
       await assertSource(want, 'save killed before the stop');
@@ -722,11 +732,12 @@ process.stdin.on('data', (c) => {
         const before = files();
         const fds = openFdCount();
         const fifo = fullFifo('kill.fifo');
+        const c = cli(['save', A, '-o', fifo.path]);
         try {
-          const c = cli(['save', A, '-o', fifo.path]);
           await sleep(1500);
-          // The device's part is over (the stream queued, see above); the save still holds the device's fd.
-          assert.match(c.stderr(), /stop-copy: .*\n.*done: /s);
+          // Its one record's write blocks: the device is in STOP_COPY.
+          assert.match(c.stderr(), /stop-copy: /);
+          assert.doesNotMatch(c.stderr(), /done: /, 'blocked in stop-and-copy');
           if (written) {
             fifo.free1Page(); // room for 4 KiB: the header and the first part of the device's record pass
             await sleep(300);
@@ -735,6 +746,7 @@ process.stdin.on('data', (c) => {
           assert.equal(r.signal, 'SIGKILL', `the save ended before the kill: exit ${r.code} ${r.stderr}`);
           if (written) assert.ok(fifo.drain().length > 0, 'a part of the stream reached the FIFO');
         } finally {
+          await stop(c);
           fifo.close();
         }
         await assertSource(want, `save killed ${when}`);
@@ -767,18 +779,24 @@ process.stdin.on('data', (c) => {
       rmSync(file);
     });
 
-    test('load of a truncated stream (every cut inside the record, and before the trailer): exit 5, the destination reset', async () => {
+    test('load of a truncated stream: exit 5; cut in the stream header the destination untouched, after it reset', async () => {
       const want = await program(A, 12);
       const file = join(TMP, 't.vfmig');
       assert.equal(run('save', A, '-o', file).status, 0);
       const stream = readFileSync(file);
-      for (const cut of [100, stream.length - 4200, stream.length - 1000, stream.length - 30, stream.length - 1]) {
-        await program(B, 13);
+      // The stream header (its length at 12) is read before the destination is opened: a cut there leaves
+      // the device untouched; a cut after it reaches a device already in RESUMING, which the load resets.
+      const headerEnd = 16 + stream.readUInt32LE(12) + 4;
+      for (const cut of [100, headerEnd + 10, stream.length - 1000, stream.length - 30, stream.length - 1]) {
+        const previous = await program(B, 13);
         writeFileSync(join(TMP, 'cut.vfmig'), stream.subarray(0, cut));
         const load = run('load', B, '-i', join(TMP, 'cut.vfmig'));
         assert.equal(load.status, 5, `cut at ${cut} of ${stream.length}: ${load.stderr}`);
         assert.match(load.stderr, /ends at offset|truncated|incomplete/i, `cut at ${cut}`);
-        await assertDestination(RESET_STATE, `a load cut at ${cut} of ${stream.length}`);
+        await assertDestination(
+          cut < headerEnd ? previous : RESET_STATE,
+          `a load cut at ${cut} of ${stream.length} (header ${headerEnd})`,
+        );
       }
       rmSync(join(TMP, 'cut.vfmig'));
       rmSync(file);
