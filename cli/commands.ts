@@ -142,7 +142,7 @@ async function save({ values, positionals, io, signal, print }: CommandContext):
   const output = values.output as string;
   const options = { precopy: precopyOption(values), leave: leaveOption(values.leave, 'stopped'), signal };
   // The output is checked and created before the device is opened: a bad -o costs no downtime.
-  const file = output === '-' ? null : openOutput(output);
+  const file = output === '-' ? null : openOutput(output, { signal });
   if (file) pendingOutputs.add(file);
   try {
     return await withDevice(positionals[0]!, async (device) => {
@@ -150,8 +150,12 @@ async function save({ values, positionals, io, signal, print }: CommandContext):
       const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
       try {
         // commit runs inside save(): if the fsync or rename fails, the source is recovered.
-        // A pipe to the next command (ssh, load -i -) takes a whole record per write.
-        if (!file) enlargePipe(1);
+        // A pipe to the next command (ssh, load -i -) takes a whole record per write; an abort
+        // drops what waits for a reader that may never come (the save then ends as aborted).
+        if (!file) {
+          enlargePipe(1);
+          signal?.addEventListener('abort', () => io.stdout.destroy(), { once: true });
+        }
         const result = await migration.save(file ? file.sink : io.stdout, {
           ...options,
           onProgress: view.update,

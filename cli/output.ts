@@ -17,6 +17,7 @@ import {
   type Stats,
   type WriteStream,
 } from 'node:fs';
+import { Socket } from 'node:net';
 import { hostname } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -40,8 +41,12 @@ export interface Output {
   readonly path: string;
   /** 'atomic': a temporary file renamed at commit; 'direct': written in place (FIFO, character device). */
   readonly kind: 'atomic' | 'direct';
-  /** Where the encoder writes: the file itself (FileSink, no copies) or a WriteStream (FIFO, character device). */
-  readonly sink: FileSink | WriteStream;
+  /**
+   * Where the encoder writes: the file itself (FileSink, no copies), a pipe socket (FIFO: written
+   * by the event loop, never by a pool thread a stalled reader could hold), or a WriteStream
+   * (character device).
+   */
+  readonly sink: FileSink | WriteStream | Socket;
   /** Flushes everything to stable storage and, for 'atomic', renames the file into place. */
   commit(): Promise<void>;
   /** Drops a partial output: the temporary file is removed at once. Synchronous and idempotent. */
@@ -92,7 +97,7 @@ export function sweepAbandoned(dir: string): string[] {
   return removed;
 }
 
-function streamDone(stream: WriteStream): Promise<void> {
+function streamDone(stream: WriteStream | Socket): Promise<void> {
   return new Promise((resolve, reject) => {
     if (stream.closed) return resolve();
     stream.once('error', reject);
@@ -169,7 +174,7 @@ function atomicOutput(path: string, finalPath: string, existing: Stats | undefin
   };
 }
 
-function directOutput(path: string, st: Stats): Output {
+function directOutput(path: string, st: Stats, signal?: AbortSignal): Output {
   let fd: number;
   try {
     if (st.isFIFO()) {
@@ -187,9 +192,17 @@ function directOutput(path: string, st: Stats): Output {
     const why = (err as NodeJS.ErrnoException).code === 'ENXIO' ? 'the FIFO has no reader' : describe(err);
     throw new OutputError(path, why, { cause: err });
   }
-  // A FIFO's reader gets each 1 MiB record in one wake-up instead of sixteen (best effort).
-  if (st.isFIFO()) enlargePipe(fd);
-  const stream = createWriteStream('', { fd, highWaterMark: 1 << 20 });
+  let stream: WriteStream | Socket;
+  if (st.isFIFO()) {
+    // A FIFO's reader gets each 1 MiB record in one wake-up instead of sixteen (best effort).
+    enlargePipe(fd);
+    stream = new Socket({ fd, readable: false, writable: true });
+  } else {
+    stream = createWriteStream('', { fd, highWaterMark: 1 << 20 });
+  }
+  // An abort drops what waits for a reader that may never come: the save's pending write then
+  // fails, and the save ends as aborted instead of waiting on the reader.
+  signal?.addEventListener('abort', () => stream.destroy(), { once: true });
   return {
     path,
     kind: 'direct',
@@ -208,7 +221,7 @@ function directOutput(path: string, st: Stats): Output {
  * (/dev/null, /dev/fd/N of a pipe) is written in place, never replaced; a directory, a block
  * device, a socket or a dangling link are refused.
  */
-export function openOutput(path: string): Output {
+export function openOutput(path: string, options: { signal?: AbortSignal } = {}): Output {
   if (path === '') throw new OutputError('""', 'empty path');
   if (path.includes('\0')) throw new OutputError(JSON.stringify(path), 'the path contains a NUL byte');
   let st: Stats | undefined;
@@ -228,7 +241,7 @@ export function openOutput(path: string): Output {
     return atomicOutput(path, path, undefined);
   }
   if (st.isFile()) return atomicOutput(path, realpathSync(path), st);
-  if (st.isFIFO() || st.isCharacterDevice()) return directOutput(path, st);
+  if (st.isFIFO() || st.isCharacterDevice()) return directOutput(path, st, options.signal);
   const what = st.isDirectory() ? 'a directory' : st.isBlockDevice() ? 'a block device' : 'a socket';
   throw new OutputError(path, `it is ${what}`);
 }

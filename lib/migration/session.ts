@@ -112,7 +112,12 @@ export class Migration {
     } catch (err) {
       // Let the emit in flight settle so nothing reaches the sink after save() rejects.
       await window.flush().catch(() => undefined);
-      throw withRecovery(err, await this.recoverSource(), 'source');
+      // After an abort, whatever failed (a sink the caller dropped on the abort) failed because of it.
+      const failure =
+        options.signal?.aborted && (err as MigrationError).code !== 'ERR_MIGRATION_ABORTED'
+          ? Object.assign(abortError(options.signal, 'writing the stream'), { cause: err })
+          : err;
+      throw withRecovery(failure, await this.recoverSource(), 'source');
     }
   }
 

@@ -635,7 +635,7 @@ process.stdin.on('data', (c) => {
       }
     };
 
-    test('save -o FIFO blocked writing its one record in stop-and-copy, SIGINT: the save completes once the write does (exit 0, a whole stream); source RUNNING and unchanged', async () => {
+    test('save -o FIFO blocked writing its one record in stop-and-copy, SIGINT: exit 130 without waiting for the reader, no whole stream; source RUNNING and unchanged', async () => {
       const want = await program(A, 8);
       const before = files();
       const fds = openFdCount();
@@ -649,35 +649,22 @@ process.stdin.on('data', (c) => {
         assert.match(c.stderr(), /stop-copy: /);
         assert.doesNotMatch(c.stderr(), /done: /, 'blocked in stop-and-copy');
         c.child.kill('SIGINT');
-        await sleep(500);
-        assert.equal(c.child.exitCode, null, 'the save waits for the write in flight');
-        /*
-         * What happens, not what README's "Signals" promises (130, the stream not completed): the abort is
-         * looked at between records, and edu's state is one record, already in the write the signal finds
-         * blocked; after it only the trailer and the commit are left, which the save does not abort. So the
-         * save succeeds and the reader gets a whole stream (the mdev test driver's many records take the abort,
-         * see process-faults.test.ts). Kept as a test of the state left: if the CLI comes to abort here, the
-         * exit becomes 130 and the stream partial.
-         */
-        const chunks = [fifo.drain()];
-        const drainer = setInterval(() => chunks.push(fifo.drain()), 20);
+        // The abort drops the write that waits for the reader (the FIFO is written by the event
+        // loop, not by a pool thread): the save ends as aborted while nobody reads.
         const r = await c.exited;
-        clearInterval(drainer);
-        chunks.push(fifo.drain());
-        assert.equal(r.code, 0, `exit ${r.code} ${r.signal}: ${r.stderr}`);
-        out = Buffer.concat(chunks).subarray(fifo.filled);
+        assert.equal(r.code, 130, `exit ${r.code} ${r.signal}: ${r.stderr}`);
+        assert.match(r.stderr, /aborted/);
+        out = fifo.drain().subarray(fifo.filled);
       } finally {
         await stop(c);
         fifo.close();
       }
+      // Whatever reached the FIFO is not a whole stream: it never passes for one.
       const file = join(TMP, 'int.vfmig');
       writeFileSync(file, out);
-      await program(B, 9);
-      const load = run('load', B, '-i', file);
-      assert.equal(load.status, 0, `the stream the reader got: ${load.stderr}`);
+      assert.equal(run('verify', file).status, 5, 'a partial stream fails verify');
       rmSync(file);
-      assertSameState(await readBack(B), want, 'the stream the FIFO reader got, loaded');
-      await assertSource(want, 'save signalled in its flush');
+      await assertSource(want, 'save aborted in its blocked write');
       assert.deepEqual(files(), before, 'no file left');
       assert.equal(openFdCount(), fds, 'no fd leaked');
     });

@@ -167,3 +167,30 @@ test('model: a commit that fails after the stream is complete fails the save and
   );
   assert.ok(r.records > 0n);
 });
+
+test('model: an abort while the save waits on a FIFO nobody drains ends the save (aborted, source RUNNING, no hang)', async () => {
+  const fifo = join(dir, 'stalled.fifo');
+  spawnSync('mkfifo', [fifo]);
+  // A reader that opens the FIFO and never reads: the save's writes fill the pipe, then wait.
+  const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; sleep 30`], { stdio: 'ignore' });
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const controller = new AbortController();
+    const out = openOutput(fifo, { signal: controller.signal });
+    assert.equal(out.kind, 'direct');
+    // 4 MiB of state: far more than the pipe holds, even grown to 1 MiB.
+    const dev = new V1ModelDevice({ stateSize: 4 << 20, chunkSize: 256 << 10 });
+    const asDevice = dev as unknown as Device;
+    const mig = new Migration(asDevice, new V1Engine(asDevice, dev.info));
+    const saving = mig.save(out.sink, { leave: 'stopped', signal: controller.signal });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const t0 = Date.now();
+    controller.abort(new Error('interrupted by SIGINT'));
+    await assert.rejects(saving, (e: MigrationError) => e.code === 'ERR_MIGRATION_ABORTED' && e.recovery === 'running');
+    assert.ok(Date.now() - t0 < 5000, 'the abort did not wait for the reader');
+    assert.equal(dev.deviceState, 1, 'the source is RUNNING again');
+    out.discard();
+  } finally {
+    reader.kill('SIGKILL');
+  }
+});
