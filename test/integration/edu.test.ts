@@ -2,7 +2,7 @@
 // device opened by address, programmed through VFIO, migrated by the CLI, its buffer read back by its own DMA.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import {
   closeSync,
   constants as fsConstants,
@@ -30,6 +30,7 @@ import {
 } from '../../lib';
 import { native } from '../../lib/native';
 import { TestDevice, needsDriver } from '../support/test-driver';
+import { cliChild, type CliChild as Child } from '../support/cli-child';
 import { guestKernel, hasPrecopy, inGuest, needsGuest, openFdCount } from './helpers';
 
 const BIN = join(__dirname, '../../bin/vfio-mig.js');
@@ -44,43 +45,8 @@ const [A, B] = EDU;
 
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 
-interface Child {
-  child: ChildProcess;
-  /** What the process wrote to stderr so far. */
-  stderr(): string;
-  /** Resolves once stderr matches (or the process exited). */
-  stderrMatch(re: RegExp): Promise<void>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
-}
-
-/** vfio-mig as a child process the test can signal while it runs. */
-function cli(args: string[], stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe']): Child {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio });
-  let stderr = '';
-  const waiters: { re: RegExp; resolve: () => void }[] = [];
-  child.stdout?.resume();
-  child.stderr!.on('data', (d) => {
-    stderr += d;
-    for (const w of [...waiters]) {
-      if (!w.re.test(stderr)) continue;
-      waiters.splice(waiters.indexOf(w), 1);
-      w.resolve();
-    }
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) =>
-    child.on('exit', (code, signal) => {
-      for (const w of waiters) w.resolve();
-      resolve({ code, signal, stderr });
-    }),
-  );
-  return {
-    child,
-    exited,
-    stderr: () => stderr,
-    stderrMatch: (re) =>
-      re.test(stderr) ? Promise.resolve() : new Promise((resolve) => waiters.push({ re, resolve })),
-  };
-}
+/** vfio-mig as a child the test can signal; stdout is drained unless the test reads it. */
+const cli = (args: string[], stdio?: ('pipe' | 'ignore')[]): Child => cliChild(args, stdio, { drainStdout: true });
 
 /** Ends a child a failed test left running (it would hold its device for the next tests). */
 async function stop(c: Child): Promise<void> {

@@ -1,6 +1,6 @@
 // Integration tests (VM guest): vfio-mig save and load killed (SIGKILL) or signalled at chosen moments, then the devices checked.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { PHASE_STOP_COPY } from '../../lib/migration/stream';
 import { KIND_TRAILER } from '../../lib/migration/stream/format';
 import { TestDevice, needsDriver, type Kind } from '../support/test-driver';
+import { cliChild, type CliChild as Child } from '../support/cli-child';
 import { hasPrecopy } from './helpers';
 
 const BIN = join(__dirname, '../../bin/vfio-mig.js');
@@ -15,38 +16,7 @@ const TMP = '/tmp/vfio-mig-process-faults';
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 const TEMP_FILE = /^\..+\.vfio-mig-.+-\d+-[0-9a-f]{8}\.tmp$/;
 
-interface Child {
-  child: ChildProcess;
-  /** Resolves once stderr (progress lines, messages) matches. */
-  stderrMatch(re: RegExp): Promise<void>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
-}
-
-function cli(args: string[], stdio: ('pipe' | 'ignore')[] = ['ignore', 'pipe', 'pipe']): Child {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: stdio as ('pipe' | 'ignore')[] });
-  let stderr = '';
-  const waiters: { re: RegExp; resolve: () => void }[] = [];
-  child.stderr!.on('data', (d) => {
-    stderr += d;
-    for (const w of [...waiters]) {
-      if (!w.re.test(stderr)) continue;
-      waiters.splice(waiters.indexOf(w), 1);
-      w.resolve();
-    }
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) =>
-    child.on('exit', (code, signal) => {
-      for (const w of waiters) w.resolve();
-      resolve({ code, signal, stderr });
-    }),
-  );
-  return {
-    child,
-    exited,
-    stderrMatch: (re) =>
-      re.test(stderr) ? Promise.resolve() : new Promise((resolve) => waiters.push({ re, resolve })),
-  };
-}
+const cli = cliChild;
 
 async function kill9(c: Child): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
   c.child.kill('SIGKILL');
