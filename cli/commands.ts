@@ -10,7 +10,7 @@ import { DEFAULT_PRECOPY_ITERATIONS } from '../lib/migration/policy';
 import { FdSource } from '../lib/migration/source';
 import { enlargePipe } from '../lib/pipe';
 import { infoText, type DirtyFacts } from './info-text';
-import { openOutput, type Output } from './output';
+import { openOutput, stdoutOutput, type Output } from './output';
 import { ProgressView, formatBytes } from './progress';
 
 export const EXIT = {
@@ -142,25 +142,15 @@ async function save({ values, positionals, io, signal, print }: CommandContext):
   const output = values.output as string;
   const options = { precopy: precopyOption(values), leave: leaveOption(values.leave, 'stopped'), signal };
   // The output is checked and created before the device is opened: a bad -o costs no downtime.
-  const file = output === '-' ? null : openOutput(output, { signal });
-  if (file) pendingOutputs.add(file);
+  const file = output === '-' ? stdoutOutput(io.stdout, signal) : openOutput(output, { signal });
+  pendingOutputs.add(file);
   try {
     return await withDevice(positionals[0]!, async (device) => {
       const migration = requireMigration(device);
       const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
       try {
         // commit runs inside save(): if the fsync or rename fails, the source is recovered.
-        // A pipe to the next command (ssh, load -i -) takes a whole record per write; an abort
-        // drops what waits for a reader that may never come (the save then ends as aborted).
-        if (!file) {
-          enlargePipe(1);
-          signal?.addEventListener('abort', () => io.stdout.destroy(), { once: true });
-        }
-        const result = await migration.save(file ? file.sink : io.stdout, {
-          ...options,
-          onProgress: view.update,
-          commit: file?.commit,
-        });
+        const result = await migration.save(file.sink, { ...options, onProgress: view.update, commit: file.commit });
         view.finish();
         const summary = { device: device.name, protocol: migration.protocol, output, ...result };
         const human = `saved ${device.name} (${migration.protocol}): ${formatBytes(result.bytes)} in ${result.records} records, ${result.precopyIterations} pre-copy iterations, ${(result.elapsedMs / 1000).toFixed(2)} s, stop-and-copy ${result.stopCopyMs} ms`;
@@ -172,8 +162,8 @@ async function save({ values, positionals, io, signal, print }: CommandContext):
       }
     });
   } finally {
-    file?.discard();
-    if (file) pendingOutputs.delete(file);
+    file.discard();
+    pendingOutputs.delete(file);
   }
 }
 

@@ -46,7 +46,7 @@ export interface Output {
    * by the event loop, never by a pool thread a stalled reader could hold), or a WriteStream
    * (character device).
    */
-  readonly sink: FileSink | WriteStream | Socket;
+  readonly sink: FileSink | NodeJS.WritableStream;
   /** Flushes everything to stable storage and, for 'atomic', renames the file into place. */
   commit(): Promise<void>;
   /** Drops a partial output: the temporary file is removed at once. Synchronous and idempotent. */
@@ -212,6 +212,16 @@ function directOutput(path: string, st: Stats, signal?: AbortSignal): Output {
       stream.destroy();
     },
   };
+}
+
+/**
+ * `-o -`: the process's stdout, written in place like a FIFO: a pipe is grown to take a whole
+ * record per write, and an abort drops what waits for a reader that may never come.
+ */
+export function stdoutOutput(stdout: NodeJS.WriteStream, signal?: AbortSignal): Output {
+  enlargePipe(1);
+  signal?.addEventListener('abort', () => stdout.destroy(), { once: true });
+  return { path: '-', kind: 'direct', sink: stdout, commit: async () => undefined, discard: () => undefined };
 }
 
 /**
