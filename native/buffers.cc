@@ -76,6 +76,8 @@ Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+bool NativeOwned(const uint8_t* p, size_t length) { return FindBlock(p, length) != nullptr; }
+
 IoBlock::~IoBlock() {
   {
     Registry& r = TheRegistry();

@@ -97,6 +97,9 @@ class JobBytes {
   size_t length_;
 };
 using JobBytesPtr = std::shared_ptr<JobBytes>;
+// Whether [p, p+length) lies inside native-owned I/O memory (allocBuffer): a job can pin it
+// instead of bouncing it.
+bool NativeOwned(const uint8_t* p, size_t length);
 inline JobBytesPtr ArgJobBytes(Napi::Uint8Array view, size_t offset, size_t length, JobBytes::Use use,
                                const char* name) {
   return std::make_shared<JobBytes>(view, offset, length, use, name);
