@@ -102,6 +102,8 @@ export interface NativeAddon {
   ): Promise<{ bytes: number; crc: number }>;
   /** writev of whole views in order, short writes continued, one pool job; regular files and block devices only. */
   writevAllAsync(fd: number, buffers: Uint8Array[]): Promise<number>;
+  /** The CRC-32 of the whole view, continued from `running` (0 to start), at once. */
+  crc32(buffer: Uint8Array, running: number): number;
   /** The CRC-32 of a range: on the libuv pool for native-owned memory, at once (settled) for other memory. */
   crc32Async(buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
   /** F_SETPIPE_SZ: resolves the pipe's capacity after the call. */

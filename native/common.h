@@ -204,7 +204,7 @@ Outcome ReadAtLeast(int fd, uint8_t* data, size_t min, size_t max, int cancel_fd
 Napi::Promise WaitRead(Napi::Env env, int fd, JobBytesPtr bytes, size_t min, size_t max, int64_t cancel_id);
 
 // CRC-32 (zlib's, the stream format's) of a range of any length.
-uint32_t Crc32(const uint8_t* data, size_t length);
+uint32_t Crc32(const uint8_t* data, size_t length, uint32_t running = 0);
 
 // Module parts.
 void InitBuffers(Napi::Env env, Napi::Object exports);

@@ -333,6 +333,15 @@ Napi::Value Crc32Async(const Napi::CallbackInfo& info) {
   return RunAsync(info.Env(), "crc32", "", work, convert);
 }
 
+// crc32(buffer, running): the CRC-32 of the whole view continued from `running`, at once. For
+// headers and small payloads; it spares every command the load of node:zlib (~25 ms in the guest).
+Napi::Value Crc32Sync(const Napi::CallbackInfo& info) {
+  Napi::Uint8Array view = ArgBytes(info, 0, "buffer");
+  uint32_t running = ArgU32(info, 1, "running");
+  uint8_t* p = view.ByteLength() == 0 ? nullptr : view.Data();
+  return Napi::Number::New(info.Env(), static_cast<double>(Crc32(p, view.ByteLength(), running)));
+}
+
 // setPipeSize(fd, bytes): F_SETPIPE_SZ; returns the pipe's capacity after the call. A larger pipe
 // lets a 1 MiB record cross in one write instead of sixteen wake-ups of the other end.
 Napi::Value SetPipeSize(const Napi::CallbackInfo& info) {
@@ -346,8 +355,8 @@ Napi::Value SetPipeSize(const Napi::CallbackInfo& info) {
 }  // namespace
 
 // zlib takes a uInt length, so long ranges go in pieces.
-uint32_t Crc32(const uint8_t* data, size_t length) {
-  uLong crc = crc32(0L, Z_NULL, 0);
+uint32_t Crc32(const uint8_t* data, size_t length, uint32_t running) {
+  uLong crc = running;
   while (length > 0) {
     uInt piece = length > UINT_MAX / 2 ? UINT_MAX / 2 : static_cast<uInt>(length);
     crc = crc32(crc, data, piece);
@@ -407,6 +416,7 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("readAtLeastAsync", Napi::Function::New(env, ReadAtLeastAsync, "readAtLeastAsync"));
   exports.Set("readChecksummedAsync", Napi::Function::New(env, ReadChecksummedAsync, "readChecksummedAsync"));
   exports.Set("writevAllAsync", Napi::Function::New(env, WritevAllAsync, "writevAllAsync"));
+  exports.Set("crc32", Napi::Function::New(env, Crc32Sync, "crc32"));
   exports.Set("crc32Async", Napi::Function::New(env, Crc32Async, "crc32Async"));
   exports.Set("setPipeSize", Napi::Function::New(env, SetPipeSize, "setPipeSize"));
 }

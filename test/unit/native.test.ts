@@ -12,6 +12,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { crc32 as zlibCrc32 } from 'node:zlib';
 import { join } from 'node:path';
 import { native } from '../../lib/native';
 import { SyscallError } from '../../lib/errors';
@@ -28,6 +29,17 @@ function memfd(size: number): number {
 function openFds(): number {
   return readdirSync('/proc/self/fd').length;
 }
+
+test('crc32 (sync) equals zlib, continues a running value, and leaves it unchanged over no bytes', () => {
+  const data = Buffer.from(Array.from({ length: 70001 }, (_, i) => (i * 131 + 7) & 0xff));
+  assert.equal(native.crc32(data, 0), zlibCrc32(data));
+  const head = data.subarray(0, 12345);
+  assert.equal(native.crc32(data.subarray(12345), native.crc32(head, 0)), zlibCrc32(data));
+  for (const empty of [new Uint8Array(0), Buffer.alloc(0), data.subarray(5, 5)])
+    assert.equal(native.crc32(empty, 0xdeadbeef), 0xdeadbeef);
+  assert.throws(() => native.crc32('text' as unknown as Uint8Array, 0), TypeError);
+  assert.throws(() => native.crc32(data, -1), RangeError);
+});
 
 test('struct layouts in lib/uapi.ts match the C compiler', () => {
   for (const [name, expected] of Object.entries(layout)) {

@@ -1,14 +1,15 @@
 // CRC-32 (IEEE: reflected polynomial 0xedb88320, init and xorout 0xffffffff, as zlib) for the stream checksums.
-import { crc32 } from 'node:zlib';
+// The addon's zlib CRC rather than node:zlib's: loading node:zlib costs every command ~25 ms of
+// start-up in the guest, for a function the addon already links.
+import { native } from '../../native';
 
-/**
- * crc32(data, running) that also holds for empty data: Node's zlib.crc32 returns 0, not `running`,
- * for an empty view whose ArrayBuffer has no memory behind it (new Uint8Array(0), or Buffer.alloc(0)
- * once its .buffer has been touched), as zlib's crc32() does for a null pointer.
- */
-export function crc32Update(data: Uint8Array, running: number): number {
-  return data.byteLength === 0 ? running : crc32(data, running);
+/** The CRC-32 of `data`, continued from `running` (0 to start); empty data leaves it unchanged. */
+export function crc32(data: Uint8Array, running = 0): number {
+  return native.crc32(data, running);
 }
+
+/** crc32(data, running), under the name the codec's running checksums use. */
+export const crc32Update = crc32;
 
 // CRC-32 combination (zlib's crc32_combine, in its x^(2^n) mod p form). crc32(A ‖ B) follows from
 // crc32(A), crc32(B) and |B| in ~1000 integer operations, so the running stream checksum does not

@@ -1,6 +1,5 @@
 // StreamDecoder: reads a stream record by record, yielding each only once everything that covers it is verified.
-import { crc32 } from 'node:zlib';
-import { crc32Update, extendCrc } from './crc';
+import { crc32, crc32Update, extendCrc } from './crc';
 import { native } from '../../native';
 import { StreamError, at } from './errors';
 import {

@@ -1,6 +1,5 @@
 // StreamEncoder: writes the stream header, one record per writeRecord, and the trailer.
-import { crc32 } from 'node:zlib';
-import { crc32Update, extendCrc } from './crc';
+import { crc32, crc32Update, extendCrc } from './crc';
 import {
   FIXED_HEADER_SIZE,
   KIND_DATA,

@@ -1,6 +1,6 @@
 // The .vfmig byte layout (docs/stream-format.md): constants, and one table of field offsets the encoder and decoder share.
 import { constants as bufferConstants } from 'node:buffer';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc';
 
 // Layout, version 1, little-endian.
 //
