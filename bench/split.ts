@@ -36,8 +36,11 @@ export function categorize(stack: ProfileNode['callFrame'][]): Category {
   if (leaf.functionName === '(garbage collector)') return 'gc';
   const names = stack.map((f) => f.functionName);
   const urls = stack.map((f) => f.url);
+  // The launcher calls the CLI's run() from its own top level, inside Module._load: the command
+  // itself is not start-up.
+  const command = stack.some((f) => f.functionName === 'run' && f.url.endsWith('/bin/cli.js'));
   if (
-    names.some((n) => n === 'Module._load' || n === 'compileForInternalLoader' || n === 'wrapSafe') ||
+    (!command && names.some((n) => n === 'Module._load' || n === 'compileForInternalLoader' || n === 'wrapSafe')) ||
     (names.length <= 2 && leaf.functionName === '(program)')
   )
     return 'start-up';
