@@ -1,6 +1,6 @@
 // The benchmark inside the VM guest: our client and the C reference client on the same test-driver devices, plus memcpy.
 import { execFileSync, spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { qemuVersion, quit, startQemu, waitMigration } from '../test/integration/qemu-util';
 import { TestDevice, type Kind } from '../test/support/test-driver';
@@ -51,15 +51,34 @@ function wholeCommands(proto: string, src: string, dst: string): Whole {
 }
 
 /** `vfio-mig migrate A B` as a user runs it (cold, --json report on stdout) and its wall time. */
-function migrateCold(sources: string[], destinations: string[]): { ms: number; report: MigrateReport } {
-  const start = process.hrtime.bigint();
-  const out = execFileSync(
+function migrateCold(sources: string[], destinations: string[]): { ms: number; cpuMs: number; report: MigrateReport } {
+  // GNU time reports the command's CPU time (user + system: the driver's copies run in our
+  // syscalls), which says how many vCPUs it kept busy.
+  const cpuFile = '/tmp/bench-migrate-cpu';
+  const timeCmd = existsSync('/usr/bin/time') ? ['/usr/bin/time', '-f', '%U %S', '-o', cpuFile] : [];
+  const argv = [
+    ...timeCmd,
     process.execPath,
-    [CLI, 'migrate', sources.join(','), destinations.join(','), '--quiet', '--json'],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 22 },
-  );
+    CLI,
+    'migrate',
+    sources.join(','),
+    destinations.join(','),
+    '--quiet',
+    '--json',
+  ];
+  const start = process.hrtime.bigint();
+  const out = execFileSync(argv[0]!, argv.slice(1), {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 1 << 22,
+  });
   const ms = Number(process.hrtime.bigint() - start) / 1e6;
-  return { ms, report: JSON.parse(out) as MigrateReport };
+  let cpuMs = NaN;
+  if (timeCmd.length) {
+    const [user, system] = readFileSync(cpuFile, 'utf8').trim().split(/\s+/).map(Number);
+    cpuMs = (user! + system!) * 1000;
+  }
+  return { ms, cpuMs, report: JSON.parse(out) as MigrateReport };
 }
 
 export interface MigrateReport {
@@ -76,6 +95,8 @@ export interface MigrateRow {
   oursMs: number[];
   refMs: number[];
   downtimeMs: number[];
+  /** CPU time (user + system) of each run's whole command. */
+  cpuMs: number[];
   phases: Record<string, number>[];
   exact: boolean;
 }
@@ -128,6 +149,7 @@ function migrateRuns(kind: string, mib: number, sources: TestDevice[], dests: Te
     oursMs: [],
     refMs: [],
     downtimeMs: [],
+    cpuMs: [],
     phases: [],
     exact: true,
   };
@@ -143,6 +165,7 @@ function migrateRuns(kind: string, mib: number, sources: TestDevice[], dests: Te
     row.exact &&= sources.every((d, i) => d.checksum() === dests[i]!.checksum());
     row.oursMs.push(r.ms);
     row.downtimeMs.push(r.report.downtimeMs);
+    row.cpuMs.push(r.cpuMs);
     row.phases.push(r.report.phases);
     running();
     if (ref) {
