@@ -92,6 +92,18 @@ export interface NativeAddon {
   ): Promise<void>;
   read(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): number;
   readAsync(fd: number, buffer: Uint8Array, bufferOffset: number, length: number): Promise<number>;
+  /**
+   * readAtLeastAsync for a regular file or block device (EINVAL for anything else), then the
+   * CRC-32 of the first crcLength bytes read (fewer if fewer came), in the same pool job.
+   */
+  readAtLeastChecksummedAsync(
+    fd: number,
+    buffer: Uint8Array,
+    bufferOffset: number,
+    min: number,
+    max: number,
+    crcLength: number,
+  ): Promise<{ bytes: number; crc: number }>;
   /** One read (position -1) or pread, then the CRC-32 of the bytes read, on the same pool thread. */
   readChecksummedAsync(
     fd: number,

@@ -8,6 +8,7 @@
 // Node's own zlib (its headers and its exported symbols): the same CRC-32 as zlib.crc32 in JS.
 #include <zlib.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -224,6 +225,42 @@ Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
       info.Env(), "read", "", [=] { return ReadAtLeast(fd, data, min, max); }, DeliverBytes(bytes));
 }
 
+// readAtLeastChecksummedAsync(fd, buffer, bufferOffset, min, max, crcLength): readAtLeastAsync
+// for a regular file or block device (on the pool), then the CRC-32 of the first crcLength bytes
+// read (of fewer, if fewer came) on the same pool thread, while they are still in its cache.
+// Resolves { bytes, crc }: a load from a file reads and checks a record's payload in one job.
+Napi::Value ReadAtLeastChecksummedAsync(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
+  size_t offset = ArgSize(info, 2, "bufferOffset");
+  size_t min = ArgSize(info, 3, "min");
+  size_t max = ArgSize(info, 4, "max");
+  size_t crc_length = ArgSize(info, 5, "crcLength");
+  if (min > max) throw Napi::RangeError::New(info.Env(), "min must not be larger than max");
+  if (crc_length > max) throw Napi::RangeError::New(info.Env(), "crcLength must not be larger than max");
+  JobBytesPtr bytes = ArgJobBytes(view, offset, max, JobBytes::Use::kTarget, "buffer");
+  struct stat st;
+  if (fstat(fd, &st) < 0) throw SyscallError(info.Env(), "fstat", errno);
+  // A pipe could block a pool thread for ever: those are read by readAtLeastAsync's wait thread.
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    throw SyscallError(info.Env(), "read", EINVAL,
+                       "readAtLeastChecksummedAsync reads regular files and block devices only");
+  uint8_t* data = bytes->data();
+  auto work = [=] {
+    Outcome out = ReadAtLeast(fd, data, min, max);
+    if (!out.err) out.value = Crc32(data, std::min(crc_length, static_cast<size_t>(out.ret)));
+    return out;
+  };
+  auto convert = [bytes](Napi::Env env, const Outcome& out) -> Napi::Value {
+    bytes->Deliver(env, static_cast<size_t>(out.ret));
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("bytes", Napi::Number::New(env, static_cast<double>(out.ret)));
+    result.Set("crc", Napi::Number::New(env, static_cast<double>(out.value)));
+    return result;
+  };
+  return RunAsync(info.Env(), "read", "", work, convert);
+}
+
 // readChecksummedAsync(fd, buffer, bufferOffset, length, position): one read (position -1: a
 // data_fd, where each read is one chunk of the device's choosing), or preads continued until
 // `length` bytes or the end (a region's data window: one pool job per transaction); then the
@@ -414,6 +451,8 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   ExportTwin<BulkOp<Bulk::kWrite>>(env, exports, "write");
   exports.Set("pwriteAllAsync", Napi::Function::New(env, PwriteAllAsync, "pwriteAllAsync"));
   exports.Set("readAtLeastAsync", Napi::Function::New(env, ReadAtLeastAsync, "readAtLeastAsync"));
+  exports.Set("readAtLeastChecksummedAsync",
+              Napi::Function::New(env, ReadAtLeastChecksummedAsync, "readAtLeastChecksummedAsync"));
   exports.Set("readChecksummedAsync", Napi::Function::New(env, ReadChecksummedAsync, "readChecksummedAsync"));
   exports.Set("writevAllAsync", Napi::Function::New(env, WritevAllAsync, "writevAllAsync"));
   exports.Set("crc32", Napi::Function::New(env, Crc32Sync, "crc32"));

@@ -1,10 +1,12 @@
 // Byte sources the stream decoder reads into its own reused buffers (files, pipes, any fd), and the reader over them.
+import { fstatSync } from 'node:fs';
 import { allocIoBuffer } from '../buffers';
 import { FdHandle } from '../fd-handle';
 import { isSyscallError } from '../errors';
 import { native } from '../native';
 import { O_RDONLY } from '../uapi';
 import { MigrationError, abortError } from './errors';
+import { crc32, crc32Combine } from './stream/crc';
 
 /**
  * A source of stream bytes that reads into buffers the caller owns. The decoder then keeps three
@@ -18,6 +20,18 @@ export interface ByteSource {
    * came; fewer only when the input ended (0 at its end).
    */
   readAtLeast(buffer: Buffer, offset: number, min: number, max: number): Promise<number>;
+  /**
+   * Optional: readAtLeast, plus the CRC-32 of the first `crcLength` bytes read (fewer if fewer
+   * came), computed where the bytes were read. Resolves null when this source cannot (then
+   * nothing was read).
+   */
+  readAtLeastChecksummed?(
+    buffer: Buffer,
+    offset: number,
+    min: number,
+    max: number,
+    crcLength: number,
+  ): Promise<{ bytes: number; crc: number } | null>;
   /**
    * Releases the source. A read in flight that could wait indefinitely (a pipe with no data) is
    * cancelled: it rejects promptly, and the source lets go of the fd only after it settled.
@@ -49,6 +63,8 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
   readonly #cancelId = (lastCancelId = (lastCancelId % 0xfffffffe) + 1);
 
   readonly #signal: AbortSignal | undefined;
+  // Whether the fd is a regular file or block device (read with its checksum on the pool), once known.
+  #seekable: boolean | undefined;
 
   /**
    * Reads `fd`; close() closes it only when `closeFd` is set (stdin stays open by default). With
@@ -79,20 +95,50 @@ export class FdSource implements ByteSource, AsyncIterable<Buffer> {
     try {
       return await this.#handle.run((fd) => native.readAtLeastAsync(fd, buffer, offset, min, max, this.#cancelId));
     } catch (err) {
-      if (this.#signal?.aborted) throw Object.assign(abortError(this.#signal, `reading ${this.name}`), { cause: err });
-      if (this.#handle.closed && isSyscallError(err, 'ECANCELED')) {
-        throw new MigrationError('ERR_MIGRATION_IO', `${this.name} was closed while a read was waiting`, {
-          cause: err,
-          errno: 'ECANCELED',
-        });
+      throw this.#readError(err);
+    }
+  }
+
+  /**
+   * See ByteSource: for a regular file or block device, the read and the checksum are one pool
+   * job; for anything else (a pipe, whose read may wait) null.
+   */
+  async readAtLeastChecksummed(
+    buffer: Buffer,
+    offset: number,
+    min: number,
+    max: number,
+    crcLength: number,
+  ): Promise<{ bytes: number; crc: number } | null> {
+    try {
+      if (this.#seekable === undefined) {
+        const st = fstatSync(this.#handle.fd);
+        this.#seekable = st.isFile() || st.isBlockDevice();
       }
-      // Name the input: "read EISDIR" alone does not say which file.
-      const errno = isSyscallError(err) ? err.code : undefined;
-      throw new MigrationError('ERR_MIGRATION_IO', `reading ${this.name} failed: ${(err as Error).message}`, {
+      if (!this.#seekable) return null;
+      return await this.#handle.run((fd) =>
+        native.readAtLeastChecksummedAsync(fd, buffer, offset, min, max, crcLength),
+      );
+    } catch (err) {
+      throw this.#readError(err);
+    }
+  }
+
+  /** What a failed read reports: the abort, a close that cancelled it, or the failure naming the input. */
+  #readError(err: unknown): Error {
+    if (this.#signal?.aborted) return Object.assign(abortError(this.#signal, `reading ${this.name}`), { cause: err });
+    if (this.#handle.closed && isSyscallError(err, 'ECANCELED')) {
+      return new MigrationError('ERR_MIGRATION_IO', `${this.name} was closed while a read was waiting`, {
         cause: err,
-        errno,
+        errno: 'ECANCELED',
       });
     }
+    // Name the input: "read EISDIR" alone does not say which file.
+    const errno = isSyscallError(err) ? err.code : undefined;
+    return new MigrationError('ERR_MIGRATION_IO', `reading ${this.name} failed: ${(err as Error).message}`, {
+      cause: err,
+      errno,
+    });
   }
 
   /** Idempotent; cancels a waiting read, and closes the fd (when owned) once that read let go. */
@@ -167,8 +213,17 @@ export class ByteSourceReader {
 
   /** Reads until `n` bytes are buffered; false when the source ended first. */
   async fill(n: number): Promise<boolean> {
-    if (this.buffered >= n) return true;
-    if (this.#ended) return false;
+    return (await this.#fill(n, false)).ok;
+  }
+
+  /**
+   * fill(n); with `checksum`, when a read completes the `n` bytes and the source can checksum
+   * where it reads, also their CRC-32: the bytes that read brought are checksummed in the same
+   * job, those buffered before it here (a look-ahead's few KiB), and the two CRCs combined.
+   */
+  async #fill(n: number, checksum: boolean): Promise<{ ok: boolean; crc?: number }> {
+    if (this.buffered >= n) return { ok: true };
+    if (this.#ended) return { ok: false };
     // Bytes already handed out lie before #head: new bytes go after #tail, or into the next buffer.
     if (this.#buf.length - this.#head < n) this.#switchBuffer(n);
     while (this.buffered < n) {
@@ -176,22 +231,47 @@ export class ByteSourceReader {
       if (this.#tail === this.#buf.length) this.#grow(n);
       const need = n - this.buffered;
       const room = this.#buf.length - this.#tail;
+      if (checksum && need <= room && this.#source.readAtLeastChecksummed) {
+        const before = this.buffered;
+        const r = await this.#source.readAtLeastChecksummed(this.#buf, this.#tail, need, room, need);
+        if (r !== null) {
+          this.#tail += r.bytes;
+          this.#received += r.bytes;
+          if (r.bytes < need) {
+            this.#ended = true;
+            return { ok: false };
+          }
+          const head = before === 0 ? 0 : crc32(this.#buf.subarray(this.#head, this.#head + before));
+          return { ok: true, crc: before === 0 ? r.crc : crc32Combine(head, r.crc, need) };
+        }
+        // This source cannot checksum as it reads (a pipe): nothing was read, read plainly.
+      }
       const min = Math.min(need, room);
       const got = await this.#source.readAtLeast(this.#buf, this.#tail, min, room);
       this.#tail += got;
       this.#received += got;
       if (got < min) {
         this.#ended = true;
-        return false;
+        return { ok: false };
       }
     }
-    return true;
+    return { ok: true };
   }
 
   /** The next `n` bytes, or null when the source ends before them (see `received`). */
   async read(n: number): Promise<Buffer | null> {
     if (n === 0) return EMPTY;
     return (await this.fill(n)) ? this.take(n) : null;
+  }
+
+  /**
+   * read(n), with the bytes' CRC-32 when the read that brought them could compute it (one pool job
+   * for a file); `crc` is undefined when it could not, or when no read was needed.
+   */
+  async readChecksummed(n: number): Promise<{ bytes: Buffer; crc: number | undefined } | null> {
+    if (n === 0) return { bytes: EMPTY, crc: 0 };
+    const filled = await this.#fill(n, true);
+    return filled.ok ? { bytes: this.take(n), crc: filled.crc } : null;
   }
 
   /** Takes `n` (<= buffered) bytes, as a view. */

@@ -5,6 +5,7 @@ import { mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { crc32 as zlibCrc32 } from 'node:zlib';
 
 import { native } from '../../lib/native';
 import { O_RDONLY } from '../../lib/uapi';
@@ -63,6 +64,24 @@ function memorySource(
     },
   };
   return src;
+}
+
+/**
+ * memorySource that also checksums as it reads (as FdSource does for a file): the CRC of the first
+ * `crcLength` bytes each read brought, by zlib. `refuse` makes it answer null, as FdSource does
+ * for a pipe. Counts the checksummed reads.
+ */
+function checksummingSource(bytes: Buffer, step?: (i: number) => number, refuse = false) {
+  const src = Object.assign(memorySource(bytes, step), { checksummed: 0 });
+  return Object.assign(src, {
+    async readAtLeastChecksummed(buffer: Buffer, offset: number, min: number, max: number, crcLength: number) {
+      if (refuse) return null;
+      assert.ok(crcLength <= max, `crcLength ${crcLength} > max ${max}`);
+      const got = await src.readAtLeast(buffer, offset, min, max);
+      src.checksummed++;
+      return { bytes: got, crc: zlibCrc32(buffer.subarray(offset, offset + Math.min(got, crcLength))) };
+    },
+  });
 }
 
 async function* chunks(bytes: Buffer, size: number): AsyncGenerator<Buffer> {
@@ -174,6 +193,52 @@ describe('stream decoder over a ByteSource (in-process byte sources)', () => {
     assert.equal(lie.received, 5000);
   });
 
+  it("reader: readChecksummed gives zlib's CRC of exactly the bytes read, look-ahead prefix combined", async () => {
+    const bytes = Buffer.from(Array.from({ length: 9 << 20 }, (_, i) => (i * 2654435761) >>> 24));
+    const sizes = [1, 31, 4096, 5000, MIN_CAPACITY - 3, MIN_CAPACITY + 7, 1 << 20, 3 << 20, 17, 2 << 20];
+    for (const step of [undefined, (i: number) => 1 + ((i * 7919) % 70000)]) {
+      const src = checksummingSource(bytes, step);
+      const reader = new ByteSourceReader(src);
+      let at = 0;
+      let withCrc = 0;
+      for (const [i, n] of sizes.entries()) {
+        // A plain read between checksummed ones leaves a look-ahead in the buffer.
+        if (i % 3 === 2) {
+          assert.ok((await reader.read(13))!.equals(bytes.subarray(at, at + 13)));
+          at += 13;
+        }
+        const r = (await reader.readChecksummed(n))!;
+        assert.ok(r.bytes.equals(bytes.subarray(at, at + n)), `read ${i}: ${n} bytes at ${at}`);
+        if (r.crc !== undefined) {
+          withCrc++;
+          assert.equal(r.crc, zlibCrc32(bytes.subarray(at, at + n)), `read ${i}: CRC of ${n} bytes at ${at}`);
+        }
+        at += n;
+      }
+      assert.ok(withCrc >= sizes.length / 2, `only ${withCrc} reads came with a CRC`);
+      assert.ok(src.checksummed >= withCrc);
+      // Past the end: null, as read() gives.
+      assert.equal(await reader.readChecksummed(bytes.length), null);
+    }
+  });
+
+  it('decodes the same from a source that checksums as it reads, one that refuses, and an iterable; a flipped payload bit is caught', async () => {
+    const payloads = [1, 70000, MIN_CAPACITY * 2 + 5, 3, 1 << 20].map((n, i) => Buffer.alloc(n, i + 1));
+    const good = await encode(payloads);
+    const bad = Buffer.from(good);
+    bad[bad.length - 100] ^= 0x10; // inside the last payload
+    for (const bytes of [good, bad]) {
+      const expected = await decodeAll(chunks(bytes, 4096));
+      const checked = checksummingSource(bytes);
+      assert.deepEqual(await decodeAll(checked), expected);
+      assert.ok(checked.checksummed > 0, 'no read was checksummed');
+      assert.deepEqual(await decodeAll(checksummingSource(bytes, undefined, true)), expected);
+    }
+    const caught = await decodeAll(checksummingSource(bad));
+    assert.equal(caught.error?.code, 'ERR_STREAM_CHECKSUM');
+    assert.equal(caught.error?.record, 4n);
+  });
+
   it('closes the source after the end, an error or an early break', async () => {
     const bytes = await encode([pattern(0, 100), pattern(1, 100)]);
     const done = memorySource(bytes);
@@ -259,6 +324,38 @@ describe('FdSource (host kernel: files and pipes)', () => {
         assert.equal(openFds(), before + 1);
         native.close(fd);
         await new Promise((resolve) => (child.exitCode !== null ? resolve(null) : child.once('exit', resolve)));
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("checksums a file's reads on the pool, and answers null for a pipe (read plainly by its wait thread)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfmig-src-'));
+    try {
+      const file = join(dir, 'data');
+      const data = Buffer.from(Array.from({ length: 300000 }, (_, i) => (i * 31) & 0xff));
+      writeFileSync(file, data);
+      using source = FdSource.open(file);
+      const buffer = Buffer.alloc(400000);
+      const r = await source.readAtLeastChecksummed(buffer, 10, 1000, 400000 - 10, 5000);
+      assert.deepEqual(r, { bytes: data.length, crc: zlibCrc32(data.subarray(0, 5000)) });
+      assert.ok(buffer.subarray(10, 10 + data.length).equals(data));
+      // crcLength past what came: the CRC of what came.
+      using again = FdSource.open(file);
+      const all = await again.readAtLeastChecksummed(buffer, 0, 1, 400000, 400000);
+      assert.deepEqual(all, { bytes: data.length, crc: zlibCrc32(data) });
+      const fifo = join(dir, 'fifo');
+      execFileSync('mkfifo', [fifo]);
+      // O_RDWR: a FIFO open that needs no writer (Linux).
+      const fd = native.open(fifo, 2);
+      try {
+        const pipeSource = new FdSource(fd);
+        assert.equal(await pipeSource.readAtLeastChecksummed(buffer, 0, 1, 100, 100), null);
+        // The native call itself refuses a pipe: a pool thread must never wait on one.
+        assert.throws(() => native.readAtLeastChecksummedAsync(fd, buffer, 0, 1, 100, 100), /EINVAL/);
+      } finally {
+        native.close(fd);
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

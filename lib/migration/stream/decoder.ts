@@ -175,7 +175,16 @@ export class StreamDecoder {
     }
     const n = Number(length);
     const payloadAt = offset + RECORD_HEADER_SIZE;
-    const payload = await reader.read(n);
+    // From a file, the read that brings the payload checksums it too (one pool job).
+    let readCrc: number | undefined;
+    let payload: Buffer | null;
+    if (reader.readChecksummed) {
+      const checked = await reader.readChecksummed(n);
+      payload = checked && checked.bytes;
+      readCrc = checked?.crc;
+    } else {
+      payload = await reader.read(n);
+    }
     if (payload === null) {
       throw StreamError.truncated(
         reader.received,
@@ -186,7 +195,7 @@ export class StreamDecoder {
     // A large payload in native-owned memory (a file or pipe read, an assembled channel read) is
     // checked on the thread pool: the JS thread stays free while the previous record is written
     // to the device. Other memory is checked at once (copying it for the pool would cost more).
-    const computed = n >= POOL_CRC_MIN ? await native.crc32Async(payload, 0, n) : crc32(payload);
+    const computed = readCrc ?? (n >= POOL_CRC_MIN ? await native.crc32Async(payload, 0, n) : crc32(payload));
     if (computed !== payloadCrc) {
       throw StreamError.checksum(
         place,

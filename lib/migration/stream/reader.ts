@@ -18,6 +18,11 @@ export interface StreamReader {
   fill(n: number): Promise<boolean>;
   /** The next `n` bytes, or null when the source ends before them (see `received`). */
   read(n: number): Promise<Buffer | null>;
+  /**
+   * Optional: read(n) with the bytes' CRC-32 when the read that brought them computed it where it
+   * read (undefined otherwise: the caller computes it).
+   */
+  readChecksummed?(n: number): Promise<{ bytes: Buffer; crc: number | undefined } | null>;
   /** Takes `n` (<= buffered) bytes. */
   take(n: number): Buffer;
   /** Releases the source if it has not ended; idempotent. */
