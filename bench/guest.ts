@@ -191,6 +191,9 @@ export interface Op {
   runsMs?: number[];
   /** Our op repeated in the same process after the first, cold run (one.ts): every such run. */
   warmMs?: number[];
+  /** The worst loop delay during those warm runs, and the longest GC pause during all runs. */
+  warmLoopDelayMaxMs?: number;
+  gcMaxMs?: number;
 }
 
 /**
@@ -200,8 +203,13 @@ export interface Op {
 function summarize(ops: Op[]): Op {
   const sorted = [...ops].sort((a, b) => a.ms - b.ms);
   const median = { ...sorted[Math.floor((sorted.length - 1) / 2)]! };
-  const delays = ops.map((o) => o.loopDelayMaxMs).filter((d): d is number => d !== undefined);
-  if (delays.length) median.loopDelayMaxMs = Math.max(...delays);
+  const worst = (pick: (o: Op) => number | undefined) => {
+    const values = ops.map(pick).filter((d): d is number => d !== undefined);
+    return values.length ? Math.max(...values) : undefined;
+  };
+  median.loopDelayMaxMs = worst((o) => o.loopDelayMaxMs);
+  median.warmLoopDelayMaxMs = worst((o) => o.warmLoopDelayMaxMs);
+  median.gcMaxMs = worst((o) => o.gcMaxMs);
   const growth = ops.filter((o) => o.maxRssKb !== undefined);
   if (growth.length) {
     const worst = growth.reduce((a, b) => (b.maxRssKb! - b.idleRssKb! > a.maxRssKb! - a.idleRssKb! ? b : a));

@@ -1,12 +1,25 @@
 // One benchmark operation in its own process (so peak RSS is its own): our save or load, with event-loop delay and RSS.
 import { createWriteStream } from 'node:fs';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, PerformanceObserver, type IntervalHistogram } from 'node:perf_hooks';
 import { FdSource, openDevice, requireMigration } from '../lib';
+
+const RESOLUTION_MS = 5;
+
+/**
+ * An enabled loop-delay histogram. Its first sample only sets a baseline, so it is given two
+ * samples' time before the measured work starts: else a stall at the very start would not count.
+ */
+async function startDelayMonitor(): Promise<IntervalHistogram> {
+  const delay = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
+  delay.enable();
+  await new Promise((resolve) => setTimeout(resolve, 3 * RESOLUTION_MS));
+  delay.reset();
+  return delay;
+}
 
 /** The baseline: the worst event-loop delay of a Node process doing nothing for `ms` in the same guest. */
 async function idle(ms: number): Promise<void> {
-  const delay = monitorEventLoopDelay({ resolution: 5 });
-  delay.enable();
+  const delay = await startDelayMonitor();
   await new Promise((resolve) => setTimeout(resolve, ms));
   delay.disable();
   process.stdout.write(
@@ -43,24 +56,46 @@ async function main(): Promise<void> {
   if (op === 'idle') return idle(Number(uuid));
   const runs = Math.max(1, Number(runsArg ?? 1));
   const idleRssKb = process.resourceUsage().maxRSS;
-  const delay = monitorEventLoopDelay({ resolution: 5 });
   using device = openDevice(uuid);
   const migration = requireMigration(device);
-  delay.enable();
+  // The longest garbage-collection pause during the measured runs: one cause of loop delay.
+  let gcMaxMs = 0;
+  let measuring = false;
+  const gc = new PerformanceObserver((list) => {
+    if (measuring) for (const e of list.getEntries()) gcMaxMs = Math.max(gcMaxMs, e.duration);
+  });
+  gc.observe({ entryTypes: ['gc'] });
+  const delay = await startDelayMonitor();
+  measuring = true;
   let start = process.hrtime.bigint();
   const first = await once(migration, op, file!);
   const ms = Number(process.hrtime.bigint() - start) / 1e6;
   delay.disable();
   const maxRssKb = process.resourceUsage().maxRSS;
+  // The warm runs' worst delay: what is left once V8 has compiled the code (no first-call compiles).
+  const warmDelay = await startDelayMonitor();
   const warmMs: number[] = [];
   for (let i = 1; i < runs; i++) {
     start = process.hrtime.bigint();
     await once(migration, op, file!);
     warmMs.push(Number(process.hrtime.bigint() - start) / 1e6);
   }
-  process.stdout.write(
-    `${JSON.stringify({ ms, warmMs, stopCopyMs: first.stopCopyMs, bytes: Number(first.bytes), maxRssKb, idleRssKb, loopDelayMaxMs: delay.max / 1e6, loopDelayP99Ms: delay.percentile(99) / 1e6 })}\n`,
-  );
+  warmDelay.disable();
+  measuring = false;
+  gc.disconnect();
+  const result = {
+    ms,
+    warmMs,
+    stopCopyMs: first.stopCopyMs,
+    bytes: Number(first.bytes),
+    maxRssKb,
+    idleRssKb,
+    loopDelayMaxMs: delay.max / 1e6,
+    loopDelayP99Ms: delay.percentile(99) / 1e6,
+    warmLoopDelayMaxMs: runs > 1 ? warmDelay.max / 1e6 : undefined,
+    gcMaxMs,
+  };
+  process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 
 main().catch((err) => {
