@@ -4,6 +4,8 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { qemuVersion, quit, startQemu, waitMigration } from '../test/integration/qemu-util';
 import { TestDevice, type Kind } from '../test/support/test-driver';
+import { allocIoBuffer } from '../lib/buffers';
+import { crc32 } from '../lib/migration/stream/crc';
 
 const REF = process.env.BENCH_REF ?? '';
 const SIZES_MIB = (process.env.BENCH_SIZES ?? '1,64,256').split(',').map(Number);
@@ -222,6 +224,18 @@ function summarize(ops: Op[]): Op {
   return median;
 }
 
+/** The CRC-32 of `size` bytes in 1 MiB pieces, as the stream checks them (ms, best of three). */
+function crcMs(size: number): number {
+  const piece = allocIoBuffer(1 << 20).fill(0x5a);
+  let best = Infinity;
+  for (let rep = 0; rep < 3; rep++) {
+    const start = process.hrtime.bigint();
+    for (let at = 0; at < size; at += piece.length) crc32(piece.subarray(0, Math.min(piece.length, size - at)));
+    best = Math.min(best, Number(process.hrtime.bigint() - start) / 1e6);
+  }
+  return best;
+}
+
 const run = (cmd: string, args: string[]) =>
   JSON.parse(
     execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 20 })
@@ -270,6 +284,7 @@ async function main(): Promise<void> {
   for (const mib of SIZES_MIB) {
     const size = mib << 20;
     const memcpy = run(REF, ['memcpy', String(size)]);
+    const crc = crcMs(size);
     for (const kind of KINDS) {
       const source = new TestDevice(kind as Kind, { chunkSize: CHUNK, stateSize: size });
       const dest = new TestDevice(kind as Kind, { chunkSize: CHUNK, stateSize: size });
@@ -328,6 +343,7 @@ async function main(): Promise<void> {
           kind,
           mib,
           memcpyMs: memcpy.ms,
+          crcMs: crc,
           ours,
           ref: { save: refSave, load: refLoad },
           qemu,
