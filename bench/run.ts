@@ -260,7 +260,7 @@ async function main(): Promise<void> {
   const gcMax = Math.max(...big.map(({ o }) => o.gcMaxMs ?? NaN));
   const coldExcess = big.map(({ row, o }) => (o.loopDelayMaxMs ?? NaN) - (row.idleLoopDelayMaxMs ?? NaN));
   const delayWhy = big.length
-    ? `the excess is ${f1(Math.min(...coldExcess))}-${f1(Math.max(...coldExcess))} ms (median ${f1(median(coldExcess))}) cold, ${f1(Math.min(...warmExcess))}-${f1(Math.max(...warmExcess))} ms (median ${f1(median(warmExcess))}) with the same ops repeated warm in their process; garbage-collection pauses, each a stop of the loop, reach ${f1(gcMax)} ms; the worst of all runs is a single stall, not the usual delay`
+    ? `the excess is from ${f1(Math.min(...coldExcess))} to ${f1(Math.max(...coldExcess))} ms (median ${f1(median(coldExcess))}) cold, from ${f1(Math.min(...warmExcess))} to ${f1(Math.max(...warmExcess))} ms (median ${f1(median(warmExcess))}) with the same ops repeated warm in their process; garbage-collection pauses, each a stop of the loop, reach ${f1(gcMax)} ms; the worst of all runs is a single stall, not the usual delay`
     : '';
   const targets = [
     '| target | this run | verdict | why not, from this run |',
