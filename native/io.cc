@@ -134,6 +134,17 @@ SyscallWorker::Convert DeliverBytes(JobBytesPtr bytes) {
   };
 }
 
+// A checksummed read's result: the bytes delivered, then { bytes, crc } (the CRC in out.value).
+SyscallWorker::Convert DeliverBytesAndCrc(JobBytesPtr bytes) {
+  return [bytes](Napi::Env env, const Outcome& out) -> Napi::Value {
+    bytes->Deliver(env, static_cast<size_t>(out.ret));
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("bytes", Napi::Number::New(env, static_cast<double>(out.ret)));
+    result.Set("crc", Napi::Number::New(env, static_cast<double>(out.value)));
+    return result;
+  };
+}
+
 // pread, pwrite, read and write, each sync and async: the same argument checks, the same syscall. An
 // async call works on memory it pins or bounces (JobBytes), never on the bare view.
 template <Bulk kOp>
@@ -208,21 +219,39 @@ Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
 // below min only at the end of input. A regular file or block device is read on the pool; any
 // other fd (pipe, socket, terminal) may wait forever, so it is waited for on a thread of its own
 // (wait.cc), cancellable through cancelReads(cancelId) and at environment teardown.
-Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
+// The arguments the readAtLeast calls share: (fd, buffer, bufferOffset, min, max), checked, the
+// target range pinned or bounced, and whether the fd is a regular file or block device (which a
+// pool thread may read: it never waits indefinitely).
+struct ReadAtLeastArgs {
+  int fd;
+  JobBytesPtr bytes;
+  size_t min;
+  size_t max;
+  bool seekable;
+};
+
+ReadAtLeastArgs ArgReadAtLeast(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
   size_t offset = ArgSize(info, 2, "bufferOffset");
   size_t min = ArgSize(info, 3, "min");
   size_t max = ArgSize(info, 4, "max");
   if (min > max) throw Napi::RangeError::New(info.Env(), "min must not be larger than max");
-  int64_t cancel_id = info.Length() > 5 && !info[5].IsUndefined() ? ArgU32(info, 5, "cancelId") : -1;
   JobBytesPtr bytes = ArgJobBytes(view, offset, max, JobBytes::Use::kTarget, "buffer");
   struct stat st;
   if (fstat(fd, &st) < 0) throw SyscallError(info.Env(), "fstat", errno);
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return WaitRead(info.Env(), fd, bytes, min, max, cancel_id);
-  uint8_t* data = bytes->data();
+  return {fd, bytes, min, max, S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)};
+}
+
+Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
+  ReadAtLeastArgs a = ArgReadAtLeast(info);
+  int64_t cancel_id = info.Length() > 5 && !info[5].IsUndefined() ? ArgU32(info, 5, "cancelId") : -1;
+  if (!a.seekable) return WaitRead(info.Env(), a.fd, a.bytes, a.min, a.max, cancel_id);
+  uint8_t* data = a.bytes->data();
+  int fd = a.fd;
+  size_t min = a.min, max = a.max;
   return RunAsync(
-      info.Env(), "read", "", [=] { return ReadAtLeast(fd, data, min, max); }, DeliverBytes(bytes));
+      info.Env(), "read", "", [=] { return ReadAtLeast(fd, data, min, max); }, DeliverBytes(a.bytes));
 }
 
 // readAtLeastChecksummedAsync(fd, buffer, bufferOffset, min, max, crcLength): readAtLeastAsync
@@ -230,35 +259,23 @@ Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
 // read (of fewer, if fewer came) on the same pool thread, while they are still in its cache.
 // Resolves { bytes, crc }: a load from a file reads and checks a record's payload in one job.
 Napi::Value ReadAtLeastChecksummedAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
-  size_t offset = ArgSize(info, 2, "bufferOffset");
-  size_t min = ArgSize(info, 3, "min");
-  size_t max = ArgSize(info, 4, "max");
+  ReadAtLeastArgs a = ArgReadAtLeast(info);
   size_t crc_length = ArgSize(info, 5, "crcLength");
-  if (min > max) throw Napi::RangeError::New(info.Env(), "min must not be larger than max");
-  if (crc_length > max) throw Napi::RangeError::New(info.Env(), "crcLength must not be larger than max");
-  JobBytesPtr bytes = ArgJobBytes(view, offset, max, JobBytes::Use::kTarget, "buffer");
-  struct stat st;
-  if (fstat(fd, &st) < 0) throw SyscallError(info.Env(), "fstat", errno);
+  if (crc_length > a.max) throw Napi::RangeError::New(info.Env(), "crcLength must not be larger than max");
   // A pipe could block a pool thread for ever: those are read by readAtLeastAsync's wait thread.
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+  if (!a.seekable)
     throw SyscallError(info.Env(), "read", EINVAL,
                        "readAtLeastChecksummedAsync reads regular files and block devices only");
-  uint8_t* data = bytes->data();
+  uint8_t* data = a.bytes->data();
+  int fd = a.fd;
+  size_t min = a.min, max = a.max;
+  JobBytesPtr bytes = a.bytes;
   auto work = [=] {
     Outcome out = ReadAtLeast(fd, data, min, max);
     if (!out.err) out.value = Crc32(data, std::min(crc_length, static_cast<size_t>(out.ret)));
     return out;
   };
-  auto convert = [bytes](Napi::Env env, const Outcome& out) -> Napi::Value {
-    bytes->Deliver(env, static_cast<size_t>(out.ret));
-    Napi::Object result = Napi::Object::New(env);
-    result.Set("bytes", Napi::Number::New(env, static_cast<double>(out.ret)));
-    result.Set("crc", Napi::Number::New(env, static_cast<double>(out.value)));
-    return result;
-  };
-  return RunAsync(info.Env(), "read", "", work, convert);
+  return RunAsync(info.Env(), "read", "", work, DeliverBytesAndCrc(bytes));
 }
 
 // readChecksummedAsync(fd, buffer, bufferOffset, length, position): one read (position -1: a
@@ -282,14 +299,7 @@ Napi::Value ReadChecksummedAsync(const Napi::CallbackInfo& info) {
     if (!out.err) out.value = Crc32(data, static_cast<size_t>(out.ret));
     return out;
   };
-  auto convert = [bytes](Napi::Env env, const Outcome& out) -> Napi::Value {
-    bytes->Deliver(env, static_cast<size_t>(out.ret));
-    Napi::Object result = Napi::Object::New(env);
-    result.Set("bytes", Napi::Number::New(env, static_cast<double>(out.ret)));
-    result.Set("crc", Napi::Number::New(env, static_cast<double>(out.value)));
-    return result;
-  };
-  return RunAsync(info.Env(), positioned ? "pread" : "read", "", work, convert);
+  return RunAsync(info.Env(), positioned ? "pread" : "read", "", work, DeliverBytesAndCrc(bytes));
 }
 
 // writevAllAsync(fd, buffers): writes the buffers in order at the fd's offset, short writes
