@@ -6,6 +6,7 @@ import type { Migration } from './session';
 import { progressReporter } from './steps';
 import { StreamDecoder, type StreamHeader } from './stream';
 import { headerProblem } from './stream/header';
+import { releaseRecord } from './stream/sink';
 import { printable } from '../printable';
 import { ByteQueue, Inbox, MigrateError, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
 import type { Progress } from './types';
@@ -161,6 +162,8 @@ export async function receive(
         );
       for await (const record of readAhead(decoder.records())) {
         await m.engine.writeRecord(record);
+        // Written: an in-process source may reuse the record's memory (a no-op for a copy).
+        releaseRecord(record.payload);
         result[i]!.records++;
         result[i]!.bytes += record.payload.length;
         inbox.lastActivity = Date.now();

@@ -77,3 +77,39 @@ test('forcing recycle onto a PassThrough would corrupt records: the check above 
     }, true),
   );
 });
+
+test("a sink function's records are reused only once released, and never while a holder keeps them", async () => {
+  const { releaseRecord } = await import('../../lib/migration/stream/sink');
+  const kept: Buffer[] = [];
+  const released = new Set<ArrayBufferLike>();
+  let reused = 0;
+  // Records 0-9 are released once "written", as an in-process destination does; 10-19 are kept.
+  let n = 0;
+  const enc = new StreamEncoder(
+    async (record) => {
+      if (released.has(record.buffer)) reused++;
+      const i = n++;
+      if (i === 0) return; // the stream header
+      if (i <= 10) {
+        released.add(record.buffer);
+        releaseRecord(record);
+      } else if (record.length > 1000) kept.push(record); // not the trailer
+    },
+    { protocol: 'v2', device: {} },
+  );
+  const chunk = Buffer.alloc(256 * 1024);
+  for (let i = 0; i < 30; i++) {
+    chunk.fill(i & 0xff);
+    await enc.writeRecord(1, chunk);
+  }
+  await enc.finish();
+  assert.ok(reused >= 5, `only ${reused} records reused released memory`);
+  // The kept ones still hold their own payloads: none was handed out again.
+  assert.equal(kept.length, 20);
+  kept.forEach((record, j) => {
+    const i = 10 + j;
+    assert.ok(record.subarray(32).equals(payloadOf(i, 256 * 1024)), `kept record ${i} intact`);
+  });
+  // Releasing memory the encoder never made is a no-op.
+  releaseRecord(Buffer.alloc(16));
+});

@@ -18,7 +18,6 @@ import {
   type StreamTotals,
 } from './format';
 import { headerProblem, type StreamHeader } from './header';
-import { allocIoBuffer } from '../../buffers';
 import { FileSink, RecordPool, sinkReleasesOnCallback, writableEmitter, type Emit, type StreamSink } from './sink';
 
 /** Records with a payload from this size on are allocated in native-owned memory (see writeRecord). */
@@ -62,6 +61,8 @@ export class StreamEncoder {
   #records = 0n;
   #payloadBytes = 0n;
   #pool: RecordPool | undefined;
+  // A sink function's large records: native-owned, reused once a destination released them.
+  #releasable: RecordPool | undefined;
   #file: FileSink | undefined;
 
   constructor(sink: StreamSink, header: StreamHeader, options: StreamEncoderOptions = {}) {
@@ -70,6 +71,9 @@ export class StreamEncoder {
       this.#emit = (chunk) => sink.write([chunk]);
     } else if (typeof sink === 'function') {
       this.#emit = (chunk) => sink(chunk);
+      // A function may hand its records to a destination in this process, which hands them back
+      // (releaseRecord) once written; records it keeps or copies are simply never reused.
+      this.#releasable = new RecordPool({ releasable: true });
     } else if (sink !== null && typeof sink === 'object' && typeof sink.write === 'function') {
       const pool = (options.recycle ?? sinkReleasesOnCallback(sink)) ? new RecordPool() : undefined;
       this.#pool = pool;
@@ -162,8 +166,8 @@ export class StreamEncoder {
       // writes its payload into a device): native-owned memory is written from without a bounce.
       const record = this.#pool
         ? this.#pool.take(RECORD_HEADER_SIZE + length)
-        : length >= NATIVE_RECORD_MIN
-          ? allocIoBuffer(RECORD_HEADER_SIZE + length)
+        : this.#releasable && length >= NATIVE_RECORD_MIN
+          ? this.#releasable.take(RECORD_HEADER_SIZE + length)
           : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
       // Buffer#copy is a plain memmove; TypedArray#set measured 10x slower under emulation (bench).
       asBuffer(payload).copy(record, RECORD_HEADER_SIZE);

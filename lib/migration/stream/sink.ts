@@ -2,6 +2,7 @@
 import type { Writable } from 'node:stream';
 import { WriteStream } from 'node:fs';
 import { native } from '../../native';
+import { allocIoBuffer } from '../../buffers';
 
 /**
  * A regular file (or block device) that the encoder writes itself: each record leaves in one
@@ -37,11 +38,21 @@ export class RecordPool {
   #free: Buffer[] = [];
   #size = 0;
   readonly #mine = new WeakSet<Buffer>();
+  readonly #releasable: boolean;
+
+  /**
+   * With `releasable`, records are native-owned (a device write in this process uses them without
+   * a bounce copy) and whoever ends up holding one may hand it back with releaseRecord().
+   */
+  constructor(options: { releasable?: boolean } = {}) {
+    this.#releasable = !!options.releasable;
+  }
 
   take(size: number): Buffer {
     if (size === this.#size && this.#free.length) return this.#free.pop()!;
-    const buf = Buffer.allocUnsafeSlow(size);
+    const buf = this.#releasable ? allocIoBuffer(size) : Buffer.allocUnsafeSlow(size);
     this.#mine.add(buf);
+    if (this.#releasable) RELEASABLE.set(buf.buffer, { pool: this, buf });
     return buf;
   }
 
@@ -54,6 +65,21 @@ export class RecordPool {
     }
     if (this.#free.length < 4) this.#free.push(buf);
   }
+}
+
+// Records of releasable pools by their memory, so that a view of one finds its way back.
+const RELEASABLE = new WeakMap<ArrayBufferLike, { pool: RecordPool; buf: Buffer }>();
+
+/**
+ * Hands a record back to the encoder that made it, once its holder is done with every view of
+ * it: a destination in this process calls it after writing the record's payload into its
+ * device, so the source's next records reuse memory that is already mapped (fresh memory costs
+ * a page fault per 4 KiB). A view of any other memory is ignored (a record that came through a
+ * pipe is a copy).
+ */
+export function releaseRecord(view: Uint8Array): void {
+  const entry = RELEASABLE.get(view.buffer);
+  if (entry) entry.pool.give(entry.buf);
 }
 
 /** Waits until `w` drains, or rejects if it errors or closes first. */
