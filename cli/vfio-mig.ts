@@ -161,7 +161,7 @@ export async function main(
 
 const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
-/** Runs the CLI as this process: its arguments, stdio, signals and exit status (cli/bin.ts). */
+/** Runs the CLI as this process: its arguments, stdio, signals and exit status (called by cli/launcher.ts). */
 export function run(): void {
   const controller = new AbortController();
   let interrupts = 0;
@@ -184,23 +184,9 @@ export function run(): void {
   };
   for (const s of SIGNALS) process.on(s, () => onSignal(s));
   process.on('exit', () => pendingOutputs.forEach((o) => o.discard()));
-  // stdout and stderr are made on first use: a command that prints nothing (save -o FILE --quiet)
-  // does not load the tty, net and stream modules behind them (~60 ms of start-up in the guest).
-  let stdoutReady = false;
-  const io: Io = {
-    get stdout() {
-      if (!stdoutReady) {
-        stdoutReady = true;
-        // A closed pipe downstream (ssh gone) is a stream failure, reported by save itself.
-        process.stdout.on('error', () => undefined);
-      }
-      return process.stdout;
-    },
-    get stderr() {
-      return process.stderr;
-    },
-  };
-  main(process.argv.slice(2), io, controller.signal).then(
+  // A closed pipe downstream (ssh gone) is a stream failure, reported by save itself.
+  process.stdout.on('error', () => undefined);
+  main(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr }, controller.signal).then(
     (code) => {
       process.exitCode = code;
     },

@@ -215,10 +215,6 @@ Napi::Value PwriteAllAsync(const Napi::CallbackInfo& info) {
   return RunAsync(info.Env(), "pwrite", "", work, nullptr);
 }
 
-// readAtLeastAsync(fd, buffer, bufferOffset, min, max[, cancelId]): resolves the byte count,
-// below min only at the end of input. A regular file or block device is read on the pool; any
-// other fd (pipe, socket, terminal) may wait forever, so it is waited for on a thread of its own
-// (wait.cc), cancellable through cancelReads(cancelId) and at environment teardown.
 // The arguments the readAtLeast calls share: (fd, buffer, bufferOffset, min, max), checked, the
 // target range pinned or bounced, and whether the fd is a regular file or block device (which a
 // pool thread may read: it never waits indefinitely).
@@ -243,15 +239,16 @@ ReadAtLeastArgs ArgReadAtLeast(const Napi::CallbackInfo& info) {
   return {fd, bytes, min, max, S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)};
 }
 
+// readAtLeastAsync(fd, buffer, bufferOffset, min, max[, cancelId]): resolves the byte count,
+// below min only at the end of input. A regular file or block device is read on the pool; any
+// other fd (pipe, socket, terminal) may wait forever, so it is waited for on a thread of its own
+// (wait.cc), cancellable through cancelReads(cancelId) and at environment teardown.
 Napi::Value ReadAtLeastAsync(const Napi::CallbackInfo& info) {
   ReadAtLeastArgs a = ArgReadAtLeast(info);
   int64_t cancel_id = info.Length() > 5 && !info[5].IsUndefined() ? ArgU32(info, 5, "cancelId") : -1;
   if (!a.seekable) return WaitRead(info.Env(), a.fd, a.bytes, a.min, a.max, cancel_id);
-  uint8_t* data = a.bytes->data();
-  int fd = a.fd;
-  size_t min = a.min, max = a.max;
   return RunAsync(
-      info.Env(), "read", "", [=] { return ReadAtLeast(fd, data, min, max); }, DeliverBytes(a.bytes));
+      info.Env(), "read", "", [a] { return ReadAtLeast(a.fd, a.bytes->data(), a.min, a.max); }, DeliverBytes(a.bytes));
 }
 
 // readAtLeastChecksummedAsync(fd, buffer, bufferOffset, min, max, crcLength): readAtLeastAsync
@@ -266,16 +263,13 @@ Napi::Value ReadAtLeastChecksummedAsync(const Napi::CallbackInfo& info) {
   if (!a.seekable)
     throw SyscallError(info.Env(), "read", EINVAL,
                        "readAtLeastChecksummedAsync reads regular files and block devices only");
-  uint8_t* data = a.bytes->data();
-  int fd = a.fd;
-  size_t min = a.min, max = a.max;
-  JobBytesPtr bytes = a.bytes;
-  auto work = [=] {
-    Outcome out = ReadAtLeast(fd, data, min, max);
+  auto work = [a, crc_length] {
+    uint8_t* data = a.bytes->data();
+    Outcome out = ReadAtLeast(a.fd, data, a.min, a.max);
     if (!out.err) out.value = Crc32(data, std::min(crc_length, static_cast<size_t>(out.ret)));
     return out;
   };
-  return RunAsync(info.Env(), "read", "", work, DeliverBytesAndCrc(bytes));
+  return RunAsync(info.Env(), "read", "", work, DeliverBytesAndCrc(a.bytes));
 }
 
 // readChecksummedAsync(fd, buffer, bufferOffset, length, position): one read (position -1: a

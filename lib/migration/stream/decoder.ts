@@ -192,9 +192,10 @@ export class StreamDecoder {
         index,
       );
     }
-    // A large payload in native-owned memory (a file or pipe read, an assembled channel read) is
-    // checked on the thread pool: the JS thread stays free while the previous record is written
-    // to the device. Other memory is checked at once (copying it for the pool would cost more).
+    // Unless the read already checked it (a file): a large payload in native-owned memory (a pipe
+    // read, an assembled channel read) is checked on the thread pool, so the JS thread stays free
+    // while the previous record is written to the device. Other memory is checked at once
+    // (copying it for the pool would cost more).
     const computed = readCrc ?? (n >= POOL_CRC_MIN ? await native.crc32Async(payload, 0, n) : crc32(payload));
     if (computed !== payloadCrc) {
       throw StreamError.checksum(

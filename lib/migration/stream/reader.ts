@@ -43,9 +43,6 @@ export function streamReader(source: StreamSource): StreamReader {
 // Reads at least this large are filled chunk by chunk into their final Buffer, so a record is
 // held once in memory rather than as pieces plus their concatenation.
 const DIRECT_READ_MIN = 64 * 1024;
-/** Reads assembled from several chunks into a buffer of at least this size get native-owned memory. */
-const NATIVE_READ_MIN = 64 << 10;
-
 // A large read's buffer is first allocated up to this size; past it, it doubles as data arrives.
 const GROW_STEP = 16 << 20;
 
@@ -116,9 +113,9 @@ export class ChunkReader implements StreamReader {
     // length that lies costs memory only in proportion to the bytes that actually came.
     const grow = (need: number): void => {
       if (out !== undefined && out.length >= need) return;
-      const size = Math.min(n, Math.max(need, GROW_STEP, 2 * (out?.length ?? 0)));
-      // Native-owned when large: a payload assembled here is written into a device without a bounce copy.
-      const bigger = size >= NATIVE_READ_MIN ? allocIoBuffer(size) : Buffer.allocUnsafe(size);
+      // Native-owned (this path only serves reads of DIRECT_READ_MIN or more): a payload assembled
+      // here is written into a device without a bounce copy.
+      const bigger = allocIoBuffer(Math.min(n, Math.max(need, GROW_STEP, 2 * (out?.length ?? 0))));
       out?.copy(bigger, 0, 0, filled);
       out = bigger;
     };
