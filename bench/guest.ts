@@ -322,10 +322,10 @@ async function main(): Promise<void> {
           const refSave = run(REF, [`${proto}-save`, src, REF_FILE]);
           idleDelays.push(JSON.parse((await idleOut).trim().split('\n').pop()!).loopDelayMaxMs);
           // The reference leaves the source stopped; the driver needs RUNNING for the next save.
-          execFileSync(process.execPath, [join(__dirname, '../bin/vfio-mig.js'), 'state', src, 'RUNNING']);
+          execFileSync(process.execPath, [CLI, 'state', src, 'RUNNING']);
           const refLoad = run(REF, [`${proto}-load`, dst, REF_FILE]);
           rmSync(REF_FILE, { force: true });
-          execFileSync(process.execPath, [join(__dirname, '../bin/vfio-mig.js'), 'state', src, 'RUNNING']);
+          execFileSync(process.execPath, [CLI, 'state', src, 'RUNNING']);
           runs.push({ ours, ref: { save: refSave, load: refLoad } });
           wholes.push(wholeCommands(proto, src, dst));
           exact &&= source.checksum() === dest.checksum();

@@ -37,3 +37,8 @@ export function loadWithCodeCache(file: string, cacheFile: string): Record<strin
   module.loaded = true;
   return module.exports;
 }
+
+/** Whether this process's V8 accepts `cacheFile` for the bundle `file` (ask a fresh process: see scripts/bundle.js). */
+export function codeCacheAccepted(file: string, cacheFile: string): boolean {
+  return !compile(file, readFileSync(cacheFile)).cachedDataRejected;
+}

@@ -51,11 +51,9 @@ node(`
   setFlagsFromString('--lazy');
   require('node:fs').writeFileSync(${JSON.stringify(tmp)}, script.createCachedData());
 `);
-const accepted = node(`
-  const data = require('node:fs').readFileSync(${JSON.stringify(tmp)});
-  const script = require(${JSON.stringify(codeCache)}).compile(${JSON.stringify(cli)}, data);
-  process.stdout.write(String(!script.cachedDataRejected));
-`);
+const accepted = node(
+  `process.stdout.write(String(require(${JSON.stringify(codeCache)}).codeCacheAccepted(${JSON.stringify(cli)}, ${JSON.stringify(tmp)})))`,
+);
 if (accepted !== 'true') {
   rmSync(tmp, { force: true });
   console.error(`bundle: V8 rejects the code cache it just made for ${cli}`);

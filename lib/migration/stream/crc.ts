@@ -8,9 +8,6 @@ export function crc32(data: Uint8Array, running = 0): number {
   return native.crc32(data, running);
 }
 
-/** crc32(data, running), under the name the codec's running checksums use. */
-export const crc32Update = crc32;
-
 // CRC-32 combination (zlib's crc32_combine, in its x^(2^n) mod p form). crc32(A ‖ B) follows from
 // crc32(A), crc32(B) and |B| in ~1000 integer operations, so the running stream checksum does not
 // need a second pass over every payload whose own CRC was just computed: it halves the CRC work,
@@ -71,6 +68,6 @@ const COMBINE_MIN = 4096;
 /** Extends the running CRC `running` over `payload`, whose own CRC is `payloadCrc`. */
 export function extendCrc(running: number, payload: Uint8Array, payloadCrc: number): number {
   return payload.byteLength < COMBINE_MIN
-    ? crc32Update(payload, running)
+    ? crc32(payload, running)
     : crc32Combine(running, payloadCrc, payload.byteLength);
 }

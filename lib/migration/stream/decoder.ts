@@ -1,5 +1,5 @@
 // StreamDecoder: reads a stream record by record, yielding each only once everything that covers it is verified.
-import { crc32, crc32Update, extendCrc } from './crc';
+import { crc32, extendCrc } from './crc';
 import { native } from '../../native';
 import { StreamError, at } from './errors';
 import {
@@ -129,10 +129,10 @@ export class StreamDecoder {
       throw StreamError.truncated(reader.received, `the stream header (${FIXED_HEADER_SIZE + jsonLength + 4} bytes)`);
     }
     const json = rest.subarray(0, jsonLength);
-    const computed = crc32Update(json, crc32(fixed));
+    const computed = crc32(json, crc32(fixed));
     const stored = rest.readUInt32LE(jsonLength);
     if (computed !== stored) throw StreamError.checksum(at.header(0), 'header', stored, computed);
-    this.#crc = crc32Update(rest.subarray(jsonLength), computed);
+    this.#crc = crc32(rest.subarray(jsonLength), computed);
 
     return parseHeader(json, STREAM_HEADER.json);
   }
@@ -207,7 +207,7 @@ export class StreamDecoder {
         payloadAt,
       );
     }
-    this.#crc = extendCrc(crc32Update(head, this.#crc), payload, computed);
+    this.#crc = extendCrc(crc32(head, this.#crc), payload, computed);
     this.#next++;
     this.#payloadBytes += length;
     return { phase, sequence, payload };

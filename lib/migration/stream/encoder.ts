@@ -1,5 +1,5 @@
 // StreamEncoder: writes the stream header, one record per writeRecord, and the trailer.
-import { crc32, crc32Update, extendCrc } from './crc';
+import { crc32, extendCrc } from './crc';
 import {
   FIXED_HEADER_SIZE,
   KIND_DATA,
@@ -152,10 +152,10 @@ export class StreamEncoder {
       if (this.#state === 'new') await this.#writeHeader();
       const length = payload.byteLength;
       if (this.#file) {
-        const crcOfPayload = payloadCrc ?? crc32Update(payload, 0);
+        const crcOfPayload = payloadCrc ?? crc32(payload, 0);
         const head = Buffer.allocUnsafe(RECORD_HEADER_SIZE);
         encodeRecordHeader(KIND_DATA, phase, this.#records, length, crcOfPayload, head);
-        const crc = extendCrc(crc32Update(head, this.#crc), payload, crcOfPayload);
+        const crc = extendCrc(crc32(head, this.#crc), payload, crcOfPayload);
         await this.#file.write([head, payload]);
         this.#crc = crc;
         this.#records++;
@@ -174,7 +174,7 @@ export class StreamEncoder {
       const body = record.subarray(RECORD_HEADER_SIZE);
       const crcOfPayload = payloadCrc ?? crc32(body);
       encodeRecordHeader(KIND_DATA, phase, this.#records, length, crcOfPayload, record);
-      const crc = extendCrc(crc32Update(record.subarray(0, RECORD_HEADER_SIZE), this.#crc), body, crcOfPayload);
+      const crc = extendCrc(crc32(record.subarray(0, RECORD_HEADER_SIZE), this.#crc), body, crcOfPayload);
       await this.#emit(record, false);
       this.#crc = crc;
       this.#records++;
