@@ -609,9 +609,11 @@ process.stdin.on('data', (c) => {
       let out: Buffer;
       const c = cli(['save', A, '-o', fifo.path]);
       try {
-        // The stream's first write blocks on the full FIFO; give the save time to reach it.
-        await sleep(1500);
-        assert.equal(c.child.exitCode, null, 'the save ended although the FIFO is full');
+        // The stream's first write blocks on the full FIFO; give the save time to reach it (start-up
+        // under TCG on a loaded host can take longer than any fixed wait: wait for the line first).
+        await c.stderrMatch(/stop-copy: /);
+        await sleep(500);
+        assert.equal(c.child.exitCode, null, `the save ended although the FIFO is full: ${c.stderr()}`);
         assert.match(c.stderr(), /stop-copy: /);
         assert.doesNotMatch(c.stderr(), /done: /, 'blocked in stop-and-copy');
         c.child.kill('SIGINT');
@@ -688,13 +690,14 @@ process.stdin.on('data', (c) => {
         const fifo = fullFifo('kill.fifo');
         const c = cli(['save', A, '-o', fifo.path]);
         try {
-          await sleep(1500);
+          await c.stderrMatch(/stop-copy: /);
+          await sleep(500);
           // Its one record's write blocks: the device is in STOP_COPY.
           assert.match(c.stderr(), /stop-copy: /);
           assert.doesNotMatch(c.stderr(), /done: /, 'blocked in stop-and-copy');
           if (written) {
             fifo.free1Page(); // room for 4 KiB: the header and the first part of the device's record pass
-            await sleep(300);
+            await sleep(1000);
           }
           const r = await kill9(c);
           assert.equal(r.signal, 'SIGKILL', `the save ended before the kill: exit ${r.code} ${r.stderr}`);

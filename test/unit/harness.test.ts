@@ -3,6 +3,10 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { failedTests, parseCounts } from '../vm/run-suite';
 import { parseArgs, shQuote, statusFromQemuExit, stripCR } from '../vm/vm';
 
 describe('harness helpers', () => {
@@ -31,5 +35,45 @@ describe('harness helpers', () => {
     assert.deepEqual(p.command, ['--weird', 'x']);
     assert.throws(() => parseArgs(['--kernel', '5.10', 'true']), /6\.12 or 6\.1/);
     assert.throws(() => parseArgs(['--batch']), /no command/);
+  });
+
+  test("failedTests reads node:test's own closing list of failures (a real node --test run)", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-failed-'));
+    try {
+      const file = join(dir, 'some.test.js');
+      writeFileSync(
+        file,
+        [
+          "const { describe, test } = require('node:test');",
+          "describe('outer', () => {",
+          "  test('inner fails', () => { throw new Error('exited 5200 ms after the signal\\nsecond line'); });",
+          "  test('inner passes', () => {});",
+          '});',
+          "test('top (fails)', () => { require('node:assert/strict').equal(1, 2); });",
+        ].join('\n'),
+      );
+      // Without this test runner's context, which would make the child skip its files.
+      const env = { ...process.env };
+      delete env['NODE_TEST_CONTEXT'];
+      const r = spawnSync(process.execPath, ['--test', '--test-reporter=spec', file], {
+        encoding: 'utf8',
+        cwd: dir,
+        env,
+      });
+      assert.equal(r.status, 1, r.stderr);
+      const failed = failedTests(r.stdout);
+      assert.deepEqual(
+        failed.map((f) => [f.name, f.message]),
+        [
+          ['inner fails', 'Error: exited 5200 ms after the signal / second line'],
+          ['top (fails)', 'AssertionError [ERR_ASSERTION]: Expected values to be strictly equal: / 1 !== 2'],
+        ],
+      );
+      assert.match(failed[0]!.location, /some\.test\.js:3:\d+$/);
+      assert.equal(parseCounts(r.stdout).fail, 2);
+      assert.deepEqual(failedTests('\u2139 tests 1\n\u2139 pass 1\n'), [], 'a passing run lists nothing');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -68,6 +68,40 @@ export function parseCounts(output: string): KernelRun['counts'] {
   return counts;
 }
 
+/** One failed test as node:test's spec reporter lists it at the end: where, which, and why. */
+export interface FailedTest {
+  location: string;
+  name: string;
+  /** The error's first lines, joined (the stack and the error's properties left out). */
+  message: string;
+}
+
+/**
+ * The failed tests of a spec reporter's closing "failing tests" section, innermost first as the
+ * reporter lists them. CI shows only the tail of a run, so the summary repeats these.
+ */
+export function failedTests(output: string): FailedTest[] {
+  const at = output.lastIndexOf('\u2716 failing tests:');
+  if (at < 0) return [];
+  const lines = output.slice(at).split('\n').slice(1);
+  const found: FailedTest[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const where = /^test at (\S+)\s*$/.exec(lines[i]!);
+    const head = where ? /^\u2716 (.*?)(?: \([\d.]+m?s\))?\s*$/.exec(lines[i + 1] ?? '') : null;
+    if (!where || !head) continue;
+    // The message's lines up to the stack, at most three ("Expected values to be strictly equal:" says little alone).
+    const message: string[] = [];
+    for (let j = i + 2; j < lines.length && message.length < 3; j++) {
+      const line = lines[j]!.trim();
+      if (line.startsWith('at ') || line.startsWith('test at ') || line.startsWith('\u2716 ')) break;
+      if (line) message.push(line);
+    }
+    found.push({ location: where[1]!, name: head[1]!, message: message.join(' / ') });
+    i += 1;
+  }
+  return found;
+}
+
 type Counts = KernelRun['counts'];
 
 /** The sum of two sets of counts (the suite's and the after-suite checks'). */
@@ -300,6 +334,12 @@ async function main(): Promise<number> {
         (r ? ` (${r.accel.toUpperCase()})` : ''),
     );
     if (!run.ok && run.reason) lines.push(`        ${run.reason.split('\n')[0]}`);
+    const failures = r ? failedTests(r.output) : [];
+    for (const f of failures.slice(0, 8)) {
+      lines.push(`        \u2716 ${f.name}  (${f.location})`);
+      if (f.message) lines.push(`          ${f.message.slice(0, 300)}`);
+    }
+    if (failures.length > 8) lines.push(`        ... and ${failures.length - 8} more in the log`);
   }
   if (harnessRun) {
     const c = harnessRun.counts;
