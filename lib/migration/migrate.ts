@@ -167,7 +167,11 @@ export async function migrate(
 
     const encoders = sources.map((_m, i) => new StreamEncoder((chunk) => wire.send(FRAME.data, i, chunk), headers[i]!));
     const windows = encoders.map(
-      (e) => new EmitWindow((phase, payload, payloadCrc) => e.writeRecord(phase, payload, payloadCrc)),
+      (e) =>
+        new EmitWindow(
+          (phase, payload, payloadCrc) => e.writeRecord(phase, payload, payloadCrc),
+          (size) => e.payloadBuffer(size),
+        ),
     );
     const reports = sources.map((_m, i) =>
       progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p))),
@@ -180,15 +184,7 @@ export async function migrate(
         const t0 = Date.now();
         await encoders[i]!.writeHeader();
         if (!precopy || !m.engine.canPrecopy) return;
-        const pre = await precopyPasses(
-          m.engine,
-          precopy,
-          (phase, payload, payloadCrc) => windows[i]!.push(phase, payload, payloadCrc),
-          () => windows[i]!.flush(),
-          reports[i]!,
-          local.signal,
-          acked[i],
-        );
+        const pre = await precopyPasses(m.engine, precopy, windows[i]!, reports[i]!, local.signal, acked[i]);
         phases[i]!.precopyIterations = pre.iterations;
         phases[i]!.precopyBytes = pre.bytes;
         phases[i]!.precopyMs = Date.now() - t0;
@@ -212,14 +208,7 @@ export async function migrate(
           stoppedAt = Date.now();
           if (!timing.firstStop) timing.firstStop = stoppedAt;
         });
-        const moved = await stopCopyPass(
-          m.engine,
-          (phase, payload, payloadCrc) => windows[i]!.push(phase, payload, payloadCrc),
-          () => windows[i]!.flush(),
-          reports[i]!,
-          local.signal,
-          phases[i]!.precopyBytes,
-        );
+        const moved = await stopCopyPass(m.engine, windows[i]!, reports[i]!, local.signal, phases[i]!.precopyBytes);
         await m.engine.finishSave('stopped');
         const totals = await encoders[i]!.finish();
         // An empty DATA frame ends this device's stream: the decoder checks nothing follows the trailer.

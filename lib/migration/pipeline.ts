@@ -10,10 +10,18 @@ import type { EmitChunk } from './types';
  */
 export class EmitWindow {
   readonly #emit: EmitChunk;
+  readonly #payloadBuffer: ((size: number) => Buffer | undefined) | undefined;
   #inFlight: Promise<void> | null = null;
 
-  constructor(emit: EmitChunk) {
+  /** `payloadBuffer`: where the emit can take a chunk without copying it (StreamEncoder.payloadBuffer). */
+  constructor(emit: EmitChunk, payloadBuffer?: (size: number) => Buffer | undefined) {
     this.#emit = emit;
+    this.#payloadBuffer = payloadBuffer;
+  }
+
+  /** A buffer to read the next chunk of up to `size` bytes into that the emit sends as it is, if it has one (CopyPass.buffer). */
+  buffer(size: number): Buffer | undefined {
+    return this.#payloadBuffer?.(size);
   }
 
   async push(phase: number, payload: Uint8Array, payloadCrc?: number): Promise<void> {

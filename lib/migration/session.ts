@@ -4,7 +4,7 @@ import { MigrationError, abortError } from './errors';
 import { deviceIdentity, headerRefusal, identityMismatches } from './identity';
 import { EmitWindow, readAhead } from './pipeline';
 import { wantsPrecopy } from './policy';
-import { precopyPasses, progressReporter, stopCopyPass, streamHeader, type Push } from './steps';
+import { precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
 import { recoverDestination, recoverSource, withRecovery } from './recovery';
 import {
   StreamDecoder,
@@ -81,21 +81,22 @@ export class Migration {
     const header = streamHeader(this.device, this.engine, options.meta);
     const encoder = new StreamEncoder(sink, header);
     // One emit in flight while the engine reads the next chunk from the device.
-    const window = new EmitWindow((phase, payload, payloadCrc) => encoder.writeRecord(phase, payload, payloadCrc));
+    const window = new EmitWindow(
+      (phase, payload, payloadCrc) => encoder.writeRecord(phase, payload, payloadCrc),
+      (size) => encoder.payloadBuffer(size),
+    );
     let stoppedAt = 0;
     try {
       await encoder.writeHeader();
       const precopy = wantsPrecopy(options.precopy) && this.engine.canPrecopy;
-      const push: Push = (phase, payload, payloadCrc) => window.push(phase, payload, payloadCrc);
-      const flush = (): Promise<void> => window.flush();
       const pre = precopy
-        ? await precopyPasses(this.engine, options.precopy as PrecopyPolicy, push, flush, report, options.signal)
+        ? await precopyPasses(this.engine, options.precopy as PrecopyPolicy, window, report, options.signal)
         : { iterations: 0, bytes: 0 };
       if (options.signal?.aborted) throw abortError(options.signal, 'entering stop-and-copy');
       await this.engine.enterStopCopy(() => {
         stoppedAt = Date.now();
       });
-      await stopCopyPass(this.engine, push, flush, report, options.signal, pre.bytes);
+      await stopCopyPass(this.engine, window, report, options.signal, pre.bytes);
       await this.engine.finishSave(options.leave ?? 'stopped');
       const stopCopyMs = stoppedAt ? Date.now() - stoppedAt : 0;
       const totals = await encoder.finish();

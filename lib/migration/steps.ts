@@ -5,6 +5,7 @@ import { precopyStop } from './policy';
 import { PHASE_STOP_COPY, type StreamHeader } from './stream';
 import type { MigrationEngine, PendingData, PrecopyPolicy, Progress, ProgressPhase } from './types';
 import type { Device } from '../device';
+import type { EmitWindow } from './pipeline';
 
 /** Calls onProgress at phase changes and at most every 100 ms in between. */
 export function progressReporter(start: number, onProgress?: (p: Progress) => void) {
@@ -43,8 +44,6 @@ export function streamHeader(device: Device, engine: MigrationEngine, meta?: Rec
   };
 }
 
-export type Push = (phase: number, payload: Uint8Array, payloadCrc?: number) => Promise<void>;
-
 export interface PrecopyOutcome {
   iterations: number;
   bytes: number;
@@ -60,8 +59,7 @@ export interface PrecopyOutcome {
 export async function precopyPasses(
   engine: MigrationEngine,
   policy: PrecopyPolicy,
-  push: Push,
-  flush: () => Promise<void>,
+  out: EmitWindow,
   report: Report,
   signal: AbortSignal | undefined,
   untilInitialDone = false,
@@ -83,7 +81,8 @@ export async function precopyPasses(
     const moved = await engine.copy({
       stage: 'precopy',
       pending,
-      emit: (payload, payloadCrc) => push(iteration, payload, payloadCrc),
+      emit: (payload, payloadCrc) => out.push(iteration, payload, payloadCrc),
+      buffer: (size) => out.buffer(size),
       budget: pending.bytes,
       signal,
       onChunk: (passBytes, left) => report('precopy', iteration, bytes + passBytes, left),
@@ -93,15 +92,14 @@ export async function precopyPasses(
     // A running device with nothing more to give: further passes would spin.
     if (moved === 0 && pending.initialDone) break;
   }
-  await flush();
+  await out.flush();
   return { iterations, bytes, initialDone: pending.initialDone };
 }
 
 /** The stop-and-copy pass, after enterStopCopy: every byte the stopped device holds. */
 export async function stopCopyPass(
   engine: MigrationEngine,
-  push: Push,
-  flush: () => Promise<void>,
+  out: EmitWindow,
   report: Report,
   signal: AbortSignal | undefined,
   before: number,
@@ -111,10 +109,11 @@ export async function stopCopyPass(
   const moved = await engine.copy({
     stage: 'stop-copy',
     pending,
-    emit: (payload, payloadCrc) => push(PHASE_STOP_COPY, payload, payloadCrc),
+    emit: (payload, payloadCrc) => out.push(PHASE_STOP_COPY, payload, payloadCrc),
+    buffer: (size) => out.buffer(size),
     signal,
     onChunk: (bytes, left) => report('stop-copy', 0, before + bytes, left),
   });
-  await flush();
+  await out.flush();
   return moved;
 }

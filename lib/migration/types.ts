@@ -94,6 +94,12 @@ export interface CopyPass {
    * the caller keeps at most one emit in flight (EmitWindow), so two buffers used in turn suffice.
    */
   emit: (payload: Uint8Array, payloadCrc?: number) => Promise<void>;
+  /**
+   * Optional: a buffer for the next chunk (up to `size` bytes) that emit() sends without copying
+   * it (a record of the stream's own, for a destination in this process), or undefined. Once
+   * emitted, such a buffer is the sink's: the engine asks for a fresh one for each chunk.
+   */
+  buffer?(size: number): Buffer | undefined;
   /** What pending() said just before this pass (v1: spec step a), so the engine need not ask again. */
   pending?: PendingData;
   /** Pre-copy only: end the pass after this many bytes (a device that dirties itself never runs dry). */

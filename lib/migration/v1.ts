@@ -315,7 +315,7 @@ export class V1Engine implements MigrationEngine {
       }
       this.#checkWindow(offset, size, 'read data_offset/data_size');
       const length = toSafeNumber(size, 'data_size');
-      const chunk = this.#chunks.next(length);
+      const chunk = pass.buffer?.(length) ?? this.#chunks.next(length);
       const crc = await this.#readTransaction(offset, chunk, length);
       // The previous chunk's emit ran while this one was read; the device moves on meanwhile.
       await pass.emit(chunk.subarray(0, length), crc);

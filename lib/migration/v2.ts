@@ -248,15 +248,17 @@ export class V2Engine implements MigrationEngine {
     const stopCopy = precopy ? null : this.#stopCopy;
     let moved = 0;
     let again = 0;
+    // Kept across reads that bring nothing (EAGAIN): a sink's buffer is only given up by the emit.
+    let buf: Buffer | undefined;
     for (;;) {
       if (pass.signal?.aborted) throw abortError(pass.signal, precopy ? 'pre-copy' : 'stop-and-copy');
       if (pass.budget !== undefined && BigInt(moved) >= pass.budget) return moved;
       let n: number;
       let crc: number;
-      const buf = this.#chunks.next(this.readSize);
+      const into = (buf ??= pass.buffer?.(this.readSize) ?? this.#chunks.next(this.readSize));
       try {
         // The payload's CRC-32 is computed by the pool thread that read it, off the JS thread.
-        const read = await fd.run((f) => native.readChecksummedAsync(f, buf, 0, this.readSize, -1));
+        const read = await fd.run((f) => native.readChecksummedAsync(f, into, 0, this.readSize, -1));
         n = read.bytes;
         crc = read.crc;
       } catch (err) {
@@ -268,7 +270,8 @@ export class V2Engine implements MigrationEngine {
         throw deviceStepError(`read data_fd in ${precopy ? 'PRE_COPY' : 'STOP_COPY'}`, err);
       }
       if (n === 0) return moved;
-      await pass.emit(buf.subarray(0, n), crc);
+      await pass.emit(into.subarray(0, n), crc);
+      buf = undefined;
       moved += n;
       if (stopCopy) stopCopy.moved += BigInt(n);
       pass.onChunk(moved, stopCopy ? (await this.pending()).bytes : undefined);

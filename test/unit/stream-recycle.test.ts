@@ -113,3 +113,61 @@ test("a sink function's records are reused only once released, and never while a
   // Releasing memory the encoder never made is a no-op.
   releaseRecord(Buffer.alloc(16));
 });
+
+test('a payload read into payloadBuffer() leaves in its own record, uncopied, and decodes intact', async () => {
+  const { releaseRecord } = await import('../../lib/migration/stream/sink');
+  const chunks: Buffer[] = [];
+  const size = 256 * 1024;
+  const enc = new StreamEncoder(
+    async (record) => {
+      chunks.push(Buffer.from(record)); // what a pipe would carry
+      releaseRecord(record); // and the record goes back, as an in-process destination hands it
+    },
+    { protocol: 'v2', device: {} },
+  );
+  const read: Buffer[] = [];
+  for (let i = 0; i < 8; i++) {
+    const room = enc.payloadBuffer(size);
+    assert.ok(room, 'a sink function offers payload buffers for large payloads');
+    assert.ok(room.length >= size);
+    room.fill(i + 1, 0, size - i); // short reads too: the record takes what was read
+    read.push(room);
+    await enc.writeRecord(1, room.subarray(0, size - i));
+  }
+  await enc.finish();
+  // In place: records 1.. reuse released memory, so fewer distinct buffers than records.
+  assert.ok(new Set(read.map((b) => b.buffer)).size < read.length, 'released records were reused');
+  assert.equal(enc.payloadBuffer(1000), undefined, 'small payloads are copied as before');
+  const dec = new StreamDecoder(
+    (async function* () {
+      yield* chunks;
+    })(),
+  );
+  await dec.readHeader();
+  let i = 0;
+  for await (const r of dec.records()) {
+    assert.ok(r.payload.equals(Buffer.alloc(size - i, i + 1)), `record ${i} intact`);
+    i++;
+  }
+  assert.equal(i, 8);
+});
+
+test('payloadBuffer() memory is the record the sink receives (a mutation after the write shows in it)', async () => {
+  const got: Buffer[] = [];
+  const enc = new StreamEncoder(
+    async (record) => {
+      got.push(record);
+    },
+    { protocol: 'v2', device: {} },
+  );
+  const room = enc.payloadBuffer(128 * 1024)!;
+  room.fill(7);
+  await enc.writeRecord(1, room);
+  const record = got[got.length - 1]!;
+  assert.equal(record.buffer, room.buffer, 'the same memory');
+  assert.equal(record.byteOffset + 32, room.byteOffset, 'the payload sits right behind the record header');
+  // A Writable sink has no payload buffers: its records are the encoder's copies.
+  const w = new PassThrough();
+  w.resume();
+  assert.equal(new StreamEncoder(w, { protocol: 'v2', device: {} }).payloadBuffer(1 << 20), undefined);
+});

@@ -18,7 +18,15 @@ import {
   type StreamTotals,
 } from './format';
 import { headerProblem, type StreamHeader } from './header';
-import { FileSink, RecordPool, sinkReleasesOnCallback, writableEmitter, type Emit, type StreamSink } from './sink';
+import {
+  FileSink,
+  RecordPool,
+  releasableRecord,
+  sinkReleasesOnCallback,
+  writableEmitter,
+  type Emit,
+  type StreamSink,
+} from './sink';
 
 /** Records with a payload from this size on are allocated in native-owned memory (see writeRecord). */
 const NATIVE_RECORD_MIN = 64 << 10;
@@ -124,10 +132,23 @@ export class StreamEncoder {
   }
 
   /**
+   * Room to read a payload of up to `size` bytes into, inside a record of this encoder's own, so
+   * that writeRecord sends that record without copying the payload: only for a sink function
+   * (which may hand its records to a destination in this process) and large payloads; undefined
+   * otherwise. The caller must not touch the buffer once it passed it to writeRecord: the record
+   * now belongs to the sink, and comes back to this encoder through releaseRecord.
+   */
+  payloadBuffer(size: number): Buffer | undefined {
+    if (!this.#releasable || size < NATIVE_RECORD_MIN) return undefined;
+    return this.#releasable.take(RECORD_HEADER_SIZE + size).subarray(RECORD_HEADER_SIZE);
+  }
+
+  /**
    * Writes one DATA record. `payload` is copied when the record's turn comes (to a FileSink it is
-   * written from where it is) and not looked at after the promise resolves, so the caller may
-   * reuse it then. `payloadCrc`, when given, is the payload's CRC-32 computed where it was read
-   * (native, on the thread that read it); it is trusted.
+   * written from where it is; from a payloadBuffer() it is sent where it is) and not looked at
+   * after the promise resolves, so the caller may reuse it then (not a payloadBuffer()'s).
+   * `payloadCrc`, when given, is the payload's CRC-32 computed where it was read (native, on the
+   * thread that read it); it is trusted.
    */
   writeRecord(phase: number, payload: Buffer | Uint8Array, payloadCrc?: number): Promise<void> {
     if (!Number.isInteger(phase) || phase < 0 || phase > PHASE_STOP_COPY) {
@@ -162,15 +183,21 @@ export class StreamEncoder {
         this.#payloadBytes += BigInt(length);
         return;
       }
+      // A payload read into a payloadBuffer() is already in its record, behind the header's room.
+      const own = this.#releasable && releasableRecord(payload);
+      const inPlace =
+        own && own.pool === this.#releasable && payload.byteOffset === own.buf.byteOffset + RECORD_HEADER_SIZE;
       // A sink function may keep the record (a channel to a destination in this process, which
       // writes its payload into a device): native-owned memory is written from without a bounce.
-      const record = this.#pool
-        ? this.#pool.take(RECORD_HEADER_SIZE + length)
-        : this.#releasable && length >= NATIVE_RECORD_MIN
-          ? this.#releasable.take(RECORD_HEADER_SIZE + length)
-          : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
+      const record = inPlace
+        ? own.buf.subarray(0, RECORD_HEADER_SIZE + length)
+        : this.#pool
+          ? this.#pool.take(RECORD_HEADER_SIZE + length)
+          : this.#releasable && length >= NATIVE_RECORD_MIN
+            ? this.#releasable.take(RECORD_HEADER_SIZE + length)
+            : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
       // Buffer#copy is a plain memmove; TypedArray#set measured 10x slower under emulation (bench).
-      asBuffer(payload).copy(record, RECORD_HEADER_SIZE);
+      if (!inPlace) asBuffer(payload).copy(record, RECORD_HEADER_SIZE);
       const body = record.subarray(RECORD_HEADER_SIZE);
       const crcOfPayload = payloadCrc ?? crc32(body);
       encodeRecordHeader(KIND_DATA, phase, this.#records, length, crcOfPayload, record);

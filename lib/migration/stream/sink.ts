@@ -70,6 +70,11 @@ export class RecordPool {
 // Records of releasable pools by their memory, so that a view of one finds its way back.
 const RELEASABLE = new WeakMap<ArrayBufferLike, { pool: RecordPool; buf: Buffer }>();
 
+/** The whole record of a releasable pool whose memory `view` is in, and that pool; undefined for other memory. */
+export function releasableRecord(view: Uint8Array): { pool: RecordPool; buf: Buffer } | undefined {
+  return RELEASABLE.get(view.buffer);
+}
+
 /**
  * Hands a record back to the encoder that made it, once its holder is done with every view of
  * it: a destination in this process calls it after writing the record's payload into its
