@@ -3,20 +3,23 @@ import { PassThrough } from 'node:stream';
 import { migrate, type MigrateOptions, type MigrateResult } from './migrate';
 import { receive, type ReceiveOptions, type ReceiveResult } from './receive';
 import type { Migration } from './session';
-import type { Channel } from './wire';
+import { markInProcess, type Channel } from './wire';
 
 /**
- * Two channel ends joined back to back in memory. The readable sides are in object mode: each
+ * Two channel ends joined back to back in memory, marked as such (isInProcess): a stream between
+ * them carries no payload checksums. The readable sides are in object mode: each
  * written chunk comes out as it went in, never concatenated with its neighbours (a byte-mode
  * PassThrough copies a frame's header and payload into one buffer when both wait to be read). At most four chunks wait (two frames).
  */
 export function channelPair(): [Channel, Channel] {
   const ab = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
   const ba = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
-  return [
+  const ends: [Channel, Channel] = [
     { readable: ba, writable: ab },
     { readable: ab, writable: ba },
   ];
+  ends.forEach(markInProcess);
+  return ends;
 }
 
 /**

@@ -1,13 +1,13 @@
 // migrate(): the source end of a live migration of one or several devices as one transaction over a channel.
 import { MigrationError, type Recovery } from './errors';
-import { EmitWindow } from './pipeline';
+import { encoderWindow } from './pipeline';
 import { wantsPrecopy } from './policy';
 import type { Migration } from './session';
 import { precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
 import { StreamEncoder } from './stream';
 import { Inbox, MigrateError, abortReason, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
 import type { PrecopyPolicy, Progress } from './types';
-import { FRAME, WIRE_VERSION, WireEnd, messageBody, type Channel } from './wire';
+import { FRAME, WIRE_VERSION, WireEnd, isInProcess, messageBody, type Channel } from './wire';
 
 export const DEFAULT_MIGRATE_TIMEOUT_MS = 30_000;
 
@@ -165,14 +165,12 @@ export async function migrate(
     timing.ready = Date.now();
     event('destination ready (RESUMING)');
 
-    const encoders = sources.map((_m, i) => new StreamEncoder((chunk) => wire.send(FRAME.data, i, chunk), headers[i]!));
-    const windows = encoders.map(
-      (e) =>
-        new EmitWindow(
-          (phase, payload, payloadCrc) => e.writeRecord(phase, payload, payloadCrc),
-          (size) => e.payloadBuffer(size),
-        ),
+    // Between two ends in this process the records are handed over by reference: no checksums.
+    const checksums = !isInProcess(channel);
+    const encoders = sources.map(
+      (_m, i) => new StreamEncoder((chunk) => wire.send(FRAME.data, i, chunk), headers[i]!, { checksums }),
     );
+    const windows = encoders.map(encoderWindow);
     const reports = sources.map((_m, i) =>
       progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p))),
     );

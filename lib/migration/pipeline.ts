@@ -1,5 +1,6 @@
 // Overlap of device I/O with stream work: one emit in flight while the next chunk is read, one record decoded ahead.
 import { allocIoBuffer } from '../buffers';
+import type { StreamEncoder } from './stream';
 import type { EmitChunk } from './types';
 
 /**
@@ -12,11 +13,23 @@ export class EmitWindow {
   readonly #emit: EmitChunk;
   readonly #payloadBuffer: ((size: number) => Buffer | undefined) | undefined;
   #inFlight: Promise<void> | null = null;
+  /** Whether the emit wants each chunk's CRC-32 (CopyPass.checksum). */
+  readonly checksums: boolean;
 
-  /** `payloadBuffer`: where the emit can take a chunk without copying it (StreamEncoder.payloadBuffer). */
-  constructor(emit: EmitChunk, payloadBuffer?: (size: number) => Buffer | undefined) {
+  /**
+   * `payloadBuffer`: where the emit can take a chunk without copying it (StreamEncoder.payloadBuffer);
+   * `checksums`: false when the emit does not use the chunks' CRCs (StreamEncoder.checksums).
+   */
+  constructor(
+    emit: EmitChunk,
+    {
+      payloadBuffer,
+      checksums = true,
+    }: { payloadBuffer?: (size: number) => Buffer | undefined; checksums?: boolean } = {},
+  ) {
     this.#emit = emit;
     this.#payloadBuffer = payloadBuffer;
+    this.checksums = checksums;
   }
 
   /** A buffer to read the next chunk of up to `size` bytes into that the emit sends as it is, if it has one (CopyPass.buffer). */
@@ -37,6 +50,14 @@ export class EmitWindow {
     this.#inFlight = null;
     if (p) await p;
   }
+}
+
+/** The EmitWindow that writes records through `encoder`, with its payload buffers and its checksum choice. */
+export function encoderWindow(encoder: StreamEncoder): EmitWindow {
+  return new EmitWindow((phase, payload, payloadCrc) => encoder.writeRecord(phase, payload, payloadCrc), {
+    payloadBuffer: (size) => encoder.payloadBuffer(size),
+    checksums: encoder.checksums,
+  });
 }
 
 /** Two chunk buffers used in turn with an EmitWindow; grown on demand, never shrunk. */

@@ -10,7 +10,7 @@ import { releaseRecord } from './stream/sink';
 import { printable } from '../printable';
 import { ByteQueue, Inbox, MigrateError, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
 import type { Progress } from './types';
-import { FRAME, WIRE_VERSION, WireEnd, WireError, messageBody, type Channel, type Frame } from './wire';
+import { FRAME, WIRE_VERSION, WireEnd, WireError, isInProcess, messageBody, type Channel, type Frame } from './wire';
 import { DEFAULT_MIGRATE_TIMEOUT_MS, recoveryWords } from './migrate';
 
 export interface ReceiveOptions {
@@ -152,7 +152,8 @@ export async function receive(
     const loads = destinations.map(async (m, i) => {
       const t0 = Date.now();
       const report = progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p)));
-      const decoder = new StreamDecoder(queues[i]!);
+      // From a source in this process (isInProcess), payloads come unchecksummed and by reference.
+      const decoder = new StreamDecoder(queues[i]!, { checksums: !isInProcess(channel) });
       const header = await decoder.readHeader();
       if (JSON.stringify(header.device) !== JSON.stringify(hello.devices![i]!.device) || header.protocol !== m.protocol)
         throw new MigrateError(

@@ -2,7 +2,7 @@
 import type { Device } from '../device';
 import { MigrationError, abortError } from './errors';
 import { deviceIdentity, headerRefusal, identityMismatches } from './identity';
-import { EmitWindow, readAhead } from './pipeline';
+import { encoderWindow, readAhead } from './pipeline';
 import { wantsPrecopy } from './policy';
 import { precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
 import { recoverDestination, recoverSource, withRecovery } from './recovery';
@@ -81,10 +81,7 @@ export class Migration {
     const header = streamHeader(this.device, this.engine, options.meta);
     const encoder = new StreamEncoder(sink, header);
     // One emit in flight while the engine reads the next chunk from the device.
-    const window = new EmitWindow(
-      (phase, payload, payloadCrc) => encoder.writeRecord(phase, payload, payloadCrc),
-      (size) => encoder.payloadBuffer(size),
-    );
+    const window = encoderWindow(encoder);
     let stoppedAt = 0;
     try {
       await encoder.writeHeader();

@@ -83,6 +83,7 @@ export async function precopyPasses(
       pending,
       emit: (payload, payloadCrc) => out.push(iteration, payload, payloadCrc),
       buffer: (size) => out.buffer(size),
+      checksum: out.checksums,
       budget: pending.bytes,
       signal,
       onChunk: (passBytes, left) => report('precopy', iteration, bytes + passBytes, left),
@@ -111,6 +112,7 @@ export async function stopCopyPass(
     pending,
     emit: (payload, payloadCrc) => out.push(PHASE_STOP_COPY, payload, payloadCrc),
     buffer: (size) => out.buffer(size),
+    checksum: out.checksums,
     signal,
     onChunk: (bytes, left) => report('stop-copy', 0, before + bytes, left),
   });

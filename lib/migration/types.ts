@@ -100,6 +100,8 @@ export interface CopyPass {
    * emitted, such a buffer is the sink's: the engine asks for a fresh one for each chunk.
    */
   buffer?(size: number): Buffer | undefined;
+  /** false: emit() ignores payloadCrc (an in-process stream), so the engine need not compute it. Default: true. */
+  checksum?: boolean;
   /** What pending() said just before this pass (v1: spec step a), so the engine need not ask again. */
   pending?: PendingData;
   /** Pre-copy only: end the pass after this many bytes (a device that dirties itself never runs dry). */

@@ -221,23 +221,27 @@ export class V1Engine implements MigrationEngine {
    * Saving steps d and e: the data window at `offset` into `buffer`, each segment in one pool job
    * that also checksums what it read; resolves the CRC-32 of the whole window.
    */
-  async #readTransaction(offset: bigint, buffer: Buffer, length: number): Promise<number> {
+  /** Reads one transaction's data window into `buffer`; resolves its CRC-32 (0 when not `checksum`). */
+  async #readTransaction(offset: bigint, buffer: Buffer, length: number, checksum: boolean): Promise<number> {
     let crc = 0;
     for (const seg of splitByAreas(offset, length, this.#areas)) {
       const step = `read data [${seg.regionOffset}, +${seg.length}) via ${seg.area >= 0 ? 'mmap' : 'pread'}`;
-      let part: number;
+      let part = 0;
       try {
         if (seg.area >= 0) {
           const area = this.#areas[seg.area];
           const at = Number(seg.regionOffset - area.offset);
-          part = await area.map.readIntoChecksummed(at, buffer, seg.bufferOffset, seg.length);
-        } else {
+          if (checksum) part = await area.map.readIntoChecksummed(at, buffer, seg.bufferOffset, seg.length);
+          else await area.map.readInto(at, buffer, seg.bufferOffset, seg.length);
+        } else if (checksum) {
           part = await this.region.readBulkChecksummed(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
+        } else {
+          await this.region.readBulk(seg.regionOffset, buffer, seg.bufferOffset, seg.length);
         }
       } catch (err) {
         throw deviceStepError(step, err);
       }
-      crc = crc32Combine(crc, part, seg.length);
+      if (checksum) crc = crc32Combine(crc, part, seg.length);
     }
     return crc;
   }
@@ -316,7 +320,7 @@ export class V1Engine implements MigrationEngine {
       this.#checkWindow(offset, size, 'read data_offset/data_size');
       const length = toSafeNumber(size, 'data_size');
       const chunk = pass.buffer?.(length) ?? this.#chunks.next(length);
-      const crc = await this.#readTransaction(offset, chunk, length);
+      const crc = await this.#readTransaction(offset, chunk, length, pass.checksum !== false);
       // The previous chunk's emit ran while this one was read; the device moves on meanwhile.
       await pass.emit(chunk.subarray(0, length), crc);
       moved += length;

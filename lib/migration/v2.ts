@@ -258,9 +258,14 @@ export class V2Engine implements MigrationEngine {
       const into = (buf ??= pass.buffer?.(this.readSize) ?? this.#chunks.next(this.readSize));
       try {
         // The payload's CRC-32 is computed by the pool thread that read it, off the JS thread.
-        const read = await fd.run((f) => native.readChecksummedAsync(f, into, 0, this.readSize, -1));
-        n = read.bytes;
-        crc = read.crc;
+        if (pass.checksum === false) {
+          n = await fd.run((f) => native.readAsync(f, into, 0, this.readSize));
+          crc = 0;
+        } else {
+          const read = await fd.run((f) => native.readChecksummedAsync(f, into, 0, this.readSize, -1));
+          n = read.bytes;
+          crc = read.crc;
+        }
       } catch (err) {
         if (precopy && (isSyscallError(err, 'ENOMSG') || isSyscallError(err, 'EAGAIN'))) return moved;
         if (!precopy && isSyscallError(err, 'EAGAIN') && again++ < 100) {

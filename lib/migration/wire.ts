@@ -99,6 +99,23 @@ export type Channel =
   | { readable: AsyncIterable<Buffer | Uint8Array>; writable: NodeJS.WritableStream }
   | (NodeJS.ReadWriteStream & AsyncIterable<Buffer | Uint8Array>);
 
+// Channels whose two ends are in this process (channelPair): the records cross no boundary.
+const IN_PROCESS = new WeakSet<object>();
+
+/** Marks a channel as joined to its peer in this process's memory (see isInProcess). */
+export function markInProcess(channel: Channel): void {
+  IN_PROCESS.add(channel);
+}
+
+/**
+ * Whether both ends of `channel` are in this process: records are handed over by reference, no
+ * byte is serialised, so the stream goes without payload checksums (nothing could corrupt them in
+ * transit). Decided by how the channel was made, never by anything the stream says.
+ */
+export function isInProcess(channel: Channel): boolean {
+  return IN_PROCESS.has(channel);
+}
+
 function channelEnds(channel: Channel): {
   readable: AsyncIterable<Buffer | Uint8Array>;
   writable: NodeJS.WritableStream;

@@ -32,6 +32,11 @@ export interface StreamDecoderOptions {
    * (ERR_STREAM_LIMIT) before anything is allocated, which bounds the decoder's memory.
    */
   maxPayload?: number;
+  /**
+   * false: payload checksums are not verified (the record and stream headers still are). Only for
+   * a stream from an encoder made with the same option, in this process (isInProcess). Default: true.
+   */
+  checksums?: boolean;
 }
 
 /**
@@ -47,6 +52,7 @@ export interface StreamDecoderOptions {
 export class StreamDecoder {
   readonly #reader: StreamReader;
   readonly #maxPayload: number;
+  readonly #checksums: boolean;
   #header: Promise<StreamHeader> | undefined;
   #iterated = false;
   #crc = 0;
@@ -57,6 +63,7 @@ export class StreamDecoder {
   constructor(source: StreamSource, options: StreamDecoderOptions = {}) {
     this.#reader = streamReader(source);
     this.#maxPayload = checkMaxPayload(options.maxPayload);
+    this.#checksums = options.checksums ?? true;
   }
 
   /** The trailer's totals, once it has been verified. */
@@ -178,7 +185,7 @@ export class StreamDecoder {
     // From a file, the read that brings the payload checksums it too (one pool job).
     let readCrc: number | undefined;
     let payload: Buffer | null;
-    if (reader.readChecksummed) {
+    if (reader.readChecksummed && this.#checksums) {
       const checked = await reader.readChecksummed(n);
       payload = checked && checked.bytes;
       readCrc = checked?.crc;
@@ -196,7 +203,9 @@ export class StreamDecoder {
     // read, an assembled channel read) is checked on the thread pool, so the JS thread stays free
     // while the previous record is written to the device. Other memory is checked at once
     // (copying it for the pool would cost more).
-    const computed = readCrc ?? (n >= POOL_CRC_MIN ? await native.crc32Async(payload, 0, n) : crc32(payload));
+    const computed = !this.#checksums
+      ? payloadCrc
+      : (readCrc ?? (n >= POOL_CRC_MIN ? await native.crc32Async(payload, 0, n) : crc32(payload)));
     if (computed !== payloadCrc) {
       throw StreamError.checksum(
         place,

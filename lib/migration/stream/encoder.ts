@@ -42,6 +42,12 @@ export interface StreamEncoderOptions {
    * Default: decided from the sink's type.
    */
   recycle?: boolean;
+  /**
+   * false: payloads are not checksummed (their CRC fields are 0, a given payloadCrc is ignored).
+   * Only for a stream that stays in this process's memory (isInProcess), read by a decoder made
+   * with the same option; any other decoder refuses it at the first large record. Default: true.
+   */
+  checksums?: boolean;
 }
 
 /**
@@ -61,6 +67,7 @@ export class StreamEncoder {
   readonly #emit: Emit;
   readonly #headerBytes: Buffer;
   readonly #maxPayload: number;
+  readonly #checksums: boolean;
   #state: 'new' | 'open' = 'new';
   #failure: { error: unknown } | undefined;
   #queue: Promise<unknown> = Promise.resolve();
@@ -90,6 +97,7 @@ export class StreamEncoder {
       throw new TypeError('StreamEncoder: sink must be a writable stream or an async function');
     }
     this.#maxPayload = checkMaxPayload(options.maxPayload);
+    this.#checksums = options.checksums ?? true;
 
     const problem = headerProblem(header);
     if (problem !== undefined) {
@@ -117,6 +125,11 @@ export class StreamEncoder {
     bytes.write(json, STREAM_HEADER.json, 'utf8');
     bytes.writeUInt32LE(crc32(bytes.subarray(0, FIXED_HEADER_SIZE + jsonLength)), FIXED_HEADER_SIZE + jsonLength);
     this.#headerBytes = bytes;
+  }
+
+  /** Whether payloads are checksummed (see StreamEncoderOptions.checksums): a reader may skip computing them. */
+  get checksums(): boolean {
+    return this.#checksums;
   }
 
   /** Records written and their payload bytes so far. */
@@ -173,7 +186,7 @@ export class StreamEncoder {
       if (this.#state === 'new') await this.#writeHeader();
       const length = payload.byteLength;
       if (this.#file) {
-        const crcOfPayload = payloadCrc ?? crc32(payload, 0);
+        const crcOfPayload = this.#checksums ? (payloadCrc ?? crc32(payload, 0)) : 0;
         const head = Buffer.allocUnsafe(RECORD_HEADER_SIZE);
         encodeRecordHeader(KIND_DATA, phase, this.#records, length, crcOfPayload, head);
         const crc = extendCrc(crc32(head, this.#crc), payload, crcOfPayload);
@@ -199,7 +212,7 @@ export class StreamEncoder {
       // Buffer#copy is a plain memmove; TypedArray#set measured 10x slower under emulation (bench).
       if (!inPlace) asBuffer(payload).copy(record, RECORD_HEADER_SIZE);
       const body = record.subarray(RECORD_HEADER_SIZE);
-      const crcOfPayload = payloadCrc ?? crc32(body);
+      const crcOfPayload = this.#checksums ? (payloadCrc ?? crc32(body)) : 0;
       encodeRecordHeader(KIND_DATA, phase, this.#records, length, crcOfPayload, record);
       const crc = extendCrc(crc32(record.subarray(0, RECORD_HEADER_SIZE), this.#crc), body, crcOfPayload);
       await this.#emit(record, false);
