@@ -1,7 +1,8 @@
 // One benchmark operation in its own process (so peak RSS is its own): our save or load, with event-loop delay and RSS.
-import { createWriteStream } from 'node:fs';
+import { closeSync, constants, openSync } from 'node:fs';
 import { monitorEventLoopDelay, PerformanceObserver, type IntervalHistogram } from 'node:perf_hooks';
 import { FdSource, openDevice, requireMigration } from '../lib';
+import { FileSink } from '../lib/migration/stream';
 
 const RESOLUTION_MS = 5;
 
@@ -34,10 +35,14 @@ async function once(
   file: string,
 ): Promise<{ stopCopyMs?: number; bytes: bigint }> {
   if (op === 'save') {
-    const out = createWriteStream(file, { highWaterMark: 1 << 20 });
-    const r = await migration.save(out, { leave: 'running' });
-    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
-    return { stopCopyMs: r.stopCopyMs, bytes: r.bytes };
+    // As the CLI does: the encoder writes the file itself (FileSink), each record in one writev.
+    const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_CLOEXEC, 0o600);
+    try {
+      const r = await migration.save(new FileSink(fd), { leave: 'running' });
+      return { stopCopyMs: r.stopCopyMs, bytes: r.bytes };
+    } finally {
+      closeSync(fd);
+    }
   }
   if (op === 'load') {
     // As the CLI does: the decoder reads the file into buffers it reuses.

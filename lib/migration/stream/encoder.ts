@@ -54,7 +54,7 @@ export interface StreamEncoderOptions {
  * Writes a stream: the header, then one record per writeRecord, then the trailer on finish().
  *
  * Each record is copied once into a Buffer of its own (record header + payload), and that Buffer
- * is what the sink gets. The copy is what lets the caller reuse its payload buffer as soon as
+ * is what the sink gets; a payload read into a payloadBuffer() is in such a Buffer already. The copy is what lets the caller reuse its payload buffer as soon as
  * writeRecord resolves whatever the sink is: a Writable's callback only says the chunk was
  * handled, and a Transform or PassThrough still holds it in its readable queue after that. The
  * one Buffer per record also makes one write per record instead of two. A sink function may keep
