@@ -36,7 +36,8 @@ async function once(
 ): Promise<{ stopCopyMs?: number; bytes: bigint }> {
   if (op === 'save') {
     // As the CLI does: the encoder writes the file itself (FileSink), each record in one writev.
-    const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_CLOEXEC, 0o600);
+    // (libuv opens every file O_CLOEXEC.)
+    const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC, 0o600);
     try {
       const r = await migration.save(new FileSink(fd), { leave: 'running' });
       return { stopCopyMs: r.stopCopyMs, bytes: r.bytes };
