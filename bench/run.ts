@@ -1,6 +1,6 @@
 // npm run bench: builds the C reference client, runs bench/guest.js in the VM, prints the table and writes bench/RESULTS.md.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { runInGuest } from '../test/vm/vm';
@@ -40,7 +40,20 @@ const GUEST_CPUS = 2;
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '-');
 const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '-');
 
-async function main(): Promise<void> {
+/** What the guests printed in one run: kept so that the report can be written again without a rerun. */
+interface RawRun {
+  date: string;
+  durationMs: number;
+  sizes: string;
+  repeat: string;
+  main: { status: number | null; output: string; accel: string };
+  dirty: { kernel: string; status: number | null; output: string }[];
+}
+
+const RAW_RUN = join(ROOT, '.cache/bench/last-run.json');
+
+/** Boots the guests and measures; the raw outputs are also saved to RAW_RUN. */
+async function measure(): Promise<RawRun> {
   const refDir = join(ROOT, '.cache/bench');
   mkdirSync(refDir, { recursive: true });
   const ref = join(refDir, 'ref');
@@ -68,6 +81,38 @@ async function main(): Promise<void> {
     echo: process.stderr,
     prepare: true,
   });
+  const dirty: RawRun['dirty'] = [];
+  if (r.status === 0) {
+    for (const kernel of ['6.12', '6.1'] as const) {
+      const d = await runInGuest({
+        kernel,
+        command: [process.execPath, join(ROOT, 'dist/bench/dirty.js')],
+        timeoutMs: 900_000,
+        echo: process.stderr,
+        prepare: true,
+      });
+      dirty.push({ kernel, status: d.status, output: d.output });
+    }
+  }
+  const raw: RawRun = {
+    date: new Date().toISOString(),
+    durationMs: Date.now() - started,
+    sizes,
+    repeat,
+    main: { status: r.status, output: r.output, accel: r.accel },
+    dirty,
+  };
+  writeFileSync(RAW_RUN, JSON.stringify(raw));
+  return raw;
+}
+
+async function main(): Promise<void> {
+  // --render: the report again from the last run's saved outputs (after a change to the report).
+  const raw: RawRun = process.argv.includes('--render')
+    ? (JSON.parse(readFileSync(RAW_RUN, 'utf8')) as RawRun)
+    : await measure();
+  const { sizes, repeat } = raw;
+  const r = raw.main;
   const tagged = <T>(tag: string): T[] =>
     r.output
       .split('\n')
@@ -100,14 +145,8 @@ async function main(): Promise<void> {
   const table = lines.join('\n');
   // Dirty tracking: what one report of a 1 GiB range costs through each mechanism, per kernel.
   const dirtyTables: string[] = [];
-  for (const kernel of ['6.12', '6.1'] as const) {
-    const d = await runInGuest({
-      kernel,
-      command: [process.execPath, join(ROOT, 'dist/bench/dirty.js')],
-      timeoutMs: 900_000,
-      echo: process.stderr,
-      prepare: true,
-    });
+  for (const d of raw.dirty) {
+    const kernel = d.kernel;
     const out = d.output.split('\n').map((l: string) => l.replace(/\r$/, ''));
     const title = out.find((l: string) => l.startsWith('kernel ')) ?? `kernel ${kernel}`;
     const rowsOf = out.filter((l: string) => l.startsWith('|'));
@@ -161,12 +200,12 @@ async function main(): Promise<void> {
     '|---|---|---|---|---|---|---|---|---|',
   ];
   const migrateRatios: number[] = [];
-  const migrateCeilings: number[] = [];
+  const migrateCeilings: { ratio: number; ceiling: number }[] = [];
   for (const m of migrates) {
     const ratios = m.oursMs.map((o, i) => m.refMs[i]! / o);
     const ratio = median(m.refMs) / median(m.oursMs);
     migrateRatios.push(ratio);
-    migrateCeilings.push(ceiling(median(m.refMs)));
+    migrateCeilings.push({ ratio, ceiling: ceiling(median(m.refMs)) });
     migrateTable.push(
       `| ${m.kind} | ${m.mib} MiB | ${f1(median(m.oursMs))} | ${f1(median(m.refMs))} | ${f2(ratio)} | ${f2(Math.min(...ratios))}-${f2(Math.max(...ratios))} | ${f1(median(m.downtimeMs))} | ${m.oursMs.map(Math.round).join(', ')} | ${m.refMs.map(Math.round).join(', ')} |`,
     );
@@ -232,18 +271,30 @@ async function main(): Promise<void> {
   const crcWhy = largest
     ? `; a load checks a CRC-32 of every byte and a save computes one, which the C client does not: ${f1(largest.crcMs!)} ms of one CPU for ${largest.mib} MiB in this guest, ${f2(largest.crcMs! / largest.ref.load.ms)}x the C client's whole ${largest.kind} load`
     : '';
-  const capped = wholeCeilings.filter((c) => c.ceiling < 0.8);
-  const reachable = wholeCeilings.filter((c) => c.ceiling >= 0.8).map((c) => c.ratio);
+  // Only the rows that miss a target need a reason; a row can beat its start-up ceiling (the
+  // ceiling assumes the rest takes as long as the C client's whole run).
+  const range = (values: number[]) => `${f2(Math.min(...values))}-${f2(Math.max(...values))}`;
+  const wholeMissed = wholeCeilings.filter((c) => c.ratio < 0.8);
+  const capped = wholeMissed.filter((c) => c.ceiling < 0.8);
+  const reachable = wholeMissed.filter((c) => c.ceiling >= 0.8).map((c) => c.ratio);
   const startupText = startup ? `${f1(startup.cliMs)} ms (a bare Node ${f1(startup.nodeMs)} ms)` : '?';
   const wholeWhy = capped.length
-    ? `start-up alone, ${startupText}, caps ${capped.length} of ${wholeCeilings.length} rows below 0.8: with no time beyond the C client's whole run they would reach at most ${f2(Math.min(...capped.map((c) => c.ceiling)))}-${f2(Math.max(...capped.map((c) => c.ceiling)))}` +
-      (reachable.length ? `; the other rows reach ${f2(Math.min(...reachable))}-${f2(Math.max(...reachable))}` : '') +
+    ? `${wholeMissed.length} of ${wholeCeilings.length} rows miss it; start-up alone, ${startupText}, caps ${capped.length} of those below 0.8: with no time beyond the C client's whole run they would reach at most ${range(capped.map((c) => c.ceiling))}` +
+      (reachable.length ? `; the other rows that miss it reach ${range(reachable)}` : '') +
       crcWhy
     : crcWhy;
-  const migrateCapped = migrateCeilings.filter((c) => c < 1);
-  const migrateWhy = migrateCapped.length
-    ? `start-up alone caps ${migrateCapped.length} of ${migrateCeilings.length} rows below 1.0 (at most ${f2(Math.min(...migrateCapped))}-${f2(Math.max(...migrateCapped))})`
-    : '';
+  const migrateMet = migrateCeilings.filter((c) => c.ratio >= 1).map((c) => c.ratio);
+  const migrateMissed = migrateCeilings.filter((c) => c.ratio < 1);
+  const migrateCapped = migrateMissed.filter((c) => c.ceiling < 1).map((c) => c.ceiling);
+  const migrateUncapped = migrateMissed.filter((c) => c.ceiling >= 1).map((c) => c.ratio);
+  const migrateWhy =
+    (migrateMet.length
+      ? `${migrateMet.length} of ${migrateCeilings.length} rows meet it (${range(migrateMet)}); `
+      : '') +
+    (migrateCapped.length
+      ? `start-up alone, ${startupText}, caps ${migrateCapped.length} of the ${migrateMissed.length} that miss it below 1.0 (at most ${range(migrateCapped)})`
+      : '') +
+    (migrateUncapped.length ? `; the others that miss it reach ${range(migrateUncapped)}` : '');
   const engineWhy = warmRatios.length
     ? `warm, the same op repeated in its process: worst ${f2(Math.min(...warmRatios))}, best ${f2(Math.max(...warmRatios))}; the rest of the cold gap is V8 warming up under emulation`
     : '';
@@ -276,19 +327,19 @@ async function main(): Promise<void> {
     ratioChart(`vfio-mig against the C client, whole commands (${r.accel} guest)`, bars),
   );
   console.log(whole.join('\n'));
-  const raw = ['| type | state | op | ours, every run (ms) | ref (C), every run (ms) |', '|---|---|---|---|---|'];
+  const everyRun = ['| type | state | op | ours, every run (ms) | ref (C), every run (ms) |', '|---|---|---|---|---|'];
   for (const row of rows) {
     for (const op of ['save', 'load'] as const)
-      raw.push(
+      everyRun.push(
         `| ${row.kind} | ${row.mib} MiB | ${op} | ${(row.ours[op].runsMs ?? []).join(', ')} | ${(row.ref[op].runsMs ?? []).join(', ')} |`,
       );
   }
   console.log(table);
   const doc = `# Benchmark results
 
-Date: ${new Date().toISOString()}
+Date: ${raw.date}
 Machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, ${Math.round(totalmem() / 2 ** 30)} GiB; guest: Debian 6.12 kernel under QEMU (${r.accel}), 4 GiB, 2 vCPUs.
-Command: \`npm run bench\` (BENCH_SIZES=${sizes} BENCH_REPEAT=${repeat}); ${((Date.now() - started) / 1000).toFixed(0)} s.
+Command: \`npm run bench\` (BENCH_SIZES=${sizes} BENCH_REPEAT=${repeat}); ${(raw.durationMs / 1000).toFixed(0)} s.
 
 Every figure is measured in the same run, inside the guest, against the project's test driver
 (chunk_size 1 MiB). "ref (C)" is bench/ref/ref.c, a minimal client doing the same protocol steps
@@ -361,7 +412,7 @@ it on first touch, which would otherwise fall on whoever ran first).
 
 ${table}
 
-${raw.join('\n')}
+${everyRun.join('\n')}
 
 "QEMU 7.2" is Debian's qemu-system-x86_64 in the guest (-machine q35 -S -nodefaults -m 64, vfio-pci
 sysfsdev=..., x-enable-migration=on) saving the same device with a QMP migrate to a file; its time runs
