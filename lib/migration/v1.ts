@@ -219,9 +219,9 @@ export class V1Engine implements MigrationEngine {
 
   /**
    * Saving steps d and e: the data window at `offset` into `buffer`, each segment in one pool job
-   * that also checksums what it read; resolves the CRC-32 of the whole window.
+   * that also checksums what it read (unless not `checksum`: an in-process stream); resolves the
+   * CRC-32 of the whole window, or 0.
    */
-  /** Reads one transaction's data window into `buffer`; resolves its CRC-32 (0 when not `checksum`). */
   async #readTransaction(offset: bigint, buffer: Buffer, length: number, checksum: boolean): Promise<number> {
     let crc = 0;
     for (const seg of splitByAreas(offset, length, this.#areas)) {

@@ -257,7 +257,7 @@ export class V2Engine implements MigrationEngine {
       let crc: number;
       const into = (buf ??= pass.buffer?.(this.readSize) ?? this.#chunks.next(this.readSize));
       try {
-        // The payload's CRC-32 is computed by the pool thread that read it, off the JS thread.
+        // The payload's CRC-32, when wanted, is computed by the pool thread that read it, off the JS thread.
         if (pass.checksum === false) {
           n = await fd.run((f) => native.readAsync(f, into, 0, this.readSize));
           crc = 0;
