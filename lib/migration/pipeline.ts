@@ -1,7 +1,7 @@
 // Overlap of device I/O with stream work: one emit in flight while the next chunk is read, one record decoded ahead.
 import { allocIoBuffer } from '../buffers';
 import type { StreamEncoder } from './stream';
-import type { EmitChunk } from './types';
+import type { CopyPass, EmitChunk } from './types';
 
 /**
  * Keeps at most one emit (checksum, copy, sink write) running while the engine reads the next
@@ -35,6 +35,15 @@ export class EmitWindow {
   /** A buffer to read the next chunk of up to `size` bytes into that the emit sends as it is, if it has one (CopyPass.buffer). */
   buffer(size: number): Buffer | undefined {
     return this.#payloadBuffer?.(size);
+  }
+
+  /** What a CopyPass of records of `phase` needs from this window: where chunks go, their buffers, whether to checksum. */
+  passTo(phase: number): Pick<CopyPass, 'emit' | 'buffer' | 'checksum'> {
+    return {
+      emit: (payload, payloadCrc) => this.push(phase, payload, payloadCrc),
+      buffer: (size) => this.buffer(size),
+      checksum: this.checksums,
+    };
   }
 
   async push(phase: number, payload: Uint8Array, payloadCrc?: number): Promise<void> {

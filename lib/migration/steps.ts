@@ -81,9 +81,7 @@ export async function precopyPasses(
     const moved = await engine.copy({
       stage: 'precopy',
       pending,
-      emit: (payload, payloadCrc) => out.push(iteration, payload, payloadCrc),
-      buffer: (size) => out.buffer(size),
-      checksum: out.checksums,
+      ...out.passTo(iteration),
       budget: pending.bytes,
       signal,
       onChunk: (passBytes, left) => report('precopy', iteration, bytes + passBytes, left),
@@ -110,9 +108,7 @@ export async function stopCopyPass(
   const moved = await engine.copy({
     stage: 'stop-copy',
     pending,
-    emit: (payload, payloadCrc) => out.push(PHASE_STOP_COPY, payload, payloadCrc),
-    buffer: (size) => out.buffer(size),
-    checksum: out.checksums,
+    ...out.passTo(PHASE_STOP_COPY),
     signal,
     onChunk: (bytes, left) => report('stop-copy', 0, before + bytes, left),
   });

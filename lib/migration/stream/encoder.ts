@@ -54,8 +54,9 @@ export interface StreamEncoderOptions {
  * Writes a stream: the header, then one record per writeRecord, then the trailer on finish().
  *
  * Each record is copied once into a Buffer of its own (record header + payload), and that Buffer
- * is what the sink gets; a payload read into a payloadBuffer() is in such a Buffer already. The copy is what lets the caller reuse its payload buffer as soon as
- * writeRecord resolves whatever the sink is: a Writable's callback only says the chunk was
+ * is what the sink gets; a payload read into a payloadBuffer() is in such a Buffer already. The
+ * copy is what lets the caller reuse its payload buffer as soon as writeRecord resolves whatever
+ * the sink is: a Writable's callback only says the chunk was
  * handled, and a Transform or PassThrough still holds it in its readable queue after that. The
  * one Buffer per record also makes one write per record instead of two. A sink function may keep
  * the chunks it is given.
@@ -75,9 +76,10 @@ export class StreamEncoder {
   #crc = 0;
   #records = 0n;
   #payloadBytes = 0n;
+  // Record buffers reused: a Writable's once its callback ran (any size); a sink function's once
+  // a destination in this process released them (native-owned, payloads of #poolMin or more).
   #pool: RecordPool | undefined;
-  // A sink function's large records: native-owned, reused once a destination released them.
-  #releasable: RecordPool | undefined;
+  #poolMin = 0;
   #file: FileSink | undefined;
 
   constructor(sink: StreamSink, header: StreamHeader, options: StreamEncoderOptions = {}) {
@@ -88,7 +90,8 @@ export class StreamEncoder {
       this.#emit = (chunk) => sink(chunk);
       // A function may hand its records to a destination in this process, which hands them back
       // (releaseRecord) once written; records it keeps or copies are simply never reused.
-      this.#releasable = new RecordPool({ releasable: true });
+      this.#pool = new RecordPool({ releasable: true });
+      this.#poolMin = NATIVE_RECORD_MIN;
     } else if (sink !== null && typeof sink === 'object' && typeof sink.write === 'function') {
       const pool = (options.recycle ?? sinkReleasesOnCallback(sink)) ? new RecordPool() : undefined;
       this.#pool = pool;
@@ -152,8 +155,8 @@ export class StreamEncoder {
    * now belongs to the sink, and comes back to this encoder through releaseRecord.
    */
   payloadBuffer(size: number): Buffer | undefined {
-    if (!this.#releasable || size < NATIVE_RECORD_MIN) return undefined;
-    return this.#releasable.take(RECORD_HEADER_SIZE + size).subarray(RECORD_HEADER_SIZE);
+    if (!this.#pool?.releasable || size < this.#poolMin) return undefined;
+    return this.#pool.take(RECORD_HEADER_SIZE + size).subarray(RECORD_HEADER_SIZE);
   }
 
   /**
@@ -197,18 +200,15 @@ export class StreamEncoder {
         return;
       }
       // A payload read into a payloadBuffer() is already in its record, behind the header's room.
-      const own = this.#releasable && releasableRecord(payload);
-      const inPlace =
-        own && own.pool === this.#releasable && payload.byteOffset === own.buf.byteOffset + RECORD_HEADER_SIZE;
+      const own = this.#pool?.releasable && releasableRecord(payload);
+      const inPlace = own && own.pool === this.#pool && payload.byteOffset === own.buf.byteOffset + RECORD_HEADER_SIZE;
       // A sink function may keep the record (a channel to a destination in this process, which
       // writes its payload into a device): native-owned memory is written from without a bounce.
       const record = inPlace
         ? own.buf.subarray(0, RECORD_HEADER_SIZE + length)
-        : this.#pool
+        : this.#pool && length >= this.#poolMin
           ? this.#pool.take(RECORD_HEADER_SIZE + length)
-          : this.#releasable && length >= NATIVE_RECORD_MIN
-            ? this.#releasable.take(RECORD_HEADER_SIZE + length)
-            : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
+          : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
       // Buffer#copy is a plain memmove; TypedArray#set measured 10x slower under emulation (bench).
       if (!inPlace) asBuffer(payload).copy(record, RECORD_HEADER_SIZE);
       const body = record.subarray(RECORD_HEADER_SIZE);

@@ -38,21 +38,22 @@ export class RecordPool {
   #free: Buffer[] = [];
   #size = 0;
   readonly #mine = new WeakSet<Buffer>();
-  readonly #releasable: boolean;
+  /** Native-owned records that their holder hands back with releaseRecord() (see the constructor). */
+  readonly releasable: boolean;
 
   /**
    * With `releasable`, records are native-owned (a device write in this process uses them without
    * a bounce copy) and whoever ends up holding one may hand it back with releaseRecord().
    */
   constructor(options: { releasable?: boolean } = {}) {
-    this.#releasable = !!options.releasable;
+    this.releasable = !!options.releasable;
   }
 
   take(size: number): Buffer {
     if (size === this.#size && this.#free.length) return this.#free.pop()!;
-    const buf = this.#releasable ? allocIoBuffer(size) : Buffer.allocUnsafeSlow(size);
+    const buf = this.releasable ? allocIoBuffer(size) : Buffer.allocUnsafeSlow(size);
     this.#mine.add(buf);
-    if (this.#releasable) RELEASABLE.set(buf.buffer, { pool: this, buf });
+    if (this.releasable) RELEASABLE.set(buf.buffer, { pool: this, buf });
     return buf;
   }
 
@@ -83,7 +84,7 @@ export function releasableRecord(view: Uint8Array): { pool: RecordPool; buf: Buf
  * pipe is a copy).
  */
 export function releaseRecord(view: Uint8Array): void {
-  const entry = RELEASABLE.get(view.buffer);
+  const entry = releasableRecord(view);
   if (entry) entry.pool.give(entry.buf);
 }
 
