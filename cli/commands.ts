@@ -116,6 +116,22 @@ function precopyOption(values: Values): PrecopyPolicy | false {
   return { maxIterations: iterations ?? DEFAULT_PRECOPY_ITERATIONS, threshold, timeMs };
 }
 
+/**
+ * migrate's pre-copy: undefined (none of the options) leaves the library's default, a live
+ * pre-copy for devices that offer it; --no-precopy or --precopy-iterations 0 go straight to
+ * stop-and-copy.
+ */
+function migratePrecopyOption(values: Values): PrecopyPolicy | false | undefined {
+  const named = ['precopy-iterations', 'precopy-threshold', 'precopy-time'].filter((k) => values[k] !== undefined);
+  if (values['no-precopy']) {
+    if (named.length) throw new UsageError(`--no-precopy contradicts --${named[0]}`);
+    return false;
+  }
+  if (!named.length) return undefined;
+  if (integerOption(values, 'precopy-iterations') === 0) return false;
+  return precopyOption(values);
+}
+
 function leaveOption(value: unknown, fallback: 'running' | 'stopped'): 'running' | 'stopped' {
   if (value === undefined) return fallback;
   if (value !== 'running' && value !== 'stopped')
@@ -357,6 +373,7 @@ export const COMMANDS: Record<string, Command> = {
   migrate: {
     options: {
       ...precopyOptions,
+      'no-precopy': { type: 'boolean' },
       'switchover-ack': { type: 'boolean' },
       'no-switchover-ack': { type: 'boolean' },
       timeout: { type: 'string' },
@@ -367,11 +384,15 @@ export const COMMANDS: Record<string, Command> = {
     },
     args: ['sources', 'destinations'],
     check(values) {
-      precopyOption(values);
+      migratePrecopyOption(values);
       integerOption(values, 'timeout');
     },
     run: async (ctx) =>
-      (await import('./migrate-command')).migrateCommand(ctx, precopyOption(ctx.values), secondsOption(ctx.values)),
+      (await import('./migrate-command')).migrateCommand(
+        ctx,
+        migratePrecopyOption(ctx.values),
+        secondsOption(ctx.values),
+      ),
   },
   receive: {
     options: { timeout: { type: 'string' }, force: { type: 'boolean' } },

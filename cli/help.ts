@@ -90,11 +90,12 @@ Example:  vfio-mig load 0000:3b:00.1 -i dev.vfmig`,
   migrate: `Usage: vfio-mig migrate <sources> <destinations> [options]
 
 Live-migrates one device or several (comma-separated, paired in order) as one transaction:
-the destination checks the devices and enters RESUMING before any source stops; with pre-copy,
-the source waits for the destination's switchover-ack; all sources go through RUNNING_P2P
-before any stops; the stop-and-copy data of all devices moves concurrently; the destination
-validates everything and says "loaded"; only then does the source commit, and the destination
-runs. Before the commit, any failure (either side, the channel, Ctrl-C, a timeout) returns
+the destination checks the devices and enters RESUMING before any source stops; the sources
+pre-copy while they run (those that can: v2 with PRE_COPY, every v1 device) and wait for the
+destination's switchover-ack; all sources go through RUNNING_P2P before any stops; the
+stop-and-copy data of all devices moves concurrently; the destination validates everything
+and says "loaded"; only then does the source commit, and the destination runs. Before the
+commit, any failure (either side, the channel, Ctrl-C, a timeout) returns
 every source to RUNNING and resets every destination.
 
 Destinations:
@@ -103,7 +104,10 @@ Destinations:
   exec:<shell command>          a command whose stdin/stdout reach a vfio-mig receive
 
 Options:
-  --precopy-iterations N, --precopy-threshold BYTES, --precopy-time MS   as for save
+  --precopy-iterations N, --precopy-threshold BYTES, --precopy-time MS   as for save; without
+                                them a device that can pre-copy does (up to 8 passes, ending
+                                when nothing is pending or it stops shrinking)
+  --no-precopy                  no pre-copy: all the state moves while the sources are stopped
   --switchover-ack / --no-switchover-ack   wait for the destination to apply the initial
                                 pre-copy data before stopping (default on with pre-copy)
   --timeout SECONDS             longest wait for the other end (default 30; 0 = none)

@@ -1,7 +1,7 @@
 // vfio-mig migrate and vfio-mig receive: destinations (local, ssh://, exec:), the child that carries the channel, the report.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import type { Device, MigrateResult, Progress } from '../lib';
+import type { Device, MigrateResult, PrecopyPolicy, Progress } from '../lib';
 import { openDevice } from '../lib/device';
 import { printable } from '../lib/printable';
 import { requireMigration } from '../lib/migration/attach';
@@ -157,7 +157,7 @@ async function reap(child: ChildProcess, ms: number): Promise<number | null> {
 
 export async function migrateCommand(
   { values, positionals, io, signal, print }: CommandContext,
-  precopy: unknown,
+  precopy: PrecopyPolicy | false | undefined,
   timeoutMs: number | undefined,
 ): Promise<number> {
   const sources = deviceList(positionals[0]!, 'sources');
@@ -169,7 +169,7 @@ export async function migrateCommand(
       );
   }
   const options = {
-    precopy: precopy as false,
+    precopy,
     switchoverAck: values['no-switchover-ack'] ? false : true,
     timeoutMs,
     resetSource: !!values['reset-source'],

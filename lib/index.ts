@@ -48,6 +48,7 @@ export {
   v1StateName,
   v2StateName,
   migrate,
+  DEFAULT_MIGRATE_PRECOPY,
   DEFAULT_MIGRATE_TIMEOUT_MS,
   receive,
   migrateLocal,

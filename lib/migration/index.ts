@@ -32,7 +32,7 @@ export {
 export type { StreamHeader, StreamRecord, StreamSink, StreamSource, VerifyResult } from './stream';
 export { FdSource, isByteSource } from './source';
 export type { ByteSource } from './source';
-export { migrate, DEFAULT_MIGRATE_TIMEOUT_MS } from './migrate';
+export { migrate, DEFAULT_MIGRATE_PRECOPY, DEFAULT_MIGRATE_TIMEOUT_MS } from './migrate';
 export type { MigrateOptions, MigrateResult, DevicePhases } from './migrate';
 export { receive, helloProblem } from './receive';
 export type { ReceiveOptions, ReceiveResult } from './receive';

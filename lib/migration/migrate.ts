@@ -1,7 +1,7 @@
 // migrate(): the source end of a live migration of one or several devices as one transaction over a channel.
 import { MigrationError, type Recovery } from './errors';
 import { encoderWindow } from './pipeline';
-import { wantsPrecopy } from './policy';
+import { DEFAULT_PRECOPY_ITERATIONS, wantsPrecopy } from './policy';
 import type { Migration } from './session';
 import { precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
 import { StreamEncoder } from './stream';
@@ -11,8 +11,20 @@ import { FRAME, WIRE_VERSION, WireEnd, isInProcess, messageBody, type Channel } 
 
 export const DEFAULT_MIGRATE_TIMEOUT_MS = 30_000;
 
+/**
+ * A migrate's pre-copy when the caller names none: up to DEFAULT_PRECOPY_ITERATIONS passes while
+ * the devices run, ending early once nothing is pending or what is pending stops shrinking. Most
+ * of the state then moves before the stop, so the downtime carries only what the workload dirtied.
+ */
+export const DEFAULT_MIGRATE_PRECOPY: Readonly<PrecopyPolicy> = Object.freeze({
+  maxIterations: DEFAULT_PRECOPY_ITERATIONS,
+});
+
 export interface MigrateOptions {
-  /** Pre-copy policy (as save's); false or undefined = straight to stop-and-copy. */
+  /**
+   * Pre-copy policy (as save's). Undefined: DEFAULT_MIGRATE_PRECOPY, a live migration, for every
+   * device that can pre-copy; false: straight to stop-and-copy (all the state moves while stopped).
+   */
   precopy?: PrecopyPolicy | false;
   /** Wait for the destination to apply each pre-copied device's initial data before stopping (default true). */
   switchoverAck?: boolean;
@@ -92,7 +104,8 @@ export async function migrate(
   const signal = options.signal;
   const event = options.onEvent ?? (() => undefined);
   const wantAck = options.switchoverAck ?? true;
-  const precopy = wantsPrecopy(options.precopy) ? options.precopy : undefined;
+  const policy = options.precopy === undefined ? DEFAULT_MIGRATE_PRECOPY : options.precopy;
+  const precopy = wantsPrecopy(policy) ? policy : undefined;
   const wire = new WireEnd(channel);
   const inbox = new Inbox(wire, 'destination');
   let step = 'hello';

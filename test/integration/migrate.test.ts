@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { MigrateError, migrateLocal, openDevice, requireMigration } from '../../lib';
+import { MigrateError, migrateLocal, openDevice, requireMigration, type MigrateResult } from '../../lib';
 import { guestKernel, hasPrecopy, needsMdevParent, openFdCount } from './helpers';
 import { createMdev, removeMdev } from '../support/mdev';
 import { TestDevice, bar0Checksum, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
@@ -218,13 +218,23 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
     });
   });
 
-  test('CLI: local vfio-mig migrate A B', async () => {
-    const { a, b, sum } = pair('v2', 2 * MiB);
-    const r = await cli(['--json', 'migrate', a.uuid, b.uuid]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
-    assert.equal(report.devices.length, 1);
-    assert.equal(b.checksum(), sum);
+  test('CLI: local vfio-mig migrate A B: pre-copies by default where the device can; --no-precopy does not', async () => {
+    for (const args of [[], ['--no-precopy']]) {
+      const { a, b, sum } = pair('v2', 2 * MiB);
+      const r = await cli(['--json', 'migrate', a.uuid, b.uuid, ...args]);
+      assert.equal(r.code, 0, r.stderr);
+      const report = JSON.parse(r.stdout) as MigrateResult;
+      assert.equal(report.devices.length, 1);
+      const d = report.devices[0]!;
+      if (hasPrecopy && !args.length) {
+        assert.ok(d.precopyIterations >= 1, 'pre-copied');
+        assert.ok(d.stopCopyBytes < 4096, `an idle device has nothing left to stop-copy: ${d.stopCopyBytes} bytes`);
+      } else {
+        assert.equal(d.precopyIterations, 0, hasPrecopy ? '--no-precopy' : 'no PRE_COPY on this kernel');
+        assert.ok(d.stopCopyBytes >= 2 * MiB, `all the state moved while stopped: ${d.stopCopyBytes} bytes`);
+      }
+      assert.equal(b.checksum(), sum);
+    }
   });
 
   test('CLI: the exec transport through a local vfio-mig receive', async () => {
@@ -260,7 +270,8 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
       args: ['--precopy-iterations', '4'],
       dirtyRate: MiB,
     },
-    stopcopy: { kind: 'v1', stateSize: 4 * MiB, args: [] },
+    // No pre-copy: the whole state is stop-and-copy data, so the halted source is inside that phase.
+    stopcopy: { kind: 'v1', stateSize: 4 * MiB, args: ['--no-precopy'] },
     loaded: { kind: 'v2', stateSize: MiB, args: [] },
   };
   // Both ends wait this long for each other: far more than a failure takes to be noticed on a

@@ -88,6 +88,10 @@ test('host: each command takes only its own options and arguments; values are ch
   usage(run('save', missing, '-o', '/tmp/x', '--precopy-iterations', ''), /non-negative integer, not ''/);
   usage(run('save', missing, '-o', '/tmp/x', '--precopy-iterations', '1.5'), /non-negative integer, not '1.5'/);
   usage(run('save', missing, '-o', '/tmp/x', '--precopy-threshold=-1'), /non-negative integer/);
+  usage(run('migrate', missing, missing, '--no-precopy', '--precopy-iterations', '2'), /--no-precopy contradicts/);
+  usage(run('migrate', missing, missing, '--precopy', '2'), /Unknown option '--precopy'/);
+  // --no-precopy alone is accepted: the missing device is what fails (exit 3).
+  assert.equal(run('migrate', missing, missing, '--no-precopy').status, 3);
   // Exit 2, not 3: the bad value is found before the (missing) device would be opened.
   usage(run('load', missing, '-i', '/tmp/x', '--leave', 'bad'), /--leave must be running or stopped/);
   usage(run('help', 'nosuch'), /not a command/);

@@ -59,6 +59,26 @@ test('model: one device migrates; the destination holds the state and runs, the 
   assert.equal(r.receiver.devices[0]!.bytes, r.devices[0]!.bytes);
 });
 
+test('model: migrate pre-copies by default (a live migration); precopy: false goes straight to stop-and-copy', async () => {
+  for (const precopy of [undefined, false] as const) {
+    const src = model(4);
+    const dst = model(0);
+    const r = await migrateLocal([[src.mig, dst.mig]], precopy === undefined ? {} : { precopy });
+    assert.ok(dst.dev.state.equals(src.dev.state));
+    const d = r.devices[0]!;
+    if (precopy === false) {
+      assert.equal(d.precopyIterations, 0);
+      assert.equal(d.stopCopyBytes, d.bytes, 'every byte moved while stopped');
+    } else {
+      assert.ok(d.precopyIterations >= 1, 'pre-copied');
+      assert.ok(
+        d.precopyBytes > 0 && d.stopCopyBytes < d.bytes,
+        `${d.precopyBytes} pre-copied, ${d.stopCopyBytes} stopped`,
+      );
+    }
+  }
+});
+
 test('model: three devices with pre-copy and switchover-ack migrate together', async () => {
   const pairs = [1, 2, 3].map((s) => [model(s, { dirtyPerRead: 3 }), model(0)] as const);
   const r = await migrateLocal(
