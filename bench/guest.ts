@@ -52,8 +52,15 @@ function wholeCommands(proto: string, src: string, dst: string): Whole {
   return { oursSaveMs, oursLoadMs, oursPipeMs, refSaveMs, refLoadMs, refPipeMs };
 }
 
+/** The workload of a live migration's sources in the four-device rows: bytes each dirties per second. */
+const LIVE_DIRTY_RATE = 4 << 20;
+
 /** `vfio-mig migrate A B` as a user runs it (cold, --json report on stdout) and its wall time. */
-function migrateCold(sources: string[], destinations: string[]): { ms: number; cpuMs: number; report: MigrateReport } {
+function migrateCold(
+  sources: string[],
+  destinations: string[],
+  args: string[] = [],
+): { ms: number; cpuMs: number; report: MigrateReport } {
   // GNU time reports the command's CPU time (user + system: the driver's copies run in our
   // syscalls), which says how many vCPUs it kept busy.
   const cpuFile = '/tmp/bench-migrate-cpu';
@@ -67,6 +74,7 @@ function migrateCold(sources: string[], destinations: string[]): { ms: number; c
     destinations.join(','),
     '--quiet',
     '--json',
+    ...args,
   ];
   const start = process.hrtime.bigint();
   const out = execFileSync(argv[0]!, argv.slice(1), {
@@ -92,6 +100,14 @@ export interface MigrateReport {
 /** One migrate row: ours cold against the C reference's device-to-device pipe, both every run. */
 export interface MigrateRow {
   kind: string;
+  /**
+   * 'live': migrate's default (pre-copy while the sources run a workload that dirties them);
+   * 'stop-copy': --no-precopy, idle sources, the whole state moved while stopped. Absent in runs
+   * saved before the two were told apart, which were all 'stop-copy'.
+   */
+  mode?: 'live' | 'stop-copy';
+  /** Bytes per second each source dirtied while it ran (four-device rows). */
+  dirtyRate?: number;
   mib: number;
   devices: number;
   oursMs: number[];
@@ -124,16 +140,23 @@ async function migrateRows(): Promise<void> {
     }
   }
   if (!KINDS.includes('v2') || !SIZES_MIB.includes(64)) return;
-  // Four devices in one command against one device, downtime side by side in the same run.
+  // Four devices in one command against one device, downtime side by side in the same run: live
+  // (the default pre-copy, each source running a workload that dirties it) and stop-copy only.
   const make = () => new TestDevice('v2', { chunkSize: CHUNK, stateSize: 64 << 20 });
   const sources = [make(), make(), make(), make()];
   const dests = [make(), make(), make(), make()];
   try {
     sources.forEach((d, i) => d.set('mutate', String(0x100 + i)));
-    for (const count of [1, 4])
-      console.log(
-        `@@migrate-n ${JSON.stringify(migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count)))}`,
-      );
+    for (const mode of ['live', 'stop-copy'] as const) {
+      // A source dirties itself only while RUNNING: once committed (stopped) it holds still.
+      for (const d of sources) d.set('dirty_rate', mode === 'live' ? String(LIVE_DIRTY_RATE) : '0');
+      const args = mode === 'live' ? [] : ['--no-precopy'];
+      for (const count of [1, 4]) {
+        const row = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), undefined, args);
+        const dirtyRate = mode === 'live' ? LIVE_DIRTY_RATE : 0;
+        console.log(`@@migrate-n ${JSON.stringify({ ...row, mode, dirtyRate })}`);
+      }
+    }
   } finally {
     for (const d of [...sources, ...dests]) d.remove();
   }
@@ -143,7 +166,14 @@ async function migrateRows(): Promise<void> {
  * REPEAT cold migrations of `sources` to `dests` (paired in order), each followed, when `ref`
  * names a C reference mode, by the reference moving the first pair device to device.
  */
-function migrateRuns(kind: string, mib: number, sources: TestDevice[], dests: TestDevice[], ref?: string): MigrateRow {
+function migrateRuns(
+  kind: string,
+  mib: number,
+  sources: TestDevice[],
+  dests: TestDevice[],
+  ref?: string,
+  args: string[] = [],
+): MigrateRow {
   const row: MigrateRow = {
     kind,
     mib,
@@ -163,6 +193,7 @@ function migrateRuns(kind: string, mib: number, sources: TestDevice[], dests: Te
     const r = migrateCold(
       sources.map((d) => d.uuid),
       dests.map((d) => d.uuid),
+      args,
     );
     row.exact &&= sources.every((d, i) => d.checksum() === dests[i]!.checksum());
     row.oursMs.push(r.ms);

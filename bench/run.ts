@@ -219,21 +219,32 @@ async function main(): Promise<void> {
   }
   bars.sort((a, b) => a.group.localeCompare(b.group, 'en', { numeric: true }));
   const phaseNames = ['helloMs', 'precopyMs', 'switchoverAckMs', 'stopCopyMs', 'validateMs', 'resumeMs'];
+  const migratePrecopied = migrates.some((m) => m.phases.some((p) => (p['precopyMs'] ?? 0) > 0));
+  const modeOf = (m: MigrateRow) => m.mode ?? 'stop-copy';
   const multiTable = [
-    `| devices (v2, 64 MiB each) | downtime ms (median) | downtime, every run | whole command ms (median) | vCPUs busy (CPU time / wall) | ${phaseNames.map((p) => p.replace(/Ms$/, ' ms')).join(' | ')} |`,
-    `|---|---|---|---|---|${phaseNames.map(() => '---').join('|')}|`,
+    `| mode | devices (v2, 64 MiB each) | downtime ms (median) | downtime, every run | whole command ms (median) | vCPUs busy (CPU time / wall) | ${phaseNames.map((p) => p.replace(/Ms$/, ' ms')).join(' | ')} |`,
+    `|---|---|---|---|---|---|${phaseNames.map(() => '---').join('|')}|`,
   ];
   // Average vCPUs the whole command kept busy.
   const busy = (m: MigrateRow) => median((m.cpuMs ?? []).map((c, i) => c / m.oursMs[i]!));
   for (const m of multi) {
     const phase = (name: string) => median(m.phases.map((p) => p[name] ?? NaN));
     multiTable.push(
-      `| ${m.devices} | ${f1(median(m.downtimeMs))} | ${m.downtimeMs.map(Math.round).join(', ')} | ${f1(median(m.oursMs))} | ${f2(busy(m))} | ${phaseNames.map((p) => f1(phase(p))).join(' | ')} |`,
+      `| ${modeOf(m) === 'live' ? 'live (default pre-copy)' : 'stop-copy only (--no-precopy)'} | ${m.devices} | ${f1(median(m.downtimeMs))} | ${m.downtimeMs.map(Math.round).join(', ')} | ${f1(median(m.oursMs))} | ${f2(busy(m))} | ${phaseNames.map((p) => f1(phase(p))).join(' | ')} |`,
     );
   }
-  const one = multi.find((m) => m.devices === 1);
-  const four = multi.find((m) => m.devices === 4);
-  const downtimeRatio = one && four ? median(four.downtimeMs) / median(one.downtimeMs) : NaN;
+  // Downtime of four devices over one's, per mode; the target is judged on migrate's default (live).
+  const nDevices = (mode: string, n: number) => multi.find((m) => modeOf(m) === mode && m.devices === n);
+  const ratioOf = (mode: string) => {
+    const a = nDevices(mode, 1);
+    const b = nDevices(mode, 4);
+    return a && b ? median(b.downtimeMs) / median(a.downtimeMs) : NaN;
+  };
+  const one = nDevices('stop-copy', 1);
+  const four = nDevices('stop-copy', 4);
+  const stopCopyRatio = ratioOf('stop-copy');
+  const liveRatio = ratioOf('live');
+  const downtimeRatio = Number.isFinite(liveRatio) ? liveRatio : stopCopyRatio;
   // Where one command's time goes.
   const categories = [
     'node start',
@@ -298,6 +309,13 @@ async function main(): Promise<void> {
   const engineWhy = warmRatios.length
     ? `warm, the same op repeated in its process: worst ${f2(Math.min(...warmRatios))}, best ${f2(Math.max(...warmRatios))}; the rest of the cold gap is V8 warming up under emulation`
     : '';
+  const liveOne = nDevices('live', 1);
+  const liveFour = nDevices('live', 4);
+  const livePhase = (m: MigrateRow, name: string) => median(m.phases.map((p) => p[name] ?? NaN));
+  const liveWhy =
+    liveOne && liveFour
+      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices share ${GUEST_CPUS} vCPUs (their pre-copy passes too, so each leaves more dirtied data for the stop)`
+      : '';
   const downtimeWhy =
     one && four
       ? `the stop-copy is CPU work (the driver's copies run in our syscalls, then the checksum and the write): one device's command keeps ${f2(busy(one))} vCPUs busy on average and four devices' ${f2(busy(four))}, of the guest's ${GUEST_CPUS}; four devices' work cannot overlap on more CPUs than there are`
@@ -320,7 +338,7 @@ async function main(): Promise<void> {
     `| the engine alone at least 1.0x on every path | worst ${f2(Math.min(...engineRatios))}, best ${f2(Math.max(...engineRatios))} | ${verdict(Math.min(...engineRatios) >= 1)} | ${Math.min(...engineRatios) >= 1 ? '' : engineWhy} |`,
     `| worst loop delay of a 256 MiB save or load within 5 ms of an idle Node process | worst excess ${f1(Math.max(...delays))} ms | ${delays.length ? verdict(Math.max(...delays) <= 5) : 'not measured (no 256 MiB rows)'} | ${delays.length && Math.max(...delays) > 5 ? delayWhy : ''} |`,
     `| cold migrate A B at least as fast as the C client device to device | worst ${f2(Math.min(...migrateRatios))}, best ${f2(Math.max(...migrateRatios))} | ${migrateRatios.length ? verdict(Math.min(...migrateRatios) >= 1) : 'not measured'} | ${migrateRatios.length && Math.min(...migrateRatios) < 1 ? migrateWhy : ''} |`,
-    `| four 64 MiB devices: downtime at most 1.3x that of one | ${f2(downtimeRatio)}x | ${Number.isFinite(downtimeRatio) ? verdict(downtimeRatio <= 1.3) : 'not measured'} | ${downtimeRatio > 1.3 ? downtimeWhy : ''} |`,
+    `| four 64 MiB devices: downtime at most 1.3x that of one | ${Number.isFinite(liveRatio) ? `live (the default) ${f2(liveRatio)}x; ` : ''}stop-copy only ${f2(stopCopyRatio)}x | ${Number.isFinite(downtimeRatio) ? verdict(downtimeRatio <= 1.3) : 'not measured'} | ${[downtimeRatio > 1.3 && Number.isFinite(liveRatio) ? liveWhy : '', stopCopyRatio > 1.3 ? `stop-copy only: ${downtimeWhy}` : ''].filter(Boolean).join('; ')} |`,
   ];
   writeFileSync(
     join(ROOT, 'bench/chart.svg'),
@@ -373,12 +391,16 @@ ${whole.join('\n')}
 \`vfio-mig migrate A B --json\` timed from spawn to exit (both ends in one process, the destination
 validating everything before the commit), against the C reference moving the same state device to
 device (\`ref v1-pipe\`/\`v2-pipe\`). Downtime is the command's own report: first source stop to the
-last destination RUNNING.
+last destination RUNNING. ${migratePrecopied ? 'Our command runs as by default: it pre-copies while the (idle) source runs, so the state moves before the stop and the downtime is short; the reference moves it all while stopped. The same bytes move either way.' : 'Our command moved the whole state while the source was stopped (no pre-copy), as the reference does.'}
 
 ${migrateTable.join('\n')}
 
-Four v2 devices of 64 MiB in one command against one, in the same run (the stop-copy data of the
-four moves concurrently); downtime of four / downtime of one: ${f2(downtimeRatio)}x. Phases (medians, ms):
+Four v2 devices of 64 MiB in one command against one, in the same run, two ways. Live, as
+\`migrate\` runs by default: the sources pre-copy while they run a workload that dirties
+${f1((liveOne?.dirtyRate ?? NaN) / (1 << 20))} MiB/s each, and only what it dirtied since moves while they are stopped.
+Stop-copy only (\`--no-precopy\`, idle sources): the whole state moves while stopped, the four
+devices' data concurrently. Downtime of four / downtime of one: live ${f2(liveRatio)}x, stop-copy
+only ${f2(stopCopyRatio)}x. Phases (medians, ms):
 
 ${multiTable.join('\n')}
 

@@ -29,6 +29,7 @@ export class Device {
   readonly #lease: GroupLease | null;
   readonly #regionCache = new Map<number, RegionInfo>();
   #extensions = new Map<string, unknown>();
+  #stateEpoch = 0;
 
   /** Use openDevice(); this wraps an already-open device fd. */
   constructor(fd: number, name: string, sysfs: SysfsDevice | null, lease: GroupLease | null) {
@@ -85,18 +86,30 @@ export class Device {
     return implemented(this.info.numIrqs, (i) => this.irqInfo(i));
   }
 
+  /**
+   * Counts the calls through this object that may change the device's migration state (every
+   * VFIO_DEVICE_FEATURE and reset): one who knows the state as of a count knows it still while
+   * the count stands.
+   */
+  get stateEpoch(): number {
+    return this.#stateEpoch;
+  }
+
   /** VFIO_DEVICE_RESET, off the JS thread. */
   reset(): Promise<void> {
+    this.#stateEpoch++;
     return this.handle.run((fd) => native.deviceResetAsync(fd));
   }
 
   /** VFIO_DEVICE_FEATURE on a caller-built struct, in place; synchronous (probes, GETs). */
   feature(buffer: Uint8Array): number {
+    this.#stateEpoch++;
     return native.deviceFeature(this.fd, buffer);
   }
 
   /** VFIO_DEVICE_FEATURE off the JS thread (state changes can take long). */
   featureAsync(buffer: Uint8Array): Promise<number> {
+    this.#stateEpoch++;
     return this.handle.run((fd) => native.deviceFeatureAsync(fd, buffer));
   }
 

@@ -109,6 +109,8 @@ export async function migrate(
   const wire = new WireEnd(channel);
   const inbox = new Inbox(wire, 'destination');
   let step = 'hello';
+  // Each source's STOP_COPY -> STOP, in flight until the commit (see the stop-and-copy below).
+  const stopping: Promise<void>[] = [];
   let touched = false;
   const headers = sources.map((m) => streamHeader(m.device, m.engine, { migrate: { version: WIRE_VERSION } }));
   const acked = sources.map((m) => !!precopy && m.engine.canPrecopy && wantAck);
@@ -220,7 +222,10 @@ export async function migrate(
           if (!timing.firstStop) timing.firstStop = stoppedAt;
         });
         const moved = await stopCopyPass(m.engine, windows[i]!, reports[i]!, local.signal, phases[i]!.precopyBytes);
-        await m.engine.finishSave('stopped');
+        // STOP_COPY -> STOP is nothing the destination waits for: it runs while the trailer goes
+        // out and the destination validates, and the commit waits for it.
+        stopping[i] = m.engine.finishSave('stopped');
+        stopping[i].catch(() => undefined);
         const totals = await encoders[i]!.finish();
         // An empty DATA frame ends this device's stream: the decoder checks nothing follows the trailer.
         await wire.send(FRAME.data, i, Buffer.alloc(0), true);
@@ -241,6 +246,8 @@ export async function migrate(
       if (phases[i]) phases[i].destinationLoad = d;
     });
     timing.loaded = Date.now();
+    step = 'stop-and-copy (STOP_COPY -> STOP)';
+    await Promise.all(stopping);
     if (local.signal.aborted) throw abortReason(local.signal, 'the commit');
 
     step = 'commit';
@@ -259,6 +266,8 @@ export async function migrate(
     wire.close('the migration failed');
     signal?.removeEventListener('abort', onAbort);
     clearTimeout(dropChannel);
+    // No recovery while a source is still on its way to STOP: two state changes would race.
+    await Promise.allSettled(stopping);
     error.devices = touched
       ? await Promise.all(sources.map((m) => outcome(m, m.recoverSource())))
       : sources.map((m) => ({ device: m.device.name, role: 'source' as const, recovery: 'running' as const }));

@@ -39,6 +39,10 @@ export class V2Engine implements MigrationEngine {
   #chunks = new ChunkBuffers();
   // Set in STOP_COPY: the kernel's size estimate (6.3+) and the bytes read since, for progress.
   #stopCopy: { estimate: bigint | undefined; moved: bigint } | null = null;
+  // The state this engine last set or read, and the device's stateEpoch just after: while the
+  // epoch stands, an arc starts from it without a GET (one ioctl less per arc, inside the
+  // downtime). A failed data_fd read or write (after which a driver may enter ERROR) forgets it.
+  #known: { state: number; epoch: number } | null = null;
 
   constructor(device: Device, support: V2Support, options: { readSize?: number } = {}) {
     this.device = device;
@@ -61,18 +65,41 @@ export class V2Engine implements MigrationEngine {
   /** A VFIO_DEVICE_FEATURE GET of `feature` with `dataSize` bytes of payload, after the header. */
   async #getFeature(feature: number, dataSize: number): Promise<Buffer> {
     const buf = this.#featureBuffer(VFIO_DEVICE_FEATURE_GET | feature, dataSize);
+    const known = this.#known;
+    const epoch = this.device.stateEpoch;
     await this.device.featureAsync(buf);
+    // A GET changes no state: what was known stays known, if no other call came between.
+    if (known?.epoch === epoch && this.device.stateEpoch === epoch + 1)
+      this.#known = { state: known.state, epoch: epoch + 1 };
     return buf;
   }
 
+  /** Reads the device state from the kernel (never the remembered one). */
   async getState(): Promise<number> {
     let buf: Buffer;
+    const epoch = this.device.stateEpoch;
     try {
       buf = await this.#getFeature(VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, layout.vfio_device_feature_mig_state.size);
     } catch (err) {
+      this.#known = null;
       throw deviceStepError('get device state', err);
     }
-    return buf.readUInt32LE(layout.vfio_device_feature.size + layout.vfio_device_feature_mig_state.fields.device_state);
+    const state = buf.readUInt32LE(
+      layout.vfio_device_feature.size + layout.vfio_device_feature_mig_state.fields.device_state,
+    );
+    this.#remember(state, epoch);
+    return state;
+  }
+
+  /** Remembers `state` as of a call made at `epoch`, if no other call of the device came between. */
+  #remember(state: number, epoch: number): void {
+    this.#known = this.device.stateEpoch === epoch + 1 ? { state, epoch: epoch + 1 } : null;
+  }
+
+  /** The state as last set or read, while nothing else has touched the device since; else read. */
+  #currentState(): Promise<number> {
+    const known = this.#known;
+    return known && known.epoch === this.device.stateEpoch ? Promise.resolve(known.state) : this.getState();
   }
 
   async stateName(): Promise<string> {
@@ -112,7 +139,10 @@ export class V2Engine implements MigrationEngine {
 
   /** Sets one FSM arc; adopts a returned data_fd (the previous one stays open if none is returned). */
   async #setArc(from: number, to: number): Promise<void> {
+    const epoch = this.device.stateEpoch;
+    this.#known = null;
     const fd = await this.#setStateIoctl(to);
+    this.#remember(to, epoch);
     // Only arcs that start a session return an fd; anything else would be a driver bug we must not leak.
     if (fd >= 0) {
       this.closeDataFd();
@@ -139,7 +169,7 @@ export class V2Engine implements MigrationEngine {
    * and reports it; the caller decides how to recover.
    */
   async setState(target: number): Promise<void> {
-    const from = await this.getState();
+    const from = await this.#currentState();
     if (from === target) return;
     if (from === VFIO_DEVICE_STATE_ERROR) {
       throw new MigrationError(
@@ -185,6 +215,7 @@ export class V2Engine implements MigrationEngine {
    * adopted: the caller owns the handle and closes it. Kernel errors are thrown as they come.
    */
   async setArcRaw(to: number): Promise<FdHandle | null> {
+    this.#known = null;
     const fd = await this.#setStateIoctl(to);
     return fd >= 0 ? new FdHandle(fd, `data_fd (-> ${v2StateName(to)})`) : null;
   }
@@ -212,6 +243,7 @@ export class V2Engine implements MigrationEngine {
       const l = layout.vfio_precopy_info.fields;
       return { initial: raw.readBigUInt64LE(l.initial_bytes), dirty: raw.readBigUInt64LE(l.dirty_bytes) };
     } catch (err) {
+      this.#known = null;
       throw deviceStepError('VFIO_MIG_GET_PRECOPY_INFO', err);
     }
   }
@@ -268,6 +300,7 @@ export class V2Engine implements MigrationEngine {
         }
       } catch (err) {
         if (precopy && (isSyscallError(err, 'ENOMSG') || isSyscallError(err, 'EAGAIN'))) return moved;
+        this.#known = null;
         if (!precopy && isSyscallError(err, 'EAGAIN') && again++ < 100) {
           await new Promise((r) => setTimeout(r, 10));
           continue;
@@ -286,19 +319,22 @@ export class V2Engine implements MigrationEngine {
   async quiesce(): Promise<void> {
     // The pre-copy session's data_fd stays open across PRE_COPY -> PRE_COPY_P2P: setState keeps it.
     if (!this.support.p2p) return;
-    const current = await this.getState();
+    const current = await this.#currentState();
     if (current === RUNNING) await this.setState(RUNNING_P2P);
     else if (current === PRE_COPY) await this.setState(PRE_COPY_P2P);
   }
 
   async enterStopCopy(onStopped: () => void): Promise<void> {
     // With P2P, quiesce first as the header recommends; the device stops at the next arc.
-    const current = await this.getState();
+    const current = await this.#currentState();
     if (this.support.p2p && current === RUNNING) await this.setState(RUNNING_P2P);
+    // The estimate (for progress only; valid in every state) is asked before the stop, so that
+    // its ioctl is not part of the downtime.
+    const estimate = await this.dataSizeEstimate();
     if (current === RUNNING || current === RUNNING_P2P) await this.setState(STOP);
     onStopped();
     await this.setState(STOP_COPY);
-    this.#stopCopy = { estimate: await this.dataSizeEstimate(), moved: 0n };
+    this.#stopCopy = { estimate, moved: 0n };
   }
 
   async finishSave(leave: 'running' | 'stopped'): Promise<void> {
@@ -325,6 +361,7 @@ export class V2Engine implements MigrationEngine {
           await new Promise((r) => setTimeout(r, 1));
           continue;
         }
+        this.#known = null;
         throw deviceStepError(`record ${record.sequence}: write data_fd`, err, record.sequence);
       }
       if (n === 0)

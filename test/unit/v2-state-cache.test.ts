@@ -1,0 +1,112 @@
+// Unit tests of the v2 engine's remembered state (an arc without a GET first) against an in-process model of the device's ioctls (no kernel).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Device } from '../../lib/device';
+import { V2Engine, v2StateName } from '../../lib/migration/v2';
+import {
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
+  VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+  VFIO_DEVICE_STATE_RUNNING as RUNNING,
+  VFIO_DEVICE_STATE_STOP as STOP,
+  layout,
+} from '../../lib/uapi';
+
+/** The device as the engine sees it: VFIO_DEVICE_FEATURE on the state, reset, the epoch; every call logged. */
+class ModelDevice {
+  state = RUNNING;
+  calls: string[] = [];
+  failNextSet = false;
+  #epoch = 0;
+  readonly name = 'model';
+
+  get stateEpoch(): number {
+    return this.#epoch;
+  }
+
+  async featureAsync(buf: Buffer): Promise<number> {
+    this.#epoch++;
+    const flags = buf.readUInt32LE(layout.vfio_device_feature.fields.flags);
+    const at = layout.vfio_device_feature.size;
+    const fields = layout.vfio_device_feature_mig_state.fields;
+    await Promise.resolve();
+    if (flags & VFIO_DEVICE_FEATURE_GET) {
+      if ((flags & 0xffff) === VFIO_DEVICE_FEATURE_MIG_DATA_SIZE) {
+        this.calls.push('get size');
+        buf.writeBigUInt64LE(1234n, at);
+        return 0;
+      }
+      this.calls.push('get');
+      buf.writeUInt32LE(this.state, at + fields.device_state);
+      return 0;
+    }
+    assert.equal(flags & 0xffff, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
+    const to = buf.readUInt32LE(at + fields.device_state);
+    this.calls.push(`set ${v2StateName(to)}`);
+    if (this.failNextSet) {
+      this.failNextSet = false;
+      throw Object.assign(new Error('EIO: injected'), { code: 'EIO' });
+    }
+    this.state = to;
+    buf.writeInt32LE(-1, at + fields.data_fd);
+    return 0;
+  }
+
+  async reset(): Promise<void> {
+    this.#epoch++;
+    this.calls.push('reset');
+    this.state = RUNNING;
+  }
+
+  /** Drains the log. */
+  take(): string[] {
+    return this.calls.splice(0);
+  }
+}
+
+function engine(): { dev: ModelDevice; v2: V2Engine } {
+  const dev = new ModelDevice();
+  return { dev, v2: new V2Engine(dev as unknown as Device, { p2p: true, preCopy: false }) };
+}
+
+test('model: an arc after the engine set or read the state needs no GET; a GET of another feature keeps it', async () => {
+  const { dev, v2 } = engine();
+  await v2.setState(STOP);
+  assert.deepEqual(dev.take(), ['get', 'set RUNNING_P2P', 'set STOP']);
+  assert.equal(await v2.dataSizeEstimate(), 1234n);
+  await v2.setState(RUNNING);
+  assert.deepEqual(dev.take(), ['get size', 'set RUNNING_P2P', 'set RUNNING']);
+  // setState to the state it is in: nothing at all.
+  await v2.setState(RUNNING);
+  assert.deepEqual(dev.take(), []);
+});
+
+test('model: a reset, or another call on the device, makes the engine read the state again', async () => {
+  const { dev, v2 } = engine();
+  await v2.setState(STOP);
+  dev.take();
+  await dev.reset();
+  await v2.setState(STOP);
+  assert.deepEqual(dev.take(), ['reset', 'get', 'set RUNNING_P2P', 'set STOP']);
+  // Someone else moves the device (another engine, the checker's raw arcs): the next arc reads first.
+  const other = new V2Engine(dev as unknown as Device, { p2p: true, preCopy: false });
+  await other.setState(RUNNING);
+  dev.take();
+  await v2.setState(STOP);
+  assert.deepEqual(dev.take(), ['get', 'set RUNNING_P2P', 'set STOP']);
+  await v2.setArcRaw(RUNNING);
+  dev.take();
+  await v2.setState(STOP);
+  assert.equal(dev.take()[0], 'get', 'a raw arc forgets the state');
+});
+
+test('model: a failed arc reports the state read back, and the next arc starts from it', async () => {
+  const { dev, v2 } = engine();
+  await v2.setState(STOP);
+  dev.take();
+  dev.failNextSet = true;
+  await assert.rejects(v2.setState(RUNNING), /set state STOP -> RUNNING_P2P failed.*; device state is now STOP/);
+  assert.deepEqual(dev.take(), ['set RUNNING_P2P', 'get']);
+  await v2.setState(RUNNING);
+  assert.deepEqual(dev.take(), ['set RUNNING_P2P', 'set RUNNING']);
+});
