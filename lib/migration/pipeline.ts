@@ -1,6 +1,7 @@
 // Overlap of device I/O with stream work: one emit in flight while the next chunk is read, one record decoded ahead.
 import { allocIoBuffer } from '../buffers';
 import type { StreamEncoder } from './stream';
+import { releaseRecord } from './stream/sink';
 import type { CopyPass, EmitChunk } from './types';
 
 /**
@@ -12,23 +13,31 @@ import type { CopyPass, EmitChunk } from './types';
 export class EmitWindow {
   readonly #emit: EmitChunk;
   readonly #payloadBuffer: ((size: number) => Buffer | undefined) | undefined;
+  readonly #returnBuffer: ((buf: Buffer) => void) | undefined;
   #inFlight: Promise<void> | null = null;
   /** Whether the emit wants each chunk's CRC-32 (CopyPass.checksum). */
   readonly checksums: boolean;
 
   /**
    * `payloadBuffer`: where the emit can take a chunk without copying it (StreamEncoder.payloadBuffer);
+   * `returnBuffer`: takes back such a buffer that was never emitted;
    * `checksums`: false when the emit does not use the chunks' CRCs (StreamEncoder.checksums).
    */
   constructor(
     emit: EmitChunk,
     {
       payloadBuffer,
+      returnBuffer,
       checksums = true,
-    }: { payloadBuffer?: (size: number) => Buffer | undefined; checksums?: boolean } = {},
+    }: {
+      payloadBuffer?: (size: number) => Buffer | undefined;
+      returnBuffer?: (buf: Buffer) => void;
+      checksums?: boolean;
+    } = {},
   ) {
     this.#emit = emit;
     this.#payloadBuffer = payloadBuffer;
+    this.#returnBuffer = returnBuffer;
     this.checksums = checksums;
   }
 
@@ -38,10 +47,11 @@ export class EmitWindow {
   }
 
   /** What a CopyPass of records of `phase` needs from this window: where chunks go, their buffers, whether to checksum. */
-  passTo(phase: number): Pick<CopyPass, 'emit' | 'buffer' | 'checksum'> {
+  passTo(phase: number): Pick<CopyPass, 'emit' | 'buffer' | 'unusedBuffer' | 'checksum'> {
     return {
       emit: (payload, payloadCrc) => this.push(phase, payload, payloadCrc),
       buffer: (size) => this.buffer(size),
+      unusedBuffer: (buf) => this.#returnBuffer?.(buf),
       checksum: this.checksums,
     };
   }
@@ -65,6 +75,7 @@ export class EmitWindow {
 export function encoderWindow(encoder: StreamEncoder): EmitWindow {
   return new EmitWindow((phase, payload, payloadCrc) => encoder.writeRecord(phase, payload, payloadCrc), {
     payloadBuffer: (size) => encoder.payloadBuffer(size),
+    returnBuffer: releaseRecord,
     checksums: encoder.checksums,
   });
 }

@@ -59,6 +59,16 @@ export function helloProblem(hello: Hello, destinations: readonly Migration[], f
 }
 
 /**
+ * Runs `step` on every device at once and waits for all of them, so that no recovery starts
+ * while a state change is still in flight; then throws the first failure, if any.
+ */
+async function allDevices(devices: readonly Migration[], step: (m: Migration) => Promise<void>): Promise<void> {
+  const outcomes = await Promise.allSettled(devices.map(step));
+  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
+/**
  * Receives a migrate from the other end of `channel` into `destinations`, paired in order. Until
  * the source's commit, any failure resets every destination device; after it, they run.
  */
@@ -109,10 +119,10 @@ export async function receive(
       throw new MigrateError('ERR_MIGRATION_REFUSED', `refused: ${problem}; nothing was stopped`, 'destination');
 
     step = 'enter RESUMING';
-    for (const m of destinations) {
+    await allDevices(destinations, async (m) => {
       resuming.add(m);
       await m.engine.enterResuming();
-    }
+    });
     await wire.sendMessage(FRAME.ready, 0, { devices: destinations.map((m) => ({ name: m.device.name })) });
     // A source that hangs without closing the channel: nothing arrives and nothing is written for timeoutMs.
     inbox.lastActivity = Date.now();
@@ -189,9 +199,12 @@ export async function receive(
     committed = true;
     const t = Date.now();
     step = 'resume after the commit';
-    // linux/vfio.h: every device to RUNNING_P2P before any to RUNNING.
-    for (const m of destinations) if (m.stateNames.includes('RUNNING_P2P')) await m.setState('RUNNING_P2P');
-    for (const m of destinations) await m.engine.toRunning();
+    // linux/vfio.h: every device to RUNNING_P2P before any to RUNNING. Each stage runs on all the
+    // devices at once: this is downtime, and N devices should cost about what one does.
+    await allDevices(destinations, async (m) => {
+      if (m.stateNames.includes('RUNNING_P2P')) await m.setState('RUNNING_P2P');
+    });
+    await allDevices(destinations, (m) => m.engine.toRunning());
     const resumeMs = Date.now() - t;
     await wire.sendMessage(FRAME.running, 0, { resumeMs, devices: destinations.map((m) => m.device.name) });
     options.signal?.removeEventListener('abort', onAbort);

@@ -100,6 +100,8 @@ export interface CopyPass {
    * emitted, such a buffer is the sink's: the engine asks for a fresh one for each chunk.
    */
   buffer?(size: number): Buffer | undefined;
+  /** Gives back a buffer() the engine took and did not emit (a pass that ended on an empty read), for reuse. */
+  unusedBuffer?(buf: Buffer): void;
   /** false: emit() ignores payloadCrc (an in-process stream), so the engine need not compute it. Default: true. */
   checksum?: boolean;
   /** What pending() said just before this pass (v1: spec step a), so the engine need not ask again. */

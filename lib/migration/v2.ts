@@ -282,12 +282,21 @@ export class V2Engine implements MigrationEngine {
     let again = 0;
     // Kept across reads that bring nothing (EAGAIN): a sink's buffer is only given up by the emit.
     let buf: Buffer | undefined;
+    let lent = false; // buf came from pass.buffer(): give it back if it is never emitted
+    const giveBack = (): void => {
+      if (buf && lent) pass.unusedBuffer?.(buf);
+    };
     for (;;) {
       if (pass.signal?.aborted) throw abortError(pass.signal, precopy ? 'pre-copy' : 'stop-and-copy');
       if (pass.budget !== undefined && BigInt(moved) >= pass.budget) return moved;
       let n: number;
       let crc: number;
-      const into = (buf ??= pass.buffer?.(this.readSize) ?? this.#chunks.next(this.readSize));
+      if (!buf) {
+        buf = pass.buffer?.(this.readSize);
+        lent = !!buf;
+        buf ??= this.#chunks.next(this.readSize);
+      }
+      const into = buf;
       try {
         // The payload's CRC-32, when wanted, is computed by the pool thread that read it, off the JS thread.
         if (pass.checksum === false) {
@@ -299,7 +308,10 @@ export class V2Engine implements MigrationEngine {
           crc = read.crc;
         }
       } catch (err) {
-        if (precopy && (isSyscallError(err, 'ENOMSG') || isSyscallError(err, 'EAGAIN'))) return moved;
+        if (precopy && (isSyscallError(err, 'ENOMSG') || isSyscallError(err, 'EAGAIN'))) {
+          giveBack();
+          return moved;
+        }
         this.#known = null;
         if (!precopy && isSyscallError(err, 'EAGAIN') && again++ < 100) {
           await new Promise((r) => setTimeout(r, 10));
@@ -307,7 +319,10 @@ export class V2Engine implements MigrationEngine {
         }
         throw deviceStepError(`read data_fd in ${precopy ? 'PRE_COPY' : 'STOP_COPY'}`, err);
       }
-      if (n === 0) return moved;
+      if (n === 0) {
+        giveBack();
+        return moved;
+      }
       await pass.emit(into.subarray(0, n), crc);
       buf = undefined;
       moved += n;

@@ -171,3 +171,19 @@ test('payloadBuffer() memory is the record the sink receives (a mutation after t
   w.resume();
   assert.equal(new StreamEncoder(w, { protocol: 'v2', device: {} }).payloadBuffer(1 << 20), undefined);
 });
+
+test('a payload buffer a copy pass took and never emitted goes back to the encoder (CopyPass.unusedBuffer)', async () => {
+  const { encoderWindow } = await import('../../lib/migration/pipeline');
+  const enc = new StreamEncoder(async () => undefined, { protocol: 'v2', device: {} });
+  const pass = encoderWindow(enc).passTo(0);
+  const size = 256 * 1024;
+  // A pass that ends on ENOMSG has read nothing into the buffer it took: it gives it back.
+  const taken = pass.buffer!(size)!;
+  pass.unusedBuffer!(taken);
+  assert.equal(pass.buffer!(size)!.buffer, taken.buffer, 'the next pass reads into the same memory');
+  // Without the give-back, each pass would take fresh memory.
+  assert.notEqual(pass.buffer!(size)!.buffer, taken.buffer);
+  // Memory of no encoder's is ignored.
+  pass.unusedBuffer!(Buffer.alloc(size));
+  await enc.finish();
+});
