@@ -218,7 +218,7 @@ async function main(): Promise<void> {
     });
   }
   bars.sort((a, b) => a.group.localeCompare(b.group, 'en', { numeric: true }));
-  const phaseNames = ['helloMs', 'precopyMs', 'switchoverAckMs', 'stopCopyMs', 'validateMs', 'resumeMs'];
+  const phaseNames = ['helloMs', 'precopyMs', 'switchoverAckMs', 'catchUpMs', 'stopCopyMs', 'validateMs', 'resumeMs'];
   const migratePrecopied = migrates.some((m) => m.phases.some((p) => (p['precopyMs'] ?? 0) > 0));
   const modeOf = (m: MigrateRow) => m.mode ?? 'stop-copy';
   const multiTable = [

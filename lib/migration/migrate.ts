@@ -3,7 +3,7 @@ import { MigrationError, type Recovery } from './errors';
 import { encoderWindow } from './pipeline';
 import { DEFAULT_PRECOPY_ITERATIONS, wantsPrecopy } from './policy';
 import type { Migration } from './session';
-import { precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
+import { catchUpPasses, precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
 import { StreamEncoder } from './stream';
 import { Inbox, MigrateError, abortReason, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
 import type { PrecopyPolicy, Progress } from './types';
@@ -68,6 +68,8 @@ export interface MigrateResult {
     helloMs: number;
     precopyMs: number;
     switchoverAckMs: number;
+    /** Joint pre-copy passes of all pre-copied devices after the acks, just before the stop (catchUpPasses). */
+    catchUpMs: number;
     /** First source stop to the last trailer sent. */
     stopCopyMs: number;
     /** Last trailer sent to "loaded" (the destination validated every record, trailer, RESUMING -> STOP). */
@@ -126,7 +128,7 @@ export async function migrate(
     records: 0,
     bytes: 0,
   }));
-  const timing = { ready: 0, precopyDone: 0, acked: 0, firstStop: 0, sent: 0, loaded: 0, running: 0 };
+  const timing = { ready: 0, precopyDone: 0, acked: 0, catchUp: 0, firstStop: 0, sent: 0, loaded: 0, running: 0 };
   const local = new AbortController();
   let started = false;
   let dropChannel: NodeJS.Timeout | undefined;
@@ -208,8 +210,31 @@ export async function migrate(
         phases[i]!.switchoverAckMs = Date.now() - t1;
       }),
     );
-    timing.acked = Date.now();
     if (acked.some(Boolean)) event('switchover-ack from the destination');
+    const lanes = sources.flatMap((m, i) =>
+      phases[i]!.precopyIterations > 0
+        ? [
+            {
+              engine: m.engine,
+              out: windows[i]!,
+              report: reports[i]!,
+              iterations: phases[i]!.precopyIterations,
+              bytes: phases[i]!.precopyBytes,
+              phase: phases[i]!,
+            },
+          ]
+        : [],
+    );
+    const catchUpStart = Date.now();
+    if (lanes.length) {
+      await catchUpPasses(lanes, local.signal);
+      for (const lane of lanes) {
+        lane.phase.precopyIterations = lane.iterations;
+        lane.phase.precopyBytes = lane.bytes;
+      }
+    }
+    timing.acked = Date.now();
+    timing.catchUp = timing.acked - catchUpStart;
 
     step = 'stop-and-copy';
     if (local.signal.aborted) throw abortReason(local.signal, 'stop-and-copy');
@@ -292,6 +317,7 @@ export async function migrate(
         helloMs: timing.ready - start,
         precopyMs: Math.max(0, ...phases.map((p) => p.precopyMs)),
         switchoverAckMs: Math.max(0, ...phases.map((p) => p.switchoverAckMs)),
+        catchUpMs: timing.catchUp,
         stopCopyMs: timing.sent - timing.firstStop,
         validateMs: timing.loaded - timing.sent,
         resumeMs: timing.running - timing.loaded,

@@ -95,6 +95,57 @@ export async function precopyPasses(
   return { iterations, bytes, initialDone: pending.initialDone };
 }
 
+/** A device in pre-copy, as catchUpPasses() drives it: its stream, its progress, its pass count so far. */
+export interface PrecopyLane {
+  engine: MigrationEngine;
+  out: EmitWindow;
+  report: Report;
+  /** Passes done (the next pass's records take this as their phase); updated here. */
+  iterations: number;
+  /** Pre-copy bytes so far; updated here. */
+  bytes: number;
+}
+
+/** At most this many joint passes of catchUpPasses(). */
+export const CATCH_UP_ROUNDS = 3;
+
+/**
+ * Joint pre-copy passes over devices that each finished their own pre-copy, just before they
+ * stop together. Each device kept running (and dirtying) while it waited for its
+ * switchover-ack and for the slowest of the others; a pass on all of them at once takes what
+ * that wait dirtied, so the stop carries only what the last joint pass let through. Passes
+ * repeat while the devices' pending total shrinks, up to CATCH_UP_ROUNDS.
+ */
+export async function catchUpPasses(lanes: readonly PrecopyLane[], signal: AbortSignal | undefined): Promise<void> {
+  let previous: bigint | undefined;
+  for (let round = 0; round < CATCH_UP_ROUNDS; round++) {
+    if (signal?.aborted) throw abortError(signal, 'the pre-copy catch-up');
+    const pending = await Promise.all(lanes.map((l) => l.engine.pending()));
+    // Unknown counts as something to take.
+    const total = pending.reduce((sum, p) => sum + (p.bytes ?? 1n), 0n);
+    if (total === 0n || (previous !== undefined && total >= previous)) return;
+    previous = total;
+    await Promise.all(
+      lanes.map(async (lane, i) => {
+        if (pending[i]!.bytes === 0n || lane.iterations >= PHASE_STOP_COPY) return;
+        const iteration = lane.iterations;
+        const before = lane.bytes;
+        const moved = await lane.engine.copy({
+          stage: 'precopy',
+          pending: pending[i]!,
+          ...lane.out.passTo(iteration),
+          budget: pending[i]!.bytes,
+          signal,
+          onChunk: (passBytes, left) => lane.report('precopy', iteration, before + passBytes, left),
+        });
+        await lane.out.flush();
+        lane.bytes += moved;
+        lane.iterations++;
+      }),
+    );
+  }
+}
+
 /** The stop-and-copy pass, after enterStopCopy: every byte the stopped device holds. */
 export async function stopCopyPass(
   engine: MigrationEngine,
