@@ -128,7 +128,7 @@ export async function migrate(
     records: 0,
     bytes: 0,
   }));
-  const timing = { ready: 0, precopyDone: 0, acked: 0, catchUp: 0, firstStop: 0, sent: 0, loaded: 0, running: 0 };
+  const timing = { ready: 0, catchUp: 0, firstStop: 0, sent: 0, loaded: 0, running: 0 };
   const local = new AbortController();
   let started = false;
   let dropChannel: NodeJS.Timeout | undefined;
@@ -211,30 +211,22 @@ export async function migrate(
       }),
     );
     if (acked.some(Boolean)) event('switchover-ack from the destination');
-    const lanes = sources.flatMap((m, i) =>
-      phases[i]!.precopyIterations > 0
-        ? [
-            {
-              engine: m.engine,
-              out: windows[i]!,
-              report: reports[i]!,
-              iterations: phases[i]!.precopyIterations,
-              bytes: phases[i]!.precopyBytes,
-              phase: phases[i]!,
-            },
-          ]
-        : [],
-    );
+    step = 'pre-copy catch-up';
     const catchUpStart = Date.now();
-    if (lanes.length) {
-      await catchUpPasses(lanes, local.signal);
-      for (const lane of lanes) {
-        lane.phase.precopyIterations = lane.iterations;
-        lane.phase.precopyBytes = lane.bytes;
-      }
-    }
-    timing.acked = Date.now();
-    timing.catchUp = timing.acked - catchUpStart;
+    const caught = phases.flatMap((p, i) => (p.precopyIterations > 0 ? [i] : []));
+    const lanes = caught.map((i) => ({
+      engine: sources[i]!.engine,
+      out: windows[i]!,
+      report: reports[i]!,
+      iterations: phases[i]!.precopyIterations,
+      bytes: phases[i]!.precopyBytes,
+    }));
+    await catchUpPasses(lanes, local.signal);
+    lanes.forEach((lane, k) => {
+      phases[caught[k]!]!.precopyIterations = lane.iterations;
+      phases[caught[k]!]!.precopyBytes = lane.bytes;
+    });
+    timing.catchUp = Date.now() - catchUpStart;
 
     step = 'stop-and-copy';
     if (local.signal.aborted) throw abortReason(local.signal, 'stop-and-copy');
