@@ -149,11 +149,11 @@ async function migrateRows(): Promise<void> {
     sources.forEach((d, i) => d.set('mutate', String(0x100 + i)));
     for (const mode of ['live', 'stop-copy'] as const) {
       // A source dirties itself only while RUNNING: once committed (stopped) it holds still.
-      for (const d of sources) d.set('dirty_rate', mode === 'live' ? String(LIVE_DIRTY_RATE) : '0');
+      const dirtyRate = mode === 'live' ? LIVE_DIRTY_RATE : 0;
+      for (const d of sources) d.set('dirty_rate', String(dirtyRate));
       const args = mode === 'live' ? [] : ['--no-precopy'];
       for (const count of [1, 4]) {
         const row = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), undefined, args);
-        const dirtyRate = mode === 'live' ? LIVE_DIRTY_RATE : 0;
         console.log(`@@migrate-n ${JSON.stringify({ ...row, mode, dirtyRate })}`);
       }
     }

@@ -122,14 +122,13 @@ function precopyOption(values: Values): PrecopyPolicy | false {
  * stop-and-copy.
  */
 function migratePrecopyOption(values: Values): PrecopyPolicy | false | undefined {
-  const named = ['precopy-iterations', 'precopy-threshold', 'precopy-time'].filter((k) => values[k] !== undefined);
+  const named = Object.keys(precopyOptions).filter((k) => values[k] !== undefined);
   if (values['no-precopy']) {
     if (named.length) throw new UsageError(`--no-precopy contradicts --${named[0]}`);
     return false;
   }
-  if (!named.length) return undefined;
-  if (integerOption(values, 'precopy-iterations') === 0) return false;
-  return precopyOption(values);
+  // --precopy-iterations 0 gives a policy of no passes, which migrate() takes as none.
+  return named.length ? precopyOption(values) : undefined;
 }
 
 function leaveOption(value: unknown, fallback: 'running' | 'stopped'): 'running' | 'stopped' {

@@ -20,7 +20,7 @@ export class EmitWindow {
 
   /**
    * `payloadBuffer`: where the emit can take a chunk without copying it (StreamEncoder.payloadBuffer);
-   * `returnBuffer`: takes back such a buffer that was never emitted;
+   * `returnBuffer`: takes back such a buffer that was never emitted (and ignores any other);
    * `checksums`: false when the emit does not use the chunks' CRCs (StreamEncoder.checksums).
    */
   constructor(

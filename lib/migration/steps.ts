@@ -52,6 +52,29 @@ export interface PrecopyOutcome {
 }
 
 /**
+ * One pre-copy pass while the device runs: at most what `pending` says, as records of phase
+ * `iteration`; progress counts on from `before` bytes. Resolves the bytes moved.
+ */
+function precopyPass(
+  engine: MigrationEngine,
+  out: EmitWindow,
+  report: Report,
+  pending: PendingData,
+  iteration: number,
+  before: number,
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  return engine.copy({
+    stage: 'precopy',
+    pending,
+    ...out.passTo(iteration),
+    budget: pending.bytes,
+    signal,
+    onChunk: (passBytes, left) => report('precopy', iteration, before + passBytes, left),
+  });
+}
+
+/**
  * Pre-copy passes while the device runs, until the policy says stop. With `untilInitialDone`,
  * the iteration and time limits do not end pre-copy before the device's initial data is out
  * (a switchover-ack needs it); the caller bounds that wait.
@@ -77,15 +100,7 @@ export async function precopyPasses(
     const stop = precopyStop(policy, pending, { iterations, previous, elapsedMs: Date.now() - started });
     if (stop && !(untilInitialDone && !pending.initialDone && (stop === 'iterations' || stop === 'time'))) break;
     previous = pending.bytes;
-    const iteration = iterations;
-    const moved = await engine.copy({
-      stage: 'precopy',
-      pending,
-      ...out.passTo(iteration),
-      budget: pending.bytes,
-      signal,
-      onChunk: (passBytes, left) => report('precopy', iteration, bytes + passBytes, left),
-    });
+    const moved = await precopyPass(engine, out, report, pending, iterations, bytes, signal);
     bytes += moved;
     iterations++;
     // A running device with nothing more to give: further passes would spin.
@@ -128,17 +143,9 @@ export async function catchUpPasses(lanes: readonly PrecopyLane[], signal: Abort
     await Promise.all(
       lanes.map(async (lane, i) => {
         if (pending[i]!.bytes === 0n || lane.iterations >= PHASE_STOP_COPY) return;
-        const iteration = lane.iterations;
-        const before = lane.bytes;
-        const moved = await lane.engine.copy({
-          stage: 'precopy',
-          pending: pending[i]!,
-          ...lane.out.passTo(iteration),
-          budget: pending[i]!.bytes,
-          signal,
-          onChunk: (passBytes, left) => lane.report('precopy', iteration, before + passBytes, left),
-        });
-        await lane.out.flush();
+        const { engine, out, report } = lane;
+        const moved = await precopyPass(engine, out, report, pending[i]!, lane.iterations, lane.bytes, signal);
+        await out.flush();
         lane.bytes += moved;
         lane.iterations++;
       }),

@@ -100,7 +100,10 @@ export interface CopyPass {
    * emitted, such a buffer is the sink's: the engine asks for a fresh one for each chunk.
    */
   buffer?(size: number): Buffer | undefined;
-  /** Gives back a buffer() the engine took and did not emit (a pass that ended on an empty read), for reuse. */
+  /**
+   * Gives back a chunk buffer the engine did not emit (a pass that ended on an empty read), so a
+   * buffer() it came from can hand it out again; any other buffer is ignored.
+   */
   unusedBuffer?(buf: Buffer): void;
   /** false: emit() ignores payloadCrc (an in-process stream), so the engine need not compute it. Default: true. */
   checksum?: boolean;

@@ -69,8 +69,7 @@ export class V2Engine implements MigrationEngine {
     const epoch = this.device.stateEpoch;
     await this.device.featureAsync(buf);
     // A GET changes no state: what was known stays known, if no other call came between.
-    if (known?.epoch === epoch && this.device.stateEpoch === epoch + 1)
-      this.#known = { state: known.state, epoch: epoch + 1 };
+    if (known?.epoch === epoch) this.#remember(known.state, epoch);
     return buf;
   }
 
@@ -282,21 +281,16 @@ export class V2Engine implements MigrationEngine {
     let again = 0;
     // Kept across reads that bring nothing (EAGAIN): a sink's buffer is only given up by the emit.
     let buf: Buffer | undefined;
-    let lent = false; // buf came from pass.buffer(): give it back if it is never emitted
+    // A pass that ends on an empty read gives its unemitted buffer back (ignored unless lent by pass.buffer).
     const giveBack = (): void => {
-      if (buf && lent) pass.unusedBuffer?.(buf);
+      if (buf) pass.unusedBuffer?.(buf);
     };
     for (;;) {
       if (pass.signal?.aborted) throw abortError(pass.signal, precopy ? 'pre-copy' : 'stop-and-copy');
       if (pass.budget !== undefined && BigInt(moved) >= pass.budget) return moved;
       let n: number;
       let crc: number;
-      if (!buf) {
-        buf = pass.buffer?.(this.readSize);
-        lent = !!buf;
-        buf ??= this.#chunks.next(this.readSize);
-      }
-      const into = buf;
+      const into = (buf ??= pass.buffer?.(this.readSize) ?? this.#chunks.next(this.readSize));
       try {
         // The payload's CRC-32, when wanted, is computed by the pool thread that read it, off the JS thread.
         if (pass.checksum === false) {
