@@ -5,7 +5,7 @@ import { DEFAULT_PRECOPY_ITERATIONS, wantsPrecopy } from './policy';
 import type { Migration } from './session';
 import { catchUpPasses, precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
 import { StreamEncoder } from './stream';
-import { Inbox, MigrateError, abortReason, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
+import { Inbox, MigrateError, abortReason, asMigrateError, settleAll, settleWithin, type DeviceOutcome } from './txn';
 import type { PrecopyPolicy, Progress } from './types';
 import { FRAME, WIRE_VERSION, WireEnd, isInProcess, messageBody, type Channel } from './wire';
 
@@ -86,7 +86,7 @@ export interface MigrateResult {
 
 /** All devices that offer it through RUNNING_P2P (PRE_COPY_P2P from PRE_COPY) before any of them stops. */
 async function quiesce(sources: readonly Migration[]): Promise<void> {
-  await Promise.all(sources.map((m) => (m.engine.quiesce ? m.engine.quiesce() : Promise.resolve())));
+  await settleAll(sources, async (m) => m.engine.quiesce?.());
 }
 
 /**
@@ -149,6 +149,18 @@ export async function migrate(
   };
   const wait = (type: number, device: number, what: string, ms = timeoutMs) =>
     inbox.wait(type, device, ms, what, local.signal);
+  // One device's step failed (settleAll waits for the others before any recovery): the others
+  // stop at their next chunk, and a step held by a write nobody drains (a stalled peer) ends
+  // when the channel goes, a second later.
+  // The failure the user is told about: the channel's own end that follows is only its echo.
+  let deviceFailure: unknown;
+  const stopDevices = (err: unknown): void => {
+    if (!local.signal.aborted) {
+      deviceFailure = err;
+      local.abort(err);
+    }
+    dropChannel ??= setTimeout(() => wire.destroy('a source device failed'), 1000).unref();
+  };
   try {
     if (signal?.aborted) throw abortReason(signal, 'the start');
     await wire.writePreamble();
@@ -194,8 +206,9 @@ export async function migrate(
 
     step = 'pre-copy';
     touched = true;
-    await Promise.all(
-      sources.map(async (m, i) => {
+    await settleAll(
+      sources,
+      async (m, i) => {
         const t0 = Date.now();
         await encoders[i]!.writeHeader();
         if (!precopy || !m.engine.canPrecopy) return;
@@ -208,7 +221,8 @@ export async function migrate(
         await wire.sendMessage(FRAME.initialDone, i, { records: Number(encoders[i]!.totals.records) });
         await wait(FRAME.switchoverAck, i, `the switchover-ack of ${m.device.name}`);
         phases[i]!.switchoverAckMs = Date.now() - t1;
-      }),
+      },
+      stopDevices,
     );
     if (acked.some(Boolean)) event('switchover-ack from the destination');
     step = 'pre-copy catch-up';
@@ -221,7 +235,7 @@ export async function migrate(
       iterations: phases[i]!.precopyIterations,
       bytes: phases[i]!.precopyBytes,
     }));
-    await catchUpPasses(lanes, local.signal);
+    await catchUpPasses(lanes, local.signal, stopDevices);
     lanes.forEach((lane, k) => {
       phases[caught[k]!]!.precopyIterations = lane.iterations;
       phases[caught[k]!]!.precopyBytes = lane.bytes;
@@ -231,8 +245,9 @@ export async function migrate(
     step = 'stop-and-copy';
     if (local.signal.aborted) throw abortReason(local.signal, 'stop-and-copy');
     await quiesce(sources);
-    await Promise.all(
-      sources.map(async (m, i) => {
+    await settleAll(
+      sources,
+      async (m, i) => {
         let stoppedAt = 0;
         await m.engine.enterStopCopy(() => {
           stoppedAt = Date.now();
@@ -250,7 +265,8 @@ export async function migrate(
         phases[i]!.stopCopyMs = Date.now() - stoppedAt;
         phases[i]!.records = Number(totals.records);
         phases[i]!.bytes = Number(totals.payloadBytes);
-      }),
+      },
+      stopDevices,
     );
     timing.sent = Date.now();
     event('stop-and-copy sent; waiting for the destination to validate');
@@ -271,7 +287,8 @@ export async function migrate(
     await wire.sendMessage(FRAME.commit, 0, {});
     event('committed');
   } catch (err) {
-    let error = asMigrateError(inbox.failure && !(err instanceof MigrateError) ? inbox.failure : err, 'source', step);
+    const first = deviceFailure ?? (inbox.failure && !(err instanceof MigrateError) ? inbox.failure : err);
+    let error = asMigrateError(first, 'source', step);
     // Ctrl-C is what happened, whatever the abort broke on its way (a closed channel, a cancelled read).
     if (signal?.aborted && error.code !== 'ERR_MIGRATION_ABORTED' && error.code !== 'ERR_MIGRATION_PEER')
       error = abortReason(signal, step);
@@ -299,7 +316,7 @@ export async function migrate(
     timing.running = Date.now();
     signal?.removeEventListener('abort', onAbort);
     clearTimeout(dropChannel);
-    if (options.resetSource) await Promise.all(sources.map((m) => m.device.reset()));
+    if (options.resetSource) await settleAll(sources, (m) => m.device.reset());
     wire.close('done');
     return {
       devices: phases,

@@ -8,7 +8,7 @@ import { StreamDecoder, type StreamHeader } from './stream';
 import { headerProblem } from './stream/header';
 import { releaseRecord } from './stream/sink';
 import { printable } from '../printable';
-import { ByteQueue, Inbox, MigrateError, asMigrateError, settleWithin, type DeviceOutcome } from './txn';
+import { ByteQueue, Inbox, MigrateError, asMigrateError, settleAll, settleWithin, type DeviceOutcome } from './txn';
 import type { Progress } from './types';
 import { FRAME, WIRE_VERSION, WireEnd, WireError, isInProcess, messageBody, type Channel, type Frame } from './wire';
 import { DEFAULT_MIGRATE_TIMEOUT_MS, recoveryWords } from './migrate';
@@ -56,16 +56,6 @@ export function helloProblem(hello: Hello, destinations: readonly Migration[], f
       return `device ${i} (${m.device.name}): the source speaks migration protocol ${String(refusal.protocol)}, this device ${m.protocol}`;
   }
   return undefined;
-}
-
-/**
- * Runs `step` on every device at once and waits for all of them, so that no recovery starts
- * while a state change is still in flight; then throws the first failure, if any.
- */
-async function allDevices(devices: readonly Migration[], step: (m: Migration) => Promise<void>): Promise<void> {
-  const outcomes = await Promise.allSettled(devices.map(step));
-  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-  if (failed) throw failed.reason;
 }
 
 /**
@@ -119,7 +109,7 @@ export async function receive(
       throw new MigrateError('ERR_MIGRATION_REFUSED', `refused: ${problem}; nothing was stopped`, 'destination');
 
     step = 'enter RESUMING';
-    await allDevices(destinations, async (m) => {
+    await settleAll(destinations, async (m) => {
       resuming.add(m);
       await m.engine.enterResuming();
     });
@@ -201,10 +191,10 @@ export async function receive(
     step = 'resume after the commit';
     // linux/vfio.h: every device to RUNNING_P2P before any to RUNNING. Each stage runs on all the
     // devices at once: this is downtime, and N devices should cost about what one does.
-    await allDevices(destinations, async (m) => {
+    await settleAll(destinations, async (m) => {
       if (m.stateNames.includes('RUNNING_P2P')) await m.setState('RUNNING_P2P');
     });
-    await allDevices(destinations, (m) => m.engine.toRunning());
+    await settleAll(destinations, (m) => m.engine.toRunning());
     const resumeMs = Date.now() - t;
     await wire.sendMessage(FRAME.running, 0, { resumeMs, devices: destinations.map((m) => m.device.name) });
     options.signal?.removeEventListener('abort', onAbort);

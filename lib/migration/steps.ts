@@ -6,6 +6,7 @@ import { PHASE_STOP_COPY, type StreamHeader } from './stream';
 import type { MigrationEngine, PendingData, PrecopyPolicy, Progress, ProgressPhase } from './types';
 import type { Device } from '../device';
 import type { EmitWindow } from './pipeline';
+import { settleAll } from './txn';
 
 /** Calls onProgress at phase changes and at most every 100 ms in between. */
 export function progressReporter(start: number, onProgress?: (p: Progress) => void) {
@@ -129,26 +130,33 @@ export const CATCH_UP_ROUNDS = 3;
  * stop together. Each device kept running (and dirtying) while it waited for its
  * switchover-ack and for the slowest of the others; a pass on all of them at once takes what
  * that wait dirtied, so the stop carries only what the last joint pass let through. Passes
- * repeat while the devices' pending total shrinks, up to CATCH_UP_ROUNDS.
+ * repeat while the devices' pending total shrinks, up to CATCH_UP_ROUNDS. A failure of one lane
+ * waits for the others' steps to end (settleAll), calling `onFailure` first so they can stop.
  */
-export async function catchUpPasses(lanes: readonly PrecopyLane[], signal: AbortSignal | undefined): Promise<void> {
+export async function catchUpPasses(
+  lanes: readonly PrecopyLane[],
+  signal: AbortSignal | undefined,
+  onFailure?: (err: unknown) => void,
+): Promise<void> {
   let previous: bigint | undefined;
   for (let round = 0; round < CATCH_UP_ROUNDS; round++) {
     if (signal?.aborted) throw abortError(signal, 'the pre-copy catch-up');
-    const pending = await Promise.all(lanes.map((l) => l.engine.pending()));
+    const pending = await settleAll(lanes, (l) => l.engine.pending(), onFailure);
     // Unknown counts as something to take.
     const total = pending.reduce((sum, p) => sum + (p.bytes ?? 1n), 0n);
     if (total === 0n || (previous !== undefined && total >= previous)) return;
     previous = total;
-    await Promise.all(
-      lanes.map(async (lane, i) => {
+    await settleAll(
+      lanes,
+      async (lane, i) => {
         if (pending[i]!.bytes === 0n || lane.iterations >= PHASE_STOP_COPY) return;
         const { engine, out, report } = lane;
         const moved = await precopyPass(engine, out, report, pending[i]!, lane.iterations, lane.bytes, signal);
         await out.flush();
         lane.bytes += moved;
         lane.iterations++;
-      }),
+      },
+      onFailure,
     );
   }
 }

@@ -259,6 +259,36 @@ export class ByteQueue implements AsyncIterable<Buffer> {
   }
 }
 
+/**
+ * Runs `step` on every item at once and waits until every one has ended, so that no recovery
+ * starts while a device step (a state change, a data read or write) is still in flight; then
+ * throws the first failure in time, if any. `onFailure` runs at that first failure, so the
+ * caller can tell the other steps to stop early (they then fail too, but their errors are only
+ * the echo of the first).
+ */
+export async function settleAll<T, R>(
+  items: readonly T[],
+  step: (item: T, index: number) => Promise<R>,
+  onFailure?: (err: unknown) => void,
+): Promise<R[]> {
+  let first: { reason: unknown } | undefined;
+  const outcomes = await Promise.allSettled(
+    items.map(async (item, i) => {
+      try {
+        return await step(item, i);
+      } catch (err) {
+        if (!first) {
+          first = { reason: err };
+          onFailure?.(err);
+        }
+        throw err;
+      }
+    }),
+  );
+  if (first) throw first.reason;
+  return outcomes.map((o) => (o as PromiseFulfilledResult<R>).value);
+}
+
 /** Waits for `p` at most `ms` (its outcome ignored): a best-effort message to a peer that may be gone. */
 export async function settleWithin(p: Promise<unknown>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;

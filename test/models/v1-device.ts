@@ -19,6 +19,8 @@ export interface ModelOptions {
   dirtyPerRead?: number;
   /** Fault injection: a function called on every access; throw to fail it. */
   fault?: (access: string) => void;
+  /** Holds a data read (`pread data`, with its 1-based count) until the promise it returns settles. */
+  stall?: (access: string, count: number) => Promise<void> | undefined;
   /** Data section mmap-able (areas) or trapped. */
   mmap?: boolean;
 }
@@ -34,6 +36,11 @@ export class V1ModelDevice {
   reserved = 0;
   resets = 0;
   accesses: string[] = [];
+  /** Data reads begun and not yet returned: a state change while one is in flight is a client bug. */
+  readsInFlight = 0;
+  /** Accesses that came while a data read was in flight. */
+  overlapped: string[] = [];
+  #reads = 0;
   readonly opts: ModelOptions;
   // save side
   #saving: { sent: number; dirty: Set<number>; window?: { fresh: number; size: number } } | null = null;
@@ -69,6 +76,7 @@ export class V1ModelDevice {
 
   #check(access: string): void {
     this.accesses.push(access);
+    if (this.readsInFlight) this.overlapped.push(access);
     this.opts.fault?.(access);
   }
 
@@ -166,6 +174,11 @@ export class V1ModelDevice {
         length = target.length - targetOffset,
       ): Promise<void> {
         dev.#check('pread data');
+        const held = dev.opts.stall?.('pread data', ++dev.#reads);
+        if (held) {
+          dev.readsInFlight++;
+          await held.finally(() => dev.readsInFlight--);
+        }
         const s = dev.#saving;
         if (s?.window) {
           dev.#section.copy(target, targetOffset, Number(offset) - HEADER, Number(offset) - HEADER + length);
@@ -253,6 +266,7 @@ export class V1ModelDevice {
 
   async reset(): Promise<void> {
     this.resets++;
+    if (this.readsInFlight) this.overlapped.push('reset');
     this.deviceState = 1;
     this.#saving = null;
   }

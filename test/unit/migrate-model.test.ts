@@ -111,6 +111,87 @@ test('model: a destination fault while loading: the source RUNNING with its stat
   assert.ok(dst.dev.resets >= 1, 'destination reset');
 });
 
+test('model: one source fails while another reads: no recovery starts before every device step has ended', async () => {
+  // Source 0 fails its second data read; source 1's first data read is held for 300 ms, so it is
+  // in flight when source 0 fails. Recovering source 1 (a state write, or a reset) before its
+  // read returned would race the driver: the model records any access during the read.
+  let release: () => void = () => undefined;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  setTimeout(() => release(), 300).unref();
+  let reads0 = 0;
+  const src0 = model(3, {
+    fault: (a) => {
+      if (a === 'pread data' && ++reads0 === 2) throw Object.assign(new Error('injected EIO'), { code: 'EIO' });
+    },
+  });
+  const src1 = model(5, { stall: (_a, n) => (n === 1 ? held : undefined) });
+  const before = [Buffer.from(src0.dev.state), Buffer.from(src1.dev.state)];
+  await assert.rejects(
+    migrateLocal([
+      [src0.mig, model(0).mig],
+      [src1.mig, model(0).mig],
+    ]),
+    (err: MigrateError) => {
+      assert.equal(err.side, 'source');
+      assert.match(err.message, /injected EIO/, 'the first failure is the one reported, not the others stopping');
+      return true;
+    },
+  );
+  assert.deepEqual(src1.dev.overlapped, [], 'no access to source 1 while its read was in flight');
+  for (const [i, s] of [src0, src1].entries()) {
+    assert.equal(s.dev.deviceState, 1, `source ${i} RUNNING`);
+    assert.ok(s.dev.state.equals(before[i]!), `source ${i} state intact`);
+  }
+});
+
+test('model: one source fails while another waits on a stalled channel: both settle, the channel is dropped, both RUNNING', async () => {
+  // The relay towards the destination stops forwarding once the pre-copy starts, so source 1's
+  // writes wait on back-pressure nobody relieves; source 0's first data read then fails. The
+  // failure must not wait for the peer's timeout: the channel goes a second after it.
+  const toDestination = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
+  const relayed = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
+  const back = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
+  let stalled = false;
+  toDestination.on('data', (c: Buffer) => {
+    if (stalled) toDestination.pause();
+    else relayed.write(c);
+  });
+  const src0 = model(3, {
+    stall: () => {
+      stalled = true;
+      return new Promise((_resolve, reject) =>
+        setTimeout(() => reject(Object.assign(new Error('injected EIO'), { code: 'EIO' })), 300),
+      );
+    },
+  });
+  const src1 = model(5, { stateSize: 1 << 20 });
+  const dst = [model(0), model(0)];
+  const recv = receive(
+    dst.map((d) => d.mig),
+    { readable: relayed, writable: back },
+  );
+  recv.catch(() => undefined);
+  const t0 = Date.now();
+  await assert.rejects(
+    migrate([src0.mig, src1.mig], { readable: back, writable: toDestination }),
+    (err: MigrateError) => {
+      assert.match(err.message, /injected EIO/);
+      return true;
+    },
+  );
+  const ms = Date.now() - t0;
+  assert.ok(ms < 5000, `ended in ${ms} ms, not at a timeout`);
+  assert.deepEqual(src1.dev.overlapped, []);
+  assert.equal(src0.dev.deviceState, 1, 'source 0 RUNNING');
+  assert.equal(src1.dev.deviceState, 1, 'source 1 RUNNING');
+  relayed.end();
+  await assert.rejects(recv);
+  assert.ok(
+    dst.every((d) => d.dev.resets >= 1),
+    'destinations reset',
+  );
+});
+
 test('model: the destination refuses a mismatch with its own message; the source never stopped', async () => {
   const src = model(1);
   const dst = model(0);
