@@ -121,6 +121,11 @@ export interface NativeAddon {
   /** F_SETPIPE_SZ: resolves the pipe's capacity after the call. */
   setPipeSize(fd: number, bytes: number): number;
   /**
+   * One poll() of `fd` for `events` (constants.POLLIN, ...) with a zero timeout, on the libuv pool:
+   * resolves the revents reported at once (0 when none). It never waits for readiness.
+   */
+  pollNowAsync(fd: number, events: number): Promise<number>;
+  /**
    * Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended. A
    * regular file is read on the pool; a pipe, socket or terminal on a thread of its own, which
    * cancelReads(cancelId) and environment teardown wake (the read then rejects with ECANCELED).

@@ -393,6 +393,26 @@ Napi::Value SetPipeSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r);
 }
 
+// pollNowAsync(fd, events): one poll() with a zero timeout, on the pool (a driver's poll op may
+// take the device's lock): resolves the revents the fd reports at this moment, 0 when none. It
+// never waits for readiness; the conformance checker asks what a data_fd's poll says.
+Napi::Value PollNowAsync(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  uint32_t events = ArgU32(info, 1, "events");
+  if (events > 0x7fff) throw Napi::RangeError::New(info.Env(), "events must fit in a short");
+  auto work = [fd, events] {
+    Outcome out;
+    pollfd p = {fd, static_cast<short>(events), 0};
+    int r = RetryEintr([&] { return poll(&p, 1, 0); });
+    if (r < 0)
+      out.err = errno;
+    else
+      out.ret = r == 0 ? 0 : static_cast<uint16_t>(p.revents);
+    return out;
+  };
+  return RunAsync(info.Env(), "poll", "", work, BytesResult);
+}
+
 }  // namespace
 
 // zlib takes a uInt length, so long ranges go in pieces.
@@ -462,6 +482,7 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32", Napi::Function::New(env, Crc32Sync, "crc32"));
   exports.Set("crc32Async", Napi::Function::New(env, Crc32Async, "crc32Async"));
   exports.Set("setPipeSize", Napi::Function::New(env, SetPipeSize, "setPipeSize"));
+  exports.Set("pollNowAsync", Napi::Function::New(env, PollNowAsync, "pollNowAsync"));
 }
 
 }  // namespace vfio

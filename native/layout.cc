@@ -1,6 +1,7 @@
 // Struct sizes, field offsets and constants straight from the C compiler, so TS decoders can be checked against the
 // header.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
 
 #include <cstddef>
@@ -224,6 +225,11 @@ void InitLayout(Napi::Env env, Napi::Object exports) {
   CONST(O_NONBLOCK);
   CONST(PROT_READ);
   CONST(PROT_WRITE);
+  CONST(POLLIN);
+  CONST(POLLOUT);
+  CONST(POLLERR);
+  CONST(POLLHUP);
+  CONST(POLLNVAL);
   exports.Set("constants", constants);
 }
 

@@ -85,6 +85,16 @@ export const V2_RULES: readonly Rule[] = [
     disruptive: 'stops',
   },
   {
+    id: 'v2.stopcopy.poll',
+    protocol: 'v2',
+    area: 'v2 data fd',
+    level: 'MUST',
+    source: H,
+    spec: 'Once in STOP_COPY the migration data FD has a permanent end of stream signaled in the usual way by read() always returning 0 and poll always returning readable.',
+    test: 'at the STOP_COPY end of stream, poll() with a zero timeout reports POLLIN',
+    disruptive: 'stops',
+  },
+  {
     id: 'v2.stopcopy.no-enomsg',
     protocol: 'v2',
     area: 'v2 data fd',
@@ -102,6 +112,15 @@ export const V2_RULES: readonly Rule[] = [
     source: H,
     spec: 'When read() is done on this temporary end of stream the kernel driver should return ENOMSG from read().',
     test: 'PRE_COPY read until initial_bytes and dirty_bytes are 0: the next read fails ENOMSG (a 0 return is a warning)',
+  },
+  {
+    id: 'v2.precopy.poll',
+    protocol: 'v2',
+    area: 'v2 data fd',
+    level: 'SHOULD',
+    source: H,
+    spec: 'Userspace can wait for more data (which may never come) by using poll.',
+    test: "at PRE_COPY's temporary end of stream, poll() reports POLLIN only if a read then gives data (readable over no data makes a client waiting in poll spin)",
   },
   {
     id: 'v2.precopy-info.states',

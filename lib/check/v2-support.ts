@@ -54,6 +54,22 @@ export async function precopyInfo(fd: FdHandle): Promise<{ initial: bigint; dirt
   return { initial: raw.readBigUInt64LE(l.initial_bytes), dirty: raw.readBigUInt64LE(l.dirty_bytes) };
 }
 
+/** What poll() says of the data fd at this moment (it never waits): revents, or the errno. */
+export async function pollNow(fd: FdHandle): Promise<number | string> {
+  try {
+    return await fd.run((f) => native.pollNowAsync(f, native.constants.POLLIN!));
+  } catch (err) {
+    return errnoName(err);
+  }
+}
+
+/** revents as names (POLLIN|POLLERR), for evidence. */
+export function pollNames(revents: number | string): string {
+  if (typeof revents === 'string') return revents;
+  const names = ['POLLIN', 'POLLOUT', 'POLLERR', 'POLLHUP', 'POLLNVAL'].filter((n) => revents & native.constants[n]!);
+  return names.length ? names.join('|') : 'none';
+}
+
 /** One read of the data fd: bytes, 0, or the errno. */
 export async function readOnce(fd: FdHandle, buf: Buffer): Promise<number | string> {
   try {

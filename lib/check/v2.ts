@@ -16,7 +16,7 @@ import {
 } from '../uapi';
 import { supportedStates, v2StateName as name } from '../migration/v2';
 import { CheckContext, hex, refusal } from './context';
-import { checkFdMode, goTo, precopyInfo, readOnce, writeAll, type V2Probe } from './v2-support';
+import { checkFdMode, goTo, pollNames, pollNow, precopyInfo, readOnce, writeAll, type V2Probe } from './v2-support';
 
 export type { V2Probe } from './v2-support';
 
@@ -153,8 +153,45 @@ async function flagsAndArcs(ctx: CheckContext, p: V2Probe): Promise<void> {
   });
 }
 
+/**
+ * At PRE_COPY's temporary end of stream: poll() may say readable only if there is data. When it
+ * says so, one more read tells a change of the device's (data arrived meanwhile) from a poll op
+ * that reports readable over nothing (or a driver without one: the kernel then says readable).
+ */
+async function precopyPoll(
+  ctx: CheckContext,
+  fd: FdHandle,
+  buf: Buffer,
+  ev: Record<string, string | number | null>,
+): Promise<void> {
+  const revents = await pollNow(fd);
+  const pev = { ...ev, poll: pollNames(revents) };
+  if (typeof revents === 'string') {
+    ctx.fail('v2.precopy.poll', `poll() of the PRE_COPY fd failed with ${revents}`, pev);
+    return;
+  }
+  if (!(revents & native.constants.POLLIN!)) {
+    ctx.pass(
+      'v2.precopy.poll',
+      `at the temporary end of stream poll() says ${pollNames(revents)}: a client can wait`,
+      pev,
+    );
+    return;
+  }
+  const n = await readOnce(fd, buf);
+  const rev = { ...pev, readAfterPoll: String(n) };
+  if (typeof n === 'number' && n > 0)
+    ctx.pass('v2.precopy.poll', `poll() said readable and a read gave ${n} bytes (the device dirtied meanwhile)`, rev);
+  else
+    ctx.fail(
+      'v2.precopy.poll',
+      `at the temporary end of stream poll() says readable, then read gives ${n}: a client waiting in poll() would spin`,
+      rev,
+    );
+}
+
 async function precopy(ctx: CheckContext, p: V2Probe): Promise<void> {
-  const ids = ['v2.precopy.enomsg', 'v2.precopy-info.states', 'v2.precopy-info.initial'];
+  const ids = ['v2.precopy.enomsg', 'v2.precopy.poll', 'v2.precopy-info.states', 'v2.precopy-info.initial'];
   if (!p.engine.support.preCopy) {
     for (const id of ids) ctx.skip(id, 'the device does not flag VFIO_MIGRATION_PRE_COPY');
     return;
@@ -201,6 +238,9 @@ async function precopy(ctx: CheckContext, p: V2Probe): Promise<void> {
       );
     else
       ctx.skip('v2.precopy.enomsg', `no temporary end of stream within ${moved} bytes (the device keeps dirtying)`, ev);
+    if (end === undefined)
+      ctx.skip('v2.precopy.poll', `no temporary end of stream within ${moved} bytes (the device keeps dirtying)`, ev);
+    else await precopyPoll(ctx, fd, buf, ev);
     await p.engine.setState(STOP_COPY);
     const err = await refusal(() => precopyInfo(fd));
     if (err === 'EINVAL')
@@ -249,6 +289,20 @@ async function stopCopy(ctx: CheckContext, p: V2Probe): Promise<Buffer> {
   if (after.some((n) => n !== 0))
     ctx.fail('v2.stopcopy.eof', `after the end of stream reads gave ${after.join(', ')}`, ev);
   ctx.passIfClean('v2.stopcopy.eof', `${total} bytes, then 0 and 0`, ev);
+  if (ctx.wants('v2.stopcopy.poll')) {
+    const revents = await pollNow(fd);
+    const pev = { bytes: total, poll: pollNames(revents) };
+    if (typeof revents === 'number' && revents & native.constants.POLLIN!)
+      ctx.pass('v2.stopcopy.poll', `at the end of stream poll() says ${pollNames(revents)}`, pev);
+    else
+      ctx.fail(
+        'v2.stopcopy.poll',
+        typeof revents === 'string'
+          ? `poll() of the STOP_COPY fd failed with ${revents}`
+          : `at the end of stream poll() says ${pollNames(revents)}, not readable`,
+        pev,
+      );
+  }
   ctx.passIfClean('v2.stopcopy.no-enomsg', 'no ENOMSG in STOP_COPY', ev);
   if (estimate === undefined)
     ctx.skip('v2.data-size.estimate', 'no VFIO_DEVICE_FEATURE_MIG_DATA_SIZE (kernel before 6.3 or driver without it)');
@@ -277,7 +331,13 @@ export async function checkV2(ctx: CheckContext, p: V2Probe, checksum: (() => bi
   await precopy(ctx, p);
   let stream: Buffer | undefined;
   let before: bigint | undefined;
-  const scRules = ['v2.stopcopy.eof', 'v2.stopcopy.no-enomsg', 'v2.data-size.estimate', 'v2.datafd.after-session'];
+  const scRules = [
+    'v2.stopcopy.eof',
+    'v2.stopcopy.poll',
+    'v2.stopcopy.no-enomsg',
+    'v2.data-size.estimate',
+    'v2.datafd.after-session',
+  ];
   const loadRules = ['v2.resuming.segmentation', 'both.roundtrip.same-state', 'v2.resuming.truncated'];
   await ctx.step([...scRules, ...loadRules], 'STOP_COPY', async () => {
     await goTo(p, STOP);

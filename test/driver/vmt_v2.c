@@ -211,8 +211,11 @@ static __poll_t vmt_save_poll(struct file *filp, struct poll_table_struct *wait)
 	mutex_lock(&d->lock);
 	if (migf->disabled)
 		mask = EPOLLERR | EPOLLHUP;
+	else if (d->save->stopped && vmt_bug(d, VMT_B_V2_POLL_EOF_UNREADABLE))
+		mask = 0;	/* STOP_COPY's end of stream must poll readable */
 	else if (migf->pos < migf->len || d->save->stopped ||
-		 vmt_save_pending(d))
+		 vmt_save_pending(d) ||
+		 vmt_bug(d, VMT_B_V2_POLL_PRECOPY_READABLE))
 		mask = EPOLLIN | EPOLLRDNORM;
 	mutex_unlock(&d->lock);
 	return mask;

@@ -286,6 +286,20 @@ export const BUGS: readonly Bug[] = [
     what: 'a write() of the resuming fd shorter than a record header (32 bytes) fails EINVAL',
   },
   {
+    name: 'v2.poll_eof_unreadable',
+    protocol: 'v2',
+    precopy: false,
+    rule: 'v2.stopcopy.poll',
+    what: 'in STOP_COPY, poll() of the saving fd reports nothing, even at the end of stream',
+  },
+  {
+    name: 'v2.poll_precopy_readable',
+    protocol: 'v2',
+    precopy: true,
+    rule: 'v2.precopy.poll',
+    what: "poll() of the saving fd reports readable at PRE_COPY's temporary end of stream",
+  },
+  {
     name: 'reset_stops',
     protocol: 'v1',
     precopy: false,

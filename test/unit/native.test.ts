@@ -11,6 +11,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { join } from 'node:path';
@@ -344,6 +345,29 @@ test('an fd opened by a plain file path is usable by node:fs too', () => {
     closeSync(fd);
     assert.equal(readFileSync(path).readUInt32LE(0), 7);
   } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test('host: pollNowAsync says what a fifo reports at once (nothing, POLLIN, POLLHUP) and never waits', async () => {
+  const { POLLIN, POLLHUP } = native.constants as Record<string, number>;
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-poll-'));
+  const fifo = join(dir, 'p');
+  execFileSync('mkfifo', [fifo]);
+  const r = native.open(fifo, 0o4000 /* O_RDONLY | O_NONBLOCK: no writer yet */);
+  const w = openSync(fifo, 'w');
+  try {
+    const t0 = Date.now();
+    assert.equal(await native.pollNowAsync(r, POLLIN!), 0, 'an empty fifo with a writer: nothing');
+    assert.ok(Date.now() - t0 < 1000, 'a zero timeout: no wait');
+    writeFileSync(w, 'x');
+    assert.equal((await native.pollNowAsync(r, POLLIN!)) & POLLIN!, POLLIN);
+    closeSync(w);
+    assert.ok((await native.pollNowAsync(r, POLLIN!)) & POLLHUP!, 'the writer gone: POLLHUP');
+    assert.throws(() => native.pollNowAsync(-1, POLLIN!), /fd/);
+    assert.throws(() => native.pollNowAsync(r, 0x10000), RangeError);
+  } finally {
+    native.close(r);
     rmSync(dir, { recursive: true });
   }
 });
