@@ -87,6 +87,12 @@ export const O_WRONLY = 1;
 export const O_RDWR = 2;
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
+/** poll() events (<poll.h>), for what the checker asks of a data fd. */
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const POLLNVAL = 0x20;
 
 /** Struct layouts (x86-64 and every Linux ABI: the uapi structs have no implicit padding). */
 export const layout = {

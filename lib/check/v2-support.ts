@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import type { FdHandle } from '../fd-handle';
 import { native } from '../native';
+import * as uapi from '../uapi';
 import { layout, VFIO_DEVICE_STATE_ERROR as ERROR, VFIO_DEVICE_STATE_RESUMING as RESUMING } from '../uapi';
 import type { V2Engine } from '../migration/v2';
 import { CheckContext, errnoName } from './context';
@@ -57,7 +58,7 @@ export async function precopyInfo(fd: FdHandle): Promise<{ initial: bigint; dirt
 /** What poll() says of the data fd at this moment (it never waits): revents, or the errno. */
 export async function pollNow(fd: FdHandle): Promise<number | string> {
   try {
-    return await fd.run((f) => native.pollNowAsync(f, native.constants.POLLIN!));
+    return await fd.run((f) => native.pollNowAsync(f, uapi.POLLIN));
   } catch (err) {
     return errnoName(err);
   }

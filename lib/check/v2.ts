@@ -2,6 +2,7 @@
 import type { FdHandle } from '../fd-handle';
 import { native } from '../native';
 import {
+  POLLIN,
   VFIO_DEVICE_STATE_ERROR as ERROR,
   VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
   VFIO_DEVICE_STATE_PRE_COPY_P2P as PRE_COPY_P2P,
@@ -170,7 +171,7 @@ async function precopyPoll(
     ctx.fail('v2.precopy.poll', `poll() of the PRE_COPY fd failed with ${revents}`, pev);
     return;
   }
-  if (!(revents & native.constants.POLLIN!)) {
+  if (!(revents & POLLIN)) {
     ctx.pass(
       'v2.precopy.poll',
       `at the temporary end of stream poll() says ${pollNames(revents)}: a client can wait`,
@@ -292,7 +293,7 @@ async function stopCopy(ctx: CheckContext, p: V2Probe): Promise<Buffer> {
   if (ctx.wants('v2.stopcopy.poll')) {
     const revents = await pollNow(fd);
     const pev = { bytes: total, poll: pollNames(revents) };
-    if (typeof revents === 'number' && revents & native.constants.POLLIN!)
+    if (typeof revents === 'number' && revents & POLLIN)
       ctx.pass('v2.stopcopy.poll', `at the end of stream poll() says ${pollNames(revents)}`, pev);
     else
       ctx.fail(
