@@ -39,6 +39,8 @@ export class V2Engine implements MigrationEngine {
   #chunks = new ChunkBuffers();
   // Set in STOP_COPY: the kernel's size estimate (6.3+) and the bytes read since, for progress.
   #stopCopy: { estimate: bigint | undefined; moved: bigint } | null = null;
+  // MIG_DATA_SIZE as quiesce() read it, for the next enterStopCopy().
+  #estimateAhead: { value: bigint | undefined } | null = null;
   // The state this engine last set or read, and the device's stateEpoch just after: while the
   // epoch stands, an arc starts from it without a GET (one ioctl less per arc, inside the
   // downtime). A failed data_fd read or write (after which a driver may enter ERROR) forgets it.
@@ -331,6 +333,8 @@ export class V2Engine implements MigrationEngine {
     const current = await this.#currentState();
     if (current === RUNNING) await this.setState(RUNNING_P2P);
     else if (current === PRE_COPY) await this.setState(PRE_COPY_P2P);
+    // Asked now, so that nothing but the stop itself lies between a last pre-copy pass and the stop.
+    this.#estimateAhead = { value: await this.dataSizeEstimate() };
   }
 
   async enterStopCopy(onStopped: () => void): Promise<void> {
@@ -338,8 +342,9 @@ export class V2Engine implements MigrationEngine {
     const current = await this.#currentState();
     if (this.support.p2p && current === RUNNING) await this.setState(RUNNING_P2P);
     // The estimate (for progress only; valid in every state) is asked before the stop, so that
-    // its ioctl is not part of the downtime.
-    const estimate = await this.dataSizeEstimate();
+    // its ioctl is not part of the downtime: by quiesce() when it ran.
+    const estimate = this.#estimateAhead ? this.#estimateAhead.value : await this.dataSizeEstimate();
+    this.#estimateAhead = null;
     if (current === RUNNING || current === RUNNING_P2P) await this.setState(STOP);
     onStopped();
     await this.setState(STOP_COPY);
@@ -400,6 +405,7 @@ export class V2Engine implements MigrationEngine {
 
   release(): void {
     this.#stopCopy = null;
+    this.#estimateAhead = null;
     this.closeDataFd();
   }
 
