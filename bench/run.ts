@@ -314,7 +314,7 @@ async function main(): Promise<void> {
   const livePhase = (m: MigrateRow, name: string) => median(m.phases.map((p) => p[name] ?? NaN));
   const liveWhy =
     liveOne && liveFour
-      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices share ${GUEST_CPUS} vCPUs (their pre-copy passes too, so each leaves more dirtied data for the stop)`
+      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices do them on ${GUEST_CPUS} vCPUs`
       : '';
   const downtimeWhy =
     one && four
