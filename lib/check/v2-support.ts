@@ -2,8 +2,16 @@
 import { readFileSync } from 'node:fs';
 import type { FdHandle } from '../fd-handle';
 import { native } from '../native';
-import * as uapi from '../uapi';
-import { layout, VFIO_DEVICE_STATE_ERROR as ERROR, VFIO_DEVICE_STATE_RESUMING as RESUMING } from '../uapi';
+import {
+  layout,
+  POLLERR,
+  POLLHUP,
+  POLLIN,
+  POLLNVAL,
+  POLLOUT,
+  VFIO_DEVICE_STATE_ERROR as ERROR,
+  VFIO_DEVICE_STATE_RESUMING as RESUMING,
+} from '../uapi';
 import type { V2Engine } from '../migration/v2';
 import { CheckContext, errnoName } from './context';
 
@@ -58,16 +66,24 @@ export async function precopyInfo(fd: FdHandle): Promise<{ initial: bigint; dirt
 /** What poll() says of the data fd at this moment (it never waits): revents, or the errno. */
 export async function pollNow(fd: FdHandle): Promise<number | string> {
   try {
-    return await fd.run((f) => native.pollNowAsync(f, uapi.POLLIN));
+    return await fd.run((f) => native.pollNowAsync(f, POLLIN));
   } catch (err) {
     return errnoName(err);
   }
 }
 
+const POLL_EVENTS: readonly [string, number][] = [
+  ['POLLIN', POLLIN],
+  ['POLLOUT', POLLOUT],
+  ['POLLERR', POLLERR],
+  ['POLLHUP', POLLHUP],
+  ['POLLNVAL', POLLNVAL],
+];
+
 /** revents as names (POLLIN|POLLERR), for evidence. */
 export function pollNames(revents: number | string): string {
   if (typeof revents === 'string') return revents;
-  const names = ['POLLIN', 'POLLOUT', 'POLLERR', 'POLLHUP', 'POLLNVAL'].filter((n) => revents & native.constants[n]!);
+  const names = POLL_EVENTS.filter(([, bit]) => revents & bit).map(([name]) => name);
   return names.length ? names.join('|') : 'none';
 }
 

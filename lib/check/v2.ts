@@ -166,17 +166,14 @@ async function precopyPoll(
   ev: Record<string, string | number | null>,
 ): Promise<void> {
   const revents = await pollNow(fd);
-  const pev = { ...ev, poll: pollNames(revents) };
+  const said = pollNames(revents);
+  const pev = { ...ev, poll: said };
   if (typeof revents === 'string') {
     ctx.fail('v2.precopy.poll', `poll() of the PRE_COPY fd failed with ${revents}`, pev);
     return;
   }
   if (!(revents & POLLIN)) {
-    ctx.pass(
-      'v2.precopy.poll',
-      `at the temporary end of stream poll() says ${pollNames(revents)}: a client can wait`,
-      pev,
-    );
+    ctx.pass('v2.precopy.poll', `at the temporary end of stream poll() says ${said}: a client can wait`, pev);
     return;
   }
   const n = await readOnce(fd, buf);
@@ -292,17 +289,12 @@ async function stopCopy(ctx: CheckContext, p: V2Probe): Promise<Buffer> {
   ctx.passIfClean('v2.stopcopy.eof', `${total} bytes, then 0 and 0`, ev);
   if (ctx.wants('v2.stopcopy.poll')) {
     const revents = await pollNow(fd);
-    const pev = { bytes: total, poll: pollNames(revents) };
-    if (typeof revents === 'number' && revents & POLLIN)
-      ctx.pass('v2.stopcopy.poll', `at the end of stream poll() says ${pollNames(revents)}`, pev);
-    else
-      ctx.fail(
-        'v2.stopcopy.poll',
-        typeof revents === 'string'
-          ? `poll() of the STOP_COPY fd failed with ${revents}`
-          : `at the end of stream poll() says ${pollNames(revents)}, not readable`,
-        pev,
-      );
+    const said = pollNames(revents);
+    const pev = { bytes: total, poll: said };
+    if (typeof revents === 'string')
+      ctx.fail('v2.stopcopy.poll', `poll() of the STOP_COPY fd failed with ${revents}`, pev);
+    else if (revents & POLLIN) ctx.pass('v2.stopcopy.poll', `at the end of stream poll() says ${said}`, pev);
+    else ctx.fail('v2.stopcopy.poll', `at the end of stream poll() says ${said}, not readable`, pev);
   }
   ctx.passIfClean('v2.stopcopy.no-enomsg', 'no ENOMSG in STOP_COPY', ev);
   if (estimate === undefined)

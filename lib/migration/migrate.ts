@@ -149,11 +149,12 @@ export async function migrate(
   };
   const wait = (type: number, device: number, what: string, ms = timeoutMs) =>
     inbox.wait(type, device, ms, what, local.signal);
+  // The first source device failure: what the user is told, since the channel's end that
+  // follows (and the other devices' aborts) only echo it.
+  let deviceFailure: unknown;
   // One device's step failed (settleAll waits for the others before any recovery): the others
   // stop at their next chunk, and a step held by a write nobody drains (a stalled peer) ends
   // when the channel goes, a second later.
-  // The failure the user is told about: the channel's own end that follows is only its echo.
-  let deviceFailure: unknown;
   const stopDevices = (err: unknown): void => {
     if (!local.signal.aborted) {
       deviceFailure = err;
