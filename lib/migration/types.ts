@@ -151,7 +151,8 @@ export interface MigrationEngine {
   copy(pass: CopyPass): Promise<number>;
   /**
    * RUNNING -> RUNNING_P2P or PRE_COPY -> PRE_COPY_P2P where offered (no new peer-to-peer DMA),
-   * keeping a pre-copy session's data; absent or a no-op where there is no P2P state (v1).
+   * keeping a pre-copy session's data; absent or a no-op where there is no P2P state (v1). An
+   * engine may also ask here what enterStopCopy() would ask before the stop (v2: the estimate).
    */
   quiesce?(): Promise<void>;
   /** Stops the device (through RUNNING_P2P where offered) into stop-and-copy; `onStopped` marks the downtime's start. */

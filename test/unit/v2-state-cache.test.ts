@@ -110,3 +110,14 @@ test('model: a failed arc reports the state read back, and the next arc starts f
   await v2.setState(RUNNING);
   assert.deepEqual(dev.take(), ['set RUNNING_P2P', 'set RUNNING']);
 });
+
+test('model: a device without P2P has its stop-copy estimate read by quiesce(), not between its last pass and the stop', async () => {
+  const dev = new ModelDevice();
+  const v2 = new V2Engine(dev as unknown as Device, { p2p: false, preCopy: false });
+  await v2.quiesce();
+  assert.deepEqual(dev.take(), ['get size'], 'no P2P state to enter: only the estimate');
+  let stopped = false;
+  await v2.enterStopCopy(() => (stopped = true)).catch(() => undefined);
+  assert.ok(stopped);
+  assert.deepEqual(dev.take().slice(0, 3), ['get', 'set STOP', 'set STOP_COPY'], 'the stop follows at once');
+});
