@@ -112,19 +112,6 @@ export interface NativeAddon {
     length: number,
     position: Offset | -1,
   ): Promise<{ bytes: number; crc: number }>;
-  /**
-   * Reads continued until `length` bytes or a read of 0 (`ended`: the end of a STOP_COPY
-   * data_fd's stream), in one pool job; a read failing after some bytes ends the job with them.
-   * With `checksum`, also the CRC-32 of the bytes read (else 0). Pipes, sockets and terminals
-   * are refused (EINVAL): they could hold a pool thread for ever.
-   */
-  readToEndAsync(
-    fd: number,
-    buffer: Uint8Array,
-    bufferOffset: number,
-    length: number,
-    checksum: boolean,
-  ): Promise<{ bytes: number; ended: boolean; crc: number }>;
   /** writev of whole views in order, short writes continued, one pool job; regular files and block devices only. */
   writevAllAsync(fd: number, buffers: Uint8Array[]): Promise<number>;
   /** The CRC-32 of the whole view, continued from `running` (0 to start), at once. */

@@ -112,8 +112,6 @@ struct Outcome {
   uint64_t value = 0;
   // For a job of several syscalls: which one failed ("data", "register"), set as the error's `stage`.
   const char* stage = nullptr;
-  // For reads continued to the end of input: whether a read returned 0.
-  bool ended = false;
 };
 
 // A register write that follows a bulk write in the same pool job (a doorbell such as the v1

@@ -296,55 +296,6 @@ Napi::Value ReadChecksummedAsync(const Napi::CallbackInfo& info) {
   return RunAsync(info.Env(), positioned ? "pread" : "read", "", work, DeliverBytesAndCrc(bytes));
 }
 
-// readToEndAsync(fd, buffer, bufferOffset, length, checksum): reads continued until `length`
-// bytes came or a read returned 0 (the end of a STOP_COPY data_fd's stream), in one pool job, so
-// that a stop-copy whose rest fits the buffer ends in one job instead of a read and a read of 0.
-// A read failing after some bytes came (EAGAIN included) ends the job with those bytes: the next
-// call meets the error again. Resolves { bytes, ended, crc } (the CRC-32 of the bytes read when
-// `checksum`, else 0). A pipe, socket or terminal is refused: it could hold a pool thread for ever.
-Napi::Value ReadToEndAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = ArgFd(info, 0, "fd");
-  Napi::Uint8Array view = ArgBytes(info, 1, "buffer");
-  size_t offset = ArgSize(info, 2, "bufferOffset");
-  size_t length = ArgSize(info, 3, "length");
-  ViewRange(view, offset, length, "buffer");
-  bool checksum = info.Length() > 4 && info[4].ToBoolean().Value();
-  struct stat st;
-  if (fstat(fd, &st) < 0) throw SyscallError(env, "fstat", errno);
-  if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || S_ISCHR(st.st_mode))
-    throw SyscallError(env, "read", EINVAL, "readToEndAsync does not read pipes, sockets or terminals");
-  JobBytesPtr bytes = ArgJobBytes(view, offset, length, JobBytes::Use::kTarget, "buffer");
-  uint8_t* data = bytes->data();
-  auto work = [=] {
-    Outcome out;
-    size_t got = 0;
-    while (got < length) {
-      ssize_t n = RetryEintr([&] { return read(fd, data + got, length - got); });
-      if (n < 0) {
-        if (got == 0) out.err = errno;
-        break;
-      }
-      if (n == 0) {
-        out.ended = true;
-        break;
-      }
-      got += static_cast<size_t>(n);
-    }
-    out.ret = static_cast<int64_t>(got);
-    if (!out.err && checksum) out.value = Crc32(data, got);
-    return out;
-  };
-  return RunAsync(env, "read", "", work, [bytes](Napi::Env env, const Outcome& out) -> Napi::Value {
-    bytes->Deliver(env, static_cast<size_t>(out.ret));
-    Napi::Object result = Napi::Object::New(env);
-    result.Set("bytes", Napi::Number::New(env, static_cast<double>(out.ret)));
-    result.Set("ended", Napi::Boolean::New(env, out.ended));
-    result.Set("crc", Napi::Number::New(env, static_cast<double>(out.value)));
-    return result;
-  });
-}
-
 // writevAllAsync(fd, buffers): writes the buffers in order at the fd's offset, short writes
 // continued (a write of 0 is EIO), in one pool job: a record header and its payload go out
 // together, the payload from the buffer it was read into. For files and block devices only: a
@@ -527,7 +478,6 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("readAtLeastChecksummedAsync",
               Napi::Function::New(env, ReadAtLeastChecksummedAsync, "readAtLeastChecksummedAsync"));
   exports.Set("readChecksummedAsync", Napi::Function::New(env, ReadChecksummedAsync, "readChecksummedAsync"));
-  exports.Set("readToEndAsync", Napi::Function::New(env, ReadToEndAsync, "readToEndAsync"));
   exports.Set("writevAllAsync", Napi::Function::New(env, WritevAllAsync, "writevAllAsync"));
   exports.Set("crc32", Napi::Function::New(env, Crc32Sync, "crc32"));
   exports.Set("crc32Async", Napi::Function::New(env, Crc32Async, "crc32Async"));

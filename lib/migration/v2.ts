@@ -272,9 +272,12 @@ export class V2Engine implements MigrationEngine {
   }
 
   /**
-   * Reads the data_fd. In STOP_COPY a 0 read is the end of the data (each job reads on to it or
-   * to a full buffer). In PRE_COPY a 0 read or ENOMSG only means "nothing for now", and the pass
-   * ends after its budget.
+   * Reads the data_fd. In STOP_COPY a 0 read is the end of the data. In PRE_COPY a 0 read or
+   * ENOMSG only means "nothing for now", and the pass ends after its budget.
+   *
+   * Each read is its own pool job, the end-of-stream read included: a record goes out while the
+   * next read runs. (Reading on to the end in one job saved a job per device, but made a single
+   * device's downtime longer in an A/B: its last record then waited for the 0 read.)
    */
   async copy(pass: CopyPass): Promise<number> {
     const precopy = pass.stage === 'precopy';
@@ -293,18 +296,10 @@ export class V2Engine implements MigrationEngine {
       if (pass.budget !== undefined && BigInt(moved) >= pass.budget) return moved;
       let n: number;
       let crc: number;
-      let ended = false;
       const into = (buf ??= pass.buffer?.(this.readSize) ?? this.#chunks.next(this.readSize));
       try {
         // The payload's CRC-32, when wanted, is computed by the pool thread that read it, off the JS thread.
-        if (!precopy) {
-          // Reads on to the end in one job: the usual rest after pre-copy (a few bytes) needs no
-          // second job to learn that the stream ended, one pool round trip less while stopped.
-          const read = await fd.run((f) => native.readToEndAsync(f, into, 0, this.readSize, pass.checksum !== false));
-          n = read.bytes;
-          crc = read.crc;
-          ended = read.ended;
-        } else if (pass.checksum === false) {
+        if (pass.checksum === false) {
           n = await fd.run((f) => native.readAsync(f, into, 0, this.readSize));
           crc = 0;
         } else {
@@ -333,7 +328,6 @@ export class V2Engine implements MigrationEngine {
       moved += n;
       if (stopCopy) stopCopy.moved += BigInt(n);
       pass.onChunk(moved, stopCopy ? (await this.pending()).bytes : undefined);
-      if (ended) return moved;
     }
   }
 

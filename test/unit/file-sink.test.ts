@@ -49,37 +49,6 @@ test('readChecksummedAsync: read and pread give the bytes and their zlib CRC-32,
   }
 });
 
-test('readToEndAsync: reads on to the end or a full buffer in one call, says which, refuses a pipe', async () => {
-  const file = join(dir, 'to-end.bin');
-  const data = pattern((1 << 20) + 100, 5);
-  writeFileSync(file, data);
-  const fd = openSync(file, 'r');
-  try {
-    const io = allocIoBuffer(1 << 20);
-    // The buffer fills first: not ended, whatever follows.
-    const full = await native.readToEndAsync(fd, io, 0, io.length, true);
-    assert.deepEqual(full, { bytes: 1 << 20, ended: false, crc: crc32(data.subarray(0, 1 << 20)) });
-    assert.ok(io.equals(data.subarray(0, 1 << 20)));
-    // The 100 bytes left, then the end of input in the same call.
-    const js = Buffer.alloc(4096);
-    const rest = await native.readToEndAsync(fd, js, 10, 4000, false);
-    assert.deepEqual(rest, { bytes: 100, ended: true, crc: 0 });
-    assert.ok(js.subarray(10, 110).equals(data.subarray(1 << 20)));
-    assert.deepEqual(await native.readToEndAsync(fd, js, 0, 10, true), { bytes: 0, ended: true, crc: 0 });
-    assert.throws(() => native.readToEndAsync(fd, js, 4090, 20, false), RangeError);
-  } finally {
-    closeSync(fd);
-  }
-  // A pipe could hold a pool thread until a writer comes: refused before any read.
-  const [readEnd, writeEnd] = pipeFds();
-  try {
-    assert.throws(() => native.readToEndAsync(readEnd, Buffer.alloc(8), 0, 8, false), { code: 'EINVAL' });
-  } finally {
-    closeSync(readEnd);
-    closeSync(writeEnd);
-  }
-});
-
 test('writevAllAsync writes views in order, refuses a pipe; FileSink streams equal the Writable ones byte for byte', async () => {
   const file = join(dir, 'out.bin');
   const fd = openSync(file, 'w');
