@@ -35,9 +35,16 @@ export const EXIT = {
 
 export class UsageError extends Error {}
 
+/** The command's output: text written at once, and the streams themselves for what needs one (cli/stdio.ts). */
 export interface Io {
-  stdout: NodeJS.WriteStream;
-  stderr: NodeJS.WriteStream;
+  /** Text to stdout. */
+  out(text: string): void;
+  /** Text to stderr. */
+  err(text: string): void;
+  /** stdout as a stream (a stream channel, `save -o -`), made on first use. */
+  readonly stdout: NodeJS.WriteStream;
+  /** stderr as a stream (progress on a terminal), made on first use. */
+  readonly stderr: NodeJS.WriteStream;
 }
 
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;
@@ -162,14 +169,14 @@ async function save({ values, positionals, io, signal, print }: CommandContext):
   try {
     return await withDevice(positionals[0]!, async (device) => {
       const migration = requireMigration(device);
-      const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
+      const view = new ProgressView(io, { quiet: !!values.quiet });
       try {
         // commit runs inside save(): if the fsync or rename fails, the source is recovered.
         const result = await migration.save(file.sink, { ...options, onProgress: view.update, commit: file.commit });
         view.finish();
         const summary = { device: device.name, protocol: migration.protocol, output, ...result };
         const human = `saved ${device.name} (${migration.protocol}): ${formatBytes(result.bytes)} in ${result.records} records, ${result.precopyIterations} pre-copy iterations, ${(result.elapsedMs / 1000).toFixed(2)} s, stop-and-copy ${result.stopCopyMs} ms`;
-        if (output === '-') io.stderr.write(`${values.json ? json(summary) : human}\n`);
+        if (output === '-') io.err(`${values.json ? json(summary) : human}\n`);
         else print(human, summary);
         return EXIT.ok;
       } finally {
@@ -187,7 +194,7 @@ async function load({ values, positionals, io, signal, print }: CommandContext):
   const leave = leaveOption(values.leave, 'running');
   return withDevice(positionals[0]!, async (device) => {
     const migration = requireMigration(device);
-    const view = new ProgressView(io.stderr, { quiet: !!values.quiet });
+    const view = new ProgressView(io, { quiet: !!values.quiet });
     const source = openInput(input, signal);
     try {
       const result = await migration.load(source, { force: !!values.force, leave, signal, onProgress: view.update });
@@ -278,7 +285,7 @@ async function checkCommand({ values, positionals, io, print }: CommandContext):
     const report = await checkDevice(device, {
       only: ruleList(values.only),
       skip: ruleList(values.skip),
-      onFinding: values.quiet || values.json ? undefined : (f) => io.stderr.write(`  ${f.verdict.padEnd(4)} ${f.id}\n`),
+      onFinding: values.quiet || values.json ? undefined : (f) => io.err(`  ${f.verdict.padEnd(4)} ${f.id}\n`),
     });
     if (typeof values.junit === 'string') writeFileSync(values.junit, formatJunit(report));
     print(formatReport(report).trimEnd(), report);

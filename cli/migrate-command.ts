@@ -112,10 +112,10 @@ function progressLines(io: CommandContext['io'], quiet: boolean, names: string[]
       if (last.get(i) === key) return;
       last.set(i, key);
       const phase = p.phase === 'precopy' ? `pre-copy #${p.iteration + 1}` : p.phase;
-      io.stderr.write(`${names[i]}: ${phase}, ${formatBytes(p.bytes)}\n`);
+      io.err(`${names[i]}: ${phase}, ${formatBytes(p.bytes)}\n`);
     },
     onEvent: (text: string): void => {
-      if (!quiet) io.stderr.write(`${text}\n`);
+      if (!quiet) io.err(`${text}\n`);
     },
   };
 }
@@ -136,9 +136,7 @@ function reportText(r: MigrateResult): string {
 function spawnChannel(dest: Extract<Destination, { kind: 'command' }>, io: CommandContext['io']): ChildProcess {
   const child = spawn(dest.argv[0]!, dest.argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
   // The remote end's progress and errors, relayed line by line.
-  createInterface({ input: child.stderr! }).on('line', (line) =>
-    io.stderr.write(`[${dest.label}] ${printable(line)}\n`),
-  );
+  createInterface({ input: child.stderr! }).on('line', (line) => io.err(`[${dest.label}] ${printable(line)}\n`));
   child.stdin!.on('error', () => undefined);
   return child;
 }
@@ -201,10 +199,10 @@ export async function migrateCommand(
         const code = migrateExitCode(err);
         if (child) await reap(child, 5000);
         if (values.json)
-          io.stderr.write(
+          io.err(
             `${JSON.stringify({ error: { message: err.message, code: err.code, side: err.side, committed: err.committed, devices: err.devices, exitCode: code } }, null, 2)}\n`,
           );
-        else io.stderr.write(`vfio-mig migrate: ${printable(err.message)}\n`);
+        else io.err(`vfio-mig migrate: ${printable(err.message)}\n`);
         return code;
       }
       throw err;
@@ -237,11 +235,11 @@ export async function receiveCommand(
       },
     );
     const text = `received ${r.devices.map((d) => `${d.device} (${formatBytes(d.bytes)}, ${d.records} records)`).join(', ')}; validation ${r.validateMs} ms, resume ${r.resumeMs} ms`;
-    io.stderr.write(`${values.json ? JSON.stringify(r) : text}\n`);
+    io.err(`${values.json ? JSON.stringify(r) : text}\n`);
     return EXIT.ok;
   } catch (err) {
     if (err instanceof MigrateError) {
-      io.stderr.write(`vfio-mig receive: ${printable(err.message)}\n`);
+      io.err(`vfio-mig receive: ${printable(err.message)}\n`);
       // From this end: its own failure is the destination's; the source's reported failure is the source's.
       return migrateExitCode(err);
     }

@@ -1,5 +1,6 @@
 // Progress on stderr: a redrawn bar on a terminal, one plain line per phase otherwise.
 import type { Progress } from '../lib';
+import type { Io } from './commands';
 
 export function formatBytes(n: number | bigint): string {
   let v = Number(n);
@@ -19,20 +20,19 @@ function formatEta(seconds: number): string {
 }
 
 export class ProgressView {
-  readonly #out: NodeJS.WriteStream;
+  // Undefined when quiet: stderr's stream is then never made (cli/stdio.ts).
+  readonly #out: NodeJS.WriteStream | undefined;
   readonly #tty: boolean;
-  readonly #quiet: boolean;
   #lastPhase = '';
   #drawn = false;
 
-  constructor(out: NodeJS.WriteStream, options: { quiet?: boolean } = {}) {
-    this.#out = out;
-    this.#tty = !!out.isTTY;
-    this.#quiet = !!options.quiet;
+  constructor(io: Pick<Io, 'stderr'>, options: { quiet?: boolean } = {}) {
+    this.#out = options.quiet ? undefined : io.stderr;
+    this.#tty = !!this.#out?.isTTY;
   }
 
   update = (p: Progress): void => {
-    if (this.#quiet) return;
+    if (!this.#out) return;
     const phase = p.phase === 'precopy' ? `pre-copy #${p.iteration + 1}` : p.phase;
     const rate = `${formatBytes(p.throughput)}/s`;
     const pending = p.pendingBytes !== undefined ? `, pending ${formatBytes(p.pendingBytes)}` : '';
@@ -56,7 +56,7 @@ export class ProgressView {
   };
 
   finish(): void {
-    if (this.#drawn) this.#out.write('\n');
+    if (this.#drawn) this.#out?.write('\n');
     this.#drawn = false;
   }
 }

@@ -6,6 +6,7 @@ import { StreamError } from '../lib/migration/stream/errors';
 import { printable } from '../lib/printable';
 import { COMMANDS, EXIT, UsageError, json, pendingOutputs, type Io } from './commands';
 import { OutputError } from './output';
+import { processIo } from './stdio';
 import { version } from '../lib/migration/identity';
 
 export { EXIT };
@@ -87,11 +88,7 @@ function splitCommand(argv: string[]): { command: string | undefined; rest: stri
   return { command: argv[i], rest: argv.slice(i + 1), globals };
 }
 
-export async function main(
-  argv: string[],
-  io: Io = { stdout: process.stdout, stderr: process.stderr },
-  signal?: AbortSignal,
-): Promise<number> {
+export async function main(argv: string[], io: Io = processIo(), signal?: AbortSignal): Promise<number> {
   const { command, rest, globals } = splitCommand(argv);
   let asJson = false;
   try {
@@ -100,15 +97,15 @@ export async function main(
     if (command === 'help') {
       const topic = rest[0];
       if (topic !== undefined && !COMMANDS[topic]) throw new UsageError(`no help for '${topic}': not a command`);
-      io.stdout.write(`${await helpText(topic ?? 'main')}\n`);
+      io.out(`${await helpText(topic ?? 'main')}\n`);
       return EXIT.ok;
     }
     if (!command && pre.values.version) {
-      io.stdout.write(`vfio-mig ${version()}\n`);
+      io.out(`vfio-mig ${version()}\n`);
       return EXIT.ok;
     }
     if (!command) {
-      io.stdout.write(`${await helpText('main')}\n`);
+      io.out(`${await helpText('main')}\n`);
       return pre.values.help ? EXIT.ok : EXIT.usage;
     }
     const spec = COMMANDS[command];
@@ -122,7 +119,7 @@ export async function main(
     const values = { ...pre.values, ...parsed.values } as Record<string, string | boolean | undefined>;
     asJson = !!values.json;
     if (values.help) {
-      io.stdout.write(`${await helpText(command)}\n`);
+      io.out(`${await helpText(command)}\n`);
       return EXIT.ok;
     }
     const required = spec.args.filter((a) => !a.endsWith('?'));
@@ -139,21 +136,20 @@ export async function main(
       throw new UsageError(`${command} takes ${spec.args.length || 'no'} argument(s); unexpected ${extra.join(' ')}`);
     }
     spec.check?.(values);
-    const print = (human: string, data: unknown) => io.stdout.write(asJson ? `${json(data)}\n` : `${human}\n`);
+    const print = (human: string, data: unknown) => io.out(asJson ? `${json(data)}\n` : `${human}\n`);
     return await spec.run({ values, positionals: parsed.positionals, io, signal, print });
   } catch (err) {
     const code = exitCodeOf(err);
     if (asJson) {
-      io.stderr.write(`${json({ error: errorObject(err, code) })}\n`);
+      io.err(`${json({ error: errorObject(err, code) })}\n`);
     } else {
       // Messages can quote stream content and paths: escaped, so they cannot drive the terminal.
-      io.stderr.write(
+      io.err(
         `vfio-mig ${command ?? ''}: ${(err instanceof Error ? err.message : String(err)).split('\n').map(printable).join('\n')}\n`,
       );
       const h = hint(err);
-      if (h) io.stderr.write(`hint: ${h}\n`);
-      if (code === EXIT.usage && command && COMMANDS[command])
-        io.stderr.write(`(vfio-mig ${command} --help shows usage)\n`);
+      if (h) io.err(`hint: ${h}\n`);
+      if (code === EXIT.usage && command && COMMANDS[command]) io.err(`(vfio-mig ${command} --help shows usage)\n`);
     }
     return code;
   }
@@ -163,6 +159,7 @@ const SIGNALS: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
 
 /** Runs the CLI as this process: its arguments, stdio, signals and exit status (called by cli/launcher.ts). */
 export function run(): void {
+  const io = processIo();
   const controller = new AbortController();
   let interrupts = 0;
   // First signal: abort, which returns a source to RUNNING or resets a destination and removes a
@@ -172,7 +169,7 @@ export function run(): void {
     interrupts++;
     if (interrupts === 1) controller.abort(new Error(`interrupted by ${name}`));
     else if (interrupts === 2)
-      process.stderr.write(`vfio-mig: ${name} again: recovering the device first; once more exits without recovery\n`);
+      io.err(`vfio-mig: ${name} again: recovering the device first; once more exits without recovery\n`);
     else {
       pendingOutputs.forEach((o) => o.discard());
       // Not process.exit(): at exit libuv joins its thread pool, and a pool thread blocked writing
@@ -184,14 +181,12 @@ export function run(): void {
   };
   for (const s of SIGNALS) process.on(s, () => onSignal(s));
   process.on('exit', () => pendingOutputs.forEach((o) => o.discard()));
-  // A closed pipe downstream (ssh gone) is a stream failure, reported by save itself.
-  process.stdout.on('error', () => undefined);
-  main(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr }, controller.signal).then(
+  main(process.argv.slice(2), io, controller.signal).then(
     (code) => {
       process.exitCode = code;
     },
     (err) => {
-      process.stderr.write(`vfio-mig: internal error: ${err instanceof Error ? err.stack : String(err)}\n`);
+      io.err(`vfio-mig: internal error: ${err instanceof Error ? err.stack : String(err)}\n`);
       process.exitCode = EXIT.failure;
     },
   );

@@ -1,5 +1,4 @@
 // A migrate between devices of one process: an in-memory channel with migrate() at one end and receive() at the other.
-import { PassThrough } from 'node:stream';
 import { migrate, type MigrateOptions, type MigrateResult } from './migrate';
 import { receive, type ReceiveOptions, type ReceiveResult } from './receive';
 import type { Migration } from './session';
@@ -12,6 +11,10 @@ import { markInProcess, type Channel } from './wire';
  * PassThrough copies a frame's header and payload into one buffer when both wait to be read). At most four chunks wait (two frames).
  */
 export function channelPair(): [Channel, Channel] {
+  // Loaded here, not with the module: lib/migration's index brings this file into every command,
+  // and most never migrate (node:stream is tens of ms of start-up under emulation).
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { PassThrough } = require('node:stream') as typeof import('node:stream');
   const ab = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
   const ba = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
   const ends: [Channel, Channel] = [
