@@ -1,6 +1,5 @@
 // vfio-mig migrate and vfio-mig receive: destinations (local, ssh://, exec:), the child that carries the channel, the report.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
+import type { ChildProcess } from 'node:child_process';
 import type { Device, MigrateResult, PrecopyPolicy, Progress } from '../lib';
 import { openDevice } from '../lib/device';
 import { printable } from '../lib/printable';
@@ -133,7 +132,12 @@ function reportText(r: MigrateResult): string {
   ].join('\n');
 }
 
-function spawnChannel(dest: Extract<Destination, { kind: 'command' }>, io: CommandContext['io']): ChildProcess {
+async function spawnChannel(
+  dest: Extract<Destination, { kind: 'command' }>,
+  io: CommandContext['io'],
+): Promise<ChildProcess> {
+  // Loaded for a remote end only: child_process brings node:net, which a local migrate never needs.
+  const [{ spawn }, { createInterface }] = await Promise.all([import('node:child_process'), import('node:readline')]);
   const child = spawn(dest.argv[0]!, dest.argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
   // The remote end's progress and errors, relayed line by line.
   createInterface({ input: child.stderr! }).on('line', (line) => io.err(`[${dest.label}] ${printable(line)}\n`));
@@ -189,7 +193,7 @@ export async function migrateCommand(
           { ...options, force: !!values.force },
         );
       } else {
-        child = spawnChannel(dest, io);
+        child = await spawnChannel(dest, io);
         const exited = new Promise<void>((resolve) => child!.once('exit', () => resolve()));
         result = await migrate(srcMigrations, { readable: child.stdout!, writable: child.stdin! }, options);
         await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
