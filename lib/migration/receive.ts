@@ -113,21 +113,6 @@ export async function receive(
       resuming.add(m);
       await m.engine.enterResuming();
     });
-    await wire.sendMessage(FRAME.ready, 0, { devices: destinations.map((m) => ({ name: m.device.name })) });
-    // A source that hangs without closing the channel: nothing arrives and nothing is written for timeoutMs.
-    inbox.lastActivity = Date.now();
-    if (timeoutMs > 0) {
-      watchdog = setInterval(
-        () => {
-          if (Date.now() - inbox.lastActivity > timeoutMs)
-            inbox.fail(new WireError('ERR_WIRE_TIMEOUT', `nothing from the source for ${timeoutMs} ms`));
-        },
-        Math.min(1000, timeoutMs),
-      );
-    }
-    event('RESUMING; ready');
-
-    step = 'load';
     const ackAt: (number | undefined)[] = destinations.map(() => undefined);
     const acked: boolean[] = destinations.map(() => false);
     const maybeAck = async (i: number): Promise<void> => {
@@ -149,6 +134,23 @@ export async function receive(
       }
       throw new MigrateError('ERR_MIGRATION_CHANNEL', `unexpected ${frame.type} frame during the load`, 'source');
     };
+    // Only now "ready": the source may answer with DATA before this side's write of it is even
+    // called back (in one process, or over a busy channel), and a frame with no handler would be lost.
+    await wire.sendMessage(FRAME.ready, 0, { devices: destinations.map((m) => ({ name: m.device.name })) });
+    // A source that hangs without closing the channel: nothing arrives and nothing is written for timeoutMs.
+    inbox.lastActivity = Date.now();
+    if (timeoutMs > 0) {
+      watchdog = setInterval(
+        () => {
+          if (Date.now() - inbox.lastActivity > timeoutMs)
+            inbox.fail(new WireError('ERR_WIRE_TIMEOUT', `nothing from the source for ${timeoutMs} ms`));
+        },
+        Math.min(1000, timeoutMs),
+      );
+    }
+    event('RESUMING; ready');
+
+    step = 'load';
     const loads = destinations.map(async (m, i) => {
       const t0 = Date.now();
       const report = progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p)));
@@ -181,6 +183,9 @@ export async function receive(
     const loadedAt = await Promise.race([Promise.all(loads), inbox.failed()]);
     const validateMs = Math.max(...loadedAt) - Math.min(...loadedAt.map((_t, i) => loadedAt[i]! - result[i]!.loadMs));
     clearInterval(watchdog);
+    // The load is over: from here frames wait for inbox.wait(), which finds one that came early
+    // (the source may send the commit before this side's "loaded" write is called back).
+    inbox.onFrame = undefined;
     await wire.sendMessage(FRAME.loaded, 0, { devices: result });
     event('loaded and validated; waiting for the commit');
 

@@ -59,6 +59,26 @@ test('model: one device migrates; the destination holds the state and runs, the 
   assert.equal(r.receiver.devices[0]!.bytes, r.devices[0]!.bytes);
 });
 
+test('model: a source that answers "ready" before the receiver saw its own write of it complete: no frame is lost', async () => {
+  // The receiver's writes are called back a few ms late (a busy channel) while their bytes
+  // reach the source at once, so the source's first DATA frames can arrive before the receiver
+  // continues after sending "ready". They must still reach the device's stream.
+  const toDestination = new PassThrough();
+  const toSource = new PassThrough();
+  const late = new PassThrough();
+  const realWrite = late.write.bind(late);
+  late.write = ((chunk: Buffer, cb?: (err?: Error | null) => void) =>
+    realWrite(chunk, (err?: Error | null) => setTimeout(() => cb?.(err), 20))) as typeof late.write;
+  late.on('data', (c: Buffer) => toSource.write(c));
+  const src = model(6);
+  const dst = model(0);
+  const recv = receive([dst.mig], { readable: toDestination, writable: late });
+  recv.catch(() => undefined);
+  await migrate([src.mig], { readable: toSource, writable: toDestination }, { timeoutMs: 5000 });
+  await recv;
+  assert.ok(dst.dev.state.equals(src.dev.state));
+});
+
 test('model: migrate pre-copies by default (a live migration); precopy: false goes straight to stop-and-copy', async () => {
   for (const precopy of [undefined, false] as const) {
     const src = model(4);
@@ -224,18 +244,19 @@ test('model: a receiver of another version refuses clearly', async () => {
 test('model: the channel closes before the commit: the source RUNNING, the destination reset', async () => {
   const src = model(9);
   const dst = model(0);
-  const [a, b] = channelPair();
-  // A relay that cuts the channel after ~10 kB towards the destination.
+  // A channel of streams, with a relay that cuts it after ~10 kB towards the destination.
+  const toDestination = new PassThrough();
+  const toSource = new PassThrough();
   const cut = new PassThrough();
   let passed = 0;
-  (a.writable as PassThrough).on('data', (c: Buffer) => {
+  toDestination.on('data', (c: Buffer) => {
     passed += c.length;
     if (passed < 10000) cut.write(c);
     else cut.end();
   });
-  const recv = receive([dst.mig], { readable: cut, writable: (b as unknown as { writable: PassThrough }).writable });
+  const recv = receive([dst.mig], { readable: cut, writable: toSource });
   recv.catch(() => undefined);
-  await assert.rejects(migrate([src.mig], a), (err: MigrateError) => {
+  await assert.rejects(migrate([src.mig], { readable: toSource, writable: toDestination }), (err: MigrateError) => {
     assert.equal(err.committed, false);
     return true;
   });
