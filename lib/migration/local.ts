@@ -1,25 +1,24 @@
 // A migrate between devices of one process: an in-memory channel with migrate() at one end and receive() at the other.
+import { MemoryPipe } from './memory-pipe';
 import { migrate, type MigrateOptions, type MigrateResult } from './migrate';
 import { receive, type ReceiveOptions, type ReceiveResult } from './receive';
 import type { Migration } from './session';
 import { markInProcess, type Channel } from './wire';
 
 /**
- * Two channel ends joined back to back in memory, marked as such (isInProcess): a stream between
- * them carries no payload checksums. The readable sides are in object mode: each
- * written chunk comes out as it went in, never concatenated with its neighbours (a byte-mode
- * PassThrough copies a frame's header and payload into one buffer when both wait to be read). At most four chunks wait (two frames).
+ * Two channel ends joined back to back in memory (MemoryPipe), marked as such (isInProcess): a
+ * stream between them carries no payload checksums. Each written chunk comes out as it went in
+ * (the same object, never concatenated with its neighbours), and at most MEMORY_PIPE_CHUNKS wait
+ * (two frames) before a write is held back.
  */
 export function channelPair(): [Channel, Channel] {
-  // Loaded here, not with the module: lib/migration's index brings this file into every command,
-  // and most never migrate (node:stream is tens of ms of start-up under emulation).
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { PassThrough } = require('node:stream') as typeof import('node:stream');
-  const ab = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
-  const ba = new PassThrough({ readableObjectMode: true, readableHighWaterMark: 4 });
+  const ab = new MemoryPipe();
+  const ba = new MemoryPipe();
+  // A MemoryPipe has the part of a Writable that WireEnd uses (write, end, destroy, drain, close).
+  const writable = (p: MemoryPipe) => p as unknown as NodeJS.WritableStream;
   const ends: [Channel, Channel] = [
-    { readable: ba, writable: ab },
-    { readable: ab, writable: ba },
+    { readable: ba, writable: writable(ab) },
+    { readable: ab, writable: writable(ba) },
   ];
   ends.forEach(markInProcess);
   return ends;
