@@ -3,8 +3,8 @@ import { writeSync } from 'node:fs';
 import type { Io } from './commands';
 
 // Node's process.stdout and process.stderr are built on first access: for a pipe a net.Socket,
-// for a file a stream, which loads `net` and the stream modules (tens of ms of a short
-// command's start-up under emulation, bench/RESULTS.md). Most commands only print a few lines,
+// for a file a stream, which loads `net` and the stream modules (35-55 ms of a short command's
+// start-up in the guest, measured in process; CHANGELOG). Most commands only print a few lines,
 // so text goes out with write(2) and a stream is made only for what needs one: a stream channel
 // (`save -o -`, `receive`), progress on a terminal, or text that would block (below).
 
@@ -48,7 +48,7 @@ export class StdioText {
   }
 }
 
-/** The Io of this process: fds 1 and 2, their streams made on first use (stdout's errors ignored: see run()). */
+/** The Io of this process: fds 1 and 2, their streams made on first use (stdout's stream errors ignored). */
 export function processIo(): Io {
   const stdout = new StdioText(1, () => {
     const stream = process.stdout;

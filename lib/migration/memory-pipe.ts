@@ -21,9 +21,9 @@ function streamError(code: string, message: string): Error {
  * replaces where WireEnd relies on them: MEMORY_PIPE_CHUNKS chunks are queued for the reader,
  * later ones held; write() returns false once MEMORY_PIPE_HELD_BYTES are held, and 'drain'
  * follows when the reader has taken every held chunk; a write is called back when its chunk is
- * queued for the reader; end() ends the reader's iteration after the queued chunks; destroy() fails the reader
- * (ERR_STREAM_PREMATURE_CLOSE) and the held writes (ERR_STREAM_DESTROYED), then emits 'close'.
- * A reader that stops iterating destroys the pipe, as a Readable's iterator does.
+ * queued for the reader; end() ends the reader's iteration after the queued chunks; destroy()
+ * fails the reader (ERR_STREAM_PREMATURE_CLOSE) and the held writes (ERR_STREAM_DESTROYED), then
+ * emits 'close'. A reader that stops iterating destroys the pipe, as a Readable's iterator does.
  */
 export class MemoryPipe extends EventEmitter implements AsyncIterable<Uint8Array> {
   // Queued for the reader (at most MEMORY_PIPE_CHUNKS), then held back, oldest first.
