@@ -111,8 +111,6 @@ export async function migrate(
   const wire = new WireEnd(channel);
   const inbox = new Inbox(wire, 'destination');
   let step = 'hello';
-  // Each source's STOP_COPY -> STOP, in flight until the commit (see the stop-and-copy below).
-  const stopping: Promise<void>[] = [];
   let touched = false;
   const headers = sources.map((m) => streamHeader(m.device, m.engine, { migrate: { version: WIRE_VERSION } }));
   const acked = sources.map((m) => !!precopy && m.engine.canPrecopy && wantAck);
@@ -260,10 +258,6 @@ export async function migrate(
           if (!timing.firstStop) timing.firstStop = stoppedAt;
         });
         const moved = await stopCopyPass(m.engine, windows[i]!, reports[i]!, local.signal, phases[i]!.precopyBytes);
-        // STOP_COPY -> STOP is nothing the destination waits for: it runs while the trailer goes
-        // out and the destination validates, and the commit waits for it.
-        stopping[i] = m.engine.finishSave('stopped');
-        stopping[i].catch(() => undefined);
         const totals = await encoders[i]!.finish();
         // An empty DATA frame ends this device's stream: the decoder checks nothing follows the trailer.
         await wire.send(FRAME.data, i, Buffer.alloc(0), true);
@@ -285,8 +279,6 @@ export async function migrate(
       if (phases[i]) phases[i].destinationLoad = d;
     });
     timing.loaded = Date.now();
-    step = 'stop-and-copy (STOP_COPY -> STOP)';
-    await Promise.all(stopping);
     if (local.signal.aborted) throw abortReason(local.signal, 'the commit');
 
     step = 'commit';
@@ -306,8 +298,6 @@ export async function migrate(
     wire.close('the migration failed');
     signal?.removeEventListener('abort', onAbort);
     clearTimeout(dropChannel);
-    // No recovery while a source is still on its way to STOP: two state changes would race.
-    await Promise.allSettled(stopping);
     error.devices = touched
       ? await Promise.all(sources.map((m) => outcome(m, m.recoverSource())))
       : sources.map((m) => ({ device: m.device.name, role: 'source' as const, recovery: 'running' as const }));
@@ -317,34 +307,14 @@ export async function migrate(
   }
 
   // Committed: the destination owns the workload now. A failure from here on cannot undo it.
+  let running: MigrateResult['destination'];
   try {
-    const running = messageBody(await wait(FRAME.running, 0, 'the destination to run (after the commit)'));
-    timing.running = Date.now();
-    signal?.removeEventListener('abort', onAbort);
-    clearTimeout(dropChannel);
-    if (options.resetSource) await settleAll(sources, (m) => m.device.reset());
-    wire.close('done');
-    return {
-      devices: phases,
-      bytes: phases.reduce((a, p) => a + p.bytes, 0),
-      wireBytes: wire.bytesOut,
-      phases: {
-        helloMs: timing.ready - start,
-        precopyMs: Math.max(0, ...phases.map((p) => p.precopyMs)),
-        switchoverAckMs: Math.max(0, ...phases.map((p) => p.switchoverAckMs)),
-        catchUpMs: timing.catchUp,
-        stopCopyMs: timing.sent - timing.firstStop,
-        validateMs: timing.loaded - timing.sent,
-        resumeMs: timing.running - timing.loaded,
-      },
-      downtimeMs: timing.running - timing.firstStop,
-      elapsedMs: Date.now() - start,
-      destination: running,
-    };
+    running = messageBody(await wait(FRAME.running, 0, 'the destination to run (after the commit)'));
   } catch (err) {
     signal?.removeEventListener('abort', onAbort);
     clearTimeout(dropChannel);
     wire.close('failed after the commit');
+    await Promise.allSettled(sources.map((m) => m.engine.finishSave('stopped')));
     const cause = asMigrateError(err, 'source', 'after the commit');
     const error = new MigrateError(
       'ERR_MIGRATION_AFTER_COMMIT',
@@ -355,6 +325,70 @@ export async function migrate(
     error.devices = sources.map((m) => ({ device: m.device.name, role: 'source', recovery: 'committed' }));
     throw error;
   }
+  timing.running = Date.now();
+  signal?.removeEventListener('abort', onAbort);
+  clearTimeout(dropChannel);
+  wire.close('done');
+  await leaveSaving(sources, !!options.resetSource);
+  return {
+    devices: phases,
+    bytes: phases.reduce((a, p) => a + p.bytes, 0),
+    wireBytes: wire.bytesOut,
+    phases: {
+      helloMs: timing.ready - start,
+      precopyMs: Math.max(0, ...phases.map((p) => p.precopyMs)),
+      switchoverAckMs: Math.max(0, ...phases.map((p) => p.switchoverAckMs)),
+      catchUpMs: timing.catchUp,
+      stopCopyMs: timing.sent - timing.firstStop,
+      validateMs: timing.loaded - timing.sent,
+      resumeMs: timing.running - timing.loaded,
+    },
+    downtimeMs: timing.running - timing.firstStop,
+    elapsedMs: Date.now() - start,
+    destination: running,
+  };
+}
+
+/**
+ * After the destination confirmed RUNNING: every source leaves its saving state for STOP (then
+ * is reset if asked). This waits until now on purpose: until the destination runs, the sources
+ * hold the only state that is sure to be whole, and a source that fails to leave STOP_COPY (a
+ * driver may go to its error state, which only a reset leaves) must not abort a migration whose
+ * copy was validated, nor cost the downtime an arc. A failure is one after the commit.
+ */
+async function leaveSaving(sources: readonly Migration[], resetSource: boolean): Promise<void> {
+  const left = await Promise.allSettled(sources.map((m) => m.engine.finishSave('stopped')));
+  const reset = resetSource
+    ? await Promise.allSettled(sources.map((m) => m.device.reset()))
+    : sources.map(() => undefined);
+  const problems = sources.flatMap((m, i) => {
+    const leaving = left[i]!;
+    const resetting = reset[i];
+    if (leaving.status === 'fulfilled' && resetting?.status !== 'rejected') return [];
+    const why = [
+      leaving.status === 'rejected' ? `leaving its saving state failed: ${messageOf(leaving.reason)}` : '',
+      resetting?.status === 'rejected' ? `the reset failed: ${messageOf(resetting.reason)}` : '',
+    ].filter(Boolean);
+    const now = resetting?.status === 'fulfilled' ? 'it was reset' : 'reset it before use';
+    return [`${m.device.name}: ${why.join('; ')}; ${now}`];
+  });
+  if (!problems.length) return;
+  const error = new MigrateError(
+    'ERR_MIGRATION_AFTER_COMMIT',
+    `after the commit: the destination devices are RUNNING (confirmed) with the state; source ${problems.join('; source ')}`,
+    'source',
+    { committed: true, step: 'after the commit (sources leave their saving state)' },
+  );
+  error.devices = sources.map((m, i) => ({
+    device: m.device.name,
+    role: 'source',
+    recovery: reset[i]?.status === 'fulfilled' ? 'reset' : left[i]!.status === 'fulfilled' ? 'committed' : 'failed',
+  }));
+  throw error;
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 async function sendError(wire: WireEnd, error: MigrateError): Promise<void> {

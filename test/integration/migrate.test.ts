@@ -204,6 +204,38 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
     }
   }
 
+  // The source leaves its saving state only after the destination runs: a source that fails to
+  // (here, into the error state, which only a reset leaves) must not cost the validated copy.
+  const SOURCE_LEAVE_FAULTS: Record<string, string> = {
+    v1: 'v1.transition.saving_stop',
+    'v1-trapped': 'v1.transition.saving_stop',
+    v2: 'v2.arc.stop_copy_stop',
+  };
+  for (const kind of KINDS) {
+    const point = SOURCE_LEAVE_FAULTS[kind]!;
+    test(`${kind}: source fault ${point} (into the error state): committed, the destination runs the state`, async () => {
+      const { a, b, sum } = pair(kind, MiB);
+      a.set('fault', `${point} EIO error`);
+      const fds = openFdCount();
+      {
+        using src = a.open();
+        using dst = b.open();
+        await assert.rejects(migrateLocal([[requireMigration(src), requireMigration(dst)]]), (err: MigrateError) => {
+          assert.equal(err.code, 'ERR_MIGRATION_AFTER_COMMIT', err.message);
+          assert.equal(err.committed, true);
+          assert.equal(err.side, 'source');
+          assert.match(err.message, /destination devices are RUNNING/);
+          assert.match(err.message, new RegExp(`${a.uuid}.*reset it before use`));
+          return true;
+        });
+        assert.equal(await requireMigration(dst).state(), 'RUNNING');
+        assert.equal(bar0Checksum(dst), sum);
+      }
+      assert.equal(openFdCount(), fds);
+      assert.equal(b.checksum(), sum);
+    });
+  }
+
   test('v2: a destination fault after the commit is reported as such (both sides named)', async () => {
     const { a, b } = pair('v2', MiB);
     b.set('fault', 'v2.arc.stop_running_p2p EIO');
