@@ -34,7 +34,7 @@ export { FdSource, isByteSource } from './source';
 export type { ByteSource } from './source';
 export { migrate, DEFAULT_MIGRATE_PRECOPY, DEFAULT_MIGRATE_TIMEOUT_MS } from './migrate';
 export type { MigrateOptions, MigrateResult, DevicePhases } from './migrate';
-export { receive, helloProblem } from './receive';
+export { receive, helloProblem, RECEIVE_QUEUE_BYTES } from './receive';
 export type { ReceiveOptions, ReceiveResult } from './receive';
 export { migrateLocal, channelPair } from './local';
 export { MigrateError } from './txn';

@@ -59,6 +59,15 @@ export function helloProblem(hello: Hello, destinations: readonly Migration[], f
 }
 
 /**
+ * Bytes of one device's stream the receiver queues before it holds the channel back. A few
+ * records keep the device's writes fed while the next ones arrive; more only costs memory
+ * (it was 64 MiB per device: a destination slower than the source queued up to that much, and
+ * in one process every queued record is a buffer the source had to allocate). One device's full
+ * queue holds back the others' frames too, which then have as much queued each.
+ */
+export const RECEIVE_QUEUE_BYTES = 4 << 20;
+
+/**
  * Receives a migrate from the other end of `channel` into `destinations`, paired in order. Until
  * the source's commit, any failure resets every destination device; after it, they run.
  */
@@ -81,7 +90,7 @@ export async function receive(
       new MigrateError('ERR_MIGRATION_ABORTED', `receive aborted: ${String(options.signal?.reason)}`, 'destination'),
     );
   options.signal?.addEventListener('abort', onAbort, { once: true });
-  const queues = destinations.map(() => new ByteQueue());
+  const queues = destinations.map(() => new ByteQueue(RECEIVE_QUEUE_BYTES));
   const result: ReceiveResult['devices'] = destinations.map((m) => ({
     device: m.device.name,
     protocol: m.protocol,

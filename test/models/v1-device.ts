@@ -19,7 +19,7 @@ export interface ModelOptions {
   dirtyPerRead?: number;
   /** Fault injection: a function called on every access; throw to fail it. */
   fault?: (access: string) => void;
-  /** Holds a data read (`pread data`, with its 1-based count) until the promise it returns settles. */
+  /** Holds a data read or write (`pread data`, `pwrite data`, with its 1-based count) until the promise it returns settles. */
   stall?: (access: string, count: number) => Promise<void> | undefined;
   /** Data section mmap-able (areas) or trapped. */
   mmap?: boolean;
@@ -41,6 +41,7 @@ export class V1ModelDevice {
   /** Accesses that came while a data read was in flight. */
   overlapped: string[] = [];
   #reads = 0;
+  #writes = 0;
   readonly opts: ModelOptions;
   // save side
   #saving: { sent: number; dirty: Set<number>; window?: { fresh: number; size: number } } | null = null;
@@ -198,6 +199,8 @@ export class V1ModelDevice {
         length = source.length - sourceOffset,
       ): Promise<void> {
         dev.#check('pwrite data');
+        const held = dev.opts.stall?.('pwrite data', ++dev.#writes);
+        if (held) await held;
         Buffer.from(source.buffer, source.byteOffset, source.byteLength).copy(
           dev.#section,
           Number(offset) - HEADER,

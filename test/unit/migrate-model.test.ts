@@ -6,6 +6,7 @@ import type { Device } from '../../lib/device';
 import {
   FRAME,
   Migration,
+  RECEIVE_QUEUE_BYTES,
   MigrateError,
   V1Engine,
   WIRE_VERSION,
@@ -210,6 +211,44 @@ test('model: one source fails while another waits on a stalled channel: both set
     dst.every((d) => d.dev.resets >= 1),
     'destinations reset',
   );
+});
+
+test('model: a destination whose device writes stall holds the source back after RECEIVE_QUEUE_BYTES, not the whole state', async () => {
+  const chunk = 64 << 10;
+  const stateSize = 24 << 20;
+  let reads = 0;
+  const src = model(5, {
+    stateSize,
+    chunkSize: chunk,
+    stall: (access, n) => {
+      if (access === 'pread data') reads = n;
+      return undefined;
+    },
+  });
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const dst = model(0, {
+    stateSize,
+    chunkSize: chunk,
+    stall: (access) => (access === 'pwrite data' ? held : undefined),
+  });
+  const run = migrateLocal([[src.mig, dst.mig]], { precopy: false });
+  // The source reads on until the channel holds it back; then nothing moves until the writes go on.
+  for (let last = -1; reads !== last;) {
+    last = reads;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const read = reads * chunk;
+  // What the source read is queued: at the receiver, in the in-process pipe, in its own window.
+  assert.ok(read <= RECEIVE_QUEUE_BYTES + 8 * chunk, `the source read ${read} bytes ahead of a stalled destination`);
+  assert.ok(read >= chunk, 'the source did start');
+  assert.ok(
+    read <= stateSize / 2,
+    `the source read ${read} of ${stateSize} bytes: a stalled destination queued most of the state`,
+  );
+  release();
+  await run;
+  assert.ok(dst.dev.state.equals(src.dev.state));
 });
 
 test('model: the destination refuses a mismatch with its own message; the source never stopped', async () => {
