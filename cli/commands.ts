@@ -43,8 +43,8 @@ export interface Io {
   err(text: string): void;
   /** stdout as a stream (a stream channel, `save -o -`), made on first use. */
   readonly stdout: NodeJS.WriteStream;
-  /** stderr as a stream (progress on a terminal), made on first use. */
-  readonly stderr: NodeJS.WriteStream;
+  /** Whether stderr is a terminal (progress is then a redrawn bar), asked on first use. */
+  readonly errIsTerminal: boolean;
 }
 
 type Values = Record<string, string | boolean | (string | boolean)[] | undefined>;

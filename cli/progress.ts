@@ -20,19 +20,19 @@ function formatEta(seconds: number): string {
 }
 
 export class ProgressView {
-  // Undefined when quiet: stderr's stream is then never made (cli/stdio.ts).
-  readonly #out: NodeJS.WriteStream | undefined;
+  // Undefined when quiet. Text goes out with write(2) (cli/stdio.ts): no stream, terminal or not.
+  readonly #write: ((text: string) => void) | undefined;
   readonly #tty: boolean;
   #lastPhase = '';
   #drawn = false;
 
-  constructor(io: Pick<Io, 'stderr'>, options: { quiet?: boolean } = {}) {
-    this.#out = options.quiet ? undefined : io.stderr;
-    this.#tty = !!this.#out?.isTTY;
+  constructor(io: Pick<Io, 'err' | 'errIsTerminal'>, options: { quiet?: boolean } = {}) {
+    this.#write = options.quiet ? undefined : (text) => io.err(text);
+    this.#tty = !options.quiet && io.errIsTerminal;
   }
 
   update = (p: Progress): void => {
-    if (!this.#out) return;
+    if (!this.#write) return;
     const phase = p.phase === 'precopy' ? `pre-copy #${p.iteration + 1}` : p.phase;
     const rate = `${formatBytes(p.throughput)}/s`;
     const pending = p.pendingBytes !== undefined ? `, pending ${formatBytes(p.pendingBytes)}` : '';
@@ -46,17 +46,17 @@ export class ProgressView {
       const filled =
         total > 0 ? Math.min(width, Math.round((p.bytes / total) * width)) : p.phase === 'done' ? width : 0;
       const bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]`;
-      this.#out.write(`\r\x1b[K${phase.padEnd(12)} ${bar} ${formatBytes(p.bytes)}${pending} ${rate}${eta}`);
+      this.#write(`\r\x1b[K${phase.padEnd(12)} ${bar} ${formatBytes(p.bytes)}${pending} ${rate}${eta}`);
       this.#drawn = true;
       if (p.phase === 'done') this.finish();
     } else if (phase !== this.#lastPhase) {
-      this.#out.write(`${phase}: ${formatBytes(p.bytes)} so far${pending}, ${rate}\n`);
+      this.#write(`${phase}: ${formatBytes(p.bytes)} so far${pending}, ${rate}\n`);
     }
     this.#lastPhase = phase;
   };
 
   finish(): void {
-    if (this.#drawn) this.#out?.write('\n');
+    if (this.#drawn) this.#write?.('\n');
     this.#drawn = false;
   }
 }

@@ -1,12 +1,14 @@
 // The CLI's stdout and stderr: text written at once with write(2); Node's stream for an fd made only when a command needs one.
 import { writeSync } from 'node:fs';
+import { native } from '../lib/native';
 import type { Io } from './commands';
 
 // Node's process.stdout and process.stderr are built on first access: for a pipe a net.Socket,
 // for a file a stream, which loads `net` and the stream modules (35-55 ms of a short command's
 // start-up in the guest, measured in process; CHANGELOG). Most commands only print a few lines,
 // so text goes out with write(2) and a stream is made only for what needs one: a stream channel
-// (`save -o -`, `receive`), progress on a terminal, or text that would block (below).
+// (`save -o -`, `receive`) or text that would block (below). Progress is text too: whether
+// stderr is a terminal is asked of the kernel (isatty), not of Node's tty module, which loads net.
 
 /** One of the process's output fds: text at once, the stream on demand. */
 export class StdioText {
@@ -57,14 +59,15 @@ export function processIo(): Io {
     return stream;
   });
   const stderr = new StdioText(2, () => process.stderr);
+  let errIsTerminal: boolean | undefined;
   return {
     out: (text) => stdout.write(text),
     err: (text) => stderr.write(text),
     get stdout() {
       return stdout.stream;
     },
-    get stderr() {
-      return stderr.stream;
+    get errIsTerminal() {
+      return (errIsTerminal ??= native.isatty(2));
     },
   };
 }

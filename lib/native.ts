@@ -69,6 +69,8 @@ export interface NativeAddon {
   open(path: string, flags: number): number;
   close(fd: number): void;
   memfdCreate(name: string): number;
+  /** isatty(3): whether `fd` is a terminal. */
+  isatty(fd: number): boolean;
 
   preadWidth(fd: number, offset: Offset, width: 1 | 2 | 4): number;
   preadWidth(fd: number, offset: Offset, width: 8): bigint;

@@ -74,6 +74,13 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// isatty(fd): whether fd is a terminal. The CLI asks it for stderr's progress bar, where Node's
+// own answer (the tty module) would load net and the stream modules into every command.
+Napi::Value IsATTY(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  return Napi::Boolean::New(info.Env(), isatty(fd) == 1);
+}
+
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "name must be a string");
@@ -467,6 +474,7 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+  exports.Set("isatty", Napi::Function::New(env, IsATTY, "isatty"));
   ExportTwin<PreadWidthOp>(env, exports, "preadWidth");
   ExportTwin<PwriteWidthOp>(env, exports, "pwriteWidth");
   ExportTwin<BulkOp<Bulk::kPread>>(env, exports, "pread");

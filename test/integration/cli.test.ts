@@ -87,6 +87,29 @@ describe('vfio-mig against real devices', { skip: needsDriver }, () => {
     assert.equal(b.get('checksum'), a.get('checksum'));
   });
 
+  test('save with progress (stderr a pipe): progress lines, and neither node:net nor node:tty loaded for them', () => {
+    const a = make('v2', 4 << 20);
+    a.set('mutate', '5');
+    spawnSync('mkdir', ['-p', TMP]);
+    // Preloaded: prints at exit the builtins loaded after Node's own start-up.
+    const probe = join(TMP, 'probe.js');
+    writeFileSync(
+      probe,
+      `const base = new Set(process.moduleLoadList);
+process.on('exit', () => require('fs').writeSync(2, '\\nLOADED ' + process.moduleLoadList.filter((m) => !base.has(m)).join(' ') + '\\n'));`,
+    );
+    const file = join(TMP, 'progress.vfmig');
+    const r = spawnSync(process.execPath, ['-r', probe, BIN, 'save', a.uuid, '-o', file, '--leave', 'running'], {
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /^stop-copy: /m, 'a progress line per phase');
+    const loaded = ` ${/LOADED (.*)/.exec(r.stderr)?.[1] ?? ''} `;
+    assert.ok(loaded.includes(' NativeModule vm '), `the probe saw the bundle load (${r.stderr})`);
+    for (const m of ['net', 'tty']) assert.ok(!loaded.includes(` NativeModule ${m} `), `save loaded node:${m}`);
+    rmSync(file, { force: true });
+  });
+
   test('Ctrl-C during save: exit 130, the source runs, no file under the final name', async () => {
     const a = make('v1-trapped', 32 << 20);
     a.set('mutate', '9');

@@ -6,6 +6,8 @@ import { closeSync, constants, mkdtempSync, openSync, readSync, rmSync, writeFil
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StdioText } from '../../cli/stdio';
+import { ProgressView } from '../../cli/progress';
+import { native } from '../../lib/native';
 
 const BIN = join(__dirname, '../../bin/vfio-mig.js');
 
@@ -130,4 +132,55 @@ process.on('exit', () => require('fs').writeSync(2, '\\nLOADED ' + process.modul
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('host: native.isatty: a pipe is not a terminal, a pseudo-terminal is (what progress asks of stderr)', () => {
+  const f = fifo();
+  const pty = openSync('/dev/ptmx', constants.O_RDWR | constants.O_NOCTTY);
+  try {
+    assert.equal(native.isatty(f.write), false);
+    assert.equal(native.isatty(pty), true);
+  } finally {
+    closeSync(pty);
+    f.done();
+  }
+});
+
+test('ProgressView: one line per phase through io.err when stderr is not a terminal; a redrawn bar when it is; nothing when quiet', () => {
+  const progress = (phase: 'precopy' | 'stop-copy' | 'done', iteration: number, bytes: number) => ({
+    phase,
+    iteration,
+    bytes,
+    pendingBytes: phase === 'done' ? 0n : 1024n,
+    elapsedMs: 100,
+    throughput: 1 << 20,
+  });
+  const steps = [
+    progress('precopy', 0, 10),
+    progress('precopy', 0, 20),
+    progress('stop-copy', 0, 30),
+    progress('done', 0, 40),
+  ];
+  const run = (errIsTerminal: boolean, quiet = false): string => {
+    const got: string[] = [];
+    const view = new ProgressView({ err: (t) => got.push(t), errIsTerminal }, { quiet });
+    for (const p of steps) view.update(p);
+    view.finish();
+    return got.join('');
+  };
+  const lines = run(false);
+  assert.deepEqual(
+    lines
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.split(':')[0]),
+    ['pre-copy #1', 'stop-copy', 'done'],
+    lines,
+  );
+  assert.ok(!lines.includes('\r'));
+  const bar = run(true);
+  assert.equal(bar.split('\r\x1b[K').length - 1, steps.length, 'every update redraws the line');
+  assert.ok(bar.endsWith('\n'), 'the bar ends with a newline');
+  assert.equal(run(true, true), '');
+  assert.equal(run(false, true), '');
 });
