@@ -127,6 +127,8 @@ export interface NativeAddon {
    * resolves the revents reported at once (0 when none). It never waits for readiness.
    */
   pollNowAsync(fd: number, events: number): Promise<number>;
+  /** The same poll() waiting up to `timeoutMs` (at most 60000) on the pool: resolves 0 when nothing came. */
+  pollAsync(fd: number, events: number, timeoutMs: number): Promise<number>;
   /**
    * Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended. A
    * regular file is read on the pool; a pipe, socket or terminal on a thread of its own, which

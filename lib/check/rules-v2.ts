@@ -123,6 +123,15 @@ export const V2_RULES: readonly Rule[] = [
     test: "at PRE_COPY's temporary end of stream, poll() reports POLLIN only if a read then gives data (readable over no data makes a client waiting in poll spin)",
   },
   {
+    id: 'v2.precopy.poll-wakes',
+    protocol: 'v2',
+    area: 'v2 data fd',
+    level: 'MUST',
+    source: H,
+    spec: 'Userspace can wait for more data (which may never come) by using poll.',
+    test: "at PRE_COPY's temporary end of stream, with nothing pending, a poll() that waits (up to 500 ms) returns before its time is up when the device has more data: two such wakes pass; two waits that run out their time with data to read behind them fail (skipped when no data came: a device that does not dirty itself has nothing to wake for)",
+  },
+  {
     id: 'v2.precopy-info.states',
     protocol: 'v2',
     area: 'v2 data fd',

@@ -72,6 +72,15 @@ export async function pollNow(fd: FdHandle): Promise<number | string> {
   }
 }
 
+/** What poll() says of the data fd within `timeoutMs` (0 when nothing came): revents, or the errno. */
+export async function pollWait(fd: FdHandle, timeoutMs: number): Promise<number | string> {
+  try {
+    return await fd.run((f) => native.pollAsync(f, POLLIN, timeoutMs));
+  } catch (err) {
+    return errnoName(err);
+  }
+}
+
 const POLL_EVENTS: readonly [string, number][] = [
   ['POLLIN', POLLIN],
   ['POLLOUT', POLLOUT],

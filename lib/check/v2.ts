@@ -17,7 +17,17 @@ import {
 } from '../uapi';
 import { supportedStates, v2StateName as name } from '../migration/v2';
 import { CheckContext, hex, refusal } from './context';
-import { checkFdMode, goTo, pollNames, pollNow, precopyInfo, readOnce, writeAll, type V2Probe } from './v2-support';
+import {
+  checkFdMode,
+  goTo,
+  pollNames,
+  pollNow,
+  pollWait,
+  precopyInfo,
+  readOnce,
+  writeAll,
+  type V2Probe,
+} from './v2-support';
 
 export type { V2Probe } from './v2-support';
 
@@ -188,8 +198,99 @@ async function precopyPoll(
     );
 }
 
+/** How long a poll() waits for the device's next data, and how many waits the rule takes at most. */
+const POLL_WAKE_MS = 500;
+const POLL_WAKE_ROUNDS = 4;
+
+/** Reads until the temporary end of stream and poll() says nothing is pending; false if it never did. */
+async function drainToQuiet(fd: FdHandle, buf: Buffer): Promise<boolean> {
+  for (let tries = 0; tries < 10; tries++) {
+    for (let reads = 0; reads < 256; reads++) {
+      const n = await readOnce(fd, buf);
+      if (!(typeof n === 'number' && n > 0)) break;
+    }
+    const now = await pollNow(fd);
+    if (typeof now === 'number' && !(now & POLLIN)) return true;
+  }
+  return false;
+}
+
+/**
+ * At PRE_COPY's temporary end of stream, a poll() that waits must wake when the device has more
+ * data. Each wait starts from a quiet moment (nothing pending), since poll() returns at once over
+ * data that is already there, which is no wake. A wait that returns early with data behind it is a
+ * wake; one that runs out its time with data behind it is a miss (poll() looks at the fd once
+ * more when its time is up, so a driver that never wakes the waiter still reports readable
+ * then). Two wakes pass; two misses fail (one could be data that came just before the time was
+ * up, or between the quiet check and the wait). No data at all is no verdict.
+ */
+async function precopyPollWakes(
+  ctx: CheckContext,
+  fd: FdHandle,
+  buf: Buffer,
+  ev: Record<string, string | number | null>,
+): Promise<void> {
+  const id = 'v2.precopy.poll-wakes';
+  const waits: string[] = [];
+  let wakes = 0;
+  let misses = 0;
+  for (let round = 1; round <= POLL_WAKE_ROUNDS; round++) {
+    if (!(await drainToQuiet(fd, buf))) {
+      ctx.skip(id, 'poll() never said "nothing pending" between reads: the device dirties faster than it is read', ev);
+      return;
+    }
+    const started = Date.now();
+    const revents = await pollWait(fd, POLL_WAKE_MS);
+    const waitedMs = Date.now() - started;
+    if (typeof revents === 'string') {
+      ctx.fail(id, `a poll() waiting on the PRE_COPY fd failed with ${revents}`, { ...ev, waits });
+      return;
+    }
+    const n = await readOnce(fd, buf);
+    const data = typeof n === 'number' && n > 0;
+    const early = (revents & POLLIN) !== 0 && waitedMs < POLL_WAKE_MS * 0.8;
+    waits.push(`${pollNames(revents)} after ${waitedMs} ms, then read ${String(n)}`);
+    const wev = { ...ev, waits };
+    if (!data) {
+      if (early)
+        ctx.skip(id, `poll() said readable after ${waitedMs} ms with no data to read (v2.precopy.poll's finding)`, wev);
+      else
+        ctx.skip(
+          id,
+          `no new data within ${POLL_WAKE_MS} ms: the device did not dirty itself, so nothing to wake for`,
+          wev,
+        );
+      return;
+    }
+    if (early) wakes++;
+    else misses++;
+    if (misses >= 2) {
+      ctx.fail(
+        id,
+        `${misses} of ${round} poll() waits of ${POLL_WAKE_MS} ms ran out their time although the device had data (read right after): a client waiting in poll() sleeps through it`,
+        wev,
+      );
+      return;
+    }
+    if (wakes >= 2 && (misses === 0 || round === POLL_WAKE_ROUNDS)) {
+      ctx.pass(id, `${wakes} of ${round} waiting poll() calls woke when the device had data`, wev);
+      return;
+    }
+  }
+  ctx.skip(id, `no clear answer in ${POLL_WAKE_ROUNDS} waits (${wakes} woke, ${misses} ran out their time)`, {
+    ...ev,
+    waits,
+  });
+}
+
 async function precopy(ctx: CheckContext, p: V2Probe): Promise<void> {
-  const ids = ['v2.precopy.enomsg', 'v2.precopy.poll', 'v2.precopy-info.states', 'v2.precopy-info.initial'];
+  const ids = [
+    'v2.precopy.enomsg',
+    'v2.precopy.poll',
+    'v2.precopy.poll-wakes',
+    'v2.precopy-info.states',
+    'v2.precopy-info.initial',
+  ];
   if (!p.engine.support.preCopy) {
     for (const id of ids) ctx.skip(id, 'the device does not flag VFIO_MIGRATION_PRE_COPY');
     return;
@@ -236,9 +337,13 @@ async function precopy(ctx: CheckContext, p: V2Probe): Promise<void> {
       );
     else
       ctx.skip('v2.precopy.enomsg', `no temporary end of stream within ${moved} bytes (the device keeps dirtying)`, ev);
-    if (end === undefined)
-      ctx.skip('v2.precopy.poll', `no temporary end of stream within ${moved} bytes (the device keeps dirtying)`, ev);
-    else await precopyPoll(ctx, fd, buf, ev);
+    if (end === undefined) {
+      for (const id of ['v2.precopy.poll', 'v2.precopy.poll-wakes'])
+        ctx.skip(id, `no temporary end of stream within ${moved} bytes (the device keeps dirtying)`, ev);
+    } else {
+      await precopyPoll(ctx, fd, buf, ev);
+      await precopyPollWakes(ctx, fd, buf, ev);
+    }
     await p.engine.setState(STOP_COPY);
     const err = await refusal(() => precopyInfo(fd));
     if (err === 'EINVAL')

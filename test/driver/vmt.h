@@ -236,6 +236,7 @@ extern const struct vmt_fault_desc vmt_fault_descs[VMT_F_NR];
 	X(V2_SEGMENTATION_STRICT, "v2.segmentation_strict", VMT_FP_V2)	\
 	X(V2_POLL_EOF_UNREADABLE, "v2.poll_eof_unreadable", VMT_FP_V2)	\
 	X(V2_POLL_PRECOPY_READABLE, "v2.poll_precopy_readable", VMT_FP_V2 | VMT_FP_PC) \
+	X(V2_POLL_NO_WAKE, "v2.poll_no_wake", VMT_FP_V2 | VMT_FP_PC)	\
 	X(RESET_STOPS, "reset_stops", VMT_FP_V1 | VMT_FP_V2)
 
 #define VMT_ENUM(id, name, flags) VMT_B_##id,

@@ -82,7 +82,7 @@ bool vmt_v2_running(struct vmt_dev *d)
 void vmt_v2_wake(struct vmt_dev *d)
 {
 	lockdep_assert_held(&d->lock);
-	if (d->saving_migf)
+	if (d->saving_migf && !vmt_bug(d, VMT_B_V2_POLL_NO_WAKE))
 		wake_up_interruptible(&d->saving_migf->wq);
 }
 

@@ -20,12 +20,16 @@ const kernelReports =
     /^CONFIG_IOMMUFD_DRIVER=y/m.test(readFileSync(`.cache/vm/${guestKernel}/config`, 'utf8')));
 
 /** A test-driver instance with a full 1 MiB state (not all zero pages), opened and checked. */
-async function check(kind: Kind, options: { bug?: string; only?: string[]; reservedBits?: number } = {}) {
+async function check(
+  kind: Kind,
+  options: { bug?: string; only?: string[]; reservedBits?: number; dirtyRate?: number } = {},
+) {
   const d = new TestDevice(kind, { stateSize: 1 << 20 });
   try {
     if (options.reservedBits !== undefined) d.set('reserved_bits', options.reservedBits);
     d.set('mutate', 0x5eed);
     if (options.bug) d.set('bug', options.bug);
+    if (options.dirtyRate) d.set('dirty_rate', options.dirtyRate);
     const sum = d.checksum();
     let report: CheckReport;
     {
@@ -79,6 +83,21 @@ describe('vfio-mig check on the test driver', { skip: needsDriver }, () => {
     }
   });
 
+  test(
+    `v2 (${guestKernel}): a device that dirties itself wakes a waiting poll() (v2.precopy.poll-wakes passes); an idle one gives no verdict`,
+    { skip: hasPrecopy ? false : 'needs PRE_COPY (6.2+)' },
+    async () => {
+      const dirtying = await check('v2', { only: ['v2.precopy.poll-wakes'], dirtyRate: 1 << 20 });
+      const wakes = dirtying.report.findings.find((f) => f.id === 'v2.precopy.poll-wakes')!;
+      assert.equal(wakes.verdict, 'pass', `${wakes.detail}\n${formatReport(dirtying.report)}`);
+      assert.match(wakes.detail, /waiting poll\(\) calls woke/);
+      const idle = await check('v2', { only: ['v2.precopy.poll-wakes'] });
+      const none = idle.report.findings.find((f) => f.id === 'v2.precopy.poll-wakes')!;
+      assert.equal(none.verdict, 'skip', none.detail);
+      assert.match(none.detail, /did not dirty itself/);
+    },
+  );
+
   for (const bug of BUGS) {
     const kind: Kind = bug.protocol === 'v1' ? 'v1' : 'v2';
     test(
@@ -89,6 +108,7 @@ describe('vfio-mig check on the test driver', { skip: needsDriver }, () => {
           bug: bug.name,
           only: [bug.rule],
           reservedBits: kind === 'v1' ? 0x100 : undefined,
+          dirtyRate: bug.dirtyRate,
         });
         assert.equal(verdictOf(report, bug.rule), 'fail', formatReport(report));
         const text = formatReport(report);

@@ -211,6 +211,8 @@ export interface Bug {
   precopy: boolean;
   rule: string;
   what: string;
+  /** Bytes per second the device must dirty itself for the rule to see the bug (dirty_rate). */
+  dirtyRate?: number;
 }
 
 /** The `bug` catalogue of test/driver/README.md, with the checker rule each one breaks. */
@@ -298,6 +300,14 @@ export const BUGS: readonly Bug[] = [
     precopy: true,
     rule: 'v2.precopy.poll',
     what: "poll() of the saving fd reports readable at PRE_COPY's temporary end of stream",
+  },
+  {
+    name: 'v2.poll_no_wake',
+    protocol: 'v2',
+    precopy: true,
+    rule: 'v2.precopy.poll-wakes',
+    what: 'in PRE_COPY, data the device dirties does not wake a poll() waiting on the saving fd',
+    dirtyRate: 1 << 20,
   },
   {
     name: 'reset_stops',

@@ -371,3 +371,31 @@ test('host: pollNowAsync says what a fifo reports at once (nothing, POLLIN, POLL
     rmSync(dir, { recursive: true });
   }
 });
+
+test('host: pollAsync waits: it times out with 0 over an empty fifo, and wakes when data comes, without holding the JS thread', async () => {
+  const { POLLIN } = native.constants as Record<string, number>;
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-poll-'));
+  const fifo = join(dir, 'p');
+  execFileSync('mkfifo', [fifo]);
+  const r = native.open(fifo, 0o4000 /* O_RDONLY | O_NONBLOCK: no writer yet */);
+  const w = openSync(fifo, 'w');
+  try {
+    let t0 = Date.now();
+    assert.equal(await native.pollAsync(r, POLLIN!, 150), 0, 'nothing came: 0');
+    assert.ok(Date.now() - t0 >= 140, `it waited (${Date.now() - t0} ms)`);
+    t0 = Date.now();
+    let ticked = false;
+    setTimeout(() => {
+      ticked = true;
+      writeFileSync(w, 'x');
+    }, 100);
+    assert.equal((await native.pollAsync(r, POLLIN!, 10000)) & POLLIN!, POLLIN);
+    assert.ok(ticked, 'the JS thread ran the timer while the poll waited');
+    assert.ok(Date.now() - t0 < 5000, `woken by the write, not the timeout (${Date.now() - t0} ms)`);
+    assert.throws(() => native.pollAsync(r, POLLIN!, 60001), RangeError);
+  } finally {
+    closeSync(w);
+    native.close(r);
+    rmSync(dir, { recursive: true });
+  }
+});
