@@ -349,13 +349,18 @@ test('an fd opened by a plain file path is usable by node:fs too', () => {
   }
 });
 
-test('host: pollNowAsync says what a fifo reports at once (nothing, POLLIN, POLLHUP) and never waits', async () => {
-  const { POLLIN, POLLHUP } = native.constants as Record<string, number>;
+/** A FIFO opened for polling: `r` by the addon (non-blocking, opened before any writer), `w` by Node. */
+function pollFifo(): { r: number; w: number; dir: string } {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-poll-'));
   const fifo = join(dir, 'p');
   execFileSync('mkfifo', [fifo]);
   const r = native.open(fifo, 0o4000 /* O_RDONLY | O_NONBLOCK: no writer yet */);
-  const w = openSync(fifo, 'w');
+  return { r, w: openSync(fifo, 'w'), dir };
+}
+
+test('host: pollNowAsync says what a fifo reports at once (nothing, POLLIN, POLLHUP) and never waits', async () => {
+  const { POLLIN, POLLHUP } = native.constants as Record<string, number>;
+  const { r, w, dir } = pollFifo();
   try {
     const t0 = Date.now();
     assert.equal(await native.pollNowAsync(r, POLLIN!), 0, 'an empty fifo with a writer: nothing');
@@ -374,11 +379,7 @@ test('host: pollNowAsync says what a fifo reports at once (nothing, POLLIN, POLL
 
 test('host: pollAsync waits: it times out with 0 over an empty fifo, and wakes when data comes, without holding the JS thread', async () => {
   const { POLLIN } = native.constants as Record<string, number>;
-  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-poll-'));
-  const fifo = join(dir, 'p');
-  execFileSync('mkfifo', [fifo]);
-  const r = native.open(fifo, 0o4000 /* O_RDONLY | O_NONBLOCK: no writer yet */);
-  const w = openSync(fifo, 'w');
+  const { r, w, dir } = pollFifo();
   try {
     let t0 = Date.now();
     assert.equal(await native.pollAsync(r, POLLIN!, 150), 0, 'nothing came: 0');
