@@ -123,11 +123,9 @@ export interface NativeAddon {
   /** F_SETPIPE_SZ: resolves the pipe's capacity after the call. */
   setPipeSize(fd: number, bytes: number): number;
   /**
-   * One poll() of `fd` for `events` (constants.POLLIN, ...) with a zero timeout, on the libuv pool:
-   * resolves the revents reported at once (0 when none). It never waits for readiness.
+   * One poll() of `fd` for `events` (constants.POLLIN, ...) on the libuv pool, waiting at most
+   * `timeoutMs` (0: not at all; at most 60000): resolves the revents reported, 0 when none came.
    */
-  pollNowAsync(fd: number, events: number): Promise<number>;
-  /** The same poll() waiting up to `timeoutMs` (at most 60000) on the pool: resolves 0 when nothing came. */
   pollAsync(fd: number, events: number, timeoutMs: number): Promise<number>;
   /**
    * Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended. A

@@ -400,13 +400,17 @@ Napi::Value SetPipeSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r);
 }
 
-// One poll() of fd for events on the pool (a driver's poll op may take the device's lock, and a
-// wait must not hold the JS thread): resolves the revents, 0 when none came within timeout_ms.
+// pollAsync(fd, events, timeoutMs): one poll() of fd for events on the pool (a driver's poll op
+// may take the device's lock, and a wait must not hold the JS thread), waiting at most timeoutMs
+// (0: not at all; at most 60 s, a pool thread waits): resolves the revents, 0 when none came.
 // The conformance checker asks what a data_fd's poll says, at once or after a bounded wait.
-Napi::Value PollOnPool(const Napi::CallbackInfo& info, int timeout_ms) {
+Napi::Value PollAsync(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   uint32_t events = ArgU32(info, 1, "events");
   if (events > 0x7fff) throw Napi::RangeError::New(info.Env(), "events must fit in a short");
+  uint32_t timeout = ArgU32(info, 2, "timeoutMs");
+  if (timeout > 60000) throw Napi::RangeError::New(info.Env(), "timeoutMs must be at most 60000");
+  int timeout_ms = static_cast<int>(timeout);
   auto work = [fd, events, timeout_ms] {
     Outcome out;
     pollfd p = {fd, static_cast<short>(events), 0};
@@ -419,16 +423,6 @@ Napi::Value PollOnPool(const Napi::CallbackInfo& info, int timeout_ms) {
     return out;
   };
   return RunAsync(info.Env(), "poll", "", work, BytesResult);
-}
-
-// pollNowAsync(fd, events): zero timeout; what the fd reports at this moment, never waiting.
-Napi::Value PollNowAsync(const Napi::CallbackInfo& info) { return PollOnPool(info, 0); }
-
-// pollAsync(fd, events, timeoutMs): waits up to timeoutMs (at most 60 s: a pool thread waits).
-Napi::Value PollAsync(const Napi::CallbackInfo& info) {
-  uint32_t timeout = ArgU32(info, 2, "timeoutMs");
-  if (timeout > 60000) throw Napi::RangeError::New(info.Env(), "timeoutMs must be at most 60000");
-  return PollOnPool(info, static_cast<int>(timeout));
 }
 
 }  // namespace
@@ -501,7 +495,6 @@ void InitIo(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32", Napi::Function::New(env, Crc32Sync, "crc32"));
   exports.Set("crc32Async", Napi::Function::New(env, Crc32Async, "crc32Async"));
   exports.Set("setPipeSize", Napi::Function::New(env, SetPipeSize, "setPipeSize"));
-  exports.Set("pollNowAsync", Napi::Function::New(env, PollNowAsync, "pollNowAsync"));
   exports.Set("pollAsync", Napi::Function::New(env, PollAsync, "pollAsync"));
 }
 

@@ -63,15 +63,6 @@ export async function precopyInfo(fd: FdHandle): Promise<{ initial: bigint; dirt
   return { initial: raw.readBigUInt64LE(l.initial_bytes), dirty: raw.readBigUInt64LE(l.dirty_bytes) };
 }
 
-/** What poll() says of the data fd at this moment (it never waits): revents, or the errno. */
-export async function pollNow(fd: FdHandle): Promise<number | string> {
-  try {
-    return await fd.run((f) => native.pollNowAsync(f, POLLIN));
-  } catch (err) {
-    return errnoName(err);
-  }
-}
-
 /** What poll() says of the data fd within `timeoutMs` (0 when nothing came): revents, or the errno. */
 export async function pollWait(fd: FdHandle, timeoutMs: number): Promise<number | string> {
   try {
@@ -79,6 +70,11 @@ export async function pollWait(fd: FdHandle, timeoutMs: number): Promise<number 
   } catch (err) {
     return errnoName(err);
   }
+}
+
+/** What poll() says of the data fd at this moment (it never waits): revents, or the errno. */
+export function pollNow(fd: FdHandle): Promise<number | string> {
+  return pollWait(fd, 0);
 }
 
 const POLL_EVENTS: readonly [string, number][] = [

@@ -219,7 +219,8 @@ export class ByteQueue implements AsyncIterable<Buffer> {
   #drain: (() => void) | undefined;
   readonly #highWater: number;
 
-  constructor(highWater = 64 << 20) {
+  /** `highWater`: bytes queued before push() holds back (receive's RECEIVE_QUEUE_BYTES). */
+  constructor(highWater: number) {
     this.#highWater = highWater;
   }
 

@@ -5,6 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestDevice, needsDriver } from '../support/test-driver';
+import { spawnWithBuiltins } from '../support/builtins-probe';
 
 const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-cli-test';
@@ -91,22 +92,12 @@ describe('vfio-mig against real devices', { skip: needsDriver }, () => {
     const a = make('v2', 4 << 20);
     a.set('mutate', '5');
     spawnSync('mkdir', ['-p', TMP]);
-    // Preloaded: prints at exit the builtins loaded after Node's own start-up.
-    const probe = join(TMP, 'probe.js');
-    writeFileSync(
-      probe,
-      `const base = new Set(process.moduleLoadList);
-process.on('exit', () => require('fs').writeSync(2, '\\nLOADED ' + process.moduleLoadList.filter((m) => !base.has(m)).join(' ') + '\\n'));`,
-    );
     const file = join(TMP, 'progress.vfmig');
-    const r = spawnSync(process.execPath, ['-r', probe, BIN, 'save', a.uuid, '-o', file, '--leave', 'running'], {
-      encoding: 'utf8',
-    });
+    const r = spawnWithBuiltins(BIN, ['save', a.uuid, '-o', file, '--leave', 'running']);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /^stop-copy: /m, 'a progress line per phase');
-    const loaded = ` ${/LOADED (.*)/.exec(r.stderr)?.[1] ?? ''} `;
-    assert.ok(loaded.includes(' NativeModule vm '), `the probe saw the bundle load (${r.stderr})`);
-    for (const m of ['net', 'tty']) assert.ok(!loaded.includes(` NativeModule ${m} `), `save loaded node:${m}`);
+    assert.ok(r.loaded('vm'), `the probe saw the bundle load (${r.stderr})`);
+    for (const m of ['net', 'tty']) assert.ok(!r.loaded(m), `save loaded node:${m}`);
     rmSync(file, { force: true });
   });
 

@@ -1,13 +1,14 @@
 // Host tests of the CLI's output (cli/stdio.ts): text by write(2) without Node's stdio streams, the stream only on demand, EAGAIN and EPIPE.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StdioText } from '../../cli/stdio';
 import { ProgressView } from '../../cli/progress';
 import { native } from '../../lib/native';
+import { spawnWithBuiltins } from '../support/builtins-probe';
 
 const BIN = join(__dirname, '../../bin/vfio-mig.js');
 
@@ -112,25 +113,11 @@ test('StdioText: a reader gone (EPIPE) loses the text without an error or a stre
 
 test('host: a short command loads neither node:net nor the stream modules (stdout a pipe, as under a script)', () => {
   // Preloaded: prints at exit the builtins loaded after Node's own start-up.
-  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-stdio-'));
-  const probe = join(dir, 'probe.js');
-  writeFileSync(
-    probe,
-    `const base = new Set(process.moduleLoadList);
-process.on('exit', () => require('fs').writeSync(2, '\\nLOADED ' + process.moduleLoadList.filter((m) => !base.has(m)).join(' ') + '\\n'));`,
-  );
-  try {
-    for (const args of [['--version'], ['list', '--no-probe', '--json'], ['state', '0000:ff:1f.7']]) {
-      const r = spawnSync(process.execPath, ['-r', probe, BIN, ...args], { encoding: 'utf8' });
-      // "NativeModule net NativeModule vm Internal Binding os ...": names are bounded by spaces.
-      const loaded = ` ${/LOADED (.*)/.exec(r.stderr)?.[1] ?? ''} `;
-      assert.ok(loaded.includes(' NativeModule vm '), `${args.join(' ')}: the probe saw the bundle load (${r.stderr})`);
-      for (const m of ['net', 'stream', 'tty'])
-        assert.ok(!loaded.includes(` NativeModule ${m} `), `${args.join(' ')} loaded node:${m}`);
-      assert.ok(r.stdout.length || r.stderr.includes('0000:ff:1f.7'), `${args.join(' ')} printed its result`);
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+  for (const args of [['--version'], ['list', '--no-probe', '--json'], ['state', '0000:ff:1f.7']]) {
+    const r = spawnWithBuiltins(BIN, args);
+    assert.ok(r.loaded('vm'), `${args.join(' ')}: the probe saw the bundle load (${r.stderr})`);
+    for (const m of ['net', 'stream', 'tty']) assert.ok(!r.loaded(m), `${args.join(' ')} loaded node:${m}`);
+    assert.ok(r.stdout.length || r.stderr.includes('0000:ff:1f.7'), `${args.join(' ')} printed its result`);
   }
 });
 
