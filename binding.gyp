@@ -7,6 +7,7 @@
         "native/common.cc",
         "native/io.cc",
         "native/buffers.cc",
+        "native/heap.cc",
         "native/wait.cc",
         "native/vfio.cc",
         "native/mapping.cc",

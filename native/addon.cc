@@ -1,4 +1,4 @@
-// Entry point of the vfio-migration native addon: syscalls only, no protocol logic.
+// Entry point of the vfio-migration native addon: syscalls and one hint to V8 (heap.cc), no protocol logic.
 #include "common.h"
 
 namespace vfio {
@@ -19,6 +19,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(new AddonData());
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   InitBuffers(env, exports);
+  InitHeap(env, exports);
   InitWait(env, exports);
   InitIo(env, exports);
   InitVfio(env, exports);

@@ -1,4 +1,5 @@
 // migrate(): the source end of a live migration of one or several devices as one transaction over a channel.
+import { GcHold } from '../gc-hold';
 import { MigrationError, type Recovery } from './errors';
 import { encoderWindow } from './pipeline';
 import { DEFAULT_PRECOPY_ITERATIONS, wantsPrecopy } from './policy';
@@ -98,6 +99,21 @@ export async function migrate(
   sources: readonly Migration[],
   channel: Channel,
   options: MigrateOptions = {},
+): Promise<MigrateResult> {
+  // Taken at the first stop, released once the destination runs (or on any way out).
+  const gc = new GcHold();
+  try {
+    return await migrateHolding(sources, channel, options, gc);
+  } finally {
+    gc.release();
+  }
+}
+
+async function migrateHolding(
+  sources: readonly Migration[],
+  channel: Channel,
+  options: MigrateOptions,
+  gc: GcHold,
 ): Promise<MigrateResult> {
   if (!sources.length) throw new TypeError('migrate: no source devices');
   if (sources.length > 0xffff) throw new RangeError('migrate: at most 65535 devices');
@@ -249,6 +265,8 @@ export async function migrate(
 
     step = 'stop-and-copy';
     if (local.signal.aborted) throw abortReason(local.signal, 'stop-and-copy');
+    // The downtime: no major GC of this process until the destination runs (lib/gc-hold.ts).
+    gc.take();
     await settleAll(
       sources,
       async (m, i) => {
@@ -326,6 +344,7 @@ export async function migrate(
     throw error;
   }
   timing.running = Date.now();
+  gc.release();
   signal?.removeEventListener('abort', onAbort);
   clearTimeout(dropChannel);
   wire.close('done');

@@ -1,10 +1,11 @@
 // receive(): the destination end of a migrate: checks the hello, RESUMING, loads and validates, runs after the commit.
+import { GcHold } from '../gc-hold';
 import { headerRefusal } from './identity';
 import { readAhead } from './pipeline';
 import { recoverDestination } from './recovery';
 import type { Migration } from './session';
 import { progressReporter } from './steps';
-import { StreamDecoder, type StreamHeader } from './stream';
+import { PHASE_STOP_COPY, StreamDecoder, type StreamHeader } from './stream';
 import { headerProblem } from './stream/header';
 import { releaseRecord } from './stream/sink';
 import { printable } from '../printable';
@@ -75,6 +76,21 @@ export async function receive(
   destinations: readonly Migration[],
   channel: Channel,
   options: ReceiveOptions = {},
+): Promise<ReceiveResult> {
+  // Taken when the sources' stop shows (stop-copy data, or a stream's end), released once the devices run.
+  const gc = new GcHold();
+  try {
+    return await receiveHolding(destinations, channel, options, gc);
+  } finally {
+    gc.release();
+  }
+}
+
+async function receiveHolding(
+  destinations: readonly Migration[],
+  channel: Channel,
+  options: ReceiveOptions,
+  gc: GcHold,
 ): Promise<ReceiveResult> {
   const start = Date.now();
   const timeoutMs = options.timeoutMs ?? DEFAULT_MIGRATE_TIMEOUT_MS;
@@ -173,6 +189,7 @@ export async function receive(
           'source',
         );
       for await (const record of readAhead(decoder.records())) {
+        if (record.phase === PHASE_STOP_COPY) gc.take();
         await m.engine.writeRecord(record);
         // Written: an in-process source may reuse the record's memory (a no-op for a copy).
         releaseRecord(record.payload);
@@ -182,6 +199,8 @@ export async function receive(
         report('resuming', 0, result[i]!.bytes);
         await maybeAck(i);
       }
+      // The sources have stopped (this one's stream is whole): the downtime runs.
+      gc.take();
       // The trailer checked out: RESUMING -> STOP is where the driver validates what it was given.
       await m.engine.finishLoad('stopped');
       resuming.delete(m);
