@@ -39,6 +39,11 @@ export class GcHold {
   }
 }
 
+/** How many holds are taken now (0 once every migration in this process released its own). */
+export function majorGcHolds(): number {
+  return holders;
+}
+
 /** Whether this process's V8 takes the hint holdMajorGc() gives. */
 export function canHoldMajorGc(): boolean {
   return native.majorGcHint;

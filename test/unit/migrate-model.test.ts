@@ -17,6 +17,7 @@ import {
 } from '../../lib/migration';
 import { WireEnd, decodePreamble, encodeFrame, encodePreamble } from '../../lib/migration/wire';
 import { V1ModelDevice, type ModelOptions } from '../models/v1-device';
+import { majorGcHolds } from '../../lib/gc-hold';
 
 function model(seed: number, opts: Partial<ModelOptions> = {}): { dev: V1ModelDevice; mig: Migration } {
   const dev = new V1ModelDevice({ stateSize: 20000, chunkSize: 4096, ...opts });
@@ -111,6 +112,32 @@ test('model: three devices with pre-copy and switchover-ack migrate together', a
   assert.ok(r.devices.every((d) => d.precopyIterations >= 1));
 });
 
+test('model: the major-GC hold covers the downtime only: none while pre-copying, held when the destination validates, released after', async () => {
+  const src = model(9);
+  const seen: string[] = [];
+  const dst = model(0, {
+    fault: (a) => {
+      if (a === 'pwrite data' || a === 'write device_state') seen.push(`${a} ${majorGcHolds()}`);
+    },
+  });
+  const r = await migrateLocal([[src.mig, dst.mig]]);
+  assert.ok(r.devices[0]!.precopyIterations > 0, 'pre-copied');
+  assert.equal(
+    seen.find((s) => s.startsWith('pwrite data')),
+    'pwrite data 0',
+    'not held during pre-copy',
+  );
+  // The destination's device_state writes: STOP -> RESUMING before the stop, RESUMING -> STOP
+  // (validation) in the downtime, then RUNNING after the commit.
+  const states = seen.filter((s) => s.startsWith('write device_state')).map((s) => Number(s.split(' ').at(-1)));
+  assert.equal(states[0], 0, `not held while entering RESUMING (${seen.join(', ')})`);
+  assert.ok(
+    states.slice(1).some((n) => n >= 1),
+    `held when the destination validates (${seen.join(', ')})`,
+  );
+  assert.equal(majorGcHolds(), 0, 'released');
+});
+
 test('model: a destination fault while loading: the source RUNNING with its state, the destination reset', async () => {
   const src = model(7);
   const before = Buffer.from(src.dev.state);
@@ -130,6 +157,7 @@ test('model: a destination fault while loading: the source RUNNING with its stat
   assert.equal(src.dev.deviceState, 1, 'source RUNNING');
   assert.ok(src.dev.state.equals(before), 'source state intact');
   assert.ok(dst.dev.resets >= 1, 'destination reset');
+  assert.equal(majorGcHolds(), 0, 'the major-GC hold released');
 });
 
 test('model: one source fails while another reads: no recovery starts before every device step has ended', async () => {
@@ -377,6 +405,7 @@ test('model: the channel dies after the destination said "loaded", before the co
   assert.ok(cut);
   assert.equal(src.dev.deviceState, 1, 'source RUNNING');
   assert.ok(dst.dev.resets >= 1, 'destination reset');
+  assert.equal(majorGcHolds(), 0, 'both ends released the major-GC hold');
 });
 
 test('model: a source that hangs after the hello: the receiver times out and resets its device', async () => {
