@@ -39,6 +39,16 @@ export class GcHold {
   }
 }
 
+/** Runs `step` with a GcHold it may take, and releases that hold however the step ends. */
+export async function withGcHold<T>(step: (gc: GcHold) => Promise<T>): Promise<T> {
+  const gc = new GcHold();
+  try {
+    return await step(gc);
+  } finally {
+    gc.release();
+  }
+}
+
 /** How many holds are taken now (0 once every migration in this process released its own). */
 export function majorGcHolds(): number {
   return holders;

@@ -1,5 +1,5 @@
 // migrate(): the source end of a live migration of one or several devices as one transaction over a channel.
-import { GcHold } from '../gc-hold';
+import { withGcHold, type GcHold } from '../gc-hold';
 import { MigrationError, type Recovery } from './errors';
 import { encoderWindow } from './pipeline';
 import { DEFAULT_PRECOPY_ITERATIONS, wantsPrecopy } from './policy';
@@ -95,18 +95,13 @@ async function quiesce(sources: readonly Migration[]): Promise<void> {
  * `channel`, paired in order. Until the commit, any failure returns every source to RUNNING and
  * the destination resets its devices; the error says which side failed (MigrateError.side).
  */
-export async function migrate(
+export function migrate(
   sources: readonly Migration[],
   channel: Channel,
   options: MigrateOptions = {},
 ): Promise<MigrateResult> {
   // Taken at the first stop, released once the destination runs (or on any way out).
-  const gc = new GcHold();
-  try {
-    return await migrateHolding(sources, channel, options, gc);
-  } finally {
-    gc.release();
-  }
+  return withGcHold((gc) => migrateHolding(sources, channel, options, gc));
 }
 
 async function migrateHolding(

@@ -1,5 +1,5 @@
 // receive(): the destination end of a migrate: checks the hello, RESUMING, loads and validates, runs after the commit.
-import { GcHold } from '../gc-hold';
+import { withGcHold, type GcHold } from '../gc-hold';
 import { headerRefusal } from './identity';
 import { readAhead } from './pipeline';
 import { recoverDestination } from './recovery';
@@ -72,18 +72,13 @@ export const RECEIVE_QUEUE_BYTES = 4 << 20;
  * Receives a migrate from the other end of `channel` into `destinations`, paired in order. Until
  * the source's commit, any failure resets every destination device; after it, they run.
  */
-export async function receive(
+export function receive(
   destinations: readonly Migration[],
   channel: Channel,
   options: ReceiveOptions = {},
 ): Promise<ReceiveResult> {
   // Taken when the sources' stop shows (stop-copy data, or a stream's end), released once the devices run.
-  const gc = new GcHold();
-  try {
-    return await receiveHolding(destinations, channel, options, gc);
-  } finally {
-    gc.release();
-  }
+  return withGcHold((gc) => receiveHolding(destinations, channel, options, gc));
 }
 
 async function receiveHolding(
