@@ -105,7 +105,18 @@ describe('soak: save/load round trips', { skip: needsDriver }, () => {
     // stops, though not always within the warm-up (a loaded CI guest on 6.1: 60.6 MiB after it,
     // 75.5 half-way, 78.4 at the end; quiet runs plateau at 74-78 MiB). So the second half is judged:
     // a leak of 128 KiB per round trip would add 10 MiB there.
-    assert.ok(end.rss - middle < RSS_TOLERANCE, `RSS grew by ${end.rss - middle} bytes in the second half`);
+    let grown = end.rss - middle;
+    if (grown >= RSS_TOLERANCE) {
+      // Settling can reach into the second half on a loaded guest (a CI run on 6.12: 61.4 MiB
+      // after the warm-up, 64.7 half-way, 73.1 at the end, within the plateau above), while a
+      // leak grows every stretch alike: judge one more stretch of the same length instead.
+      const more = IN_PROCESS - half;
+      for (let i = IN_PROCESS; i < IN_PROCESS + more; i++) await roundTrip(i);
+      const last = await rss();
+      console.log(`soak in-process: ${more} more round trips, RSS ${(last / 2 ** 20).toFixed(1)} MiB`);
+      grown = last - end.rss;
+    }
+    assert.ok(grown < RSS_TOLERANCE, `RSS grew by ${grown} bytes in the last stretch of round trips`);
   });
 
   test(`${ACROSS_PROCESSES} round trips through vfio-mig processes: live_allocs flat, devices RUNNING`, () => {
