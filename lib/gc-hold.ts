@@ -1,41 +1,34 @@
 // Holds off V8's major garbage collections through a migration's downtime; nested holds are counted.
 import { native } from './native';
 
+/** Holds taken in this process; the hint is on while there is at least one. */
 let holders = 0;
 
 /**
- * Asks V8 not to run a major (mark-compact) collection until the returned release is called,
- * which a migration does from the first source stop until the destination runs: a full
- * collection there stops the JS thread that drives every device (24-75 ms in the test guest,
- * where V8's old-generation limit is reached by the I/O buffers' native memory alone). V8 still
- * collects past its own bounds (a heap far over its limit, a hold of more than a few seconds),
- * and young-generation collections go on. A collection held off runs after the release.
+ * One step's hold: while taken, V8 is asked not to run a major (mark-compact) collection. A
+ * migration takes it from the first source stop until the destination runs: a full collection
+ * there stops the JS thread that drives every device (24-75 ms in the test guest, where V8's
+ * old-generation limit is reached by the I/O buffers' native memory alone). V8 still collects
+ * past its own bounds (a heap far over its limit, a hold of more than a few seconds), and
+ * young-generation collections go on. A collection held off runs after the release.
  *
- * Holds nest: the hint ends when the last holder releases (a migrate and a receive in one
- * process). Release is idempotent. On a V8 that takes no such hint, holding does nothing.
+ * Holds nest: the hint ends when the last one is released (a migrate and a receive in one
+ * process). take() and release() are each idempotent. On a V8 that takes no such hint
+ * (canHoldMajorGc() false), holding does nothing.
  */
-export function holdMajorGc(): () => void {
-  if (holders++ === 0) native.deferMajorGc(true);
-  let released = false;
-  return () => {
-    if (released) return;
-    released = true;
-    if (--holders === 0) native.deferMajorGc(false);
-  };
-}
-
-/** One hold a step takes at most once and releases at most once (migrate's and receive's downtime). */
 export class GcHold {
-  #release: (() => void) | undefined;
+  #held = false;
 
   take(): void {
-    this.#release ??= holdMajorGc();
+    if (this.#held) return;
+    this.#held = true;
+    if (holders++ === 0) native.deferMajorGc(true);
   }
 
   release(): void {
-    const release = this.#release;
-    this.#release = undefined;
-    release?.();
+    if (!this.#held) return;
+    this.#held = false;
+    if (--holders === 0) native.deferMajorGc(false);
   }
 }
 
@@ -54,7 +47,7 @@ export function majorGcHolds(): number {
   return holders;
 }
 
-/** Whether this process's V8 takes the hint holdMajorGc() gives. */
+/** Whether this process's V8 takes the hint a GcHold gives. */
 export function canHoldMajorGc(): boolean {
   return native.majorGcHint;
 }

@@ -63,8 +63,8 @@ export interface NativeAddon {
    * buffer was detached meanwhile).
    */
   allocBuffer(size: number): Buffer;
-  /** Hints V8 to hold off major garbage collections (true) or not (false); false back if this V8 takes no such hint (lib/gc-hold.ts). */
-  deferMajorGc(on: boolean): boolean;
+  /** Hints V8 to hold off major garbage collections (true) or not (false); nothing where majorGcHint is false (lib/gc-hold.ts). */
+  deferMajorGc(on: boolean): void;
   /** Whether deferMajorGc() reaches this V8 (it is compiled for V8 11 and 12.0-12.4: Node 20 and 22). */
   readonly majorGcHint: boolean;
   /** Makes every readAtLeastAsync started with this cancelId reject with ECANCELED. */

@@ -1,4 +1,4 @@
-// Host tests (real V8, in child processes) of holdMajorGc: I/O buffers that push V8 past its old-generation limit run no mark-compact while held.
+// Host tests (real V8, in child processes) of GcHold: I/O buffers that push V8 past its old-generation limit run no mark-compact while held.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
