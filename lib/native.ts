@@ -48,6 +48,13 @@ export interface NativeMapping {
   dmaRelease(): void;
 }
 
+/** What pollWakeAsync saw: events already pending, or the wait's end and length. */
+export interface PollWake {
+  readyBefore: boolean;
+  revents: number;
+  waitedMs: number;
+}
+
 export interface StructLayout {
   size: number;
   fields: Record<string, { offset: number; size: number }>;
@@ -131,6 +138,13 @@ export interface NativeAddon {
    * `timeoutMs` (0: not at all; at most 60000): resolves the revents reported, 0 when none came.
    */
   pollAsync(fd: number, events: number, timeoutMs: number): Promise<number>;
+  /**
+   * Whether a wait that begins with nothing pending wakes: one pool job polls `fd` at once and,
+   * only when nothing is pending, waits at most `timeoutMs` (at most 60000). `readyBefore`: the
+   * events were already there and no wait began (`revents` are those); else `revents` is what the
+   * wait ended with (0: the time ran out) and `waitedMs` its length on the pool thread.
+   */
+  pollWakeAsync(fd: number, events: number, timeoutMs: number): Promise<PollWake>;
   /**
    * Reads into buffer[bufferOffset, +max) until at least min bytes came or the input ended. A
    * regular file is read on the pool; a pipe, socket or terminal on a thread of its own, which

@@ -28,28 +28,53 @@ function testDriverChecksum(device: Device): (() => bigint) | undefined {
   }
 }
 
-/** The whole state as the engine saves it (stop-and-copy only), so it can be loaded back at the end. */
-async function saveState(engine: MigrationEngine): Promise<Buffer[]> {
-  const out: Buffer[] = [];
+/**
+ * The whole state as the engine saves it (stop-and-copy only), so it can be loaded back at the end,
+ * and its checksum read while the device is stopped: a device that dirties itself while running
+ * has another state a moment before the stop.
+ */
+async function saveState(
+  engine: MigrationEngine,
+  checksum: (() => bigint) | undefined,
+): Promise<{ records: Buffer[]; sum: bigint | undefined }> {
+  const records: Buffer[] = [];
   await engine.enterStopCopy(() => {});
+  const sum = checksum?.();
   await engine.copy({
     stage: 'stop-copy',
     emit: async (payload) => {
-      out.push(Buffer.from(payload));
+      records.push(Buffer.from(payload));
     },
     onChunk() {},
   });
   await engine.finishSave('running');
-  return out;
+  return { records, sum };
 }
 
-async function restoreState(engine: MigrationEngine, device: Device, records: Buffer[]): Promise<void> {
+/**
+ * Loads the saved state back and runs the device. On v2 the checksum is read in STOP, before the
+ * device runs (and may dirty itself) again; v1 goes from _RESUMING straight to _RUNNING, the
+ * spec's sequence, and is read after.
+ */
+async function restoreState(
+  engine: MigrationEngine,
+  device: Device,
+  records: Buffer[],
+  checksum: (() => bigint) | undefined,
+): Promise<bigint | undefined> {
   engine.release();
   await device.reset();
   await engine.enterResuming();
   let sequence = 0n;
   for (const payload of records) await engine.writeRecord({ phase: 0, sequence: sequence++, payload });
-  await engine.finishLoad('running');
+  if (engine instanceof V1Engine) {
+    await engine.finishLoad('running');
+    return checksum?.();
+  }
+  await engine.finishLoad('stopped');
+  const sum = checksum?.();
+  await engine.toRunning();
+  return sum;
 }
 
 /**
@@ -78,9 +103,9 @@ export async function checkDevice(device: Device, options: CheckOptions = {}): P
     const initialV1 = engine instanceof V1Engine ? await engine.readDeviceState() : 0;
     const initialName = await engine.stateName();
     let saved: Buffer[] | null = null;
-    const sumBefore = checksum?.();
+    let sumBefore: bigint | undefined;
     try {
-      saved = await saveState(engine);
+      ({ records: saved, sum: sumBefore } = await saveState(engine, checksum));
     } catch (err) {
       engine.release();
       restore = {
@@ -109,8 +134,7 @@ export async function checkDevice(device: Device, options: CheckOptions = {}): P
     }
     if (saved) {
       try {
-        await restoreState(engine, device, saved);
-        const sumAfter = checksum?.();
+        const sumAfter = await restoreState(engine, device, saved, checksum);
         const state = await engine.stateName();
         if (sumBefore !== undefined && sumAfter !== sumBefore)
           restore = {

@@ -1,7 +1,7 @@
 // Helpers of the v2 checks: reaching a state, data fd reads and writes, its access mode, PRECOPY_INFO.
 import { readFileSync } from 'node:fs';
 import type { FdHandle } from '../fd-handle';
-import { native } from '../native';
+import { native, type PollWake } from '../native';
 import {
   layout,
   POLLERR,
@@ -64,9 +64,18 @@ export async function precopyInfo(fd: FdHandle): Promise<{ initial: bigint; dirt
 }
 
 /** What poll() says of the data fd within `timeoutMs` (0 when nothing came): revents, or the errno. */
-export async function pollWait(fd: FdHandle, timeoutMs: number): Promise<number | string> {
+async function pollWait(fd: FdHandle, timeoutMs: number): Promise<number | string> {
   try {
     return await fd.run((f) => native.pollAsync(f, POLLIN, timeoutMs));
+  } catch (err) {
+    return errnoName(err);
+  }
+}
+
+/** A poll() of the data fd that waits only if nothing is pending (native.pollWakeAsync), or the errno. */
+export async function pollWake(fd: FdHandle, timeoutMs: number): Promise<PollWake | string> {
+  try {
+    return await fd.run((f) => native.pollWakeAsync(f, POLLIN, timeoutMs));
   } catch (err) {
     return errnoName(err);
   }

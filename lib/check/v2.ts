@@ -1,6 +1,6 @@
 // The v2 checks (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE): flags, FSM arcs, the data fd, resuming.
 import type { FdHandle } from '../fd-handle';
-import { native } from '../native';
+import { native, type PollWake } from '../native';
 import {
   POLLIN,
   VFIO_DEVICE_STATE_ERROR as ERROR,
@@ -22,7 +22,7 @@ import {
   goTo,
   pollNames,
   pollNow,
-  pollWait,
+  pollWake,
   precopyInfo,
   readOnce,
   writeAll,
@@ -202,17 +202,27 @@ async function precopyPoll(
 const POLL_WAKE_MS = 500;
 const POLL_WAKE_ROUNDS = 4;
 
-/** Reads until the temporary end of stream and poll() says nothing is pending; false if it never did. */
-async function drainToQuiet(fd: FdHandle, buf: Buffer): Promise<boolean> {
-  for (let tries = 0; tries < 10; tries++) {
-    for (let reads = 0; reads < 256; reads++) {
-      const n = await readOnce(fd, buf);
-      if (!(typeof n === 'number' && n > 0)) break;
-    }
-    const now = await pollNow(fd);
-    if (typeof now === 'number' && !(now & POLLIN)) return true;
+/** Reads until the temporary end of stream (a read gives no data), at most 256 reads. */
+async function drainReads(fd: FdHandle, buf: Buffer): Promise<void> {
+  for (let reads = 0; reads < 256; reads++) {
+    const n = await readOnce(fd, buf);
+    if (!(typeof n === 'number' && n > 0)) return;
   }
-  return false;
+}
+
+/**
+ * A wait that begins at a quiet moment: reads to the temporary end of stream, then one poll() that
+ * waits only if nothing is pending (checked in the same pool job, so data that comes between the
+ * reads and the wait is seen as pending, never taken for a wake). Null when it never found a quiet
+ * moment in 10 tries.
+ */
+async function waitFromQuiet(fd: FdHandle, buf: Buffer): Promise<PollWake | string | null> {
+  for (let tries = 0; tries < 10; tries++) {
+    await drainReads(fd, buf);
+    const wait = await pollWake(fd, POLL_WAKE_MS);
+    if (typeof wait === 'string' || !wait.readyBefore) return wait;
+  }
+  return null;
 }
 
 /**
@@ -222,7 +232,7 @@ async function drainToQuiet(fd: FdHandle, buf: Buffer): Promise<boolean> {
  * wake; one that runs out its time with data behind it is a miss (poll() looks at the fd once
  * more when its time is up, so a driver that never wakes the waiter still reports readable
  * then). Two wakes pass; two misses fail (one could be data that came just before the time was
- * up, or between the quiet check and the wait). No data at all is no verdict.
+ * up). No data at all is no verdict.
  */
 async function precopyPollWakes(
   ctx: CheckContext,
@@ -235,25 +245,28 @@ async function precopyPollWakes(
   let wakes = 0;
   let misses = 0;
   for (let round = 1; round <= POLL_WAKE_ROUNDS; round++) {
-    if (!(await drainToQuiet(fd, buf))) {
+    const wait = await waitFromQuiet(fd, buf);
+    if (wait === null) {
       ctx.skip(id, 'poll() never said "nothing pending" between reads: the device dirties faster than it is read', ev);
       return;
     }
-    const started = Date.now();
-    const revents = await pollWait(fd, POLL_WAKE_MS);
-    const waitedMs = Date.now() - started;
-    if (typeof revents === 'string') {
-      ctx.fail(id, `a poll() waiting on the PRE_COPY fd failed with ${revents}`, { ...ev, waits });
+    if (typeof wait === 'string') {
+      ctx.fail(id, `a poll() waiting on the PRE_COPY fd failed with ${wait}`, { ...ev, waits });
       return;
     }
+    const { revents, waitedMs } = wait;
     const n = await readOnce(fd, buf);
     const data = typeof n === 'number' && n > 0;
     const early = (revents & POLLIN) !== 0 && waitedMs < POLL_WAKE_MS * 0.8;
-    waits.push(`${pollNames(revents)} after ${waitedMs} ms, then read ${String(n)}`);
+    waits.push(`${pollNames(revents)} after ${Math.round(waitedMs)} ms, then read ${String(n)}`);
     const wev = { ...ev, waits };
     if (!data) {
       if (early)
-        ctx.skip(id, `poll() said readable after ${waitedMs} ms with no data to read (v2.precopy.poll's finding)`, wev);
+        ctx.skip(
+          id,
+          `poll() said readable after ${Math.round(waitedMs)} ms with no data to read (v2.precopy.poll's finding)`,
+          wev,
+        );
       else
         ctx.skip(
           id,

@@ -400,3 +400,29 @@ test('host: pollAsync waits: it times out with 0 over an empty fifo, and wakes w
     rmSync(dir, { recursive: true });
   }
 });
+
+test('host: pollWakeAsync tells data already pending (no wait began) from a wait that woke or ran out, and times the wait', async () => {
+  const { POLLIN } = native.constants as Record<string, number>;
+  const { r, w, dir } = pollFifo();
+  try {
+    writeFileSync(w, 'x');
+    const pending = await native.pollWakeAsync(r, POLLIN!, 10000);
+    assert.deepEqual(pending, { readyBefore: true, revents: POLLIN, waitedMs: 0 }, 'pending before: no wait');
+    assert.equal(native.read(r, Buffer.alloc(16), 0, 16), 1, 'drained');
+    const quiet = await native.pollWakeAsync(r, POLLIN!, 150);
+    assert.equal(quiet.readyBefore, false);
+    assert.equal(quiet.revents, 0, 'nothing came: 0');
+    assert.ok(quiet.waitedMs >= 140 && quiet.waitedMs < 5000, `it waited its time (${quiet.waitedMs} ms)`);
+    setTimeout(() => writeFileSync(w, 'y'), 100);
+    const woke = await native.pollWakeAsync(r, POLLIN!, 10000);
+    assert.equal(woke.readyBefore, false);
+    assert.equal(woke.revents & POLLIN!, POLLIN);
+    assert.ok(woke.waitedMs >= 50 && woke.waitedMs < 5000, `woken by the write (${woke.waitedMs} ms)`);
+    assert.throws(() => native.pollWakeAsync(r, POLLIN!, 60001), RangeError);
+    assert.throws(() => native.pollWakeAsync(r, 0x10000, 0), RangeError);
+  } finally {
+    closeSync(w);
+    native.close(r);
+    rmSync(dir, { recursive: true });
+  }
+});
