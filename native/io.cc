@@ -401,22 +401,33 @@ Napi::Value SetPipeSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), r);
 }
 
-// pollAsync(fd, events, timeoutMs): one poll() of fd for events on the pool (a driver's poll op
-// may take the device's lock, and a wait must not hold the JS thread), waiting at most timeoutMs
-// (0: not at all; at most 60 s, a pool thread waits): resolves the revents, 0 when none came.
-// The conformance checker asks what a data_fd's poll says, at once or after a bounded wait.
-Napi::Value PollAsync(const Napi::CallbackInfo& info) {
+// The (fd, events, timeoutMs) of pollAsync and pollWakeAsync, checked.
+struct PollArgs {
+  int fd;
+  short events;
+  int timeout_ms;
+};
+
+PollArgs ArgPoll(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   uint32_t events = ArgU32(info, 1, "events");
   if (events > 0x7fff) throw Napi::RangeError::New(info.Env(), "events must fit in a short");
   uint32_t timeout = ArgU32(info, 2, "timeoutMs");
   if (timeout > 60000) throw Napi::RangeError::New(info.Env(), "timeoutMs must be at most 60000");
-  int timeout_ms = static_cast<int>(timeout);
-  auto work = [fd, events, timeout_ms] {
+  return {fd, static_cast<short>(events), static_cast<int>(timeout)};
+}
+
+// pollAsync(fd, events, timeoutMs): one poll() of fd for events on the pool (a driver's poll op
+// may take the device's lock, and a wait must not hold the JS thread), waiting at most timeoutMs
+// (0: not at all; at most 60 s, a pool thread waits): resolves the revents, 0 when none came.
+// The conformance checker asks what a data_fd's poll says, at once or after a bounded wait.
+Napi::Value PollAsync(const Napi::CallbackInfo& info) {
+  PollArgs args = ArgPoll(info);
+  auto work = [args] {
     Outcome out;
-    pollfd p = {fd, static_cast<short>(events), 0};
+    pollfd p = {args.fd, args.events, 0};
     // EINTR restarts the whole wait: a signal can only make it longer than asked, never shorter.
-    int r = RetryEintr([&] { return poll(&p, 1, timeout_ms); });
+    int r = RetryEintr([&] { return poll(&p, 1, args.timeout_ms); });
     if (r < 0)
       out.err = errno;
     else
@@ -434,16 +445,11 @@ Napi::Value PollAsync(const Napi::CallbackInfo& info) {
 // the quiet check and the wait, where data that comes makes the wait return at once: the
 // checker's wake rule would count that as a wake, which it is not.
 Napi::Value PollWakeAsync(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  uint32_t events = ArgU32(info, 1, "events");
-  if (events > 0x7fff) throw Napi::RangeError::New(info.Env(), "events must fit in a short");
-  uint32_t timeout = ArgU32(info, 2, "timeoutMs");
-  if (timeout > 60000) throw Napi::RangeError::New(info.Env(), "timeoutMs must be at most 60000");
-  int timeout_ms = static_cast<int>(timeout);
+  PollArgs args = ArgPoll(info);
   constexpr int64_t kReadyBefore = 1 << 16;  // above any revents (a short)
-  auto work = [fd, events, timeout_ms] {
+  auto work = [args] {
     Outcome out;
-    pollfd p = {fd, static_cast<short>(events), 0};
+    pollfd p = {args.fd, args.events, 0};
     int r = RetryEintr([&] { return poll(&p, 1, 0); });
     if (r != 0) {
       if (r < 0)
@@ -454,7 +460,7 @@ Napi::Value PollWakeAsync(const Napi::CallbackInfo& info) {
     }
     auto started = std::chrono::steady_clock::now();
     p.revents = 0;
-    r = RetryEintr([&] { return poll(&p, 1, timeout_ms); });
+    r = RetryEintr([&] { return poll(&p, 1, args.timeout_ms); });
     auto waited = std::chrono::steady_clock::now() - started;
     if (r < 0) {
       out.err = errno;
