@@ -63,27 +63,19 @@ export async function precopyInfo(fd: FdHandle): Promise<{ initial: bigint; dirt
   return { initial: raw.readBigUInt64LE(l.initial_bytes), dirty: raw.readBigUInt64LE(l.dirty_bytes) };
 }
 
-/** What poll() says of the data fd within `timeoutMs` (0 when nothing came): revents, or the errno. */
-async function pollWait(fd: FdHandle, timeoutMs: number): Promise<number | string> {
-  try {
-    return await fd.run((f) => native.pollAsync(f, POLLIN, timeoutMs));
-  } catch (err) {
-    return errnoName(err);
-  }
+/** The outcome of a data fd call: its result, or the errno's name. */
+function orErrno<T>(call: Promise<T>): Promise<T | string> {
+  return call.catch(errnoName);
 }
 
 /** A poll() of the data fd that waits only if nothing is pending (native.pollWakeAsync), or the errno. */
-export async function pollWake(fd: FdHandle, timeoutMs: number): Promise<PollWake | string> {
-  try {
-    return await fd.run((f) => native.pollWakeAsync(f, POLLIN, timeoutMs));
-  } catch (err) {
-    return errnoName(err);
-  }
+export function pollWake(fd: FdHandle, timeoutMs: number): Promise<PollWake | string> {
+  return orErrno(fd.run((f) => native.pollWakeAsync(f, POLLIN, timeoutMs)));
 }
 
 /** What poll() says of the data fd at this moment (it never waits): revents, or the errno. */
 export function pollNow(fd: FdHandle): Promise<number | string> {
-  return pollWait(fd, 0);
+  return orErrno(fd.run((f) => native.pollAsync(f, POLLIN, 0)));
 }
 
 const POLL_EVENTS: readonly [string, number][] = [
@@ -102,12 +94,8 @@ export function pollNames(revents: number | string): string {
 }
 
 /** One read of the data fd: bytes, 0, or the errno. */
-export async function readOnce(fd: FdHandle, buf: Buffer): Promise<number | string> {
-  try {
-    return await fd.run((f) => native.readAsync(f, buf, 0, buf.length));
-  } catch (err) {
-    return errnoName(err);
-  }
+export function readOnce(fd: FdHandle, buf: Buffer): Promise<number | string> {
+  return orErrno(fd.run((f) => native.readAsync(f, buf, 0, buf.length)));
 }
 
 export async function writeAll(fd: FdHandle, data: Buffer, piece: (at: number) => number): Promise<void> {
