@@ -60,13 +60,32 @@ export function supportedStates(support: V2Support): Set<number> {
   return s;
 }
 
+// v2Path's answers, per support flags (p2p | preCopy << 1) and `from << 8 | to`: a state change
+// inside the downtime then costs no graph search (several per device, each one JS on the thread
+// that drives every device).
+const PATHS: Map<number, readonly number[] | null>[] = [new Map(), new Map(), new Map(), new Map()];
+
 /**
  * The shortest path of FSM arcs from `from` to `to`, as the kernel picks it: saving-group states
  * (PRE_COPY, PRE_COPY_P2P, STOP_COPY) are interior only inside one session; an unsupported P2P state behaves as its
  * running twin (so its arcs fold into that state); PRE_COPY arcs exist only with PRE_COPY support.
- * Returns the states to set, in order, excluding `from`; null when `to` is unreachable or unsupported.
+ * Returns the states to set, in order, excluding `from` (frozen: the same array is returned to
+ * every caller); null when `to` is unreachable or unsupported.
  */
-export function v2Path(from: number, to: number, support: V2Support): number[] | null {
+export function v2Path(from: number, to: number, support: V2Support): readonly number[] | null {
+  const memo = PATHS[(support.p2p ? 1 : 0) | (support.preCopy ? 2 : 0)]!;
+  // Only byte-sized states are remembered: anything else is refused by searchPath anyway.
+  const key = (from & 0xff) === from && (to & 0xff) === to ? (from << 8) | to : -1;
+  const known = memo.get(key);
+  if (known !== undefined) return known;
+  const path = searchPath(from, to, support);
+  const frozen = path && Object.freeze(path);
+  if (key >= 0) memo.set(key, frozen);
+  return frozen;
+}
+
+/** v2Path's breadth-first search over the arcs this support folds into. */
+function searchPath(from: number, to: number, support: V2Support): number[] | null {
   const states = supportedStates(support);
   if (!states.has(to) || !states.has(from)) return null;
   if (from === to) return [];

@@ -45,6 +45,7 @@ export class V2Engine implements MigrationEngine {
   // epoch stands, an arc starts from it without a GET (one ioctl less per arc, inside the
   // downtime). A failed data_fd read or write (after which a driver may enter ERROR) forgets it.
   #known: { state: number; epoch: number } | null = null;
+  #stateNames: readonly string[] | undefined;
 
   constructor(device: Device, support: V2Support, options: { readSize?: number } = {}) {
     this.device = device;
@@ -108,7 +109,9 @@ export class V2Engine implements MigrationEngine {
   }
 
   get stateNames(): readonly string[] {
-    return [...supportedStates(this.support)].map(v2StateName);
+    // The support flags never change: the names are listed once (receive asks at every resume).
+    this.#stateNames ??= Object.freeze([...supportedStates(this.support)].map(v2StateName));
+    return this.#stateNames;
   }
 
   async setStateByName(name: string): Promise<void> {
@@ -189,10 +192,11 @@ export class V2Engine implements MigrationEngine {
     }
     let cur = from;
     for (const next of path) {
-      const step = `set state ${v2StateName(cur)} -> ${v2StateName(next)}`;
       try {
         await this.#setArc(cur, next);
       } catch (err) {
+        // Named only on failure: a state change in the downtime builds no strings.
+        const step = `set state ${v2StateName(cur)} -> ${v2StateName(next)}`;
         let now: number | undefined;
         try {
           now = await this.getState();

@@ -69,3 +69,18 @@ test('unsupported targets and ERROR are refused', () => {
   assert.equal(v2Path(R, PC, { p2p: true, preCopy: false }), null);
   assert.equal(v2Path(R, 0, { p2p: true, preCopy: true }), null);
 });
+
+test('a path is computed once per support and returned frozen, so no caller can change the next one', () => {
+  const support = { p2p: true, preCopy: true };
+  const first = v2Path(PC, SC, support);
+  assert.deepEqual(first, [PP, SC]);
+  assert.equal(v2Path(PC, SC, { ...support }), first, 'the same array for equal flags');
+  assert.ok(Object.isFrozen(first));
+  assert.throws(() => (first as number[]).push(R), TypeError);
+  assert.deepEqual(v2Path(PC, SC, support), [PP, SC]);
+  // Other flags have their own answers: without P2P the path goes straight to STOP_COPY.
+  assert.deepEqual(v2Path(PC, SC, { p2p: false, preCopy: true }), [SC]);
+  // States outside a byte are refused, not remembered under a colliding key.
+  assert.equal(v2Path(R, 0x102, support), null);
+  assert.deepEqual(v2Path(R, S, support), [RP, S]);
+});
