@@ -73,15 +73,17 @@ const PATHS: Map<number, readonly number[] | null>[] = [new Map(), new Map(), ne
  * every caller); null when `to` is unreachable or unsupported.
  */
 export function v2Path(from: number, to: number, support: V2Support): readonly number[] | null {
+  // No state lies outside a byte (the search would refuse it too): the key below cannot collide.
+  if ((from & 0xff) !== from || (to & 0xff) !== to) return null;
   const memo = PATHS[(support.p2p ? 1 : 0) | (support.preCopy ? 2 : 0)]!;
-  // Only byte-sized states are remembered: anything else is refused by searchPath anyway.
-  const key = (from & 0xff) === from && (to & 0xff) === to ? (from << 8) | to : -1;
-  const known = memo.get(key);
-  if (known !== undefined) return known;
-  const path = searchPath(from, to, support);
-  const frozen = path && Object.freeze(path);
-  if (key >= 0) memo.set(key, frozen);
-  return frozen;
+  const key = (from << 8) | to;
+  let path = memo.get(key);
+  if (path === undefined) {
+    const found = searchPath(from, to, support);
+    path = found && Object.freeze(found);
+    memo.set(key, path);
+  }
+  return path;
 }
 
 /** v2Path's breadth-first search over the arcs this support folds into. */
