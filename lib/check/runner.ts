@@ -33,7 +33,7 @@ function testDriverChecksum(device: Device): (() => bigint) | undefined {
  * and its checksum read while the device is stopped: a device that dirties itself while running
  * has another state a moment before the stop.
  */
-async function saveState(
+export async function saveState(
   engine: MigrationEngine,
   checksum: (() => bigint) | undefined,
 ): Promise<{ records: Buffer[]; sum: bigint | undefined }> {
@@ -52,11 +52,12 @@ async function saveState(
 }
 
 /**
- * Loads the saved state back and runs the device. On v2 the checksum is read in STOP, before the
- * device runs (and may dirty itself) again; v1 goes from _RESUMING straight to _RUNNING, the
- * spec's sequence, and is read after.
+ * Loads the saved state back and runs the device. The checksum is read before the device runs
+ * (and may dirty itself) again, as the saved one was read stopped: on v2 in STOP; on v1, which
+ * leaves _RESUMING only for _RUNNING, in _RESUMING after the last record (the test driver, the
+ * only device with a checksum, applies each record as it is written).
  */
-async function restoreState(
+export async function restoreState(
   engine: MigrationEngine,
   device: Device,
   records: Buffer[],
@@ -68,8 +69,9 @@ async function restoreState(
   let sequence = 0n;
   for (const payload of records) await engine.writeRecord({ phase: 0, sequence: sequence++, payload });
   if (engine instanceof V1Engine) {
+    const sum = checksum?.();
     await engine.finishLoad('running');
-    return checksum?.();
+    return sum;
   }
   await engine.finishLoad('stopped');
   const sum = checksum?.();
