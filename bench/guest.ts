@@ -93,6 +93,8 @@ function migrateCold(
 
 export interface MigrateReport {
   downtimeMs: number;
+  /** The command's JS thread on a CPU during the downtime (absent before it was reported). */
+  downtimeCpuMs?: number;
   elapsedMs: number;
   phases: Record<string, number>;
 }
@@ -113,6 +115,8 @@ export interface MigrateRow {
   oursMs: number[];
   refMs: number[];
   downtimeMs: number[];
+  /** The command's JS thread on a CPU during each run's downtime (absent in older saved runs). */
+  downtimeCpuMs?: number[];
   /** CPU time (user + system) of each run's whole command. */
   cpuMs: number[];
   phases: Record<string, number>[];
@@ -181,6 +185,7 @@ function migrateRuns(
     oursMs: [],
     refMs: [],
     downtimeMs: [],
+    downtimeCpuMs: [],
     cpuMs: [],
     phases: [],
     exact: true,
@@ -198,6 +203,7 @@ function migrateRuns(
     row.exact &&= sources.every((d, i) => d.checksum() === dests[i]!.checksum());
     row.oursMs.push(r.ms);
     row.downtimeMs.push(r.report.downtimeMs);
+    row.downtimeCpuMs!.push(r.report.downtimeCpuMs ?? NaN);
     row.cpuMs.push(r.cpuMs);
     row.phases.push(r.report.phases);
     running();

@@ -222,15 +222,17 @@ async function main(): Promise<void> {
   const migratePrecopied = migrates.some((m) => m.phases.some((p) => (p['precopyMs'] ?? 0) > 0));
   const modeOf = (m: MigrateRow) => m.mode ?? 'stop-copy';
   const multiTable = [
-    `| mode | devices (v2, 64 MiB each) | downtime ms (median) | downtime, every run | whole command ms (median) | vCPUs busy (CPU time / wall) | ${phaseNames.map((p) => p.replace(/Ms$/, ' ms')).join(' | ')} |`,
-    `|---|---|---|---|---|---|${phaseNames.map(() => '---').join('|')}|`,
+    `| mode | devices (v2, 64 MiB each) | downtime ms (median) | downtime, every run | JS thread on a CPU in the downtime ms (median) | whole command ms (median) | vCPUs busy (CPU time / wall) | ${phaseNames.map((p) => p.replace(/Ms$/, ' ms')).join(' | ')} |`,
+    `|---|---|---|---|---|---|---|${phaseNames.map(() => '---').join('|')}|`,
   ];
+  // The command's own work in the downtime (its JS thread's schedstat; NaN in runs saved before).
+  const downtimeCpu = (m: MigrateRow) => median((m.downtimeCpuMs ?? []).filter(Number.isFinite));
   // Average vCPUs the whole command kept busy.
   const busy = (m: MigrateRow) => median((m.cpuMs ?? []).map((c, i) => c / m.oursMs[i]!));
   for (const m of multi) {
     const phase = (name: string) => median(m.phases.map((p) => p[name] ?? NaN));
     multiTable.push(
-      `| ${modeOf(m) === 'live' ? 'live (default pre-copy)' : 'stop-copy only (--no-precopy)'} | ${m.devices} | ${f1(median(m.downtimeMs))} | ${m.downtimeMs.map(Math.round).join(', ')} | ${f1(median(m.oursMs))} | ${f2(busy(m))} | ${phaseNames.map((p) => f1(phase(p))).join(' | ')} |`,
+      `| ${modeOf(m) === 'live' ? 'live (default pre-copy)' : 'stop-copy only (--no-precopy)'} | ${m.devices} | ${f1(median(m.downtimeMs))} | ${m.downtimeMs.map(Math.round).join(', ')} | ${f1(downtimeCpu(m))} | ${f1(median(m.oursMs))} | ${f2(busy(m))} | ${phaseNames.map((p) => f1(phase(p))).join(' | ')} |`,
     );
   }
   // Downtime of four devices over one's, per mode; the target is judged on migrate's default (live).
@@ -312,9 +314,15 @@ async function main(): Promise<void> {
   const liveOne = nDevices('live', 1);
   const liveFour = nDevices('live', 4);
   const livePhase = (m: MigrateRow, name: string) => median(m.phases.map((p) => p[name] ?? NaN));
+  // Measured: how much of each downtime the command's one JS thread was running, and what an
+  // extra device added to it (1.3x of one device's downtime allows this much per extra device).
+  const liveCpuWhy =
+    liveOne && liveFour && Number.isFinite(downtimeCpu(liveOne)) && Number.isFinite(downtimeCpu(liveFour))
+      ? `; the command's JS thread was on a CPU for ${f1(downtimeCpu(liveOne))} ms of one device's downtime and ${f1(downtimeCpu(liveFour))} ms of four's: ${f1((downtimeCpu(liveFour) - downtimeCpu(liveOne)) / 3)} ms per extra device, where 1.3x allows ${f1((0.3 * median(liveOne.downtimeMs)) / 3)}`
+      : '';
   const liveWhy =
     liveOne && liveFour
-      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices do them on ${GUEST_CPUS} vCPUs`
+      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices do them on ${GUEST_CPUS} vCPUs${liveCpuWhy}`
       : '';
   const downtimeWhy =
     one && four

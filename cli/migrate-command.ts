@@ -126,7 +126,7 @@ function reportText(r: MigrateResult): string {
   );
   const p = r.phases;
   return [
-    `migrated ${r.devices.length} device(s): ${formatBytes(r.bytes)}, downtime ${r.downtimeMs} ms, total ${(r.elapsedMs / 1000).toFixed(2)} s`,
+    `migrated ${r.devices.length} device(s): ${formatBytes(r.bytes)}, downtime ${r.downtimeMs} ms${r.downtimeCpuMs !== undefined ? ` (this process's work ${r.downtimeCpuMs} ms of it)` : ''}, total ${(r.elapsedMs / 1000).toFixed(2)} s`,
     ...lines,
     `  phases: hello ${p.helloMs} ms, pre-copy ${p.precopyMs} ms, switchover-ack ${p.switchoverAckMs} ms, catch-up ${p.catchUpMs} ms, stop-and-copy ${p.stopCopyMs} ms, destination validation ${p.validateMs} ms, resume ${p.resumeMs} ms`,
   ].join('\n');

@@ -101,7 +101,16 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
         assert.equal(bar0Checksum(dst), sum);
         assert.equal(r.devices[0]!.bytes >= 4 * MiB, true);
         assert.ok(r.downtimeMs >= 0);
-        console.log(`# ${kind} 4 MiB: downtime ${r.downtimeMs} ms, phases ${JSON.stringify(r.phases)}`);
+        // this thread's own work in the downtime (both ends here): time on a CPU, so no more than
+        // the downtime's wall time (whole ms) and the reading's own moment
+        assert.equal(typeof r.downtimeCpuMs, 'number', 'schedstat is read in the guest');
+        assert.ok(
+          r.downtimeCpuMs! > 0 && r.downtimeCpuMs! <= r.downtimeMs + 3,
+          `${r.downtimeCpuMs} of ${r.downtimeMs} ms`,
+        );
+        console.log(
+          `# ${kind} 4 MiB: downtime ${r.downtimeMs} ms (work ${r.downtimeCpuMs} ms), phases ${JSON.stringify(r.phases)}`,
+        );
       }
       assert.equal(openFdCount(), fds);
       assert.equal(b.checksum(), sum);
@@ -168,6 +177,7 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
     assert.equal(r.code, 0, r.stderr);
     const report = JSON.parse(r.stdout);
     assert.equal(typeof report.downtimeMs, 'number');
+    assert.equal(typeof report.downtimeCpuMs, 'number');
     assert.equal(b.checksum(), sum);
     assert.equal(a.counters()['resets'], resets + 1n, 'the source was reset (the driver keeps its memory)');
   });
