@@ -318,7 +318,7 @@ async function main(): Promise<void> {
   // extra device added to it (1.3x of one device's downtime allows this much per extra device).
   const liveCpuWhy =
     liveOne && liveFour && Number.isFinite(downtimeCpu(liveOne)) && Number.isFinite(downtimeCpu(liveFour))
-      ? `; the command's JS thread was on a CPU for ${f1(downtimeCpu(liveOne))} ms of one device's downtime and ${f1(downtimeCpu(liveFour))} ms of four's: ${f1((downtimeCpu(liveFour) - downtimeCpu(liveOne)) / 3)} ms per extra device, where 1.3x allows ${f1((0.3 * median(liveOne.downtimeMs)) / 3)}`
+      ? `; the command's JS thread was on a CPU for ${f1(downtimeCpu(liveOne))} ms of one device's downtime and ${f1(downtimeCpu(liveFour))} ms of four's: ${f1((downtimeCpu(liveFour) - downtimeCpu(liveOne)) / 3)} ms per extra device, where 1.3x allows ${f1((0.3 * median(liveOne.downtimeMs)) / 3)} ms of downtime per extra device`
       : '';
   const liveWhy =
     liveOne && liveFour

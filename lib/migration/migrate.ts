@@ -279,8 +279,9 @@ async function migrateHolding(
           stoppedAt = Date.now();
           if (!timing.firstStop) {
             timing.firstStop = stoppedAt;
-            // Here, not before the stops are issued: issuing the first one is JS work (10-15 ms
-            // cold in the test guest) that the downtime, which starts when it completes, does not hold.
+            // Here, not before the stops are issued: issuing them is JS work (14 ms in a cold run
+            // in the test guest) that the downtime, which starts when the first one completes, does
+            // not hold.
             cpuAtStop = threadCpuNs();
           }
         });
