@@ -8,6 +8,7 @@
         "native/io.cc",
         "native/buffers.cc",
         "native/heap.cc",
+        "native/clock.cc",
         "native/wait.cc",
         "native/vfio.cc",
         "native/mapping.cc",

@@ -225,7 +225,7 @@ async function main(): Promise<void> {
     `| mode | devices (v2, 64 MiB each) | downtime ms (median) | downtime, every run | JS thread on a CPU in the downtime ms (median) | whole command ms (median) | vCPUs busy (CPU time / wall) | ${phaseNames.map((p) => p.replace(/Ms$/, ' ms')).join(' | ')} |`,
     `|---|---|---|---|---|---|---|${phaseNames.map(() => '---').join('|')}|`,
   ];
-  // The command's own work in the downtime (its JS thread's schedstat; NaN in runs saved before).
+  // The command's own work in the downtime (its JS thread's CPU clock; NaN in runs saved before).
   const downtimeCpu = (m: MigrateRow) => median((m.downtimeCpuMs ?? []).filter(Number.isFinite));
   // Average vCPUs the whole command kept busy.
   const busy = (m: MigrateRow) => median((m.cpuMs ?? []).map((c, i) => c / m.oursMs[i]!));

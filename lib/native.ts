@@ -74,6 +74,8 @@ export interface NativeAddon {
   deferMajorGc(on: boolean): void;
   /** Whether deferMajorGc() reaches this V8 (it is compiled for V8 11 and 12.0-12.4: Node 20 and 22). */
   readonly majorGcHint: boolean;
+  /** Nanoseconds the calling thread has spent on a CPU (CLOCK_THREAD_CPUTIME_ID), or undefined without that clock. */
+  threadCpuNs(): bigint | undefined;
   /** Makes every readAtLeastAsync started with this cancelId reject with ECANCELED. */
   cancelReads(cancelId: number): void;
 

@@ -1,28 +1,12 @@
-// The calling thread's time on a CPU, from Linux's /proc/thread-self/schedstat: how much of a span was this thread's own work.
-import { readFileSync } from 'node:fs';
-
-const SCHEDSTAT = '/proc/thread-self/schedstat';
+// The calling thread's time on a CPU (the kernel's thread CPU clock): how much of a span was this thread's own work.
+import { native } from './native';
 
 /**
- * Nanoseconds the calling thread has spent on a CPU (schedstat's first field: user and kernel
- * time, counted by the scheduler, so with none of the tick rounding of /proc/<pid>/stat), or
- * undefined where the kernel does not give it (not Linux, or built without CONFIG_SCHED_INFO).
- * A procfs read: no disk, no wait.
+ * Nanoseconds the calling thread has spent on a CPU, user and kernel time, current to the call
+ * (CLOCK_THREAD_CPUTIME_ID, read by the addon), or undefined where the kernel gives no such clock.
  */
-export function threadCpuNs(path = SCHEDSTAT): bigint | undefined {
-  let text: string;
-  try {
-    text = readFileSync(path, 'latin1');
-  } catch {
-    return undefined;
-  }
-  return parseSchedstat(text);
-}
-
-/** The first field of a schedstat line ("<on-cpu ns> <run-queue wait ns> <timeslices>"), or undefined. */
-export function parseSchedstat(text: string): bigint | undefined {
-  const m = /^(\d+) \d+ \d+\s*$/.exec(text);
-  return m ? BigInt(m[1]!) : undefined;
+export function threadCpuNs(): bigint | undefined {
+  return native.threadCpuNs();
 }
 
 /** Milliseconds (one decimal) between two threadCpuNs() readings; undefined when either is missing. */

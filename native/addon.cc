@@ -20,6 +20,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   InitBuffers(env, exports);
   InitHeap(env, exports);
+  InitClock(env, exports);
   InitWait(env, exports);
   InitIo(env, exports);
   InitVfio(env, exports);

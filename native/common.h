@@ -209,6 +209,7 @@ uint32_t Crc32(const uint8_t* data, size_t length, uint32_t running = 0);
 // Module parts.
 void InitBuffers(Napi::Env env, Napi::Object exports);
 void InitHeap(Napi::Env env, Napi::Object exports);
+void InitClock(Napi::Env env, Napi::Object exports);
 void InitWait(Napi::Env env, Napi::Object exports);
 void InitIo(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);

@@ -83,7 +83,7 @@ export interface MigrateResult {
   downtimeMs: number;
   /**
    * This thread's time on a CPU from the first stop to the destination's "running"
-   * (Linux's schedstat; undefined where the kernel gives none). What the downtime spent on this
+   * (the kernel's thread CPU clock; undefined where it has none). What the downtime spent on this
    * process's own work (both ends' when the destination is in the same process); the rest of it
    * this side waited: for the devices, the channel, the destination.
    */

@@ -103,7 +103,7 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
         assert.ok(r.downtimeMs >= 0);
         // this thread's own work in the downtime (both ends here): time on a CPU, so no more than
         // the downtime's wall time (whole ms) and the reading's own moment
-        assert.equal(typeof r.downtimeCpuMs, 'number', 'schedstat is read in the guest');
+        assert.equal(typeof r.downtimeCpuMs, 'number', 'the thread CPU clock is read in the guest');
         assert.ok(
           r.downtimeCpuMs! > 0 && r.downtimeCpuMs! <= r.downtimeMs + 3,
           `${r.downtimeCpuMs} of ${r.downtimeMs} ms`,
