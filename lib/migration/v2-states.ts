@@ -21,6 +21,11 @@ export const V2_STATE_NAMES: Record<number, string> = {
   [PRE_COPY_P2P]: 'PRE_COPY_P2P',
 };
 
+/** The states by name, for setStateByName (a Map: no name can reach Object's own properties). */
+export const V2_STATE_BY_NAME: ReadonlyMap<string, number> = new Map(
+  Object.entries(V2_STATE_NAMES).map(([state, name]) => [name, Number(state)]),
+);
+
 export function v2StateName(state: number): string {
   return V2_STATE_NAMES[state] ?? `unknown state ${state}`;
 }

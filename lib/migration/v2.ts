@@ -22,7 +22,7 @@ import { MigrationError, abortError, deviceStepError, errnoOf } from './errors';
 import type { StreamRecord } from './stream';
 import type { CopyPass, MigrationEngine, PendingData, StateReading } from './types';
 import { ChunkBuffers } from './pipeline';
-import { V2_STATE_NAMES, supportedStates, v2Path, v2StateName } from './v2-states';
+import { V2_STATE_BY_NAME, supportedStates, v2Path, v2StateName } from './v2-states';
 import type { V2Support } from './v2-states';
 
 export * from './v2-states';
@@ -115,14 +115,14 @@ export class V2Engine implements MigrationEngine {
   }
 
   async setStateByName(name: string): Promise<void> {
-    const entry = Object.entries(V2_STATE_NAMES).find(([, n]) => n === name.toUpperCase());
-    if (!entry || Number(entry[0]) === VFIO_DEVICE_STATE_ERROR) {
+    const state = V2_STATE_BY_NAME.get(name.toUpperCase());
+    if (state === undefined || state === VFIO_DEVICE_STATE_ERROR) {
       throw new MigrationError(
         'ERR_MIGRATION_STATE',
         `unknown v2 state '${name}' (one of ${this.stateNames.join(', ')})`,
       );
     }
-    await this.setState(Number(entry[0]));
+    await this.setState(state);
     // A session opened by this expert move has no reader; close it rather than leak it.
     this.closeDataFd();
   }

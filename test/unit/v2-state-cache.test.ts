@@ -121,3 +121,20 @@ test('model: a device without P2P has its stop-copy estimate read by quiesce(), 
   assert.ok(stopped);
   assert.deepEqual(dev.take().slice(0, 3), ['get', 'set STOP', 'set STOP_COPY'], 'the stop follows at once');
 });
+
+test('model: setStateByName takes a state name in any case, and refuses ERROR and any other name before an ioctl', async () => {
+  const { dev, v2 } = engine();
+  await v2.setStateByName('stop');
+  assert.deepEqual(dev.take(), ['get', 'set RUNNING_P2P', 'set STOP']);
+  await v2.setStateByName('Running_P2P');
+  assert.deepEqual(dev.take(), ['set RUNNING_P2P']);
+  // Object's own property names are no state either (the lookup is a Map, not a plain object).
+  for (const bad of ['ERROR', 'error', 'PRE', '', 'constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+    await assert.rejects(v2.setStateByName(bad), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'ERR_MIGRATION_STATE', bad);
+      assert.match(err.message, /unknown v2 state '.*' \(one of RUNNING, STOP, STOP_COPY, RESUMING, RUNNING_P2P\)/);
+      return true;
+    });
+  }
+  assert.deepEqual(dev.take(), [], 'no ioctl for a refused name');
+});
