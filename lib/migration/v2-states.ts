@@ -21,9 +21,14 @@ export const V2_STATE_NAMES: Record<number, string> = {
   [PRE_COPY_P2P]: 'PRE_COPY_P2P',
 };
 
-/** The states by name, for setStateByName (a Map: no name can reach Object's own properties). */
+/**
+ * Names accepted by setStateByName: every state but ERROR, which only a failed arc enters. A Map,
+ * so no name reaches Object's own properties.
+ */
 export const V2_STATE_BY_NAME: ReadonlyMap<string, number> = new Map(
-  Object.entries(V2_STATE_NAMES).map(([state, name]) => [name, Number(state)]),
+  Object.entries(V2_STATE_NAMES)
+    .map(([state, name]) => [name, Number(state)] as const)
+    .filter(([, state]) => state !== VFIO_DEVICE_STATE_ERROR),
 );
 
 export function v2StateName(state: number): string {

@@ -116,7 +116,7 @@ export class V2Engine implements MigrationEngine {
 
   async setStateByName(name: string): Promise<void> {
     const state = V2_STATE_BY_NAME.get(name.toUpperCase());
-    if (state === undefined || state === VFIO_DEVICE_STATE_ERROR) {
+    if (state === undefined) {
       throw new MigrationError(
         'ERR_MIGRATION_STATE',
         `unknown v2 state '${name}' (one of ${this.stateNames.join(', ')})`,
