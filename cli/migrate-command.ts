@@ -119,14 +119,25 @@ function progressLines(io: CommandContext['io'], quiet: boolean, names: string[]
   };
 }
 
-function reportText(r: MigrateResult): string {
+/** What the downtime spent on each end's own work, as far as the clocks tell. */
+function downtimeWork(r: MigrateResult, remote: boolean): string {
+  if (!remote)
+    return r.downtimeCpuMs === undefined ? '' : ` (this process's work, both ends, ${r.downtimeCpuMs} ms of it)`;
+  const parts = [
+    r.downtimeCpuMs !== undefined ? `this process's work ${r.downtimeCpuMs} ms of it` : '',
+    r.destinationDowntimeCpuMs !== undefined ? `the destination's ${r.destinationDowntimeCpuMs} ms` : '',
+  ].filter(Boolean);
+  return parts.length ? ` (${parts.join(', ')})` : '';
+}
+
+function reportText(r: MigrateResult, remote: boolean): string {
   const lines = r.devices.map(
     (d) =>
       `  ${d.source} -> ${d.destination ?? '?'} (${d.protocol}): ${formatBytes(d.bytes)} in ${d.records} records; pre-copy ${d.precopyIterations} passes ${formatBytes(d.precopyBytes)} ${d.precopyMs} ms, switchover-ack ${d.switchoverAckMs} ms, stop-and-copy ${formatBytes(d.stopCopyBytes)} ${d.stopCopyMs} ms`,
   );
   const p = r.phases;
   return [
-    `migrated ${r.devices.length} device(s): ${formatBytes(r.bytes)}, downtime ${r.downtimeMs} ms${r.downtimeCpuMs !== undefined ? ` (this process's work ${r.downtimeCpuMs} ms of it)` : ''}, total ${(r.elapsedMs / 1000).toFixed(2)} s`,
+    `migrated ${r.devices.length} device(s): ${formatBytes(r.bytes)}, downtime ${r.downtimeMs} ms${downtimeWork(r, remote)}, total ${(r.elapsedMs / 1000).toFixed(2)} s`,
     ...lines,
     `  phases: hello ${p.helloMs} ms, pre-copy ${p.precopyMs} ms, switchover-ack ${p.switchoverAckMs} ms, catch-up ${p.catchUpMs} ms, stop-and-copy ${p.stopCopyMs} ms, destination validation ${p.validateMs} ms, resume ${p.resumeMs} ms`,
   ].join('\n');
@@ -211,7 +222,7 @@ export async function migrateCommand(
       }
       throw err;
     }
-    print(reportText(result), result);
+    print(reportText(result, dest.kind !== 'local'), result);
     return EXIT.ok;
   } finally {
     if (child) await reap(child, 5000);
@@ -238,7 +249,7 @@ export async function receiveCommand(
         ...lines,
       },
     );
-    const text = `received ${r.devices.map((d) => `${d.device} (${formatBytes(d.bytes)}, ${d.records} records)`).join(', ')}; validation ${r.validateMs} ms, resume ${r.resumeMs} ms`;
+    const text = `received ${r.devices.map((d) => `${d.device} (${formatBytes(d.bytes)}, ${d.records} records)`).join(', ')}; validation ${r.validateMs} ms, resume ${r.resumeMs} ms${r.downtimeCpuMs !== undefined ? `, this end's work in the downtime ${r.downtimeCpuMs} ms` : ''}`;
     io.err(`${values.json ? JSON.stringify(r) : text}\n`);
     return EXIT.ok;
   } catch (err) {

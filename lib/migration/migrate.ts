@@ -88,6 +88,12 @@ export interface MigrateResult {
    * this side waited: for the devices, the channel, the destination.
    */
   downtimeCpuMs?: number;
+  /**
+   * The destination's own time on a CPU in the downtime, as it reported it in RUNNING (from the
+   * first sign of the stop there to its last device RUNNING; undefined from a receiver without
+   * the clock). In one process both ends share one thread: then it is a part of downtimeCpuMs.
+   */
+  destinationDowntimeCpuMs?: number;
   elapsedMs: number;
   /** What the destination reported in its "running" message. */
   destination: Record<string, unknown>;
@@ -375,6 +381,7 @@ async function migrateHolding(
     },
     downtimeMs: timing.running - timing.firstStop,
     downtimeCpuMs,
+    destinationDowntimeCpuMs: reportedMs(running['downtimeCpuMs']),
     elapsedMs: Date.now() - start,
     destination: running,
   };
@@ -416,6 +423,11 @@ async function leaveSaving(sources: readonly Migration[], resetSource: boolean):
     recovery: reset[i]?.status === 'fulfilled' ? 'reset' : left[i]!.status === 'fulfilled' ? 'committed' : 'failed',
   }));
   throw error;
+}
+
+/** A duration the peer reported, if it is one (the peer's message is untrusted input). */
+function reportedMs(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) && value >= 0 ? value : undefined;
 }
 
 function messageOf(err: unknown): string {

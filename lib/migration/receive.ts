@@ -9,6 +9,7 @@ import { PHASE_STOP_COPY, StreamDecoder, type StreamHeader } from './stream';
 import { headerProblem } from './stream/header';
 import { releaseRecord } from './stream/sink';
 import { printable } from '../printable';
+import { cpuMsBetween, threadCpuNs } from '../thread-cpu';
 import { ByteQueue, Inbox, MigrateError, asMigrateError, settleAll, settleWithin, type DeviceOutcome } from './txn';
 import type { Progress } from './types';
 import { FRAME, WIRE_VERSION, WireEnd, WireError, isInProcess, messageBody, type Channel, type Frame } from './wire';
@@ -30,6 +31,12 @@ export interface ReceiveResult {
   validateMs: number;
   /** Commit received to the last device RUNNING. */
   resumeMs: number;
+  /**
+   * This thread's time on a CPU from the first sign of the sources' stop (a stop-copy record or
+   * the end of a stream) to the last device RUNNING (the kernel's thread CPU clock; undefined
+   * where it has none): this end's own work in the downtime. Sent to the source in RUNNING.
+   */
+  downtimeCpuMs?: number;
   elapsedMs: number;
 }
 
@@ -96,6 +103,12 @@ async function receiveHolding(
   let step = 'hello';
   let committed = false;
   let watchdog: NodeJS.Timeout | undefined;
+  // Read when the sources' stop first shows here: the downtime runs on this end from then on.
+  let cpuAtStop: bigint | undefined;
+  const stopShows = (): void => {
+    gc.take();
+    cpuAtStop ??= threadCpuNs();
+  };
   const onAbort = (): void =>
     inbox.fail(
       new MigrateError('ERR_MIGRATION_ABORTED', `receive aborted: ${String(options.signal?.reason)}`, 'destination'),
@@ -184,7 +197,7 @@ async function receiveHolding(
           'source',
         );
       for await (const record of readAhead(decoder.records())) {
-        if (record.phase === PHASE_STOP_COPY) gc.take();
+        if (record.phase === PHASE_STOP_COPY) stopShows();
         await m.engine.writeRecord(record);
         // Written: an in-process source may reuse the record's memory (a no-op for a copy).
         releaseRecord(record.payload);
@@ -195,7 +208,7 @@ async function receiveHolding(
         await maybeAck(i);
       }
       // The sources have stopped (this one's stream is whole): the downtime runs.
-      gc.take();
+      stopShows();
       // The trailer checked out: RESUMING -> STOP is where the driver validates what it was given.
       await m.engine.finishLoad('stopped');
       resuming.delete(m);
@@ -224,11 +237,16 @@ async function receiveHolding(
     });
     await settleAll(destinations, (m) => m.engine.toRunning());
     const resumeMs = Date.now() - t;
-    await wire.sendMessage(FRAME.running, 0, { resumeMs, devices: destinations.map((m) => m.device.name) });
+    const downtimeCpuMs = cpuMsBetween(cpuAtStop, threadCpuNs());
+    await wire.sendMessage(FRAME.running, 0, {
+      resumeMs,
+      downtimeCpuMs,
+      devices: destinations.map((m) => m.device.name),
+    });
     options.signal?.removeEventListener('abort', onAbort);
     wire.close('done');
     event('RUNNING');
-    return { devices: result, validateMs, resumeMs, elapsedMs: Date.now() - start };
+    return { devices: result, validateMs, resumeMs, downtimeCpuMs, elapsedMs: Date.now() - start };
   } catch (err) {
     clearInterval(watchdog);
     options.signal?.removeEventListener('abort', onAbort);

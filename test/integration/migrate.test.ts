@@ -108,8 +108,14 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
           r.downtimeCpuMs! > 0 && r.downtimeCpuMs! <= r.downtimeMs + 3,
           `${r.downtimeCpuMs} of ${r.downtimeMs} ms`,
         );
+        // the destination's share, on the same thread inside the same span: never more
+        assert.equal(typeof r.destinationDowntimeCpuMs, 'number');
+        assert.ok(
+          r.destinationDowntimeCpuMs! <= r.downtimeCpuMs! + 0.1,
+          `destination ${r.destinationDowntimeCpuMs} of ${r.downtimeCpuMs} ms`,
+        );
         console.log(
-          `# ${kind} 4 MiB: downtime ${r.downtimeMs} ms (work ${r.downtimeCpuMs} ms), phases ${JSON.stringify(r.phases)}`,
+          `# ${kind} 4 MiB: downtime ${r.downtimeMs} ms (work ${r.downtimeCpuMs} ms, the destination's ${r.destinationDowntimeCpuMs}), phases ${JSON.stringify(r.phases)}`,
         );
       }
       assert.equal(openFdCount(), fds);
@@ -279,12 +285,24 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
     }
   });
 
-  test('CLI: the exec transport through a local vfio-mig receive', async () => {
+  test('CLI: the exec transport through a local vfio-mig receive; both ends report their work in the downtime', async () => {
     const { a, b, sum } = pair('v1', 2 * MiB);
     const r = await cli(['migrate', a.uuid, `exec:${process.execPath} ${BIN} receive ${b.uuid}`]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /downtime \d+ ms/);
+    assert.match(r.stdout, /downtime \d+ ms \(this process's work [\d.]+ ms of it, the destination's [\d.]+ ms\)/);
+    assert.match(r.stderr, /this end's work in the downtime [\d.]+ ms/, "the receiver's own line, relayed");
     assert.equal(b.checksum(), sum);
+    // --json: the receiver's figure is its own process's, within the downtime's wall time
+    const c = make('v1', { stateSize: 2 * MiB });
+    const j = await cli(['--json', 'migrate', b.uuid, `exec:${process.execPath} ${BIN} receive ${c.uuid}`]);
+    assert.equal(j.code, 0, j.stderr);
+    const report = JSON.parse(j.stdout);
+    assert.equal(typeof report.destinationDowntimeCpuMs, 'number');
+    assert.ok(
+      report.destinationDowntimeCpuMs > 0 && report.destinationDowntimeCpuMs <= report.downtimeMs + 3,
+      `${report.destinationDowntimeCpuMs} of ${report.downtimeMs} ms`,
+    );
+    assert.equal(c.checksum(), sum);
   });
 
   test('CLI: a receiver on another device kind refuses; exit 7; the source never stopped', async () => {

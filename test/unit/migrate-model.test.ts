@@ -61,6 +61,53 @@ test('model: one device migrates; the destination holds the state and runs, the 
   assert.equal(r.receiver.devices[0]!.bytes, r.devices[0]!.bytes);
 });
 
+test("model: each end reports its own work in the downtime; the destination's reaches the source in RUNNING", async () => {
+  const src = model(7);
+  const dst = model(0);
+  const r = await migrateLocal([[src.mig, dst.mig]]);
+  assert.equal(typeof r.downtimeCpuMs, 'number', 'the host kernel has the thread CPU clock');
+  assert.equal(typeof r.receiver.downtimeCpuMs, 'number');
+  assert.equal(r.destinationDowntimeCpuMs, r.receiver.downtimeCpuMs, 'relayed as the receiver measured it');
+  // One thread, and the destination's span (its first sign of the stop to its RUNNING) lies
+  // inside the source's (the first stop to RUNNING received): never more, up to the rounding.
+  assert.ok(
+    r.destinationDowntimeCpuMs! <= r.downtimeCpuMs! + 0.1,
+    `destination ${r.destinationDowntimeCpuMs} ms, source ${r.downtimeCpuMs} ms`,
+  );
+});
+
+test('model: a RUNNING whose downtimeCpuMs is not a duration is ignored, not reported', async () => {
+  // As JSON text: 1e400 parses to Infinity.
+  for (const hostile of ['-1', '"many"', 'null', '1e400', '{}']) {
+    const src = model(8);
+    const dst = model(0);
+    const toDst = new PassThrough();
+    const toSrc = new PassThrough();
+    const fromDst = new PassThrough();
+    // Frame headers are written as chunks of their own: RUNNING's header and body are replaced.
+    let dropBody = false;
+    fromDst.on('data', (c: Buffer) => {
+      if (dropBody) {
+        dropBody = false;
+        return;
+      }
+      if (c.length === 8 && c[0] === FRAME.running) {
+        dropBody = true;
+        const body = `{"resumeMs":1,"downtimeCpuMs":${hostile},"devices":[]}`;
+        toSrc.write(encodeFrame(FRAME.running, 0, Buffer.from(body)));
+        return;
+      }
+      toSrc.write(c);
+    });
+    const recv = receive([dst.mig], { readable: toDst, writable: fromDst });
+    recv.catch(() => undefined);
+    const r = await migrate([src.mig], { readable: toSrc, writable: toDst });
+    await recv;
+    assert.equal(r.destinationDowntimeCpuMs, undefined, `downtimeCpuMs ${hostile}`);
+    assert.ok(dst.dev.state.equals(src.dev.state));
+  }
+});
+
 test('model: a source that answers "ready" before the receiver saw its own write of it complete: no frame is lost', async () => {
   // The receiver's writes are called back a few ms late (a busy channel) while their bytes
   // reach the source at once, so the source's first DATA frames can arrive before the receiver
