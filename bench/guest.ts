@@ -12,6 +12,7 @@ const SIZES_MIB = (process.env.BENCH_SIZES ?? '1,64,256').split(',').map(Number)
 const KINDS = (process.env.BENCH_KINDS ?? 'v1,v1-trapped,v2').split(',');
 const CHUNK = Number(process.env.BENCH_CHUNK ?? 1 << 20);
 const ONE = join(__dirname, 'one.js');
+const FLOOR = join(__dirname, 'floor.js');
 const OURS_FILE = '/tmp/bench-ours.vfmig';
 const REF_FILE = '/tmp/bench-ref.bin';
 const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
@@ -159,6 +160,9 @@ async function migrateRows(): Promise<void> {
       for (const count of [1, 4]) {
         const row = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), undefined, args);
         console.log(`@@migrate-n ${JSON.stringify({ ...row, mode, dirtyRate })}`);
+        // The same devices' downtime calls with no protocol (floor.ts), for the live rows.
+        if (mode === 'live')
+          console.log(`@@floor ${JSON.stringify(floorRuns(sources.slice(0, count), dests.slice(0, count)))}`);
       }
     }
   } finally {
@@ -211,6 +215,32 @@ function migrateRuns(
       row.refMs.push(timed(REF, [ref, sources[0]!.uuid, dests[0]!.uuid]));
       running();
     }
+  }
+  return row;
+}
+
+/** What floor.ts measured for one device count, every run. */
+export interface FloorRow {
+  devices: number;
+  downtimeMs: number[];
+  cpuMs: number[];
+  exact: boolean;
+}
+
+/** REPEAT cold runs of floor.ts: a live downtime's device calls on these pairs, with no protocol. */
+function floorRuns(sources: TestDevice[], dests: TestDevice[]): FloorRow {
+  const row: FloorRow = { devices: sources.length, downtimeMs: [], cpuMs: [], exact: true };
+  const ids = (list: TestDevice[]) => list.map((d) => d.uuid).join(',');
+  for (let rep = 0; rep < REPEAT; rep++) {
+    const out = execFileSync(process.execPath, [FLOOR, ids(sources), ids(dests)], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const r = JSON.parse(out.trim().split('\n').pop()!) as { downtimeMs: number; cpuMs?: number; exact: boolean };
+    row.downtimeMs.push(r.downtimeMs);
+    row.cpuMs.push(r.cpuMs ?? NaN);
+    row.exact &&= r.exact;
+    for (const d of sources) execFileSync(process.execPath, [CLI, 'state', d.uuid, 'RUNNING']);
   }
   return row;
 }

@@ -4,7 +4,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { runInGuest } from '../test/vm/vm';
-import type { MigrateRow, Op, Whole } from './guest';
+import type { FloorRow, MigrateRow, Op, Whole } from './guest';
 import { ratioChart, type Bar } from './chart';
 
 const ROOT = join(__dirname, '../..');
@@ -121,6 +121,7 @@ async function main(): Promise<void> {
   const rows = tagged<Row>('@@bench');
   const migrates = tagged<MigrateRow>('@@migrate');
   const multi = tagged<MigrateRow>('@@migrate-n');
+  const floors = tagged<FloorRow>('@@floor');
   const splits = tagged<{ kind: string; mib: number; op: string; ms: number; split: Record<string, number> }>(
     '@@split',
   );
@@ -235,6 +236,13 @@ async function main(): Promise<void> {
       `| ${modeOf(m) === 'live' ? 'live (default pre-copy)' : 'stop-copy only (--no-precopy)'} | ${m.devices} | ${f1(median(m.downtimeMs))} | ${m.downtimeMs.map(Math.round).join(', ')} | ${f1(downtimeCpu(m))} | ${f1(median(m.oursMs))} | ${f2(busy(m))} | ${phaseNames.map((p) => f1(phase(p))).join(' | ')} |`,
     );
   }
+  // The live downtime's device calls alone (floor.ts), beside the live rows.
+  const floorOf = (n: number) => floors.find((f) => f.devices === n);
+  for (const f of floors) {
+    multiTable.push(
+      `| device calls alone, no protocol (bench/floor.ts)${f.exact ? '' : ' (the state did NOT arrive whole)'} | ${f.devices} | ${f1(median(f.downtimeMs))} | ${f.downtimeMs.map(Math.round).join(', ')} | ${f1(median(f.cpuMs.filter(Number.isFinite)))} | - | - |${phaseNames.map(() => ' - ').join('|')}|`,
+    );
+  }
   // Downtime of four devices over one's, per mode; the target is judged on migrate's default (live).
   const nDevices = (mode: string, n: number) => multi.find((m) => modeOf(m) === mode && m.devices === n);
   const ratioOf = (mode: string) => {
@@ -320,9 +328,16 @@ async function main(): Promise<void> {
     liveOne && liveFour && Number.isFinite(downtimeCpu(liveOne)) && Number.isFinite(downtimeCpu(liveFour))
       ? `; the command's JS thread was on a CPU for ${f1(downtimeCpu(liveOne))} ms of one device's downtime and ${f1(downtimeCpu(liveFour))} ms of four's: ${f1((downtimeCpu(liveFour) - downtimeCpu(liveOne)) / 3)} ms per extra device, where 1.3x allows ${f1((0.3 * median(liveOne.downtimeMs)) / 3)} ms of downtime per extra device`
       : '';
+  // What the protocol adds to the device calls' own downtime (floor.ts, the same devices, same run).
+  const floorOne = floorOf(1);
+  const floorFour = floorOf(4);
+  const floorWhy =
+    liveOne && liveFour && floorOne && floorFour
+      ? `; the same device calls with no protocol (bench/floor.ts: the arcs, the data_fd reads and writes, nothing else) take ${f1(median(floorOne.downtimeMs))} ms for one device and ${f1(median(floorFour.downtimeMs))} ms for four (${f2(median(floorFour.downtimeMs) / median(floorOne.downtimeMs))}x), so the protocol (records, stream checks, channel, messages, the engines' state tracking) adds ${f1(median(liveOne.downtimeMs) - median(floorOne.downtimeMs))} ms to one device's downtime and ${f1(median(liveFour.downtimeMs) - median(floorFour.downtimeMs))} ms to four's`
+      : '';
   const liveWhy =
     liveOne && liveFour
-      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices do them on ${GUEST_CPUS} vCPUs${liveCpuWhy}`
+      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices do them on ${GUEST_CPUS} vCPUs${liveCpuWhy}${floorWhy}`
       : '';
   const downtimeWhy =
     one && four
@@ -408,7 +423,7 @@ Four v2 devices of 64 MiB in one command against one, in the same run, two ways.
 ${f1((liveOne?.dirtyRate ?? NaN) / (1 << 20))} MiB/s each, and only what it dirtied since moves while they are stopped.
 Stop-copy only (\`--no-precopy\`, idle sources): the whole state moves while stopped, the four
 devices' data concurrently. Downtime of four / downtime of one: live ${f2(liveRatio)}x, stop-copy
-only ${f2(stopCopyRatio)}x. Phases (medians, ms):
+only ${f2(stopCopyRatio)}x. ${floors.length ? `The "device calls alone" rows are the live rows' downtime without the protocol: bench/floor.ts, a process of its own per run, pre-copies the same devices with raw data_fd reads and writes, then makes only the downtime's device calls (the stop arcs, the stop-copy data read to its end and written, RESUMING -> STOP, RUNNING_P2P, RUNNING), timed from the first stop to the last RUNNING. ` : ''}Phases (medians, ms):
 
 ${multiTable.join('\n')}
 
