@@ -7,8 +7,8 @@
 // to its end and written into its destination, RESUMING -> STOP, then every destination to
 // RUNNING_P2P and then RUNNING. Timed as migrate times its downtime: the first completed stop to
 // the last RUNNING. No stream, no records, no checksums, no channel: what migrate's protocol
-// costs on top is its downtime minus this. Prints one JSON line. bench/guest.ts runs it with
-// --no-opt (why: floorRuns).
+// costs on top is its downtime minus this. Prints one JSON line. bench/guest.ts runs it in V8's
+// interpreter only (why: floorRuns).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isSyscallError } from '../lib/errors';

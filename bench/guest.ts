@@ -229,15 +229,16 @@ export interface FloorRow {
 
 /**
  * Cold runs of floor.ts (at least five: a run takes seconds): a live downtime's device calls on
- * these pairs, with no protocol. With --no-opt: the script's own few lines need no optimizing,
- * and V8 optimizing its copy loop at the end of the pre-copy landed in the downtime of some runs
- * (one device 5 ms without, 12-14 ms with, in the test guest).
+ * these pairs, with no protocol. In V8's interpreter only (--no-opt --no-sparkplug): the
+ * script's own few lines run at their slowest but never get compiled, and compiling them (their
+ * tier-up falls at the end of a one-device pre-copy) landed in the downtime of some runs (one
+ * device 5 ms in the interpreter; 5-41 ms with either compiler on, in the test guest).
  */
 function floorRuns(sources: TestDevice[], dests: TestDevice[]): FloorRow {
   const row: FloorRow = { devices: sources.length, downtimeMs: [], cpuMs: [], exact: true };
   const ids = (list: TestDevice[]) => list.map((d) => d.uuid).join(',');
   for (let rep = 0; rep < Math.max(5, REPEAT); rep++) {
-    const out = execFileSync(process.execPath, ['--no-opt', FLOOR, ids(sources), ids(dests)], {
+    const out = execFileSync(process.execPath, ['--no-opt', '--no-sparkplug', FLOOR, ids(sources), ids(dests)], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -423,7 +423,7 @@ Four v2 devices of 64 MiB in one command against one, in the same run, two ways.
 ${f1((liveOne?.dirtyRate ?? NaN) / (1 << 20))} MiB/s each, and only what it dirtied since moves while they are stopped.
 Stop-copy only (\`--no-precopy\`, idle sources): the whole state moves while stopped, the four
 devices' data concurrently. Downtime of four / downtime of one: live ${f2(liveRatio)}x, stop-copy
-only ${f2(stopCopyRatio)}x. ${floors.length ? `The "device calls alone" rows are the live rows' downtime without the protocol: bench/floor.ts, a process of its own per run (\`node --no-opt\`, so that V8 optimizing its copy loop does not land in the downtime), pre-copies the same devices with raw data_fd reads and writes, then makes only the downtime's device calls (the stop arcs, the stop-copy data read to its end and written, RESUMING -> STOP, RUNNING_P2P, RUNNING), timed from the first stop to the last RUNNING. ` : ''}Phases (medians, ms):
+only ${f2(stopCopyRatio)}x. ${floors.length ? `The "device calls alone" rows are the live rows' downtime without the protocol: bench/floor.ts, a process of its own per run (in V8's interpreter only, \`node --no-opt --no-sparkplug\`, so that compiling its own few lines does not land in the downtime), pre-copies the same devices with raw data_fd reads and writes, then makes only the downtime's device calls (the stop arcs, the stop-copy data read to its end and written, RESUMING -> STOP, RUNNING_P2P, RUNNING), timed from the first stop to the last RUNNING. ` : ''}Phases (medians, ms):
 
 ${multiTable.join('\n')}
 
