@@ -9,15 +9,13 @@
 // the last RUNNING. No stream, no records, no checksums, no channel: what migrate's protocol
 // costs on top is its downtime minus this. Prints one JSON line. bench/guest.ts runs it in V8's
 // interpreter only (why: floorRuns).
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { isSyscallError } from '../lib/errors';
 import { openDevice, type Device } from '../lib';
+import { V2Engine, requireMigration } from '../lib/migration';
+import type { FdHandle } from '../lib/fd-handle';
 import { native } from '../lib/native';
 import { cpuMsBetween, threadCpuNs } from '../lib/thread-cpu';
 import {
-  VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-  VFIO_DEVICE_FEATURE_SET,
   VFIO_DEVICE_STATE_PRE_COPY as PRE_COPY,
   VFIO_DEVICE_STATE_PRE_COPY_P2P as PRE_COPY_P2P,
   VFIO_DEVICE_STATE_RESUMING,
@@ -25,26 +23,16 @@ import {
   VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
   VFIO_DEVICE_STATE_STOP,
   VFIO_DEVICE_STATE_STOP_COPY,
-  layout,
 } from '../lib/uapi';
-import { DRIVER } from '../test/support/test-driver';
-import { MDEV_DEVICES } from '../test/support/mdev';
+import { bar0Checksum } from '../test/support/test-driver';
 
 const CHUNK = 1 << 20;
-const HEAD = layout.vfio_device_feature.size;
 
-/** One SET of MIG_DEVICE_STATE; resolves the data_fd the kernel returned, or -1. */
-async function arc(device: Device, to: number): Promise<number> {
-  const buf = Buffer.alloc(HEAD + layout.vfio_device_feature_mig_state.size);
-  buf.writeUInt32LE(buf.length, layout.vfio_device_feature.fields.argsz);
-  buf.writeUInt32LE(
-    VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
-    layout.vfio_device_feature.fields.flags,
-  );
-  buf.writeUInt32LE(to, HEAD + layout.vfio_device_feature_mig_state.fields.device_state);
-  buf.writeInt32LE(-1, HEAD + layout.vfio_device_feature_mig_state.fields.data_fd);
-  await device.featureAsync(buf);
-  return buf.readInt32LE(HEAD + layout.vfio_device_feature_mig_state.fields.data_fd);
+/** The device's v2 engine, for its one-SET primitive (setArcRaw: no path, no state tracking). */
+function engineOf(device: Device): V2Engine {
+  const engine = requireMigration(device).engine;
+  if (!(engine instanceof V2Engine)) throw new Error(`${device.name}: not a v2 device`);
+  return engine;
 }
 
 /**
@@ -68,8 +56,6 @@ async function move(from: number, to: number, buf: Buffer, maxReads = Infinity):
   return moved;
 }
 
-const checksum = (uuid: string) => BigInt(readFileSync(join(MDEV_DEVICES, uuid, DRIVER, 'checksum'), 'utf8').trim());
-
 async function main(): Promise<void> {
   const [srcArg, dstArg] = process.argv.slice(2);
   const srcIds = (srcArg ?? '').split(',').filter(Boolean);
@@ -78,47 +64,53 @@ async function main(): Promise<void> {
     throw new Error('usage: floor.js SRC1[,SRC2...] DST1[,DST2...]');
   const sources = srcIds.map((id) => openDevice(id));
   const dests = dstIds.map((id) => openDevice(id));
-  const fds: number[] = [];
+  const handles: FdHandle[] = [];
   try {
+    const [src, dst] = [sources.map(engineOf), dests.map(engineOf)];
+    // One SET each; a session-starting arc's data_fd is kept (and closed at the end).
+    const arc = async (engine: V2Engine, to: number): Promise<number> => {
+      const handle = await engine.setArcRaw(to);
+      if (!handle) return -1;
+      handles.push(handle);
+      return handle.fd;
+    };
     const bufs = sources.map(() => Buffer.alloc(CHUNK));
     const destFds = await Promise.all(
-      dests.map(async (d) => {
+      dst.map(async (d) => {
         await arc(d, VFIO_DEVICE_STATE_STOP);
         return arc(d, VFIO_DEVICE_STATE_RESUMING);
       }),
     );
-    fds.push(...destFds);
     // Pre-copy while running, then quiesced (P2P) and one more pass: only the stop arc is left.
-    const srcFds = await Promise.all(sources.map((s) => arc(s, PRE_COPY)));
-    fds.push(...srcFds);
+    const srcFds = await Promise.all(src.map((s) => arc(s, PRE_COPY)));
     await Promise.all(sources.map((_s, i) => move(srcFds[i]!, destFds[i]!, bufs[i]!, 1024)));
-    await Promise.all(sources.map((s) => arc(s, PRE_COPY_P2P)));
+    await Promise.all(src.map((s) => arc(s, PRE_COPY_P2P)));
     await Promise.all(sources.map((_s, i) => move(srcFds[i]!, destFds[i]!, bufs[i]!, 64)));
 
     // The downtime.
     let firstStop = 0;
     let cpuAtStop: bigint | undefined;
     const stopCopyBytes = await Promise.all(
-      sources.map(async (s, i) => {
+      src.map(async (s, i) => {
         await arc(s, VFIO_DEVICE_STATE_STOP_COPY);
         if (!firstStop) {
           firstStop = performance.now();
           cpuAtStop = threadCpuNs();
         }
         const moved = await move(srcFds[i]!, destFds[i]!, bufs[i]!);
-        await arc(dests[i]!, VFIO_DEVICE_STATE_STOP);
+        await arc(dst[i]!, VFIO_DEVICE_STATE_STOP);
         return moved;
       }),
     );
-    await Promise.all(dests.map((d) => arc(d, RUNNING_P2P)));
-    await Promise.all(dests.map((d) => arc(d, VFIO_DEVICE_STATE_RUNNING)));
+    await Promise.all(dst.map((d) => arc(d, RUNNING_P2P)));
+    await Promise.all(dst.map((d) => arc(d, VFIO_DEVICE_STATE_RUNNING)));
     const downtimeMs = performance.now() - firstStop;
     const cpuMs = cpuMsBetween(cpuAtStop, threadCpuNs());
     // The sources are stopped (STOP_COPY) until they are closed: their state is final.
-    const exact = srcIds.every((id, i) => checksum(id) === checksum(dstIds[i]!));
+    const exact = sources.every((s, i) => bar0Checksum(s) === bar0Checksum(dests[i]!));
     console.log(JSON.stringify({ devices: sources.length, downtimeMs, cpuMs, stopCopyBytes, exact }));
   } finally {
-    for (const fd of fds) if (fd >= 0) native.close(fd);
+    for (const handle of handles) handle.close();
     for (const d of [...sources, ...dests]) d.close();
   }
 }

@@ -331,12 +331,13 @@ async function main(): Promise<void> {
   // What the protocol adds to the device calls' own downtime (floor.ts, the same devices, same run).
   const floorOne = floorOf(1);
   const floorFour = floorOf(4);
-  // The floor is the fastest run of each count: in the one-device runs above it, the script's JS
-  // thread was busy some 8 ms longer than the device calls need (its own process's work).
+  // The floor is the fastest run of each count: the slower one-device runs' JS thread was busy
+  // longer than the device calls need (the script's own process's work, named below from the run).
   const fastest = (f: FloorRow) => Math.min(...f.downtimeMs);
+  const slack = (f: FloorRow) => median(f.downtimeMs) - fastest(f);
   const floorWhy =
     liveOne && liveFour && floorOne && floorFour
-      ? `; the same device calls with no protocol (bench/floor.ts: the arcs, the data_fd reads and writes, nothing else; the fastest of its runs, since most one-device runs carried some 8 ms more of its own JS thread's work) take ${f1(fastest(floorOne))} ms for one device and ${f1(fastest(floorFour))} ms for four (${f2(fastest(floorFour) / fastest(floorOne))}x), so the protocol (records, stream checks, channel, messages, the engines' state tracking) adds ${f1(median(liveOne.downtimeMs) - fastest(floorOne))} ms to one device's downtime and ${f1(median(liveFour.downtimeMs) - fastest(floorFour))} ms to four's: ${f1((median(liveFour.downtimeMs) - fastest(floorFour) - (median(liveOne.downtimeMs) - fastest(floorOne))) / 3)} ms per extra device, against ${f1((fastest(floorFour) - fastest(floorOne)) / 3)} ms for the device calls themselves`
+      ? `; the same device calls with no protocol (bench/floor.ts: the arcs, the data_fd reads and writes, nothing else; the fastest of its runs: the median one-device run took ${f1(slack(floorOne))} ms longer, the median four-device run ${f1(slack(floorFour))} ms) take ${f1(fastest(floorOne))} ms for one device and ${f1(fastest(floorFour))} ms for four (${f2(fastest(floorFour) / fastest(floorOne))}x), so the protocol (records, stream checks, channel, messages, the engines' state tracking) adds ${f1(median(liveOne.downtimeMs) - fastest(floorOne))} ms to one device's downtime and ${f1(median(liveFour.downtimeMs) - fastest(floorFour))} ms to four's: ${f1((median(liveFour.downtimeMs) - fastest(floorFour) - (median(liveOne.downtimeMs) - fastest(floorOne))) / 3)} ms per extra device, against ${f1((fastest(floorFour) - fastest(floorOne)) / 3)} ms for the device calls themselves`
       : '';
   const liveWhy =
     liveOne && liveFour
