@@ -16,7 +16,10 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  env.SetInstanceData(new AddonData());
+  auto* data = new AddonData();
+  env.SetInstanceData(data);
+  data->jobs = std::make_unique<AsyncJobs>();
+  InitAsyncJobs(env, *data->jobs);
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   InitBuffers(env, exports);
   InitHeap(env, exports);

@@ -129,46 +129,6 @@ Napi::Value RegisterToJs(Napi::Env env, uint64_t value, unsigned width) {
   return Napi::Number::New(env, static_cast<double>(value));
 }
 
-SyscallWorker::SyscallWorker(Napi::Env env, const char* syscall, std::string detail, Work work, Convert convert,
-                             const std::vector<Napi::Value>& keep, Done done)
-    : Napi::AsyncWorker(env, "vfio-migration:syscall"),
-      deferred_(Napi::Promise::Deferred::New(env)),
-      syscall_(syscall),
-      detail_(std::move(detail)),
-      work_(std::move(work)),
-      convert_(std::move(convert)),
-      done_(std::move(done)) {
-  for (const Napi::Value& v : keep) {
-    if (v.IsObject()) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
-  }
-}
-
-SyscallWorker::~SyscallWorker() = default;
-
-void SyscallWorker::Execute() { outcome_ = work_(); }
-
-void SyscallWorker::OnOK() {
-  Napi::Env env = Env();
-  Napi::HandleScope scope(env);
-  if (done_) done_();
-  if (outcome_.err != 0) {
-    Napi::Error error = SyscallError(env, syscall_, outcome_.err, detail_.c_str());
-    if (outcome_.stage) error.Set("stage", Napi::String::New(env, outcome_.stage));
-    deferred_.Reject(error.Value());
-    return;
-  }
-  try {
-    deferred_.Resolve(convert_ ? convert_(env, outcome_) : env.Undefined());
-  } catch (const Napi::Error& e) {
-    deferred_.Reject(e.Value());
-  }
-}
-
-void SyscallWorker::OnError(const Napi::Error& error) {
-  if (done_) done_();
-  deferred_.Reject(error.Value());
-}
-
 RegisterWrite ArgRegisterWrite(const Napi::CallbackInfo& info, size_t first) {
   RegisterWrite reg;
   if (info.Length() <= first || info[first].IsUndefined()) return reg;
@@ -204,13 +164,134 @@ void RunRegisterWrite(const RegisterWrite& reg, Outcome& out) {
   }
 }
 
+namespace {
+
+// One async call: what runs on the pool, what settles its promise, and what it keeps alive.
+struct Job {
+  uv_work_t req{};
+  napi_env env;
+  AsyncJobs* jobs;
+  napi_deferred deferred = nullptr;
+  const char* syscall;
+  std::string detail;
+  SyscallWorker::Work work;
+  SyscallWorker::Convert convert;
+  SyscallWorker::Done done;
+  std::vector<Napi::ObjectReference> keep;
+  Outcome outcome;
+};
+
+// The environment is being torn down: once no job is on the pool, let the teardown go on.
+void FinishTeardownIfIdle(AsyncJobs* jobs) {
+  if (!jobs->stopping || jobs->in_flight != 0 || jobs->teardown == nullptr) return;
+  napi_async_cleanup_hook_handle handle = jobs->teardown;
+  jobs->teardown = nullptr;
+  // The shared async context dies with its environment: no job will settle in it again.
+  napi_async_destroy(jobs->env, jobs->context);
+  napi_delete_reference(jobs->env, jobs->resource);
+  napi_remove_async_cleanup_hook(handle);
+}
+
+void OnTeardown(napi_async_cleanup_hook_handle handle, void* arg) {
+  auto* jobs = static_cast<AsyncJobs*>(arg);
+  jobs->stopping = true;
+  FinishTeardownIfIdle(jobs);
+}
+
+void ExecuteJob(uv_work_t* req) {
+  Job* job = static_cast<Job*>(req->data);
+  job->outcome = job->work();
+}
+
+// Settles the promise with the outcome (JS thread, inside a handle scope and callback scope).
+void SettleJob(Job& job) {
+  Napi::Env env(job.env);
+  napi_value settled;
+  bool ok = job.outcome.err == 0;
+  try {
+    if (!ok) {
+      Napi::Error error = SyscallError(env, job.syscall, job.outcome.err, job.detail.c_str());
+      if (job.outcome.stage) error.Set("stage", Napi::String::New(env, job.outcome.stage));
+      settled = error.Value();
+    } else {
+      settled = job.convert ? job.convert(env, job.outcome) : env.Undefined();
+    }
+  } catch (const Napi::Error& e) {
+    ok = false;
+    settled = e.Value();
+  }
+  if (ok) {
+    napi_resolve_deferred(job.env, job.deferred, settled);
+  } else {
+    napi_reject_deferred(job.env, job.deferred, settled);
+  }
+}
+
+void AfterJob(uv_work_t* req, int status) {
+  std::unique_ptr<Job> job(static_cast<Job*>(req->data));
+  AsyncJobs* jobs = job->jobs;
+  jobs->in_flight--;
+  if (job->done) job->done();
+  if (jobs->stopping) {
+    // No JS during teardown: the promise stays pending with its environment.
+    job->keep.clear();
+    FinishTeardownIfIdle(jobs);
+    return;
+  }
+  napi_handle_scope handles;
+  napi_open_handle_scope(job->env, &handles);
+  napi_value resource;
+  napi_get_reference_value(job->env, jobs->resource, &resource);
+  // Closing the callback scope runs the microtasks and ticks the settlement queued, as
+  // MakeCallback does: the awaiting code resumes now, not at the next unrelated callback.
+  napi_callback_scope scope;
+  napi_open_callback_scope(job->env, resource, jobs->context, &scope);
+  SettleJob(*job);
+  napi_close_callback_scope(job->env, scope);
+  napi_close_handle_scope(job->env, handles);
+}
+
+}  // namespace
+
+void InitAsyncJobs(Napi::Env env, AsyncJobs& jobs) {
+  jobs.env = env;
+  if (napi_get_uv_event_loop(env, &jobs.loop) != napi_ok) throw Napi::Error::New(env, "no event loop");
+  Napi::Object resource = Napi::Object::New(env);
+  napi_create_reference(env, resource, 1, &jobs.resource);
+  napi_async_init(env, resource, Napi::String::New(env, "vfio-migration:syscall"), &jobs.context);
+  napi_add_async_cleanup_hook(env, OnTeardown, &jobs, &jobs.teardown);
+}
+
 Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, SyscallWorker::Work work,
                        SyscallWorker::Convert convert, const std::vector<Napi::Value>& keep, SyscallWorker::Done done) {
-  auto* worker =
-      new SyscallWorker(env, syscall, std::move(detail), std::move(work), std::move(convert), keep, std::move(done));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  AsyncJobs* jobs = env.GetInstanceData<AddonData>()->jobs.get();
+  if (jobs->stopping) throw Napi::Error::New(env, "the environment is shutting down");
+  auto job = std::make_unique<Job>();
+  job->env = env;
+  job->jobs = jobs;
+  job->syscall = syscall;
+  job->detail = std::move(detail);
+  job->work = std::move(work);
+  job->convert = std::move(convert);
+  job->done = std::move(done);
+  job->keep.reserve(keep.size());
+  for (const Napi::Value& v : keep) {
+    if (v.IsObject()) job->keep.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  napi_value promise;
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) throw Napi::Error::New(env);
+  job->req.data = job.get();
+  int err = uv_queue_work(jobs->loop, &job->req, ExecuteJob, AfterJob);
+  if (err != 0) {
+    // Nothing queued: settle the promise here (it is still unobserved, so reject is safe).
+    napi_reject_deferred(env, job->deferred,
+                         Napi::Error::New(env, std::string("uv_queue_work: ") + uv_strerror(err)).Value());
+    if (job->done) job->done();
+    return Napi::Promise(env, promise);
+  }
+  jobs->in_flight++;
+  job.release();
+  return Napi::Promise(env, promise);
 }
 
 }  // namespace vfio

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <napi.h>
+#include <uv.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -16,8 +17,10 @@ namespace vfio {
 struct WaitState;  // wait.cc
 
 // The error class handed over by lib/native.ts at load (one class for every syscall error).
+struct AsyncJobs;
 struct AddonData {
   Napi::FunctionReference error_class;
+  std::unique_ptr<AsyncJobs> jobs;   // InitAsyncJobs
   std::shared_ptr<WaitState> waits;  // created with the first wait
 };
 
@@ -132,31 +135,34 @@ void RunRegisterWrite(const RegisterWrite& reg, Outcome& out);
 
 // Runs one blocking syscall on the libuv pool and settles a Promise on the JS thread.
 // Objects in `keep` (buffers, wrappers) stay referenced until the promise settles.
-class SyscallWorker : public Napi::AsyncWorker {
+//
+// A job is a plain uv_work_t, not a Napi::AsyncWorker: an AsyncWorker makes a resource object,
+// a name string and an async resource (a V8 global, an async id) for every call, and that was
+// most of the ~100 us of JS-thread time each async call cost under emulation, several times per
+// device inside a migration's downtime. The jobs of one addon instance share one async context
+// (AsyncJobs), whose callback scope runs the microtasks and ticks a settled promise queued, as
+// MakeCallback does.
+class SyscallWorker {
  public:
   using Work = std::function<Outcome()>;
   using Convert = std::function<Napi::Value(Napi::Env, const Outcome&)>;
   using Done = std::function<void()>;
-
-  SyscallWorker(Napi::Env env, const char* syscall, std::string detail, Work work, Convert convert,
-                const std::vector<Napi::Value>& keep, Done done = nullptr);
-  ~SyscallWorker() override;
-
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override;
-  void OnOK() override;
-  void OnError(const Napi::Error& error) override;
-
- private:
-  Napi::Promise::Deferred deferred_;
-  const char* syscall_;
-  std::string detail_;
-  Work work_;
-  Convert convert_;
-  Done done_;
-  std::vector<Napi::ObjectReference> keep_;
-  Outcome outcome_;
 };
+
+// The async jobs of one addon instance (one per Node environment: the main thread, each worker).
+// The environment's teardown waits (an async cleanup hook) until no job is on the pool, since a
+// loop cannot close with work in flight; jobs that end during teardown settle nothing.
+struct AsyncJobs {
+  napi_env env = nullptr;
+  uv_loop_t* loop = nullptr;
+  napi_ref resource = nullptr;
+  napi_async_context context = nullptr;
+  size_t in_flight = 0;
+  napi_async_cleanup_hook_handle teardown = nullptr;
+  bool stopping = false;
+};
+// Sets up the instance's AsyncJobs (addon init).
+void InitAsyncJobs(Napi::Env env, AsyncJobs& jobs);
 
 // Queues a worker and returns its promise.
 Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, SyscallWorker::Work work,

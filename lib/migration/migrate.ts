@@ -1,4 +1,5 @@
 // migrate(): the source end of a live migration of one or several devices as one transaction over a channel.
+import { Buffer } from 'node:buffer';
 import { withGcHold, type GcHold } from '../gc-hold';
 import { cpuMsBetween, threadCpuNs } from '../thread-cpu';
 import { MigrationError, type Recovery } from './errors';

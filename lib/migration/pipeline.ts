@@ -1,4 +1,5 @@
 // Overlap of device I/O with stream work: one emit in flight while the next chunk is read, one record decoded ahead.
+import { Buffer } from 'node:buffer';
 import { allocIoBuffer } from '../buffers';
 import type { StreamEncoder } from './stream';
 import { releaseRecord } from './stream/sink';

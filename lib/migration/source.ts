@@ -1,4 +1,5 @@
 // Byte sources the stream decoder reads into its own reused buffers (files, pipes, any fd), and the reader over them.
+import { Buffer } from 'node:buffer';
 import { fstatSync } from 'node:fs';
 import { allocIoBuffer } from '../buffers';
 import { FdHandle } from '../fd-handle';

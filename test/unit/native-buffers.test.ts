@@ -306,6 +306,40 @@ test('host test: a worker blocked in a pipe read terminates', async () => {
   assert.match(r.stdout, /terminated/);
 });
 
+test('host test: a worker ends with pool jobs in flight: the teardown waits for them, settles none, and the process exits cleanly', async () => {
+  // A loop cannot close with work in flight (Node aborts on it): the addon's async cleanup hook
+  // holds the worker's teardown until the pool has finished its jobs, then lets it go.
+  const worker = `
+    const { native } = require(${JSON.stringify(NATIVE)});
+    const big = native.allocBuffer(64 << 20);
+    for (let i = 0; i < 16; i++) native.crc32Async(big, 0, big.length).then(() => {}, () => {});
+    require('node:worker_threads').parentPort.postMessage('queued');
+  `;
+  const script = `
+    const { Worker } = require('node:worker_threads');
+    let rounds = 0;
+    const once = () => {
+      const w = new Worker(${JSON.stringify(worker)}, { eval: true });
+      w.on('message', () => w.terminate().then(() => (++rounds < 5 ? once() : process.stdout.write('ready\\nterminated\\n'))));
+    };
+    once();
+  `;
+  const r = await runChild(['-e', script], () => undefined, 20_000);
+  assert.equal(r.killedByTimeout, false, 'worker.terminate() hung');
+  assert.equal(r.signal, null, r.stderr);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /terminated/);
+});
+
+test('host test: an async call after many others settles every promise once, and leaves no job behind', async () => {
+  const buf = native.allocBuffer(4096);
+  const results = await Promise.all(Array.from({ length: 2000 }, (_, i) => native.crc32Async(buf, i % 4096, 0)));
+  assert.deepEqual(new Set(results), new Set([0]));
+  // A failing job rejects with the syscall error, and the addon keeps serving calls afterwards.
+  await assert.rejects(native.readAsync(-1 >>> 1, buf, 0, 16), { code: 'EBADF', syscall: 'read' });
+  assert.equal(await native.crc32Async(buf, 0, 0), 0);
+});
+
 test('host test: vfio-mig verify - waiting on a silent stdin pipe exits promptly on SIGINT', async () => {
   const r = await runChild([BIN, 'verify', '-'], (child) => setTimeout(() => child.kill('SIGINT'), 500), 6000, true);
   assert.equal(r.killedByTimeout, false, `verify - ignored SIGINT\n${r.stderr}`);

@@ -14,6 +14,7 @@ import {
   TRAILER,
   TRAILER_PAYLOAD_SIZE,
   checkMaxPayload,
+  dataView,
   decodeRecordHeader,
   recordHeaderCrcs,
   type RecordHeaderFields,
@@ -244,9 +245,10 @@ export class StreamDecoder {
     if (computed !== payloadCrc) {
       throw StreamError.checksum(place, 'trailer', payloadCrc, computed, undefined, offset + RECORD_HEADER_SIZE);
     }
-    const records = body.readBigUInt64LE(TRAILER.records);
-    const payloadBytes = body.readBigUInt64LE(TRAILER.payloadBytes);
-    const streamCrc = body.readUInt32LE(TRAILER.streamCrc);
+    const fields = dataView(body);
+    const records = fields.getBigUint64(TRAILER.records, true);
+    const payloadBytes = fields.getBigUint64(TRAILER.payloadBytes, true);
+    const streamCrc = fields.getUint32(TRAILER.streamCrc, true);
     if (records !== index || payloadBytes !== this.#payloadBytes) {
       throw StreamError.trailer(
         place,

@@ -1,4 +1,5 @@
 // StreamEncoder: writes the stream header, one record per writeRecord, and the trailer.
+import { Buffer } from 'node:buffer';
 import { crc32, extendCrc } from './crc';
 import {
   FIXED_HEADER_SIZE,
@@ -14,6 +15,7 @@ import {
   TRAILER_PAYLOAD_SIZE,
   asBuffer,
   checkMaxPayload,
+  dataView,
   encodeRecordHeader,
   type StreamTotals,
 } from './format';
@@ -231,9 +233,10 @@ export class StreamEncoder {
       if (this.#state === 'new') await this.#writeHeader();
       const trailer = Buffer.allocUnsafe(RECORD_HEADER_SIZE + TRAILER_PAYLOAD_SIZE);
       const body = trailer.subarray(RECORD_HEADER_SIZE);
-      body.writeBigUInt64LE(this.#records, TRAILER.records);
-      body.writeBigUInt64LE(this.#payloadBytes, TRAILER.payloadBytes);
-      body.writeUInt32LE(this.#crc, TRAILER.streamCrc);
+      const fields = dataView(body);
+      fields.setBigUint64(TRAILER.records, this.#records, true);
+      fields.setBigUint64(TRAILER.payloadBytes, this.#payloadBytes, true);
+      fields.setUint32(TRAILER.streamCrc, this.#crc, true);
       encodeRecordHeader(KIND_TRAILER, 0, this.#records, TRAILER_PAYLOAD_SIZE, crc32(body), trailer);
       await this.#emit(trailer, true);
       return this.totals;

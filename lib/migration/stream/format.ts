@@ -1,5 +1,5 @@
 // The .vfmig byte layout (docs/stream-format.md): constants, and one table of field offsets the encoder and decoder share.
-import { constants as bufferConstants } from 'node:buffer';
+import { Buffer, constants as bufferConstants } from 'node:buffer';
 import { crc32 } from './crc';
 
 // Layout, version 1, little-endian.
@@ -80,6 +80,13 @@ export interface RecordHeaderFields {
   payloadCrc: number;
 }
 
+// Record headers are read and written through a DataView: Buffer's readUInt32LE and kin are JS
+// functions with argument checks, some five calls each, and a migration's downtime runs this code
+// a few times per device in V8's interpreter, where every call counts (bench/RESULTS.md).
+export function dataView(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
 export function encodeRecordHeader(
   kind: number,
   phase: number,
@@ -88,32 +95,35 @@ export function encodeRecordHeader(
   payloadCrc: number,
   into: Buffer,
 ): void {
-  into.writeUInt8(kind, RECORD_HEADER.kind);
-  into.writeUInt8(0, RECORD_HEADER.reserved8);
-  into.writeUInt16LE(0, RECORD_HEADER.reserved16);
-  into.writeUInt32LE(phase, RECORD_HEADER.phase);
-  into.writeBigUInt64LE(sequence, RECORD_HEADER.sequence);
-  into.writeBigUInt64LE(BigInt(length), RECORD_HEADER.length);
-  into.writeUInt32LE(payloadCrc, RECORD_HEADER.payloadCrc);
-  into.writeUInt32LE(crc32(into.subarray(0, RECORD_HEADER.headerCrc)), RECORD_HEADER.headerCrc);
+  if (into.byteLength < RECORD_HEADER_SIZE) throw new RangeError('encodeRecordHeader: the buffer is too small');
+  const v = dataView(into);
+  v.setUint8(RECORD_HEADER.kind, kind);
+  v.setUint8(RECORD_HEADER.reserved8, 0);
+  v.setUint16(RECORD_HEADER.reserved16, 0, true);
+  v.setUint32(RECORD_HEADER.phase, phase, true);
+  v.setBigUint64(RECORD_HEADER.sequence, sequence, true);
+  v.setBigUint64(RECORD_HEADER.length, BigInt(length), true);
+  v.setUint32(RECORD_HEADER.payloadCrc, payloadCrc, true);
+  v.setUint32(RECORD_HEADER.headerCrc, crc32(into.subarray(0, RECORD_HEADER.headerCrc)), true);
 }
 
 /** The CRC-32 stored in a record header, and the one computed over the bytes it covers. */
 export function recordHeaderCrcs(head: Buffer): { stored: number; computed: number } {
   return {
-    stored: head.readUInt32LE(RECORD_HEADER.headerCrc),
+    stored: dataView(head).getUint32(RECORD_HEADER.headerCrc, true),
     computed: crc32(head.subarray(0, RECORD_HEADER.headerCrc)),
   };
 }
 
 export function decodeRecordHeader(head: Buffer): RecordHeaderFields {
+  const v = dataView(head);
   return {
-    kind: head[RECORD_HEADER.kind]!,
-    reserved: head[RECORD_HEADER.reserved8]! | head.readUInt16LE(RECORD_HEADER.reserved16),
-    phase: head.readUInt32LE(RECORD_HEADER.phase),
-    sequence: head.readBigUInt64LE(RECORD_HEADER.sequence),
-    length: head.readBigUInt64LE(RECORD_HEADER.length),
-    payloadCrc: head.readUInt32LE(RECORD_HEADER.payloadCrc),
+    kind: v.getUint8(RECORD_HEADER.kind),
+    reserved: v.getUint8(RECORD_HEADER.reserved8) | v.getUint16(RECORD_HEADER.reserved16, true),
+    phase: v.getUint32(RECORD_HEADER.phase, true),
+    sequence: v.getBigUint64(RECORD_HEADER.sequence, true),
+    length: v.getBigUint64(RECORD_HEADER.length, true),
+    payloadCrc: v.getUint32(RECORD_HEADER.payloadCrc, true),
   };
 }
 

@@ -1,4 +1,5 @@
 // Exact-length reads for the decoder: the interface both readers keep, and the reader over async iterables of chunks.
+import { Buffer } from 'node:buffer';
 import { ByteSourceReader, isByteSource, type ByteSource } from '../source';
 import { EMPTY } from './format';
 import { allocIoBuffer } from '../../buffers';

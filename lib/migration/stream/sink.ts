@@ -1,4 +1,5 @@
 // Where the encoder writes: a Writable or an async function, with back-pressure, error capture and buffer reuse.
+import { Buffer } from 'node:buffer';
 import type { Writable } from 'node:stream';
 import { WriteStream } from 'node:fs';
 import { native } from '../../native';
