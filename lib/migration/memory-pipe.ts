@@ -30,6 +30,7 @@ export class MemoryPipe extends EventEmitter implements AsyncIterable<Uint8Array
   readonly #queued: Uint8Array[] = [];
   readonly #held: { chunk: Uint8Array; callback?: WriteCallback }[] = [];
   #heldBytes = 0;
+  #callbacks: WriteCallback[] = [];
   #wakeReader: (() => void) | undefined;
   #ended = false;
   #needDrain = false;
@@ -104,7 +105,7 @@ export class MemoryPipe extends EventEmitter implements AsyncIterable<Uint8Array
 
   #queue(chunk: Uint8Array, callback?: WriteCallback): void {
     this.#queued.push(chunk);
-    if (callback) process.nextTick(callback);
+    if (callback) this.#callBackLater(callback);
     this.#wake();
   }
 
@@ -119,6 +120,25 @@ export class MemoryPipe extends EventEmitter implements AsyncIterable<Uint8Array
       this.#needDrain = false;
       process.nextTick(() => this.emit('drain'));
     }
+  }
+
+  /**
+   * Calls `callback` on the next tick, as a Writable would, with every other callback queued
+   * before that tick comes in the same tick, in order: a process.nextTick costs some twenty JS
+   * calls (async ids, hooks, its queue) in V8's interpreter, and each frame of an in-process
+   * migrate is two writes, several frames per device inside a migration's downtime. A tick, not a
+   * promise reaction or a call right away: then the reader's side (woken by a promise) runs before
+   * the writer goes on; calling back sooner lengthened the downtime's validation and resume in the
+   * guest (one device's median: 25 -> 31 ms as a promise reaction, 33 -> 41 ms called at once).
+   */
+  #callBackLater(callback: WriteCallback): void {
+    this.#callbacks.push(callback);
+    if (this.#callbacks.length > 1) return;
+    process.nextTick(() => {
+      const due = this.#callbacks;
+      this.#callbacks = [];
+      for (const cb of due) cb();
+    });
   }
 
   #wake(): void {

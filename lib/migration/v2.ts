@@ -1,4 +1,5 @@
 // The v2 migration protocol (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE + data_fd): FSM paths, data_fd loops, pre-copy info.
+import { bufferView } from '../buffers';
 import { Buffer } from 'node:buffer';
 import type { Device } from '../device';
 import { FdHandle } from '../fd-handle';
@@ -332,7 +333,7 @@ export class V2Engine implements MigrationEngine {
         giveBack();
         return moved;
       }
-      await pass.emit(into.subarray(0, n), crc);
+      await pass.emit(bufferView(into, 0, n), crc);
       buf = undefined;
       moved += n;
       if (stopCopy) stopCopy.moved += BigInt(n);

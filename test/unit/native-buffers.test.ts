@@ -7,7 +7,7 @@ import { stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../lib/native';
-import { allocIoBuffer } from '../../lib/buffers';
+import { allocIoBuffer, bufferView } from '../../lib/buffers';
 import { FdSource } from '../../lib/migration/source';
 import { mapFd } from '../../lib/mapping';
 import { O_RDWR } from '../../lib/uapi';
@@ -304,6 +304,26 @@ test('host test: a worker blocked in a pipe read terminates', async () => {
   assert.equal(r.killedByTimeout, false, 'worker.terminate() hung');
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /terminated/);
+});
+
+test('bufferView: a Buffer over the same memory as subarray gives, for native-owned and pooled buffers; ranges outside refused', () => {
+  for (const base of [allocIoBuffer(64), Buffer.from('0123456789abcdef').subarray(3)]) {
+    const v = bufferView(base, 2, 7);
+    assert.ok(Buffer.isBuffer(v));
+    assert.deepEqual([...v], [...base.subarray(2, 7)]);
+    assert.equal(v.byteOffset, base.byteOffset + 2);
+    v[0] = 0x5a;
+    assert.equal(base[2], 0x5a, 'the same memory');
+    assert.equal(bufferView(base, 4).length, base.length - 4);
+    assert.equal(bufferView(base, 3, 3).length, 0);
+    for (const [a, b] of [
+      [-1, 2],
+      [3, 2],
+      [0, base.length + 1],
+      [Number.NaN, 1],
+    ] as const)
+      assert.throws(() => bufferView(base, a, b), RangeError);
+  }
 });
 
 test('host test: a worker ends with pool jobs in flight: the teardown waits for them, settles none, and the process exits cleanly', async () => {

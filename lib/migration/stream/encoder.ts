@@ -1,4 +1,5 @@
 // StreamEncoder: writes the stream header, one record per writeRecord, and the trailer.
+import { bufferView } from '../../buffers';
 import { Buffer } from 'node:buffer';
 import { crc32, extendCrc } from './crc';
 import {
@@ -158,7 +159,7 @@ export class StreamEncoder {
    */
   payloadBuffer(size: number): Buffer | undefined {
     if (!this.#pool?.releasable || size < this.#poolMin) return undefined;
-    return this.#pool.take(RECORD_HEADER_SIZE + size).subarray(RECORD_HEADER_SIZE);
+    return bufferView(this.#pool.take(RECORD_HEADER_SIZE + size), RECORD_HEADER_SIZE);
   }
 
   /**
@@ -207,16 +208,16 @@ export class StreamEncoder {
       // A sink function may keep the record (a channel to a destination in this process, which
       // writes its payload into a device): native-owned memory is written from without a bounce.
       const record = inPlace
-        ? own.buf.subarray(0, RECORD_HEADER_SIZE + length)
+        ? bufferView(own.buf, 0, RECORD_HEADER_SIZE + length)
         : this.#pool && length >= this.#poolMin
           ? this.#pool.take(RECORD_HEADER_SIZE + length)
           : Buffer.allocUnsafe(RECORD_HEADER_SIZE + length);
       // Buffer#copy is a plain memmove; TypedArray#set measured 10x slower under emulation (bench).
       if (!inPlace) asBuffer(payload).copy(record, RECORD_HEADER_SIZE);
-      const body = record.subarray(RECORD_HEADER_SIZE);
+      const body = bufferView(record, RECORD_HEADER_SIZE);
       const crcOfPayload = this.#checksums ? (payloadCrc ?? crc32(body)) : 0;
       encodeRecordHeader(KIND_DATA, phase, this.#records, length, crcOfPayload, record);
-      const crc = extendCrc(crc32(record.subarray(0, RECORD_HEADER_SIZE), this.#crc), body, crcOfPayload);
+      const crc = extendCrc(crc32(bufferView(record, 0, RECORD_HEADER_SIZE), this.#crc), body, crcOfPayload);
       await this.#emit(record, false);
       this.#crc = crc;
       this.#records++;
@@ -232,7 +233,7 @@ export class StreamEncoder {
     this.#finishing ??= this.#run(async () => {
       if (this.#state === 'new') await this.#writeHeader();
       const trailer = Buffer.allocUnsafe(RECORD_HEADER_SIZE + TRAILER_PAYLOAD_SIZE);
-      const body = trailer.subarray(RECORD_HEADER_SIZE);
+      const body = bufferView(trailer, RECORD_HEADER_SIZE);
       const fields = dataView(body);
       fields.setBigUint64(TRAILER.records, this.#records, true);
       fields.setBigUint64(TRAILER.payloadBytes, this.#payloadBytes, true);

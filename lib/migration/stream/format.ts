@@ -1,4 +1,5 @@
 // The .vfmig byte layout (docs/stream-format.md): constants, and one table of field offsets the encoder and decoder share.
+import { bufferView } from '../../buffers';
 import { Buffer, constants as bufferConstants } from 'node:buffer';
 import { crc32 } from './crc';
 
@@ -104,14 +105,14 @@ export function encodeRecordHeader(
   v.setBigUint64(RECORD_HEADER.sequence, sequence, true);
   v.setBigUint64(RECORD_HEADER.length, BigInt(length), true);
   v.setUint32(RECORD_HEADER.payloadCrc, payloadCrc, true);
-  v.setUint32(RECORD_HEADER.headerCrc, crc32(into.subarray(0, RECORD_HEADER.headerCrc)), true);
+  v.setUint32(RECORD_HEADER.headerCrc, crc32(bufferView(into, 0, RECORD_HEADER.headerCrc)), true);
 }
 
 /** The CRC-32 stored in a record header, and the one computed over the bytes it covers. */
 export function recordHeaderCrcs(head: Buffer): { stored: number; computed: number } {
   return {
     stored: dataView(head).getUint32(RECORD_HEADER.headerCrc, true),
-    computed: crc32(head.subarray(0, RECORD_HEADER.headerCrc)),
+    computed: crc32(bufferView(head, 0, RECORD_HEADER.headerCrc)),
   };
 }
 

@@ -2,7 +2,7 @@
 import { Buffer } from 'node:buffer';
 import { ByteSourceReader, isByteSource, type ByteSource } from '../source';
 import { EMPTY } from './format';
-import { allocIoBuffer } from '../../buffers';
+import { allocIoBuffer, bufferView } from '../../buffers';
 
 /**
  * What the decoder reads through. ChunkReader (here) reads an async iterable of chunks;
@@ -136,13 +136,13 @@ export class ChunkReader implements StreamReader {
       const k = Math.min(chunk.length, n - filled);
       if (out === undefined && k === n) {
         // The whole read lies in one source chunk: no copy.
-        if (k < chunk.length) this.#push(chunk.subarray(k));
-        return chunk.subarray(0, n);
+        if (k < chunk.length) this.#push(bufferView(chunk, k));
+        return bufferView(chunk, 0, n);
       }
       grow(filled + k);
       chunk.copy(out!, filled, 0, k);
       filled += k;
-      if (k < chunk.length) this.#push(chunk.subarray(k));
+      if (k < chunk.length) this.#push(bufferView(chunk, k));
     }
     return out!;
   }
@@ -154,7 +154,7 @@ export class ChunkReader implements StreamReader {
     const first = chunks[this.#first]!;
     let out: Buffer;
     if (first.length - this.#head >= n) {
-      out = first.subarray(this.#head, this.#head + n);
+      out = bufferView(first, this.#head, this.#head + n);
       this.#head += n;
       if (this.#head === first.length) {
         this.#first++;
