@@ -13,6 +13,7 @@ const KINDS = (process.env.BENCH_KINDS ?? 'v1,v1-trapped,v2').split(',');
 const CHUNK = Number(process.env.BENCH_CHUNK ?? 1 << 20);
 const ONE = join(__dirname, 'one.js');
 const FLOOR = join(__dirname, 'floor.js');
+const CALLS = join(__dirname, 'calls.js');
 const OURS_FILE = '/tmp/bench-ours.vfmig';
 const REF_FILE = '/tmp/bench-ref.bin';
 const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
@@ -161,8 +162,10 @@ async function migrateRows(): Promise<void> {
         const row = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), undefined, args);
         console.log(`@@migrate-n ${JSON.stringify({ ...row, mode, dirtyRate })}`);
         // The same devices' downtime calls with no protocol (floor.ts), for the live rows.
-        if (mode === 'live')
+        if (mode === 'live') {
           console.log(`@@floor ${JSON.stringify(floorRuns(sources.slice(0, count), dests.slice(0, count)))}`);
+          console.log(`@@calls ${JSON.stringify(callsRuns(sources.slice(0, count), dests.slice(0, count)))}`);
+        }
       }
     }
   } finally {
@@ -246,6 +249,34 @@ function floorRuns(sources: TestDevice[], dests: TestDevice[]): FloorRow {
     row.downtimeMs.push(r.downtimeMs);
     row.cpuMs.push(r.cpuMs ?? NaN);
     row.exact &&= r.exact;
+    for (const d of sources) execFileSync(process.execPath, [CLI, 'state', d.uuid, 'RUNNING']);
+  }
+  return row;
+}
+
+/** JS function entries inside a cold migrate's downtime (calls.ts), every run. */
+export interface CallsRow {
+  devices: number;
+  calls: number[];
+}
+
+/**
+ * Cold migrates of these pairs with calls.ts preloaded, three times (the count barely varies:
+ * only with how the reads and messages happen to interleave).
+ */
+function callsRuns(sources: TestDevice[], dests: TestDevice[]): CallsRow {
+  const row: CallsRow = { devices: sources.length, calls: [] };
+  const ids = (list: TestDevice[]) => list.map((d) => d.uuid).join(',');
+  const out = '/tmp/bench-calls.json';
+  for (let rep = 0; rep < 3; rep++) {
+    rmSync(out, { force: true });
+    execFileSync(process.execPath, ['-r', CALLS, CLI, 'migrate', ids(sources), ids(dests), '--quiet', '--json'], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, VFIO_MIG_CALLS_OUT: out },
+    });
+    const r = JSON.parse(readFileSync(out, 'utf8')) as { calls: number; marks: number };
+    // Four reads of the clock frame the downtime (migrate's two, receive's two); else no count.
+    if (r.marks === 4) row.calls.push(r.calls);
     for (const d of sources) execFileSync(process.execPath, [CLI, 'state', d.uuid, 'RUNNING']);
   }
   return row;

@@ -4,7 +4,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { runInGuest } from '../test/vm/vm';
-import type { FloorRow, MigrateRow, Op, Whole } from './guest';
+import type { CallsRow, FloorRow, MigrateRow, Op, Whole } from './guest';
 import { ratioChart, type Bar } from './chart';
 
 const ROOT = join(__dirname, '../..');
@@ -122,6 +122,7 @@ async function main(): Promise<void> {
   const migrates = tagged<MigrateRow>('@@migrate');
   const multi = tagged<MigrateRow>('@@migrate-n');
   const floors = tagged<FloorRow>('@@floor');
+  const callRows = tagged<CallsRow>('@@calls');
   const splits = tagged<{ kind: string; mib: number; op: string; ms: number; split: Record<string, number> }>(
     '@@split',
   );
@@ -339,9 +340,17 @@ async function main(): Promise<void> {
     liveOne && liveFour && floorOne && floorFour
       ? `; the same device calls with no protocol (bench/floor.ts: the arcs, the data_fd reads and writes, nothing else; the fastest of its runs: the median one-device run took ${f1(slack(floorOne))} ms longer, the median four-device run ${f1(slack(floorFour))} ms) take ${f1(fastest(floorOne))} ms for one device and ${f1(fastest(floorFour))} ms for four (${f2(fastest(floorFour) / fastest(floorOne))}x), so the protocol (records, stream checks, channel, messages, the engines' state tracking) adds ${f1(median(liveOne.downtimeMs) - fastest(floorOne))} ms to one device's downtime and ${f1(median(liveFour.downtimeMs) - fastest(floorFour))} ms to four's: ${f1((median(liveFour.downtimeMs) - fastest(floorFour) - (median(liveOne.downtimeMs) - fastest(floorOne))) / 3)} ms per extra device, against ${f1((fastest(floorFour) - fastest(floorOne)) / 3)} ms for the device calls themselves`
       : '';
+  // JS function entries in the downtime (calls.ts): what the code does, whatever the guest's speed.
+  const callsOf = (n: number) => callRows.find((c) => c.devices === n && c.calls.length > 0);
+  const callsOne = callsOf(1);
+  const callsFour = callsOf(4);
+  const callsWhy =
+    callsOne && callsFour
+      ? `; JS function entries inside the downtime (bench/calls.ts, counted by V8's precise coverage, so not subject to the emulator's noise; medians of ${callsOne.calls.length} and ${callsFour.calls.length} runs): ${median(callsOne.calls)} for one device, ${median(callsFour.calls)} for four, ${Math.round((median(callsFour.calls) - median(callsOne.calls)) / 3)} per extra device`
+      : '';
   const liveWhy =
     liveOne && liveFour
-      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices do them on ${GUEST_CPUS} vCPUs${liveCpuWhy}${floorWhy}`
+      ? `live, the downtime of one device is ${f1(median(liveOne.downtimeMs))} ms and of four ${f1(median(liveFour.downtimeMs))} ms: stop-and-copy ${f1(livePhase(liveOne, 'stopCopyMs'))} against ${f1(livePhase(liveFour, 'stopCopyMs'))}, validation ${f1(livePhase(liveOne, 'validateMs'))} against ${f1(livePhase(liveFour, 'validateMs'))}, resume ${f1(livePhase(liveOne, 'resumeMs'))} against ${f1(livePhase(liveFour, 'resumeMs'))} ms; what is left after pre-copy is a few ioctls per device and the JS between them, and four devices do them on ${GUEST_CPUS} vCPUs${liveCpuWhy}${floorWhy}${callsWhy}`
       : '';
   const downtimeWhy =
     one && four
