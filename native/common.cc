@@ -174,9 +174,9 @@ struct Job {
   napi_deferred deferred = nullptr;
   const char* syscall;
   std::string detail;
-  SyscallWorker::Work work;
-  SyscallWorker::Convert convert;
-  SyscallWorker::Done done;
+  PoolJob::Work work;
+  PoolJob::Convert convert;
+  PoolJob::Done done;
   std::vector<Napi::ObjectReference> keep;
   Outcome outcome;
 };
@@ -239,15 +239,16 @@ void AfterJob(uv_work_t* req, int status) {
     return;
   }
   napi_handle_scope handles;
-  napi_open_handle_scope(job->env, &handles);
+  if (napi_open_handle_scope(job->env, &handles) != napi_ok) return;  // the environment is gone
   napi_value resource;
-  napi_get_reference_value(job->env, jobs->resource, &resource);
+  napi_callback_scope scope;
   // Closing the callback scope runs the microtasks and ticks the settlement queued, as
   // MakeCallback does: the awaiting code resumes now, not at the next unrelated callback.
-  napi_callback_scope scope;
-  napi_open_callback_scope(job->env, resource, jobs->context, &scope);
-  SettleJob(*job);
-  napi_close_callback_scope(job->env, scope);
+  if (napi_get_reference_value(job->env, jobs->resource, &resource) == napi_ok &&
+      napi_open_callback_scope(job->env, resource, jobs->context, &scope) == napi_ok) {
+    SettleJob(*job);
+    napi_close_callback_scope(job->env, scope);
+  }
   napi_close_handle_scope(job->env, handles);
 }
 
@@ -262,8 +263,8 @@ void InitAsyncJobs(Napi::Env env, AsyncJobs& jobs) {
   napi_add_async_cleanup_hook(env, OnTeardown, &jobs, &jobs.teardown);
 }
 
-Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, SyscallWorker::Work work,
-                       SyscallWorker::Convert convert, const std::vector<Napi::Value>& keep, SyscallWorker::Done done) {
+Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, PoolJob::Work work,
+                       PoolJob::Convert convert, const std::vector<Napi::Value>& keep, PoolJob::Done done) {
   AsyncJobs* jobs = env.GetInstanceData<AddonData>()->jobs.get();
   if (jobs->stopping) throw Napi::Error::New(env, "the environment is shutting down");
   auto job = std::make_unique<Job>();

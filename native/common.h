@@ -133,16 +133,16 @@ Outcome WriteRegister(int fd, int64_t offset, unsigned width, uint64_t value);
 // Runs the register write of a job whose data part succeeded; records the failure as stage "register".
 void RunRegisterWrite(const RegisterWrite& reg, Outcome& out);
 
-// Runs one blocking syscall on the libuv pool and settles a Promise on the JS thread.
-// Objects in `keep` (buffers, wrappers) stay referenced until the promise settles.
+// The parts of a pool job (RunAsync): the syscall run on a libuv pool thread, the conversion of
+// its Outcome into the promise's value on the JS thread, and what runs at its end either way.
 //
-// A job is a plain uv_work_t, not a Napi::AsyncWorker: an AsyncWorker makes a resource object,
-// a name string and an async resource (a V8 global, an async id) for every call, and that was
-// most of the ~100 us of JS-thread time each async call cost under emulation, several times per
-// device inside a migration's downtime. The jobs of one addon instance share one async context
-// (AsyncJobs), whose callback scope runs the microtasks and ticks a settled promise queued, as
-// MakeCallback does.
-class SyscallWorker {
+// A job is a plain uv_work_t, not a Napi::AsyncWorker: an AsyncWorker makes a resource object, a
+// name string and an async resource (a V8 global, an async id) for every call, about a quarter
+// of the ~115 us of JS-thread time an async call took in the test guest (89 us without); a
+// migration's downtime makes several per device. The jobs of one addon instance share one async
+// context (AsyncJobs), whose callback scope runs the microtasks and ticks that settling a
+// promise queued, as MakeCallback does.
+class PoolJob {
  public:
   using Work = std::function<Outcome()>;
   using Convert = std::function<Napi::Value(Napi::Env, const Outcome&)>;
@@ -164,10 +164,11 @@ struct AsyncJobs {
 // Sets up the instance's AsyncJobs (addon init).
 void InitAsyncJobs(Napi::Env env, AsyncJobs& jobs);
 
-// Queues a worker and returns its promise.
-Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, SyscallWorker::Work work,
-                       SyscallWorker::Convert convert, const std::vector<Napi::Value>& keep = {},
-                       SyscallWorker::Done done = nullptr);
+// Queues a job on the libuv pool and returns its promise. Objects in `keep` (buffers, wrappers)
+// stay referenced until the promise settles.
+Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, PoolJob::Work work,
+                       PoolJob::Convert convert, const std::vector<Napi::Value>& keep = {},
+                       PoolJob::Done done = nullptr);
 
 // One syscall offered twice, as `name` on the JS thread and as `nameAsync` on the libuv pool. An Op
 // holds what the call needs:

@@ -135,7 +135,7 @@ Napi::Value BytesResult(Napi::Env env, const Outcome& out) {
 }
 
 // Resolves the byte count of a read after delivering a bounced target into the caller's view.
-SyscallWorker::Convert DeliverBytes(JobBytesPtr bytes) {
+PoolJob::Convert DeliverBytes(JobBytesPtr bytes) {
   return [bytes](Napi::Env env, const Outcome& out) {
     bytes->Deliver(env, static_cast<size_t>(out.ret));
     return BytesResult(env, out);
@@ -143,7 +143,7 @@ SyscallWorker::Convert DeliverBytes(JobBytesPtr bytes) {
 }
 
 // A checksummed read's result: the bytes delivered, then { bytes, crc } (the CRC in out.value).
-SyscallWorker::Convert DeliverBytesAndCrc(JobBytesPtr bytes) {
+PoolJob::Convert DeliverBytesAndCrc(JobBytesPtr bytes) {
   return [bytes](Napi::Env env, const Outcome& out) -> Napi::Value {
     bytes->Deliver(env, static_cast<size_t>(out.ret));
     Napi::Object result = Napi::Object::New(env);
