@@ -48,6 +48,31 @@ test('MemoryPipe: MEMORY_PIPE_CHUNKS queued, later writes held and called back a
   assert.deepEqual(rest, chunks.slice(2));
 });
 
+test('MemoryPipe: write callbacks come on a later tick, never inside write(), in order, those of one burst in one tick', async () => {
+  const pipe = new MemoryPipe();
+  const order: string[] = [];
+  pipe.write(Buffer.from('a'), () => order.push('a'));
+  // A tick queued between two writes runs after both callbacks: the burst shares the first tick.
+  process.nextTick(() => order.push('tick'));
+  pipe.write(Buffer.from('b'), () => order.push('b'));
+  assert.deepEqual(order, [], 'not called back inside write()');
+  await new Promise<void>((r) => process.nextTick(r));
+  assert.deepEqual(order, ['a', 'b', 'tick']);
+  // The next burst gets a tick of its own (the list was emptied), and a write inside a callback
+  // is called back on a later tick, after the callbacks already due. (Room for every chunk:
+  // the reader takes the first two.)
+  const it = pipe[Symbol.asyncIterator]();
+  await it.next();
+  await it.next();
+  pipe.write(Buffer.from('c'), () => {
+    order.push('c');
+    pipe.write(Buffer.from('e'), () => order.push('e'));
+  });
+  pipe.write(Buffer.from('d'), () => order.push('d'));
+  await tick();
+  assert.deepEqual(order, ['a', 'b', 'tick', 'c', 'd', 'e']);
+});
+
 test('MemoryPipe: a reader waits for the writer; the end wakes it', async () => {
   const pipe = new MemoryPipe();
   const it = pipe[Symbol.asyncIterator]();
