@@ -55,7 +55,7 @@ test('MemoryPipe: write callbacks come on a later tick, never inside write(), in
   // A tick queued between two writes runs after both callbacks: the burst shares the first tick.
   process.nextTick(() => order.push('tick'));
   pipe.write(Buffer.from('b'), () => order.push('b'));
-  assert.deepEqual(order, [], 'not called back inside write()');
+  assert.equal(order.length, 0, 'not called back inside write()');
   await new Promise<void>((r) => process.nextTick(r));
   assert.deepEqual(order, ['a', 'b', 'tick']);
   // The next burst gets a tick of its own (the list was emptied), and a write inside a callback
