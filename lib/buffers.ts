@@ -21,10 +21,21 @@ const BufferClass = (
 /**
  * `buf.subarray(start, end)` for offsets within the buffer, without Node's JS wrapper: its offset
  * adjustments and constructor call cost four JS calls in V8's interpreter (and the typed array's
- * own method, through the species getter, three), where a migration's downtime runs.
+ * own method, through the species getter, three), where a migration's downtime runs. Use it on
+ * the paths a downtime runs per record or frame; elsewhere (stream headers, checks run once per
+ * stream) `subarray` reads as well and costs nothing that matters.
  */
 export function bufferView(buf: Buffer, start: number, end: number = buf.length): Buffer {
   if (!(start >= 0 && start <= end && end <= buf.length))
     throw new RangeError(`bufferView: [${start}, ${end}) is not inside a buffer of ${buf.length} bytes`);
   return new BufferClass(buf.buffer, buf.byteOffset + start, end - start);
+}
+
+/**
+ * A DataView over exactly `b`'s bytes, for little-endian fields of headers and kernel structs:
+ * Buffer's readUInt32LE and kin are JS functions with argument checks, some five calls each, and
+ * a migration's downtime reads and writes such fields a few times per device in V8's interpreter.
+ */
+export function dataView(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
 }

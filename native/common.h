@@ -142,12 +142,11 @@ void RunRegisterWrite(const RegisterWrite& reg, Outcome& out);
 // migration's downtime makes several per device. The jobs of one addon instance share one async
 // context (AsyncJobs), whose callback scope runs the microtasks and ticks that settling a
 // promise queued, as MakeCallback does.
-class PoolJob {
- public:
-  using Work = std::function<Outcome()>;
-  using Convert = std::function<Napi::Value(Napi::Env, const Outcome&)>;
-  using Done = std::function<void()>;
-};
+namespace PoolJob {
+using Work = std::function<Outcome()>;
+using Convert = std::function<Napi::Value(Napi::Env, const Outcome&)>;
+using Done = std::function<void()>;
+}  // namespace PoolJob
 
 // The async jobs of one addon instance (one per Node environment: the main thread, each worker).
 // The environment's teardown waits (an async cleanup hook) until no job is on the pool, since a

@@ -7,7 +7,7 @@ import { stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../lib/native';
-import { allocIoBuffer, bufferView } from '../../lib/buffers';
+import { allocIoBuffer, bufferView, dataView } from '../../lib/buffers';
 import { FdSource } from '../../lib/migration/source';
 import { mapFd } from '../../lib/mapping';
 import { O_RDWR } from '../../lib/uapi';
@@ -366,4 +366,16 @@ test('host test: vfio-mig verify - waiting on a silent stdin pipe exits promptly
   assert.equal(r.signal, null);
   assert.equal(r.code, 130, r.stderr);
   assert.ok(r.ms < 4000, `${r.ms} ms`);
+});
+
+test("dataView: covers exactly the view's bytes of a pooled buffer, so a field written through it lands at the right place and nowhere else", () => {
+  const pool = Buffer.alloc(32, 0xee);
+  const part = pool.subarray(5, 13);
+  const fields = dataView(part);
+  assert.equal(fields.byteLength, 8);
+  fields.setUint32(4, 0x04030201, true);
+  assert.deepEqual([...pool.subarray(9, 13)], [1, 2, 3, 4]);
+  assert.equal(pool[8], 0xee);
+  assert.equal(pool[13], 0xee);
+  assert.throws(() => fields.getUint32(6, true), RangeError);
 });

@@ -1,4 +1,5 @@
 // StreamDecoder: reads a stream record by record, yielding each only once everything that covers it is verified.
+import { dataView } from '../../buffers';
 import { crc32, extendCrc } from './crc';
 import { native } from '../../native';
 import { StreamError, at } from './errors';
@@ -14,7 +15,6 @@ import {
   TRAILER,
   TRAILER_PAYLOAD_SIZE,
   checkMaxPayload,
-  dataView,
   decodeRecordHeader,
   recordHeaderCrcs,
   type RecordHeaderFields,

@@ -1,5 +1,5 @@
 // StreamEncoder: writes the stream header, one record per writeRecord, and the trailer.
-import { bufferView } from '../../buffers';
+import { bufferView, dataView } from '../../buffers';
 import { Buffer } from 'node:buffer';
 import { crc32, extendCrc } from './crc';
 import {
@@ -16,7 +16,6 @@ import {
   TRAILER_PAYLOAD_SIZE,
   asBuffer,
   checkMaxPayload,
-  dataView,
   encodeRecordHeader,
   type StreamTotals,
 } from './format';

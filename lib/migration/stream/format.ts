@@ -1,5 +1,5 @@
 // The .vfmig byte layout (docs/stream-format.md): constants, and one table of field offsets the encoder and decoder share.
-import { bufferView } from '../../buffers';
+import { bufferView, dataView } from '../../buffers';
 import { Buffer, constants as bufferConstants } from 'node:buffer';
 import { crc32 } from './crc';
 
@@ -79,13 +79,6 @@ export interface RecordHeaderFields {
   sequence: bigint;
   length: bigint;
   payloadCrc: number;
-}
-
-// Record headers are read and written through a DataView: Buffer's readUInt32LE and kin are JS
-// functions with argument checks, some five calls each, and a migration's downtime runs this code
-// a few times per device in V8's interpreter, where every call counts (bench/RESULTS.md).
-export function dataView(b: Uint8Array): DataView {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength);
 }
 
 export function encodeRecordHeader(
