@@ -1,6 +1,6 @@
 // The commands of vfio-mig as a table: each with its own options, positional arguments and run function.
-import type { ParseArgsConfig } from 'node:util';
 import { writeFileSync } from 'node:fs';
+import type { OptionSpec } from './args';
 import type { Device, PrecopyPolicy } from '../lib';
 import { openDevice } from '../lib/device';
 import { printable } from '../lib/printable';
@@ -63,7 +63,7 @@ export interface CommandContext {
 
 export interface Command {
   /** Options of this command besides the global --json, --quiet and --help. */
-  options: NonNullable<ParseArgsConfig['options']>;
+  options: Readonly<Record<string, OptionSpec>>;
   /** Names of the positional arguments; a trailing '?' marks an optional one. */
   args: string[];
   /** Checks option values before anything is opened, so a usage error never touches a device. */

@@ -1,6 +1,6 @@
 // vfio-mig: the command line of vfio-migration: arguments, dispatch to the command table, errors and exit codes.
-import { parseArgs } from 'node:util';
 import { SyscallError, VfioError } from '../lib/errors';
+import { parseCommandLine, type OptionSpec } from './args';
 import { MigrationError } from '../lib/migration/errors';
 import { StreamError } from '../lib/migration/stream/errors';
 import { printable } from '../lib/printable';
@@ -11,12 +11,12 @@ import { version } from '../lib/migration/identity';
 
 export { EXIT };
 
-const GLOBAL_OPTIONS = {
+const GLOBAL_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   help: { type: 'boolean', short: 'h' },
   json: { type: 'boolean' },
   quiet: { type: 'boolean', short: 'q' },
   version: { type: 'boolean' },
-} as const;
+};
 
 const DEVICE_CODES = [
   'ERR_VFIO_NOT_FOUND',
@@ -92,7 +92,7 @@ export async function main(argv: string[], io: Io = processIo(), signal?: AbortS
   const { command, rest, globals } = splitCommand(argv);
   let asJson = false;
   try {
-    const pre = parseArgs({ args: globals, options: GLOBAL_OPTIONS, strict: true, allowPositionals: false });
+    const pre = parseCommandLine(globals, GLOBAL_OPTIONS, false);
     asJson = !!pre.values.json;
     if (command === 'help') {
       const topic = rest[0];
@@ -110,12 +110,7 @@ export async function main(argv: string[], io: Io = processIo(), signal?: AbortS
     }
     const spec = COMMANDS[command];
     if (!spec) throw new UsageError(`unknown command '${command}' (vfio-mig --help lists them)`);
-    const parsed = parseArgs({
-      args: rest,
-      options: { ...GLOBAL_OPTIONS, ...spec.options },
-      strict: true,
-      allowPositionals: true,
-    });
+    const parsed = parseCommandLine(rest, { ...GLOBAL_OPTIONS, ...spec.options }, true);
     const values = { ...pre.values, ...parsed.values } as Record<string, string | boolean | undefined>;
     asJson = !!values.json;
     if (values.help) {

@@ -26,6 +26,8 @@ const common = {
 buildSync({
   ...common,
   entryPoints: [join(root, 'dist/cli/vfio-mig.js')],
+  // the tool version for stream headers and --version, so that a command reads no package.json
+  define: { VFIO_MIG_BUNDLED_VERSION: JSON.stringify(require(join(root, 'package.json')).version) },
   outfile: join(root, 'dist/bin/cli.js'),
   // the addon is found at run time by bindings, from the package root
   external: ['*.node'],

@@ -1,6 +1,6 @@
 // Steps of a save shared by save() and migrate(): the stream header, progress, pre-copy passes, the stop-and-copy pass.
 import { abortError } from './errors';
-import { deviceIdentity, version } from './identity';
+import { deviceIdentity, isoTime, version } from './identity';
 import { precopyStop } from './policy';
 import { PHASE_STOP_COPY, type StreamHeader } from './stream';
 import type { MigrationEngine, PendingData, PrecopyPolicy, Progress, ProgressPhase } from './types';
@@ -41,7 +41,7 @@ export function streamHeader(device: Device, engine: MigrationEngine, meta?: Rec
     device: deviceIdentity(device),
     migration: engine.describe(),
     tool: { name: 'vfio-migration', version: version() },
-    created: new Date().toISOString(),
+    created: isoTime(Date.now()),
   };
 }
 

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StreamEncoder, PHASE_STOP_COPY } from '../../lib/migration/stream';
-import { version } from '../../lib/migration/identity';
+import { isoTime, version } from '../../lib/migration/identity';
 
 const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
@@ -151,4 +151,20 @@ test('--version prints the package version, from the bundled bin as from the lib
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, `vfio-mig ${pkg.version}\n`);
   assert.equal(version(), pkg.version);
+  // the bundle has it written in at build time rather than reading package.json at every command
+  const bundle = readFileSync(join(__dirname, '../../bin/cli.js'), 'utf8');
+  assert.ok(bundle.includes(JSON.stringify(pkg.version)), 'the bundle carries the version');
+  assert.ok(!bundle.includes('VFIO_MIG_BUNDLED_VERSION'), 'the build replaced the placeholder');
+});
+
+test('isoTime (unit, no kernel): the same text as toISOString over four millennia, at every digit width', () => {
+  const times = [0, 1, 9, 10, 99, 100, 999, Date.UTC(1000, 0, 1), Date.UTC(9999, 11, 31, 23, 59, 59, 999), Date.now()];
+  let seed = 12345;
+  for (let i = 0; i < 2000; i++) {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    times.push(Date.UTC(1000, 0, 1) + (seed / 2147483648) * (Date.UTC(9999, 0, 1) - Date.UTC(1000, 0, 1)));
+  }
+  for (const t of times) assert.equal(isoTime(Math.floor(t)), new Date(Math.floor(t)).toISOString(), String(t));
+  for (const t of [Date.UTC(-1, 0, 1), Date.UTC(999, 11, 31), 8.64e15])
+    assert.equal(isoTime(t), new Date(t).toISOString());
 });
