@@ -64,7 +64,9 @@ export function describeDevice(path: string, kind: 'pci' | 'mdev'): SysfsDevice 
   } else {
     dev.mdevType = linkName(join(path, 'mdev_type')) ?? undefined;
     try {
-      dev.parent = basename(join(realpathSync(path), '..'));
+      // libc's realpath: Node's JS one lstats every component of the sysfs path in turn, a
+      // visible share of a cold command's start-up under emulation
+      dev.parent = basename(join(realpathSync.native(path), '..'));
     } catch {
       /* parent unknown */
     }
@@ -93,7 +95,7 @@ export function resolveDevice(spec: string, sysRoot = '/sys'): SysfsDevice {
   if (spec.startsWith('/')) {
     let real: string;
     try {
-      real = realpathSync(spec);
+      real = realpathSync.native(spec);
     } catch {
       throw new VfioError('ERR_VFIO_NOT_FOUND', `no such sysfs path ${spec}`);
     }

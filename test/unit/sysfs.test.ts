@@ -60,7 +60,14 @@ test('resolves PCI addresses (full and short), mdev UUIDs and sysfs paths', () =
     assert.equal(m.group, 12);
     assert.equal(m.mdevType, 'mtty-2');
     assert.equal(m.driver, 'mtty');
+    // the parent is the directory the mdev's symlink resolves into
+    assert.equal(m.parent, 'mtty');
     assert.equal(resolveDevice(join(root, 'bus/pci/devices/0000:00:03.0'), root).name, '0000:00:03.0');
+    assert.equal(resolveDevice(join(root, 'devices/virtual/mtty/mtty', m.name), root).name, m.name);
+    assert.throws(
+      () => resolveDevice(join(root, 'bus/pci/devices/0000:00:09.0'), root),
+      (e: VfioError) => e.code === 'ERR_VFIO_NOT_FOUND' && /no such sysfs path/.test(e.message),
+    );
     assert.throws(
       () => resolveDevice('0000:00:09.0', root),
       (e: VfioError) => e.code === 'ERR_VFIO_NOT_FOUND' && /0000:00:09.0/.test(e.message),
