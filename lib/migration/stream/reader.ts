@@ -135,8 +135,9 @@ export class ChunkReader implements StreamReader {
       if (chunk.length === 0) continue;
       const k = Math.min(chunk.length, n - filled);
       if (out === undefined && k === n) {
-        // The whole read lies in one source chunk: no copy.
-        if (k < chunk.length) this.#push(bufferView(chunk, k));
+        // The whole read lies in one source chunk: no copy (and no view when it is the chunk).
+        if (k === chunk.length) return chunk;
+        this.#push(bufferView(chunk, k));
         return bufferView(chunk, 0, n);
       }
       grow(filled + k);
@@ -147,13 +148,18 @@ export class ChunkReader implements StreamReader {
     return out!;
   }
 
-  /** Takes `n` (<= buffered) bytes: a view when they lie in one chunk, else one copy. */
+  /** Takes `n` (<= buffered) bytes: the chunk itself when they are one whole chunk, a view when they lie inside one, else one copy. */
   take(n: number): Buffer {
     if (n === 0) return EMPTY;
     const chunks = this.#chunks;
     const first = chunks[this.#first]!;
     let out: Buffer;
-    if (first.length - this.#head >= n) {
+    if (this.#head === 0 && first.length === n) {
+      // A read of exactly one whole chunk (the channel's frame headers and bodies arrive so, in
+      // one process): the chunk itself, not a view, which is two JS calls fewer in the downtime.
+      out = first;
+      this.#first++;
+    } else if (first.length - this.#head >= n) {
       out = bufferView(first, this.#head, this.#head + n);
       this.#head += n;
       if (this.#head === first.length) {
