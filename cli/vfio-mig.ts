@@ -11,7 +11,8 @@ import { version } from '../lib/migration/identity';
 
 export { EXIT };
 
-const GLOBAL_OPTIONS: Readonly<Record<string, OptionSpec>> = {
+/** Options every command takes, before or after its name. */
+export const GLOBAL_OPTIONS: Readonly<Record<string, OptionSpec>> = {
   help: { type: 'boolean', short: 'h' },
   json: { type: 'boolean' },
   quiet: { type: 'boolean', short: 'q' },
