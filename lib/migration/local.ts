@@ -1,27 +1,20 @@
 // A migrate between devices of one process: an in-memory channel with migrate() at one end and receive() at the other.
-import { MemoryPipe } from './memory-pipe';
+import { FrameQueue } from './frame-queue';
 import { migrate, type MigrateOptions, type MigrateResult } from './migrate';
 import { receive, type ReceiveOptions, type ReceiveResult } from './receive';
 import type { Migration } from './session';
-import { markInProcess, type Channel } from './wire';
+import { inProcessEnd, type Channel } from './wire';
 
 /**
- * Two channel ends joined back to back in memory (MemoryPipe), marked as such (isInProcess): a
- * stream between them carries no payload checksums. Each written chunk comes out as it went in
- * (the same object, never concatenated with its neighbours), and at most MEMORY_PIPE_CHUNKS wait
- * (two frames) before a write is held back.
+ * Two channel ends joined back to back in memory by two frame queues (isInProcess): each frame
+ * goes over as the object it was sent as, its payload the very buffer (frame-queue.ts), and a
+ * stream between them carries no payload checksums. For migrate(), receive() and WireEnd only:
+ * the ends carry frames, not bytes.
  */
 export function channelPair(): [Channel, Channel] {
-  const ab = new MemoryPipe();
-  const ba = new MemoryPipe();
-  // A MemoryPipe has the part of a Writable that WireEnd uses (write, end, destroy, drain, close).
-  const writable = (p: MemoryPipe) => p as unknown as NodeJS.WritableStream;
-  const ends: [Channel, Channel] = [
-    { readable: ba, writable: writable(ab) },
-    { readable: ab, writable: writable(ba) },
-  ];
-  ends.forEach(markInProcess);
-  return ends;
+  const ab = new FrameQueue();
+  const ba = new FrameQueue();
+  return [inProcessEnd(ba, ab), inProcessEnd(ab, ba)];
 }
 
 /**

@@ -1,5 +1,6 @@
 // The migrate wire format (docs/migrate-protocol.md): preamble, frames, and the channel both ends speak over.
 import { Buffer } from 'node:buffer';
+import { FrameQueue } from './frame-queue';
 import { ChunkReader } from './stream/reader';
 import { writableEmitter, type Emit } from './stream/sink';
 
@@ -71,8 +72,7 @@ export function decodePreamble(b: Buffer): number {
 // dataView() helper the record headers use is one more per frame header, which bench/calls.ts
 // counted (3 runs each, four devices' downtime: 3177-3200 calls with it, 3147-3170 without).
 export function encodeFrameHeader(type: number, device: number, length: number): Buffer {
-  if (type >>> 8 || device >>> 16 || !(length >= 0 && length <= 0xffffffff))
-    throw new RangeError(`frame header: type ${type}, device ${device} or length ${length} out of range`);
+  checkFrameHeader(type, device, length);
   const h = Buffer.alloc(FRAME_HEADER_SIZE);
   h[0] = type;
   h[1] = 0;
@@ -83,6 +83,11 @@ export function encodeFrameHeader(type: number, device: number, length: number):
   h[6] = (length >>> 16) & 0xff;
   h[7] = length >>> 24;
   return h;
+}
+
+function checkFrameHeader(type: number, device: number, length: number): void {
+  if (type >>> 8 || device >>> 16 || !(length >= 0 && length <= 0xffffffff))
+    throw new RangeError(`frame header: type ${type}, device ${device} or length ${length} out of range`);
 }
 
 export function encodeFrame(type: number, device: number, payload: Buffer): Buffer {
@@ -111,12 +116,26 @@ export type Channel =
   | { readable: AsyncIterable<Buffer | Uint8Array>; writable: NodeJS.WritableStream }
   | (NodeJS.ReadWriteStream & AsyncIterable<Buffer | Uint8Array>);
 
-// Channels whose two ends are in this process (channelPair): the records cross no boundary.
-const IN_PROCESS = new WeakSet<object>();
+// The ends of channelPair(): the frame queue each reads from and the one it writes to.
+const FRAME_LINKS = new WeakMap<object, { incoming: FrameQueue; outgoing: FrameQueue }>();
 
-/** Marks a channel as joined to its peer in this process's memory (see isInProcess). */
-export function markInProcess(channel: Channel): void {
-  IN_PROCESS.add(channel);
+/** A pseudo frame type (no FRAME has it) carrying the preamble over a frame queue. */
+const PREAMBLE_FRAME = 0x00;
+
+/**
+ * A channel end joined to its peer in this process by two frame queues: a WireEnd on it hands
+ * frames over as objects (no bytes; isInProcess). It carries frames, not bytes: its `readable`
+ * and `writable` throw.
+ */
+export function inProcessEnd(incoming: FrameQueue, outgoing: FrameQueue): Channel {
+  const bytes = (): never => {
+    throw new TypeError(
+      'an in-process channel (channelPair) carries frames, not bytes: give it to migrate() or receive()',
+    );
+  };
+  const end = Object.defineProperties({}, { readable: { get: bytes }, writable: { get: bytes } }) as Channel;
+  FRAME_LINKS.set(end, { incoming, outgoing });
+  return end;
 }
 
 /**
@@ -125,7 +144,7 @@ export function markInProcess(channel: Channel): void {
  * transit). Decided by how the channel was made, never by anything the stream says.
  */
 export function isInProcess(channel: Channel): boolean {
-  return IN_PROCESS.has(channel);
+  return FRAME_LINKS.has(channel);
 }
 
 function channelEnds(channel: Channel): {
@@ -141,41 +160,59 @@ function channelEnds(channel: Channel): {
 
 /**
  * One end of the wire: writes frames in order (a frame is never interleaved with another), reads
- * frames one at a time. A read that the peer never answers ends with close() or a timeout.
+ * frames one at a time. A read that the peer never answers ends with close() or a timeout. On a
+ * channelPair() end the frames go over as objects (frame-queue.ts), on any other channel as bytes.
  */
 export class WireEnd {
-  readonly #reader: ChunkReader;
-  readonly #emit: Emit;
-  readonly #writable: NodeJS.WritableStream;
+  readonly #bytes: { reader: ChunkReader; emit: Emit; writable: NodeJS.WritableStream } | undefined;
+  readonly #frames: { incoming: FrameQueue; outgoing: FrameQueue } | undefined;
   #closed = false;
   #closeWaiters = new Set<(err: Error) => void>();
   bytesOut = 0;
   bytesIn = 0;
 
   constructor(channel: Channel) {
+    this.#frames = FRAME_LINKS.get(channel);
+    if (this.#frames) return;
     const { readable, writable } = channelEnds(channel);
-    this.#reader = new ChunkReader(readable);
-    this.#writable = writable;
-    this.#emit = writableEmitter(writable);
+    this.#bytes = { reader: new ChunkReader(readable), emit: writableEmitter(writable), writable };
   }
 
   async writePreamble(version = WIRE_VERSION): Promise<void> {
-    await this.#write(encodePreamble(version), false);
+    if (this.#closed) throw new WireError('ERR_WIRE_CLOSED', 'the channel is closed');
+    const preamble = encodePreamble(version);
+    this.bytesOut += preamble.length;
+    if (this.#frames) await this.#frames.outgoing.push({ type: PREAMBLE_FRAME, device: 0, payload: preamble }, false);
+    else await this.#bytes!.emit(preamble, false);
   }
 
   async readPreamble(timeoutMs?: number): Promise<number> {
-    const b = await this.#timed(this.#reader.read(PREAMBLE_SIZE), timeoutMs, 'the peer to start');
+    let b: Buffer | null;
+    if (this.#frames) {
+      const frame = await this.#timed(this.#frames.incoming.next(), timeoutMs, 'the peer to start');
+      // Anything but a preamble fails decodePreamble, as its bytes would.
+      b = frame && (frame.type === PREAMBLE_FRAME ? frame.payload : Buffer.alloc(0));
+    } else {
+      b = await this.#timed(this.#bytes!.reader.read(PREAMBLE_SIZE), timeoutMs, 'the peer to start');
+    }
     if (!b) throw new WireError('ERR_WIRE_CLOSED', 'the channel closed before the peer said hello');
-    this.bytesIn += b.length;
+    this.bytesIn += PREAMBLE_SIZE;
     return decodePreamble(Buffer.from(b));
   }
 
   /** Writes a frame; the header and payload go as two writes in the same tick, so nothing comes between. */
   async send(type: number, device: number, payload: Buffer, flush = false): Promise<void> {
     if (this.#closed) throw new WireError('ERR_WIRE_CLOSED', 'the channel is closed');
+    if (this.#frames) {
+      checkFrameHeader(type, device, payload.length);
+      this.bytesOut += FRAME_HEADER_SIZE + payload.length;
+      await this.#frames.outgoing.push({ type, device, payload }, flush);
+      return;
+    }
+    const emit = this.#bytes!.emit;
     const header = encodeFrameHeader(type, device, payload.length);
-    const p = this.#emit(header, false);
-    const q = this.#emit(payload, flush);
+    const p = emit(header, false);
+    const q = emit(payload, flush);
     this.bytesOut += header.length + payload.length;
     await Promise.all([p, q]);
   }
@@ -186,9 +223,11 @@ export class WireEnd {
 
   /** The next frame, or null at a clean end of the channel between frames. */
   async read(timeoutMs?: number, waitingFor = 'the peer'): Promise<Frame | null> {
-    const head = await this.#timed(this.#reader.read(FRAME_HEADER_SIZE), timeoutMs, waitingFor);
+    if (this.#frames) return this.#readFrame(this.#frames.incoming, timeoutMs, waitingFor);
+    const reader = this.#bytes!.reader;
+    const head = await this.#timed(reader.read(FRAME_HEADER_SIZE), timeoutMs, waitingFor);
     if (!head) {
-      if (this.#reader.buffered > 0) throw new WireError('ERR_WIRE_CLOSED', 'the channel closed inside a frame');
+      if (reader.buffered > 0) throw new WireError('ERR_WIRE_CLOSED', 'the channel closed inside a frame');
       return null;
     }
     const type = head[0]!;
@@ -199,10 +238,21 @@ export class WireEnd {
     const limit = type === FRAME.data ? MAX_DATA : MAX_MESSAGE;
     if (length > limit)
       throw new WireError('ERR_WIRE_FORMAT', `${frameName(type)} frame of ${length} bytes, more than ${limit}`);
-    const body = await this.#timed(this.#reader.read(length), timeoutMs, waitingFor);
+    const body = await this.#timed(reader.read(length), timeoutMs, waitingFor);
     if (!body) throw new WireError('ERR_WIRE_CLOSED', `the channel closed inside a ${frameName(type)} frame`);
     this.bytesIn += FRAME_HEADER_SIZE + length;
     return { type, device, payload: body };
+  }
+
+  async #readFrame(incoming: FrameQueue, timeoutMs: number | undefined, waitingFor: string): Promise<Frame | null> {
+    if (this.#closed) throw new WireError('ERR_WIRE_CLOSED', 'the channel is closed');
+    // Without a timeout a waiting read needs no timer: close() fails it through the queue.
+    const frame =
+      incoming.take() ?? (await (timeoutMs ? this.#timed(incoming.next(), timeoutMs, waitingFor) : incoming.next()));
+    if (!frame) return null;
+    if (!NAMES.has(frame.type)) throw new WireError('ERR_WIRE_FORMAT', frameName(frame.type));
+    this.bytesIn += FRAME_HEADER_SIZE + frame.payload.length;
+    return frame;
   }
 
   /** Stops reading and writing; pending reads fail. Ends the writable side. Idempotent. */
@@ -211,9 +261,14 @@ export class WireEnd {
     this.#closed = true;
     for (const w of this.#closeWaiters) w(new WireError('ERR_WIRE_CLOSED', reason));
     this.#closeWaiters.clear();
-    void Promise.resolve(this.#reader.close()).catch(() => undefined);
+    if (this.#frames) {
+      this.#frames.incoming.stopReading(new WireError('ERR_WIRE_CLOSED', reason));
+      this.#frames.outgoing.end();
+      return;
+    }
+    void Promise.resolve(this.#bytes!.reader.close()).catch(() => undefined);
     try {
-      this.#writable.end();
+      this.#bytes!.writable.end();
     } catch {
       // already destroyed
     }
@@ -225,13 +280,8 @@ export class WireEnd {
    */
   destroy(reason = 'the channel was dropped'): void {
     this.close(reason);
-    (this.#writable as Partial<NodeJS.WritableStream & { destroy(): void }>).destroy?.();
-  }
-
-  async #write(chunk: Buffer, flush: boolean): Promise<void> {
-    if (this.#closed) throw new WireError('ERR_WIRE_CLOSED', 'the channel is closed');
-    this.bytesOut += chunk.length;
-    await this.#emit(chunk, flush);
+    if (this.#frames) this.#frames.outgoing.destroy();
+    else (this.#bytes!.writable as Partial<NodeJS.WritableStream & { destroy(): void }>).destroy?.();
   }
 
   #timed<T>(p: Promise<T>, timeoutMs: number | undefined, waitingFor: string): Promise<T> {
