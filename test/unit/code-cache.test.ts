@@ -2,13 +2,26 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const DIST = join(__dirname, '../..');
 const BIN_DIR = join(DIST, 'bin');
-const node = (args: string[]) => spawnSync(process.execPath, args, { encoding: 'utf8' });
+// Children write their user code caches (cli/code-cache.ts) here, never into the real home.
+const XDG = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+process.on('exit', () => rmSync(XDG, { recursive: true, force: true }));
+const node = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+  spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, XDG_CACHE_HOME: XDG, ...env } });
 
 test('the code cache the build wrote is accepted by this Node in a fresh process', () => {
   const file = join(BIN_DIR, 'cli.js');
@@ -51,4 +64,42 @@ test('a missing, corrupt or stale code cache costs speed only: the command runs 
     assert.equal(r.stdout, expected.stdout, `${name} cache: the output differs`);
     assert.equal(r.stderr, '', `${name} cache: the launcher wrote to stderr`);
   }
+});
+
+test('under other V8 flags the build cache is rejected; the first command leaves an eager user cache that the next one takes', (t) => {
+  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+  t.after(() => rmSync(xdg, { recursive: true, force: true }));
+  const file = join(BIN_DIR, 'cli.js');
+  const probe = `process.stdout.write(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)}).source)`;
+  const run = (flags: string[]) => {
+    const r = node([...flags, '-e', probe], { XDG_CACHE_HOME: xdg });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  };
+  const dir = join(xdg, 'vfio-migration');
+  const files = () => (existsSync(dir) ? readdirSync(dir) : []);
+  assert.equal(run([]), 'shipped', 'the build cache, under no flags');
+  assert.deepEqual(files(), [], 'no user cache where the build cache is taken');
+  const flags = ['--max-old-space-size=4096'];
+  assert.equal(run(flags), 'compiled', 'V8 rejects the build cache under another flag');
+  const written = files();
+  assert.equal(written.length, 1, `one user cache written at exit: ${written.join(', ')}`);
+  // Eager like the build's: every function, not just the top level (a lazy one is some 25 KB).
+  const size = statSync(join(dir, written[0]!)).size;
+  assert.ok(size > statSync(`${file}.cache`).size / 2, `user cache of ${size} bytes`);
+  assert.equal(run(flags), 'user', 'the next command with the same flags takes it');
+  assert.equal(run(['--max-old-space-size=2048']), 'compiled', 'other flags, another cache');
+  assert.equal(files().length, 2);
+});
+
+test('where no user cache can be written, the command runs all the same and writes nothing', (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'vfio-mig-ro-'));
+  t.after(() => rmSync(root, { recursive: true, force: true }));
+  // A file where the cache directory would be: mkdir fails as on a read-only home.
+  writeFileSync(join(root, 'vfio-migration'), '');
+  const r = node(['--max-old-space-size=4096', join(BIN_DIR, 'vfio-mig.js'), '--version'], { XDG_CACHE_HOME: root });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^vfio-mig /);
+  assert.equal(r.stderr, '');
+  assert.deepEqual(readdirSync(root), ['vfio-migration']);
 });
