@@ -1,7 +1,8 @@
 // Loads the bundled CLI through V8's code cache (written at build time by scripts/bundle.js): start-up without parsing or compiling.
 import {
   closeSync,
-  existsSync,
+  constants,
+  fstatSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -76,17 +77,45 @@ export function userCacheFile(file: string, env: NodeJS.ProcessEnv = process.env
  */
 export function compileBundle(file: string, cacheFile: string): { script: Script; source: CodeSource } {
   const userFile = userCacheFile(file);
-  const useUser = userFile !== undefined && existsSync(userFile);
-  let cachedData: Buffer | undefined;
-  try {
-    cachedData = readFileSync(useUser ? userFile : cacheFile);
-  } catch {
-    /* no cache: compiled from source */
+  const userCache = userFile === undefined ? undefined : readOwnFile(userFile);
+  const useUser = userCache !== undefined;
+  let cachedData = userCache;
+  if (!useUser) {
+    try {
+      cachedData = readFileSync(cacheFile);
+    } catch {
+      /* no cache: compiled from source */
+    }
   }
   const script = compile(file, cachedData);
   if (cachedData && !script.cachedDataRejected) return { script, source: useUser ? 'user' : 'shipped' };
   if (userFile) process.once('exit', () => writeUserCache(file, userFile));
   return { script, source: 'compiled' };
+}
+
+/**
+ * The contents of `path` if it is a regular file of this process's user that no one else may
+ * write, else undefined. A code cache is code V8 runs (it checks only that the cache fits the
+ * source and flags), and vfio-mig runs as root: a cache anyone else could have written, under a
+ * home that sudo kept or a shared XDG_CACHE_HOME, is not read. Checked on the open file itself.
+ */
+function readOwnFile(path: string): Buffer | undefined {
+  let fd: number;
+  try {
+    // (libuv opens every file O_CLOEXEC)
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.uid !== process.geteuid?.() || (st.mode & 0o022) !== 0) return undefined;
+    return readFileSync(fd);
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Compiles `file` with every function compiled, as the build does, and writes its cache to `userFile`. */
@@ -95,8 +124,8 @@ function writeUserCache(file: string, userFile: string): void {
   let fd: number;
   try {
     // Opened before compiling: where nothing can be written (a read-only home), nothing is compiled.
-    mkdirSync(dirname(userFile), { recursive: true });
-    fd = openSync(tmp, 'wx', 0o644);
+    mkdirSync(dirname(userFile), { recursive: true, mode: 0o700 });
+    fd = openSync(tmp, 'wx', 0o600);
   } catch {
     return;
   }

@@ -1,15 +1,19 @@
-// Host-side tests of the bin's start-up path: the V8 code cache the build writes, and the launcher without it.
+// Host-side tests of the bin's start-up path: the V8 code cache the build writes, the user cache for other flags, and the launcher without either.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import {
+  chmodSync,
+  chownSync,
   copyFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
+  renameSync,
   rmSync,
   statSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -102,4 +106,41 @@ test('where no user cache can be written, the command runs all the same and writ
   assert.match(r.stdout, /^vfio-mig /);
   assert.equal(r.stderr, '');
   assert.deepEqual(readdirSync(root), ['vfio-migration']);
+});
+
+test('a user cache someone else could have written is not read: group- or world-writable, a symlink, another owner', (t) => {
+  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+  t.after(() => rmSync(xdg, { recursive: true, force: true }));
+  const file = join(BIN_DIR, 'cli.js');
+  const probe = `process.stdout.write(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)}).source)`;
+  const flags = ['--max-old-space-size=4096'];
+  const run = () => {
+    const r = node([...flags, '-e', probe], { XDG_CACHE_HOME: xdg });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  };
+  assert.equal(run(), 'compiled');
+  const dir = join(xdg, 'vfio-migration');
+  const [name] = readdirSync(dir);
+  const cache = join(dir, name!);
+  assert.equal(statSync(dir).mode & 0o777, 0o700, 'the directory is private');
+  assert.equal(statSync(cache).mode & 0o777, 0o600, 'the cache is private');
+  assert.equal(run(), 'user');
+  chmodSync(cache, 0o620);
+  assert.equal(run(), 'compiled', 'group-writable: not read');
+  assert.equal(statSync(cache).mode & 0o777, 0o600, 'and written again, private');
+  assert.equal(run(), 'user');
+  const real = `${cache}.real`;
+  renameSync(cache, real);
+  symlinkSync(real, cache);
+  assert.equal(run(), 'compiled', 'a symlink: not followed');
+  if (process.geteuid?.() !== 0) {
+    t.diagnostic('another owner not tried: chown needs root');
+    return;
+  }
+  rmSync(cache, { force: true });
+  renameSync(real, cache);
+  assert.equal(run(), 'user');
+  chownSync(cache, 65534, 65534);
+  assert.equal(run(), 'compiled', "another user's file: not read");
 });
