@@ -40,9 +40,9 @@ export type CodeSource = 'shipped' | 'user' | 'compiled';
 // V8 takes a cache only from a process with the flags it was made under, and the build's is made
 // under none: `node --max-old-space-size=4096`, or the same in NODE_OPTIONS, and a command would
 // compile everything lazily, as it first runs. In the test guest that made a migration's downtime
-// (code that runs there for the first time) 19 -> 33 ms for one device. Such a process compiles the
-// bundle eagerly instead, and leaves a cache for its flags in the user's cache directory for the
-// next command with the same Node and flags.
+// (code that runs there for the first time) 19 -> 33 ms for one device. Such a command still runs
+// so once, and at its exit leaves an eager cache for its Node and flags in the user's cache
+// directory, which the next command with the same Node and flags takes.
 
 /** 32-bit FNV-1a of `text`, in hex: names the user cache of one Node and set of flags (V8 checks the rest). */
 function fnv1a(text: string): string {
