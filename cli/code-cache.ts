@@ -12,7 +12,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import { Script } from 'node:vm';
 
 // Under emulation, parsing and compiling the 280 KB bundle was a third of a command's module
@@ -53,7 +53,10 @@ function fnv1a(text: string): string {
 
 /** The user cache file for the bundle `file` in this process (its Node, its flags), or undefined without a home. */
 export function userCacheFile(file: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  const base = env.XDG_CACHE_HOME || (env.HOME ? join(env.HOME, '.cache') : undefined);
+  // Absolute paths only (the XDG rule): a relative one would put the cache in the working directory.
+  const xdg = env.XDG_CACHE_HOME;
+  const home = env.HOME;
+  const base = xdg && isAbsolute(xdg) ? xdg : home && isAbsolute(home) ? join(home, '.cache') : undefined;
   if (!base) return undefined;
   let stamp = '';
   try {

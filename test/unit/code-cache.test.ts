@@ -144,3 +144,15 @@ test('a user cache someone else could have written is not read: group- or world-
   chownSync(cache, 65534, 65534);
   assert.equal(run(), 'compiled', "another user's file: not read");
 });
+
+test('a relative XDG_CACHE_HOME or HOME is ignored (the XDG rule): no cache lands in the working directory', (t) => {
+  const cwd = mkdtempSync(join(tmpdir(), 'vfio-mig-cwd-'));
+  t.after(() => rmSync(cwd, { recursive: true, force: true }));
+  const r = spawnSync(process.execPath, ['--max-old-space-size=4096', join(BIN_DIR, 'vfio-mig.js'), '--version'], {
+    encoding: 'utf8',
+    cwd,
+    env: { ...process.env, XDG_CACHE_HOME: 'cache', HOME: 'home' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(readdirSync(cwd), []);
+});
