@@ -29,9 +29,30 @@ export function wrapped(source: string): string {
   return `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
 }
 
-/** The bundle `file` compiled as a function, with `cachedData` if given (checked by V8). */
-export function compile(file: string, cachedData?: Buffer): Script {
-  return new Script(wrapped(readFileSync(file, 'utf8')), { filename: file, cachedData });
+/** The bundle `file` compiled as a function, with `cachedData` if given (checked by V8), named `filename`. */
+export function compile(file: string, cachedData?: Buffer, filename = file): Script {
+  return new Script(wrapped(readFileSync(file, 'utf8')), { filename, cachedData });
+}
+
+/**
+ * A code cache of the bundle `file` with every function compiled, not only those run at load
+ * time, for this process's V8 and flags (the build's, and the user caches). Lazy compilation is
+ * off while it compiles and back on before the cache is made, so that the cache carries the
+ * process's own flags (V8 rejects a cache made under others). `filename` must differ from any
+ * name this process compiled the bundle under already, or V8 hands out that script again.
+ */
+export function eagerCodeCache(file: string, filename = file): Buffer {
+  // node:v8 is required here only: a command whose cache is taken does not load it.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on use, see above
+  const { setFlagsFromString } = require('node:v8') as typeof import('node:v8');
+  setFlagsFromString('--no-lazy');
+  let script: Script;
+  try {
+    script = compile(file, undefined, filename);
+  } finally {
+    setFlagsFromString('--lazy');
+  }
+  return script.createCachedData();
 }
 
 /** Where the bundle's code came from: the build's cache, this user's cache for these flags, or source. */
@@ -133,18 +154,8 @@ function writeUserCache(file: string, userFile: string): void {
     return;
   }
   try {
-    // node:v8 is required here only: a command whose cache is taken does not load it.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded on use, see above
-    const { setFlagsFromString } = require('node:v8') as typeof import('node:v8');
-    setFlagsFromString('--no-lazy');
-    let eager: Script;
-    try {
-      // Another name than the running script's, or V8 would hand out that lazily compiled one.
-      eager = new Script(wrapped(readFileSync(file, 'utf8')), { filename: `${file} (code cache)` });
-    } finally {
-      setFlagsFromString('--lazy');
-    }
-    writeFileSync(fd, eager.createCachedData());
+    // Another name than the running script's, or V8 would hand out that lazily compiled one.
+    writeFileSync(fd, eagerCodeCache(file, `${file} (code cache)`));
     closeSync(fd);
     renameSync(tmp, userFile);
   } catch {

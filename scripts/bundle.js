@@ -39,21 +39,16 @@ buildSync({
   outfile: join(root, 'dist/bin/vfio-mig.js'),
 });
 
-// The code cache: made with every function compiled, not only those run at load time. V8's lazy
-// compilation is turned off while the bundle compiles, and back on before the cache is made, so
-// that the cache carries the flags of an ordinary process (V8 rejects a cache made under others).
-// This is done in a process of its own, and a second one checks that an ordinary process accepts it.
+// The code cache: made with every function compiled (eagerCodeCache in cli/code-cache.ts), in a
+// process of its own with no flags, and a second one checks that an ordinary process accepts it.
 const codeCache = join(root, 'dist/cli/code-cache.js');
 const cli = join(root, 'dist/bin/cli.js');
 const cache = `${cli}.cache`;
 const tmp = `${cache}.${process.pid}.tmp`;
 const node = (script) => execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' }).trim();
 node(`
-  const { setFlagsFromString } = require('node:v8');
-  setFlagsFromString('--no-lazy');
-  const script = require(${JSON.stringify(codeCache)}).compile(${JSON.stringify(cli)});
-  setFlagsFromString('--lazy');
-  require('node:fs').writeFileSync(${JSON.stringify(tmp)}, script.createCachedData());
+  const { eagerCodeCache } = require(${JSON.stringify(codeCache)});
+  require('node:fs').writeFileSync(${JSON.stringify(tmp)}, eagerCodeCache(${JSON.stringify(cli)}));
 `);
 const accepted = node(
   `process.stdout.write(String(require(${JSON.stringify(codeCache)}).codeCacheAccepted(${JSON.stringify(cli)}, ${JSON.stringify(tmp)})))`,

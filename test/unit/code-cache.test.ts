@@ -27,6 +27,15 @@ process.on('exit', () => rmSync(XDG, { recursive: true, force: true }));
 const node = (args: string[], env: NodeJS.ProcessEnv = {}) =>
   spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, XDG_CACHE_HOME: XDG, ...env } });
 
+/** Where a fresh process with these node flags gets the bundle's code from (compileBundle), its user caches under `xdg`. */
+function codeSource(flags: string[], xdg: string): string {
+  const file = join(BIN_DIR, 'cli.js');
+  const probe = `process.stdout.write(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)}).source)`;
+  const r = node([...flags, '-e', probe], { XDG_CACHE_HOME: xdg });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
 test('the code cache the build wrote is accepted by this Node in a fresh process', () => {
   const file = join(BIN_DIR, 'cli.js');
   const probe = `process.stdout.write(String(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).codeCacheAccepted(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)})))`;
@@ -73,13 +82,7 @@ test('a missing, corrupt or stale code cache costs speed only: the command runs 
 test('under other V8 flags the build cache is rejected; the first command leaves an eager user cache that the next one takes', (t) => {
   const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
   t.after(() => rmSync(xdg, { recursive: true, force: true }));
-  const file = join(BIN_DIR, 'cli.js');
-  const probe = `process.stdout.write(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)}).source)`;
-  const run = (flags: string[]) => {
-    const r = node([...flags, '-e', probe], { XDG_CACHE_HOME: xdg });
-    assert.equal(r.status, 0, r.stderr);
-    return r.stdout;
-  };
+  const run = (flags: string[]) => codeSource(flags, xdg);
   const dir = join(xdg, 'vfio-migration');
   const files = () => (existsSync(dir) ? readdirSync(dir) : []);
   assert.equal(run([]), 'shipped', 'the build cache, under no flags');
@@ -90,7 +93,7 @@ test('under other V8 flags the build cache is rejected; the first command leaves
   assert.equal(written.length, 1, `one user cache written at exit: ${written.join(', ')}`);
   // Eager like the build's: every function, not just the top level (a lazy one is some 25 KB).
   const size = statSync(join(dir, written[0]!)).size;
-  assert.ok(size > statSync(`${file}.cache`).size / 2, `user cache of ${size} bytes`);
+  assert.ok(size > statSync(join(BIN_DIR, 'cli.js.cache')).size / 2, `user cache of ${size} bytes`);
   assert.equal(run(flags), 'user', 'the next command with the same flags takes it');
   assert.equal(run(['--max-old-space-size=2048']), 'compiled', 'other flags, another cache');
   assert.equal(files().length, 2);
@@ -111,14 +114,8 @@ test('where no user cache can be written, the command runs all the same and writ
 test('a user cache someone else could have written is not read: group- or world-writable, a symlink, another owner', (t) => {
   const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
   t.after(() => rmSync(xdg, { recursive: true, force: true }));
-  const file = join(BIN_DIR, 'cli.js');
-  const probe = `process.stdout.write(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)}).source)`;
   const flags = ['--max-old-space-size=4096'];
-  const run = () => {
-    const r = node([...flags, '-e', probe], { XDG_CACHE_HOME: xdg });
-    assert.equal(r.status, 0, r.stderr);
-    return r.stdout;
-  };
+  const run = () => codeSource(flags, xdg);
   assert.equal(run(), 'compiled');
   const dir = join(xdg, 'vfio-migration');
   const [name] = readdirSync(dir);
