@@ -67,10 +67,11 @@ export function decodePreamble(b: Buffer): number {
 }
 
 // Frame headers are written and read byte by byte: Buffer's writeUInt32LE and kin are JS functions
-// with argument checks, some five calls each, and every frame of a migration's downtime passes
-// here in V8's interpreter, where every call counts. Byte by byte is no JS call at all; the
-// dataView() helper the record headers use is one more per frame header, which bench/calls.ts
-// counted (3 runs each, four devices' downtime: 3177-3200 calls with it, 3147-3170 without).
+// with argument checks, some five calls each, and every frame of a migration's downtime over a
+// byte channel (ssh, exec, a socket) passes here in V8's interpreter, where every call counts.
+// Byte by byte is no JS call at all; the dataView() helper the record headers use is one more per
+// frame header, which bench/calls.ts counted when the in-process channel still went as bytes
+// (3 runs each, four devices' downtime: 3177-3200 calls with it, 3147-3170 without).
 export function encodeFrameHeader(type: number, device: number, length: number): Buffer {
   checkFrameHeader(type, device, length);
   const h = Buffer.alloc(FRAME_HEADER_SIZE);
