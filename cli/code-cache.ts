@@ -3,8 +3,10 @@ import {
   closeSync,
   constants,
   fstatSync,
+  lstatSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -158,6 +160,7 @@ function writeUserCache(file: string, userFile: string): void {
     writeFileSync(fd, eagerCodeCache(file, `${file} (code cache)`));
     closeSync(fd);
     renameSync(tmp, userFile);
+    pruneUserCaches(dirname(userFile));
   } catch {
     // Nothing may escape an exit handler: the command's own exit status stands.
     try {
@@ -171,6 +174,26 @@ function writeUserCache(file: string, userFile: string): void {
       /* the next writer's 'wx' open fails on it; a later one uses another pid */
     }
   }
+}
+
+/** How many user caches are kept: each Node and set of flags run writes one of about 650 KB. */
+export const USER_CACHES_KEPT = 8;
+
+/**
+ * Removes all but the `keep` newest user caches in `dir`. A cache is never wrong, only useless
+ * once its bundle was upgraded or its flags are no longer used, and nothing else would ever
+ * delete it. Only this process's own regular files named as ours are touched.
+ */
+export function pruneUserCaches(dir: string, keep = USER_CACHES_KEPT): void {
+  const caches: { path: string; mtimeMs: number }[] = [];
+  for (const name of readdirSync(dir)) {
+    if (!/^cli-[0-9a-f]{8}\.cache$/.test(name)) continue;
+    const path = join(dir, name);
+    const st = lstatSync(path);
+    if (st.isFile() && st.uid === process.geteuid?.()) caches.push({ path, mtimeMs: st.mtimeMs });
+  }
+  caches.sort((a, b) => b.mtimeMs - a.mtimeMs);
+  for (const old of caches.slice(keep)) rmSync(old.path, { force: true });
 }
 
 /** Runs the CommonJS bundle `file` (code from compileBundle) and returns its exports. */

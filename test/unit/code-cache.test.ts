@@ -14,10 +14,12 @@ import {
   rmSync,
   statSync,
   symlinkSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { USER_CACHES_KEPT } from '../../cli/code-cache';
 
 const DIST = join(__dirname, '../..');
 const BIN_DIR = join(DIST, 'bin');
@@ -152,4 +154,34 @@ test('a relative XDG_CACHE_HOME or HOME is ignored (the XDG rule): no cache land
   });
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(readdirSync(cwd), []);
+});
+
+test('user caches are pruned to the newest USER_CACHES_KEPT when one is written: others, and anything not ours, stay', (t) => {
+  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+  t.after(() => rmSync(xdg, { recursive: true, force: true }));
+  const dir = join(xdg, 'vfio-migration');
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // Old caches of earlier bundles or flags, oldest first, and files that are not caches of ours.
+  const old = Array.from(
+    { length: USER_CACHES_KEPT + 2 },
+    (_v, i) => `cli-${(0x10 + i).toString(16).padStart(8, '0')}.cache`,
+  );
+  old.forEach((name, i) => {
+    writeFileSync(join(dir, name), 'old', { mode: 0o600 });
+    utimesSync(join(dir, name), 1e6 + i, 1e6 + i);
+  });
+  writeFileSync(join(dir, 'notes.txt'), 'mine');
+  mkdirSync(join(dir, 'cli-00000000.cache'));
+  assert.equal(codeSource(['--max-old-space-size=1024'], xdg), 'compiled');
+  const left = readdirSync(dir).sort();
+  const written = left.filter(
+    (n) => /^cli-[0-9a-f]{8}\.cache$/.test(n) && !old.includes(n) && n !== 'cli-00000000.cache',
+  );
+  assert.equal(written.length, 1, `the new cache: ${left.join(', ')}`);
+  // The new one and the newest USER_CACHES_KEPT - 1 old ones; the directory and the other file stay.
+  assert.deepEqual(
+    left.filter((n) => old.includes(n)),
+    old.slice(old.length - (USER_CACHES_KEPT - 1)),
+  );
+  assert.ok(left.includes('notes.txt') && left.includes('cli-00000000.cache'));
 });
