@@ -113,6 +113,18 @@ export class Device {
     return this.handle.run((fd) => native.deviceFeatureAsync(fd, buffer));
   }
 
+  /**
+   * VFIO_DEVICE_FEATURE on each of `devices` with its own buffer, in one job off the JS thread:
+   * one entry per device, the ioctl's return value or the error it failed with.
+   */
+  static featuresAsync(devices: readonly Device[], buffers: Uint8Array[]): Promise<(number | Error)[]> {
+    for (const d of devices) d.#stateEpoch++;
+    return FdHandle.runAll(
+      devices.map((d) => d.handle),
+      (fds) => native.deviceFeaturesAsync(fds, buffers),
+    );
+  }
+
   /** Per-device slot for higher layers (the migration layer caches its probe here). */
   extension<T>(key: string, create: () => T): T {
     if (!this.#extensions.has(key)) this.#extensions.set(key, create());

@@ -43,6 +43,21 @@ export class FdHandle {
     }
   }
 
+  /** Runs one async syscall on several fds, each pinned open until it settles. */
+  static async runAll<T>(handles: readonly FdHandle[], call: (fds: number[]) => Promise<T>): Promise<T> {
+    // Every fd is checked open before any is pinned: a closed one throws with nothing held.
+    const fds = handles.map((h) => h.fd);
+    for (const h of handles) h.#inflight++;
+    try {
+      return await call(fds);
+    } finally {
+      for (const h of handles) {
+        h.#inflight--;
+        if (h.#closeRequested && h.#inflight === 0) h.#release();
+      }
+    }
+  }
+
   close(): void {
     if (this.#closeRequested) return;
     this.#closeRequested = true;

@@ -221,6 +221,89 @@ struct FeatureOp {
   std::string Detail(const Outcome&) const { return "VFIO_DEVICE_FEATURE"; }
 };
 
+// deviceFeaturesAsync(deviceFds, features): VFIO_DEVICE_FEATURE on each device in turn, in one
+// pool job: the same state change of several devices (a migration's downtime) costs the JS
+// thread one job, not one per device. Every ioctl runs whatever the others did; the promise
+// resolves one entry per device: the ioctl's return value, or the error it failed with.
+Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray() || !info[1].IsArray())
+    throw Napi::TypeError::New(env, "deviceFds and features must be arrays");
+  Napi::Array fd_list = info[0].As<Napi::Array>();
+  Napi::Array feature_list = info[1].As<Napi::Array>();
+  uint32_t count = fd_list.Length();
+  if (count != feature_list.Length()) throw Napi::RangeError::New(env, "deviceFds and features differ in length");
+  struct Entry {
+    int fd;
+    JobBytesPtr bytes;
+    size_t length;
+    Outcome out;
+  };
+  auto entries = std::make_shared<std::vector<Entry>>();
+  entries->reserve(count);
+  std::vector<Napi::Value> keep;
+  for (uint32_t i = 0; i < count; i++) {
+    Napi::Value fd = fd_list[i];
+    if (!fd.IsNumber()) throw Napi::TypeError::New(env, "deviceFds must hold numbers");
+    int32_t n = fd.As<Napi::Number>().Int32Value();
+    if (n < 0 || static_cast<double>(n) != fd.As<Napi::Number>().DoubleValue())
+      throw Napi::RangeError::New(env, "deviceFds must hold fds (integers >= 0)");
+    Napi::Value v = feature_list[i];
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw Napi::TypeError::New(env, "features must hold Buffers or Uint8Arrays");
+    Napi::Uint8Array view = v.As<Napi::Uint8Array>();
+    size_t length = view.ByteLength();
+    if (length < sizeof(struct vfio_device_feature))
+      throw Napi::RangeError::New(env, "feature buffer is smaller than struct vfio_device_feature");
+    uint32_t argsz;
+    memcpy(&argsz, view.Data(), sizeof(argsz));
+    if (argsz > length) throw Napi::RangeError::New(env, "feature argsz is larger than its buffer");
+    entries->push_back({n, ArgJobBytes(view, 0, length, JobBytes::Use::kBoth, "feature"), length, {}});
+    keep.push_back(view);
+  }
+  auto work = [entries] {
+    for (Entry& e : *entries) {
+      int r = RetryIoctl(e.fd, VFIO_DEVICE_FEATURE, e.bytes->data());
+      if (r < 0) {
+        e.out.err = errno;
+        continue;
+      }
+      e.out.ret = r;
+      int32_t data_fd = HandedDataFd(e.bytes->data(), e.length);
+      if (data_fd >= 0) EnsureCloexec(data_fd);
+    }
+    return Outcome{};
+  };
+  auto convert = [entries](Napi::Env e, const Outcome&) -> Napi::Value {
+    // Every buffer is delivered before any result is handed out: if one cannot be (its memory
+    // was detached), no data_fd the kernel handed back may stay open unseen.
+    bool delivered = true;
+    for (Entry& entry : *entries) {
+      if (entry.out.err) continue;
+      try {
+        entry.bytes->Deliver(e, entry.length);
+      } catch (const Napi::Error&) {
+        delivered = false;
+      }
+    }
+    if (!delivered) {
+      for (Entry& entry : *entries) {
+        int32_t data_fd = entry.out.err ? -1 : HandedDataFd(entry.bytes->data(), entry.length);
+        if (data_fd >= 0) close(data_fd);
+      }
+      throw Napi::Error::New(e, "deviceFeaturesAsync: a feature buffer was detached while its ioctl ran");
+    }
+    Napi::Array results = Napi::Array::New(e, entries->size());
+    for (uint32_t i = 0; i < entries->size(); i++) {
+      const Outcome& out = (*entries)[i].out;
+      results[i] = out.err ? SyscallError(e, "ioctl", out.err, "VFIO_DEVICE_FEATURE").Value()
+                           : Napi::Number::New(e, static_cast<double>(out.ret));
+    }
+    return results;
+  };
+  return RunAsync(env, "ioctl", "VFIO_DEVICE_FEATURE", work, convert, keep);
+}
+
 // migGetPrecopyInfo[Async](dataFd): VFIO_MIG_GET_PRECOPY_INFO, the struct as bytes.
 struct PrecopyInfoOp {
   static constexpr const char* kSyscall = "ioctl";
@@ -256,6 +339,7 @@ void InitVfio(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceGetIrqInfo", Napi::Function::New(env, DeviceGetIrqInfo, "deviceGetIrqInfo"));
   ExportTwin<ResetOp>(env, exports, "deviceReset");
   ExportTwin<FeatureOp>(env, exports, "deviceFeature");
+  exports.Set("deviceFeaturesAsync", Napi::Function::New(env, DeviceFeatures, "deviceFeaturesAsync"));
   ExportTwin<PrecopyInfoOp>(env, exports, "migGetPrecopyInfo");
 }
 

@@ -8,6 +8,7 @@ import { DEFAULT_PRECOPY_ITERATIONS, wantsPrecopy } from './policy';
 import type { Migration } from './session';
 import { catchUpPasses, precopyPasses, progressReporter, stopCopyPass, streamHeader } from './steps';
 import { StreamEncoder } from './stream';
+import { stopTogether } from './together';
 import { Inbox, MigrateError, abortReason, asMigrateError, settleAll, settleWithin, type DeviceOutcome } from './txn';
 import type { PrecopyPolicy, Progress } from './types';
 import { FRAME, WIRE_VERSION, WireEnd, isInProcess, messageBody, type Channel } from './wire';
@@ -278,26 +279,29 @@ async function migrateHolding(
     if (local.signal.aborted) throw abortReason(local.signal, 'stop-and-copy');
     // The downtime: no major GC of this process until the destination runs (lib/gc-hold.ts).
     gc.take();
+    // All the devices stop together (the v2 ones each arc in one job), then each moves its data.
+    const stoppedAt = sources.map(() => 0);
+    await stopTogether(
+      sources.map((m) => m.engine),
+      (i) => {
+        stoppedAt[i] = Date.now();
+        if (!timing.firstStop) {
+          timing.firstStop = stoppedAt[i];
+          // Here, not before the stops are issued: issuing them is JS work that the downtime,
+          // which starts when the first one completes, does not hold.
+          cpuAtStop = threadCpuNs();
+        }
+      },
+    );
     await settleAll(
       sources,
       async (m, i) => {
-        let stoppedAt = 0;
-        await m.engine.enterStopCopy(() => {
-          stoppedAt = Date.now();
-          if (!timing.firstStop) {
-            timing.firstStop = stoppedAt;
-            // Here, not before the stops are issued: issuing them is JS work (14 ms in a cold run
-            // in the test guest) that the downtime, which starts when the first one completes, does
-            // not hold.
-            cpuAtStop = threadCpuNs();
-          }
-        });
         const moved = await stopCopyPass(m.engine, windows[i]!, reports[i]!, local.signal, phases[i]!.precopyBytes);
         const totals = await encoders[i]!.finish();
         // An empty DATA frame ends this device's stream: the decoder checks nothing follows the trailer.
         await wire.send(FRAME.data, i, Buffer.alloc(0), true);
         phases[i]!.stopCopyBytes = moved;
-        phases[i]!.stopCopyMs = Date.now() - stoppedAt;
+        phases[i]!.stopCopyMs = Date.now() - stoppedAt[i]!;
         phases[i]!.records = Number(totals.records);
         phases[i]!.bytes = Number(totals.payloadBytes);
       },

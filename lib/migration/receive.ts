@@ -12,6 +12,7 @@ import { printable } from '../printable';
 import { cpuMsBetween, threadCpuNs } from '../thread-cpu';
 import { ByteQueue, Inbox, MigrateError, asMigrateError, settleAll, settleWithin, type DeviceOutcome } from './txn';
 import type { Progress } from './types';
+import { resumeTogether } from './together';
 import { FRAME, WIRE_VERSION, WireEnd, WireError, isInProcess, messageBody, type Channel, type Frame } from './wire';
 import { DEFAULT_MIGRATE_TIMEOUT_MS, recoveryWords } from './migrate';
 
@@ -230,12 +231,7 @@ async function receiveHolding(
     committed = true;
     const t = Date.now();
     step = 'resume after the commit';
-    // linux/vfio.h: every device to RUNNING_P2P before any to RUNNING. Each stage runs on all the
-    // devices at once: this is downtime, and N devices should cost about what one does.
-    await settleAll(destinations, async (m) => {
-      if (m.stateNames.includes('RUNNING_P2P')) await m.setState('RUNNING_P2P');
-    });
-    await settleAll(destinations, (m) => m.engine.toRunning());
+    await resumeTogether(destinations.map((m) => m.engine));
     const resumeMs = Date.now() - t;
     const downtimeCpuMs = cpuMsBetween(cpuAtStop, threadCpuNs());
     await wire.sendMessage(FRAME.running, 0, {

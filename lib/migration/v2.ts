@@ -1,7 +1,7 @@
 // The v2 migration protocol (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE + data_fd): FSM paths, data_fd loops, pre-copy info.
 import { bufferView, dataView } from '../buffers';
 import { Buffer } from 'node:buffer';
-import type { Device } from '../device';
+import { Device } from '../device';
 import { FdHandle } from '../fd-handle';
 import { isSyscallError } from '../errors';
 import { native } from '../native';
@@ -24,6 +24,7 @@ import { MigrationError, abortError, deviceStepError, errnoOf } from './errors';
 import type { StreamRecord } from './stream';
 import type { CopyPass, MigrationEngine, PendingData, StateReading } from './types';
 import { ChunkBuffers } from './pipeline';
+import { settleAll } from './txn';
 import { V2_STATE_BY_NAME, supportedStates, v2Path, v2StateName } from './v2-states';
 import type { V2Support } from './v2-states';
 
@@ -151,6 +152,11 @@ export class V2Engine implements MigrationEngine {
     const epoch = this.device.stateEpoch;
     this.#known = null;
     const fd = await this.#setStateIoctl(to);
+    this.#arcDone(from, to, epoch, fd);
+  }
+
+  /** After a successful SET of `to` made at `epoch`: remembers the state and adopts the data_fd the kernel returned (-1: none). */
+  #arcDone(from: number, to: number, epoch: number, fd: number): void {
     this.#remember(to, epoch);
     // Only arcs that start a session return an fd; anything else would be a driver bug we must not leak.
     if (fd >= 0) {
@@ -159,17 +165,102 @@ export class V2Engine implements MigrationEngine {
     }
   }
 
-  /** One VFIO_DEVICE_FEATURE SET of MIG_DEVICE_STATE; resolves the data_fd the kernel returned, or -1. */
-  async #setStateIoctl(to: number): Promise<number> {
+  /** The VFIO_DEVICE_FEATURE buffer of a SET of MIG_DEVICE_STATE to `to`, and where the kernel puts the data_fd. */
+  #stateSetBuffer(to: number): { buf: Buffer; dataFdAt: number; fields: DataView } {
     const { buf, fields } = this.#featureBuffer(
       VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
       layout.vfio_device_feature_mig_state.size,
     );
     const at = layout.vfio_device_feature.size;
     fields.setUint32(at + layout.vfio_device_feature_mig_state.fields.device_state, to, true);
-    fields.setInt32(at + layout.vfio_device_feature_mig_state.fields.data_fd, -1, true);
+    const dataFdAt = at + layout.vfio_device_feature_mig_state.fields.data_fd;
+    fields.setInt32(dataFdAt, -1, true);
+    return { buf, dataFdAt, fields };
+  }
+
+  /** One VFIO_DEVICE_FEATURE SET of MIG_DEVICE_STATE; resolves the data_fd the kernel returned, or -1. */
+  async #setStateIoctl(to: number): Promise<number> {
+    const { buf, dataFdAt, fields } = this.#stateSetBuffer(to);
     await this.device.featureAsync(buf);
-    return fields.getInt32(at + layout.vfio_device_feature_mig_state.fields.data_fd, true);
+    return fields.getInt32(dataFdAt, true);
+  }
+
+  /** The error of a failed arc, with the state the device is in now (the kernel echoes the request, so the buffer can't be trusted). */
+  async #arcFailure(cur: number, next: number, err: unknown): Promise<MigrationError> {
+    // Named only on failure: a state change in the downtime builds no strings.
+    const step = `set state ${v2StateName(cur)} -> ${v2StateName(next)}`;
+    let now: number | undefined;
+    try {
+      now = await this.getState();
+    } catch {
+      /* unreadable */
+    }
+    const errno = errnoOf(err);
+    return new MigrationError(
+      'ERR_MIGRATION_STATE',
+      `${step} failed${errno ? ` with ${errno}` : ''}; device state is now ${now === undefined ? 'unreadable' : v2StateName(now)}`,
+      { cause: err, step, errno },
+    );
+  }
+
+  /**
+   * Sets every engine to `target` at once, as a migration's downtime does with all its devices.
+   * The engines whose state is known and one arc from `target` take it in one job off the JS
+   * thread (`features`: Device.featuresAsync), so N devices cost the JS thread about what one
+   * does; any other takes setState()'s own way, concurrently. Waits for every device, then
+   * throws the first failure (as settleAll does); each failure is setState()'s error.
+   */
+  static async setStatesTogether(
+    engines: readonly V2Engine[],
+    target: number,
+    features: (devices: readonly Device[], buffers: Uint8Array[]) => Promise<(number | Error)[]> = Device.featuresAsync,
+  ): Promise<void> {
+    const batch: V2Engine[] = [];
+    const from: number[] = [];
+    const alone: Promise<void>[] = [];
+    for (const engine of engines) {
+      const known = engine.#known;
+      const state = known && known.epoch === engine.device.stateEpoch ? known.state : undefined;
+      if (state === target) continue;
+      if (
+        state !== undefined &&
+        state !== VFIO_DEVICE_STATE_ERROR &&
+        v2Path(state, target, engine.support)?.length === 1
+      ) {
+        batch.push(engine);
+        from.push(state);
+      } else {
+        alone.push(engine.setState(target));
+      }
+    }
+    const sets = batch.map((engine) => engine.#stateSetBuffer(target));
+    const epochs = batch.map((engine) => engine.device.stateEpoch);
+    for (const engine of batch) engine.#known = null;
+    // One device needs no batch: its own call, as setState() makes it.
+    const issued =
+      batch.length === 1
+        ? batch[0]!.device.featureAsync(sets[0]!.buf).then((r) => [r])
+        : batch.length
+          ? features(
+              batch.map((engine) => engine.device),
+              sets.map((set) => set.buf),
+            )
+          : Promise.resolve([]);
+    const together = issued.then(
+      (results): unknown[] => results,
+      (err: unknown) => batch.map(() => err),
+    );
+    const [results, ...others] = await Promise.allSettled([together, ...alone]);
+    const failures: Promise<MigrationError>[] = [];
+    (results as PromiseFulfilledResult<unknown[]>).value.forEach((result, i) => {
+      const engine = batch[i]!;
+      if (typeof result === 'number')
+        engine.#arcDone(from[i]!, target, epochs[i]!, sets[i]!.fields.getInt32(sets[i]!.dataFdAt, true));
+      else failures.push(engine.#arcFailure(from[i]!, target, result));
+    });
+    const errors = await Promise.all(failures);
+    const first = errors[0] ?? others.find((o) => o.status === 'rejected')?.reason;
+    if (first) throw first;
   }
 
   /**
@@ -200,20 +291,7 @@ export class V2Engine implements MigrationEngine {
       try {
         await this.#setArc(cur, next);
       } catch (err) {
-        // Named only on failure: a state change in the downtime builds no strings.
-        const step = `set state ${v2StateName(cur)} -> ${v2StateName(next)}`;
-        let now: number | undefined;
-        try {
-          now = await this.getState();
-        } catch {
-          /* unreadable */
-        }
-        const errno = errnoOf(err);
-        throw new MigrationError(
-          'ERR_MIGRATION_STATE',
-          `${step} failed${errno ? ` with ${errno}` : ''}; device state is now ${now === undefined ? 'unreadable' : v2StateName(now)}`,
-          { cause: err, step, errno },
-        );
+        throw await this.#arcFailure(cur, next, err);
       }
       cur = next;
     }
@@ -352,18 +430,41 @@ export class V2Engine implements MigrationEngine {
     this.#estimateAhead = { value: await this.dataSizeEstimate() };
   }
 
-  async enterStopCopy(onStopped: () => void): Promise<void> {
+  enterStopCopy(onStopped: () => void): Promise<void> {
+    return V2Engine.enterStopCopyTogether([this], onStopped);
+  }
+
+  /**
+   * enterStopCopy() of several engines at once (a migrate's sources): each of its arcs taken by
+   * all of them together (setStatesTogether), so that N devices stop in about the time one does.
+   * `onStopped(i)` runs when engine i has stopped. Throws the first failure once all have ended.
+   */
+  static async enterStopCopyTogether(
+    engines: readonly V2Engine[],
+    onStopped: (index: number) => void,
+    features?: Parameters<typeof V2Engine.setStatesTogether>[2],
+  ): Promise<void> {
+    const current = await settleAll(engines, (engine) => engine.#currentState());
     // With P2P, quiesce first as the header recommends; the device stops at the next arc.
-    const current = await this.#currentState();
-    if (this.support.p2p && current === RUNNING) await this.setState(RUNNING_P2P);
+    await V2Engine.setStatesTogether(
+      engines.filter((engine, i) => engine.support.p2p && current[i] === RUNNING),
+      RUNNING_P2P,
+      features,
+    );
     // The estimate (for progress only; valid in every state) is asked before the stop, so that
     // its ioctl is not part of the downtime: by quiesce() when it ran.
-    const estimate = this.#estimateAhead ? this.#estimateAhead.value : await this.dataSizeEstimate();
-    this.#estimateAhead = null;
-    if (current === RUNNING || current === RUNNING_P2P) await this.setState(STOP);
-    onStopped();
-    await this.setState(STOP_COPY);
-    this.#stopCopy = { estimate, moved: 0n };
+    const estimates = await settleAll(engines, (engine) =>
+      engine.#estimateAhead ? Promise.resolve(engine.#estimateAhead.value) : engine.dataSizeEstimate(),
+    );
+    for (const engine of engines) engine.#estimateAhead = null;
+    await V2Engine.setStatesTogether(
+      engines.filter((_engine, i) => current[i] === RUNNING || current[i] === RUNNING_P2P),
+      STOP,
+      features,
+    );
+    engines.forEach((_engine, i) => onStopped(i));
+    await V2Engine.setStatesTogether(engines, STOP_COPY, features);
+    engines.forEach((engine, i) => (engine.#stopCopy = { estimate: estimates[i], moved: 0n }));
   }
 
   async finishSave(leave: 'running' | 'stopped'): Promise<void> {

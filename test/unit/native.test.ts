@@ -204,6 +204,15 @@ test('syscall errors carry code, negative errno, syscall and the ioctl name', as
       () => native.migGetPrecopyInfo(fd),
       (e: SyscallError) => /VFIO_MIG_GET_PRECOPY_INFO/.test(e.message),
     );
+    // A batch resolves each device's own outcome: here the same error for both, as errors, in order.
+    const feature = Buffer.alloc(16);
+    feature.writeUInt32LE(16, 0);
+    const results = await native.deviceFeaturesAsync([fd, 987654], [feature, Buffer.from(feature)]);
+    assert.equal(results.length, 2);
+    assert.ok(results[0] instanceof SyscallError && results[0].code === 'ENOTTY');
+    assert.match(String(results[0]), /VFIO_DEVICE_FEATURE/);
+    assert.ok(results[1] instanceof SyscallError && results[1].code === 'EBADF');
+    assert.deepEqual(await native.deviceFeaturesAsync([], []), []);
   } finally {
     native.close(fd);
   }
@@ -310,6 +319,15 @@ test('abuse: foreign receivers, wrong argument types and closed objects throw, n
   const lying = Buffer.alloc(16);
   lying.writeUInt32LE(4096, 0);
   assert.throws(() => native.deviceFeature(fd, lying), /argsz is larger/);
+  // The batch checks every entry before any ioctl.
+  const feature = Buffer.alloc(16);
+  feature.writeUInt32LE(16, 0);
+  assert.throws(() => native.deviceFeaturesAsync(fd as unknown as number[], []), TypeError);
+  assert.throws(() => native.deviceFeaturesAsync([fd, fd], [feature]), /differ in length/);
+  assert.throws(() => native.deviceFeaturesAsync([fd], [Buffer.alloc(4)]), RangeError);
+  assert.throws(() => native.deviceFeaturesAsync([fd, fd], [feature, lying]), /argsz is larger/);
+  assert.throws(() => native.deviceFeaturesAsync([-1], [feature]), RangeError);
+  assert.throws(() => native.deviceFeaturesAsync([fd], ['x' as unknown as Buffer]), TypeError);
   assert.throws(() => (native.open as (...a: unknown[]) => number)(42), TypeError);
   assert.throws(() => (native.Mapping as unknown as () => void)(), TypeError);
   raw.unmap();

@@ -8,7 +8,9 @@ import {
   VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
   VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
   VFIO_DEVICE_STATE_RUNNING as RUNNING,
+  VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
   VFIO_DEVICE_STATE_STOP as STOP,
+  VFIO_DEVICE_STATE_STOP_COPY as STOP_COPY,
   layout,
 } from '../../lib/uapi';
 
@@ -137,4 +139,94 @@ test('model: setStateByName takes a state name in any case, and refuses ERROR an
     });
   }
   assert.deepEqual(dev.take(), [], 'no ioctl for a refused name');
+});
+
+/** Model engines and a batch call that records which devices each of its jobs held (Device.featuresAsync's contract). */
+function fleet(count: number, support = { p2p: true, preCopy: false }) {
+  const devs = Array.from({ length: count }, () => new ModelDevice());
+  const engines = devs.map((dev) => new V2Engine(dev as unknown as Device, support));
+  const batches: number[][] = [];
+  const features = async (devices: readonly Device[], buffers: Uint8Array[]): Promise<(number | Error)[]> => {
+    batches.push(devices.map((d) => devs.indexOf(d as unknown as ModelDevice)));
+    return Promise.all(
+      devices.map((d, i) => (d as unknown as ModelDevice).featureAsync(buffers[i] as Buffer).catch((e: Error) => e)),
+    );
+  };
+  return { devs, engines, batches, features, take: () => devs.map((d) => d.take()) };
+}
+
+test('model: setStatesTogether takes one arc of every engine whose state it knows in one job, the rest on their own', async () => {
+  const { devs, engines, batches, features, take } = fleet(3);
+  await engines[0]!.setState(STOP);
+  await engines[1]!.setState(STOP);
+  take();
+  // Engines 0 and 1 are known STOP, one arc from RUNNING_P2P; engine 2's state is unknown.
+  await V2Engine.setStatesTogether(engines, RUNNING_P2P, features);
+  assert.deepEqual(batches, [[0, 1]]);
+  assert.deepEqual(take(), [['set RUNNING_P2P'], ['set RUNNING_P2P'], ['get', 'set RUNNING_P2P']]);
+  assert.deepEqual(
+    devs.map((d) => d.state),
+    [RUNNING_P2P, RUNNING_P2P, RUNNING_P2P],
+  );
+  // Now every state is known: the next stage is one job for all three, with no GET.
+  await V2Engine.setStatesTogether(engines, RUNNING, features);
+  assert.deepEqual(batches[1], [0, 1, 2]);
+  assert.deepEqual(take(), [['set RUNNING'], ['set RUNNING'], ['set RUNNING']]);
+  // Already there: nothing at all.
+  await V2Engine.setStatesTogether(engines, RUNNING, features);
+  assert.equal(batches.length, 2);
+  assert.deepEqual(take(), [[], [], []]);
+  // Two arcs away (RUNNING -> STOP goes through RUNNING_P2P): each engine its own path.
+  await V2Engine.setStatesTogether(engines, STOP, features);
+  assert.equal(batches.length, 2);
+  assert.deepEqual(take(), [
+    ['set RUNNING_P2P', 'set STOP'],
+    ['set RUNNING_P2P', 'set STOP'],
+    ['set RUNNING_P2P', 'set STOP'],
+  ]);
+});
+
+test('model: one failed arc in a joint job fails with its state read back; the others took theirs and stay known', async () => {
+  const { devs, engines, features, take } = fleet(3);
+  await V2Engine.setStatesTogether(engines, STOP, features);
+  take();
+  devs[1]!.failNextSet = true;
+  await assert.rejects(
+    V2Engine.setStatesTogether(engines, RUNNING_P2P, features),
+    /set state STOP -> RUNNING_P2P failed.*; device state is now STOP/,
+  );
+  assert.deepEqual(take(), [['set RUNNING_P2P'], ['set RUNNING_P2P', 'get'], ['set RUNNING_P2P']]);
+  assert.deepEqual(
+    devs.map((d) => d.state),
+    [RUNNING_P2P, STOP, RUNNING_P2P],
+  );
+  // The next stage starts from what each engine knows: no GET anywhere.
+  await V2Engine.setStatesTogether(engines, RUNNING_P2P, features);
+  assert.deepEqual(take(), [[], ['set RUNNING_P2P'], []]);
+  // A job that fails as a whole (a closed fd, a detached buffer) fails every engine in it.
+  const broken = async (): Promise<(number | Error)[]> => {
+    throw Object.assign(new Error('EBADF: closed'), { code: 'EBADF' });
+  };
+  await assert.rejects(V2Engine.setStatesTogether(engines, RUNNING, broken), /RUNNING_P2P -> RUNNING failed/);
+  assert.deepEqual(take(), [['get'], ['get'], ['get']], 'each engine reads its state back');
+});
+
+test('model: enterStopCopyTogether stops every engine, each arc one job for all, and says when each stopped', async () => {
+  const { devs, engines, batches, features, take } = fleet(3);
+  // Known RUNNING (a GET each), then together: RUNNING_P2P, the estimates, STOP, STOP_COPY.
+  await Promise.all(engines.map((e) => e.getState()));
+  take();
+  const stopped: number[] = [];
+  await V2Engine.enterStopCopyTogether(engines, (i) => stopped.push(i), features);
+  assert.deepEqual(stopped, [0, 1, 2]);
+  assert.deepEqual(batches, [
+    [0, 1, 2],
+    [0, 1, 2],
+    [0, 1, 2],
+  ]);
+  for (const calls of take()) assert.deepEqual(calls, ['set RUNNING_P2P', 'get size', 'set STOP', 'set STOP_COPY']);
+  assert.deepEqual(
+    devs.map((d) => d.state),
+    [STOP_COPY, STOP_COPY, STOP_COPY],
+  );
 });
