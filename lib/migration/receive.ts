@@ -12,7 +12,7 @@ import { printable } from '../printable';
 import { cpuMsBetween, threadCpuNs } from '../thread-cpu';
 import { ByteQueue, Inbox, MigrateError, asMigrateError, settleAll, settleWithin, type DeviceOutcome } from './txn';
 import type { Progress } from './types';
-import { resumeTogether } from './together';
+import { resumeTogether, stopLoadedTogether } from './together';
 import { FRAME, WIRE_VERSION, WireEnd, WireError, isInProcess, messageBody, type Channel, type Frame } from './wire';
 import { DEFAULT_MIGRATE_TIMEOUT_MS, recoveryWords } from './migrate';
 
@@ -100,7 +100,6 @@ async function receiveHolding(
   const event = options.onEvent ?? (() => undefined);
   const wire = new WireEnd(channel);
   const inbox = new Inbox(wire, 'source');
-  const resuming = new Set<Migration>();
   let step = 'hello';
   let committed = false;
   let watchdog: NodeJS.Timeout | undefined;
@@ -143,10 +142,7 @@ async function receiveHolding(
       throw new MigrateError('ERR_MIGRATION_REFUSED', `refused: ${problem}; nothing was stopped`, 'destination');
 
     step = 'enter RESUMING';
-    await settleAll(destinations, async (m) => {
-      resuming.add(m);
-      await m.engine.enterResuming();
-    });
+    await settleAll(destinations, (m) => m.engine.enterResuming());
     const ackAt: (number | undefined)[] = destinations.map(() => undefined);
     const acked: boolean[] = destinations.map(() => false);
     const maybeAck = async (i: number): Promise<void> => {
@@ -210,15 +206,16 @@ async function receiveHolding(
       }
       // The sources have stopped (this one's stream is whole): the downtime runs.
       stopShows();
-      // The trailer checked out: RESUMING -> STOP is where the driver validates what it was given.
-      await m.engine.finishLoad('stopped');
-      resuming.delete(m);
-      result[i]!.loadMs = Date.now() - t0;
-      return Date.now();
+      return t0;
     });
     for (const l of loads) l.catch(() => undefined);
-    const loadedAt = await Promise.race([Promise.all(loads), inbox.failed()]);
-    const validateMs = Math.max(...loadedAt) - Math.min(...loadedAt.map((_t, i) => loadedAt[i]! - result[i]!.loadMs));
+    const loadStarts = await Promise.race([Promise.all(loads), inbox.failed()]);
+    // Every trailer checked out: RESUMING -> STOP is where the drivers validate what they were
+    // given, all the devices at once (the v2 ones in one job).
+    await stopLoadedTogether(destinations.map((m) => m.engine));
+    const loadedAt = Date.now();
+    loadStarts.forEach((t0, i) => (result[i]!.loadMs = loadedAt - t0));
+    const validateMs = loadedAt - Math.min(...loadStarts);
     clearInterval(watchdog);
     // The load is over: from here frames wait for inbox.wait(), which finds one that came early
     // (the source may send the commit before this side's "loaded" write is called back).

@@ -35,6 +35,15 @@ export async function stopTogether(
   );
 }
 
+/** Every destination's finishLoad('stopped'), once all their streams checked out: RESUMING -> STOP. */
+export async function stopLoadedTogether(engines: readonly MigrationEngine[]): Promise<void> {
+  await partitioned(
+    engines,
+    (v2) => V2Engine.finishLoadTogether(v2),
+    (engine) => engine.finishLoad('stopped'),
+  );
+}
+
 /**
  * The destinations after the commit. linux/vfio.h: every device to RUNNING_P2P before any to
  * RUNNING. Each stage runs on all the devices at once: this is downtime, and N devices should

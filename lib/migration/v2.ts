@@ -503,6 +503,22 @@ export class V2Engine implements MigrationEngine {
     }
   }
 
+  /**
+   * finishLoad('stopped') of several engines at once (a migrate's destinations): RESUMING -> STOP,
+   * where each driver validates what it was given, for all in one job. Throws the first failure
+   * once all have ended; an engine that reached STOP has let its data_fd go either way.
+   */
+  static async finishLoadTogether(
+    engines: readonly V2Engine[],
+    features?: Parameters<typeof V2Engine.setStatesTogether>[2],
+  ): Promise<void> {
+    try {
+      await V2Engine.setStatesTogether(engines, STOP, features);
+    } finally {
+      for (const engine of engines) if (engine.#known?.state === STOP) engine.release();
+    }
+  }
+
   async finishLoad(leave: 'running' | 'stopped'): Promise<void> {
     // RESUMING -> STOP is where the driver validates the whole stream.
     await this.setState(STOP);

@@ -7,6 +7,7 @@ import {
   VFIO_DEVICE_FEATURE_GET,
   VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
   VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+  VFIO_DEVICE_STATE_RESUMING as RESUMING,
   VFIO_DEVICE_STATE_RUNNING as RUNNING,
   VFIO_DEVICE_STATE_RUNNING_P2P as RUNNING_P2P,
   VFIO_DEVICE_STATE_STOP as STOP,
@@ -228,5 +229,27 @@ test('model: enterStopCopyTogether stops every engine, each arc one job for all,
   assert.deepEqual(
     devs.map((d) => d.state),
     [STOP_COPY, STOP_COPY, STOP_COPY],
+  );
+});
+
+test('model: finishLoadTogether takes every loaded engine RESUMING -> STOP in one job; a refusal fails it after all ended', async () => {
+  const { devs, engines, batches, features, take } = fleet(3);
+  await V2Engine.setStatesTogether(engines, RESUMING, features);
+  take();
+  batches.length = 0;
+  await V2Engine.finishLoadTogether(engines, features);
+  assert.deepEqual(batches, [[0, 1, 2]]);
+  assert.deepEqual(take(), [['set STOP'], ['set STOP'], ['set STOP']]);
+  // A driver that refuses what it was given (its validation at RESUMING -> STOP).
+  await V2Engine.setStatesTogether(engines, RESUMING, features);
+  take();
+  devs[2]!.failNextSet = true;
+  await assert.rejects(
+    V2Engine.finishLoadTogether(engines, features),
+    /RESUMING -> STOP failed.*device state is now RESUMING/,
+  );
+  assert.deepEqual(
+    devs.map((d) => d.state),
+    [STOP, STOP, RESUMING],
   );
 });
