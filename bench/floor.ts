@@ -5,8 +5,8 @@
 // destination while it runs (PRE_COPY, then PRE_COPY_P2P and one more pass, as migrate's catch-up
 // does), then the downtime: every source to STOP_COPY at once, each device's stop-copy data read
 // to its end and written into its destination, RESUMING -> STOP, then every destination to
-// RUNNING_P2P and then RUNNING. Timed as migrate times its downtime: the first completed stop to
-// the last RUNNING. No stream, no records, no checksums, no channel: what migrate's protocol
+// RUNNING_P2P and then RUNNING. Timed as migrate times its downtime: the first stopping arc's issue
+// to the last RUNNING. No stream, no records, no checksums, no channel: what migrate's protocol
 // costs on top is its downtime minus this. Prints one JSON line. bench/guest.ts runs it in V8's
 // interpreter only (why: floorRuns).
 import { isSyscallError } from '../lib/errors';
@@ -92,11 +92,12 @@ async function main(): Promise<void> {
     let cpuAtStop: bigint | undefined;
     const stopCopyBytes = await Promise.all(
       src.map(async (s, i) => {
-        await arc(s, VFIO_DEVICE_STATE_STOP_COPY);
+        // As migrate: from the first stopping arc's issue (the device stops inside that ioctl).
         if (!firstStop) {
           firstStop = performance.now();
           cpuAtStop = threadCpuNs();
         }
+        await arc(s, VFIO_DEVICE_STATE_STOP_COPY);
         const moved = await move(srcFds[i]!, destFds[i]!, bufs[i]!);
         await arc(dst[i]!, VFIO_DEVICE_STATE_STOP);
         return moved;

@@ -287,8 +287,8 @@ async function migrateHolding(
         stoppedAt[i] = Date.now();
         if (!timing.firstStop) {
           timing.firstStop = stoppedAt[i];
-          // Here, not before the stops are issued: issuing them is JS work that the downtime,
-          // which starts when the first one completes, does not hold.
+          // As the first stopping arc is issued (the device stops inside that ioctl), not before
+          // the engines' own work that precedes it, which the workload does not see.
           cpuAtStop = threadCpuNs();
         }
       },

@@ -155,7 +155,7 @@ export interface MigrationEngine {
    * engine may also ask here what enterStopCopy() would ask before the stop (v2: the estimate).
    */
   quiesce?(): Promise<void>;
-  /** Stops the device (through RUNNING_P2P where offered) into stop-and-copy; `onStopped` marks the downtime's start. */
+  /** Stops the device (through RUNNING_P2P where offered) into stop-and-copy; `onStopped` runs as the stopping arc is issued: the downtime's start. */
   enterStopCopy(onStopped: () => void): Promise<void>;
   /** After the last stop-and-copy pass: STOP, then RUNNING when asked. */
   finishSave(leave: 'running' | 'stopped'): Promise<void>;

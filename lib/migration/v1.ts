@@ -331,8 +331,9 @@ export class V1Engine implements MigrationEngine {
   }
 
   async enterStopCopy(onStopped: () => void): Promise<void> {
-    await this.setState(V1_SAVING);
+    // The device stops inside this arc: the downtime starts as it is issued.
     onStopped();
+    await this.setState(V1_SAVING);
   }
 
   async finishSave(leave: 'running' | 'stopped'): Promise<void> {

@@ -457,12 +457,14 @@ export class V2Engine implements MigrationEngine {
       engine.#estimateAhead ? Promise.resolve(engine.#estimateAhead.value) : engine.dataSizeEstimate(),
     );
     for (const engine of engines) engine.#estimateAhead = null;
+    // The downtime starts as the first stopping arc is issued (RUNNING(_P2P) -> STOP, or
+    // PRE_COPY(_P2P) -> STOP_COPY): the device stops somewhere inside that ioctl.
+    engines.forEach((_engine, i) => onStopped(i));
     await V2Engine.setStatesTogether(
       engines.filter((_engine, i) => current[i] === RUNNING || current[i] === RUNNING_P2P),
       STOP,
       features,
     );
-    engines.forEach((_engine, i) => onStopped(i));
     await V2Engine.setStatesTogether(engines, STOP_COPY, features);
     engines.forEach((engine, i) => (engine.#stopCopy = { estimate: estimates[i], moved: 0n }));
   }

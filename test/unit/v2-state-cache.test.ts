@@ -218,8 +218,18 @@ test('model: enterStopCopyTogether stops every engine, each arc one job for all,
   await Promise.all(engines.map((e) => e.getState()));
   take();
   const stopped: number[] = [];
-  await V2Engine.enterStopCopyTogether(engines, (i) => stopped.push(i), features);
+  // The downtime starts as the stopping arc is issued: each device has not been asked to stop yet.
+  const seenAtStop: string[][] = [];
+  await V2Engine.enterStopCopyTogether(
+    engines,
+    (i) => {
+      stopped.push(i);
+      seenAtStop.push([...devs[i]!.calls]);
+    },
+    features,
+  );
   assert.deepEqual(stopped, [0, 1, 2]);
+  for (const calls of seenAtStop) assert.deepEqual(calls, ['set RUNNING_P2P', 'get size']);
   assert.deepEqual(batches, [
     [0, 1, 2],
     [0, 1, 2],
