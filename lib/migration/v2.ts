@@ -33,6 +33,16 @@ export * from './v2-states';
 /** Default data_fd read size: large enough to amortise syscalls, small enough to stream. */
 export const V2_READ_SIZE = 1 << 20;
 
+/** VFIO_DEVICE_FEATURE on each device with its own buffer in one job, each outcome returned (Device.featuresAsync). */
+export type FeatureBatch = (devices: readonly Device[], buffers: Uint8Array[]) => Promise<(number | Error)[]>;
+
+export interface TogetherOptions {
+  /** How a batch is issued (default Device.featuresAsync; tests pass a model's). */
+  features?: FeatureBatch;
+  /** Runs once, just before the first ioctl that moves any engine is issued. */
+  onIssue?: () => void;
+}
+
 export class V2Engine implements MigrationEngine {
   readonly protocol = 'v2' as const;
   readonly device: Device;
@@ -213,11 +223,12 @@ export class V2Engine implements MigrationEngine {
   static async setStatesTogether(
     engines: readonly V2Engine[],
     target: number,
-    features: (devices: readonly Device[], buffers: Uint8Array[]) => Promise<(number | Error)[]> = Device.featuresAsync,
+    options: TogetherOptions = {},
   ): Promise<void> {
+    const { features = Device.featuresAsync, onIssue } = options;
     const batch: V2Engine[] = [];
     const from: number[] = [];
-    const alone: Promise<void>[] = [];
+    const alone: V2Engine[] = [];
     for (const engine of engines) {
       const known = engine.#known;
       const state = known && known.epoch === engine.device.stateEpoch ? known.state : undefined;
@@ -230,12 +241,14 @@ export class V2Engine implements MigrationEngine {
         batch.push(engine);
         from.push(state);
       } else {
-        alone.push(engine.setState(target));
+        alone.push(engine);
       }
     }
     const sets = batch.map((engine) => engine.#stateSetBuffer(target));
     const epochs = batch.map((engine) => engine.device.stateEpoch);
     for (const engine of batch) engine.#known = null;
+    if (batch.length || alone.length) onIssue?.();
+    const others = alone.map((engine) => engine.setState(target));
     // One device needs no batch: its own call, as setState() makes it.
     const issued =
       batch.length === 1
@@ -250,7 +263,7 @@ export class V2Engine implements MigrationEngine {
       (results): unknown[] => results,
       (err: unknown) => batch.map(() => err),
     );
-    const [results, ...others] = await Promise.allSettled([together, ...alone]);
+    const [results, ...settled] = await Promise.allSettled([together, ...others]);
     const failures: Promise<MigrationError>[] = [];
     (results as PromiseFulfilledResult<unknown[]>).value.forEach((result, i) => {
       const engine = batch[i]!;
@@ -259,7 +272,7 @@ export class V2Engine implements MigrationEngine {
       else failures.push(engine.#arcFailure(from[i]!, target, result));
     });
     const errors = await Promise.all(failures);
-    const first = errors[0] ?? others.find((o) => o.status === 'rejected')?.reason;
+    const first = errors[0] ?? settled.find((o) => o.status === 'rejected')?.reason;
     if (first) throw first;
   }
 
@@ -442,14 +455,14 @@ export class V2Engine implements MigrationEngine {
   static async enterStopCopyTogether(
     engines: readonly V2Engine[],
     onStopped: (index: number) => void,
-    features?: Parameters<typeof V2Engine.setStatesTogether>[2],
+    features?: FeatureBatch,
   ): Promise<void> {
     const current = await settleAll(engines, (engine) => engine.#currentState());
     // With P2P, quiesce first as the header recommends; the device stops at the next arc.
     await V2Engine.setStatesTogether(
       engines.filter((engine, i) => engine.support.p2p && current[i] === RUNNING),
       RUNNING_P2P,
-      features,
+      { features },
     );
     // The estimate (for progress only; valid in every state) is asked before the stop, so that
     // its ioctl is not part of the downtime: by quiesce() when it ran.
@@ -459,13 +472,18 @@ export class V2Engine implements MigrationEngine {
     for (const engine of engines) engine.#estimateAhead = null;
     // The downtime starts as the first stopping arc is issued (RUNNING(_P2P) -> STOP, or
     // PRE_COPY(_P2P) -> STOP_COPY): the device stops somewhere inside that ioctl.
-    engines.forEach((_engine, i) => onStopped(i));
+    let stopping = false;
+    const onIssue = (): void => {
+      if (stopping) return;
+      stopping = true;
+      engines.forEach((_engine, i) => onStopped(i));
+    };
     await V2Engine.setStatesTogether(
       engines.filter((_engine, i) => current[i] === RUNNING || current[i] === RUNNING_P2P),
       STOP,
-      features,
+      { features, onIssue },
     );
-    await V2Engine.setStatesTogether(engines, STOP_COPY, features);
+    await V2Engine.setStatesTogether(engines, STOP_COPY, { features, onIssue });
     engines.forEach((engine, i) => (engine.#stopCopy = { estimate: estimates[i], moved: 0n }));
   }
 
@@ -510,12 +528,9 @@ export class V2Engine implements MigrationEngine {
    * where each driver validates what it was given, for all in one job. Throws the first failure
    * once all have ended; an engine that reached STOP has let its data_fd go either way.
    */
-  static async finishLoadTogether(
-    engines: readonly V2Engine[],
-    features?: Parameters<typeof V2Engine.setStatesTogether>[2],
-  ): Promise<void> {
+  static async finishLoadTogether(engines: readonly V2Engine[], features?: FeatureBatch): Promise<void> {
     try {
-      await V2Engine.setStatesTogether(engines, STOP, features);
+      await V2Engine.setStatesTogether(engines, STOP, { features });
     } finally {
       for (const engine of engines) if (engine.#known?.state === STOP) engine.release();
     }

@@ -162,7 +162,7 @@ test('model: setStatesTogether takes one arc of every engine whose state it know
   await engines[1]!.setState(STOP);
   take();
   // Engines 0 and 1 are known STOP, one arc from RUNNING_P2P; engine 2's state is unknown.
-  await V2Engine.setStatesTogether(engines, RUNNING_P2P, features);
+  await V2Engine.setStatesTogether(engines, RUNNING_P2P, { features });
   assert.deepEqual(batches, [[0, 1]]);
   assert.deepEqual(take(), [['set RUNNING_P2P'], ['set RUNNING_P2P'], ['get', 'set RUNNING_P2P']]);
   assert.deepEqual(
@@ -170,15 +170,24 @@ test('model: setStatesTogether takes one arc of every engine whose state it know
     [RUNNING_P2P, RUNNING_P2P, RUNNING_P2P],
   );
   // Now every state is known: the next stage is one job for all three, with no GET.
-  await V2Engine.setStatesTogether(engines, RUNNING, features);
+  await V2Engine.setStatesTogether(engines, RUNNING, { features });
   assert.deepEqual(batches[1], [0, 1, 2]);
   assert.deepEqual(take(), [['set RUNNING'], ['set RUNNING'], ['set RUNNING']]);
-  // Already there: nothing at all.
-  await V2Engine.setStatesTogether(engines, RUNNING, features);
+  // Already there: nothing at all, and nothing said to be issued.
+  let issued = 0;
+  await V2Engine.setStatesTogether(engines, RUNNING, { features, onIssue: () => issued++ });
+  assert.equal(issued, 0);
   assert.equal(batches.length, 2);
   assert.deepEqual(take(), [[], [], []]);
   // Two arcs away (RUNNING -> STOP goes through RUNNING_P2P): each engine its own path.
-  await V2Engine.setStatesTogether(engines, STOP, features);
+  await V2Engine.setStatesTogether(engines, STOP, {
+    features,
+    onIssue: () => {
+      issued++;
+      assert.deepEqual(devs[0]!.calls, [], 'onIssue runs before any ioctl');
+    },
+  });
+  assert.equal(issued, 1);
   assert.equal(batches.length, 2);
   assert.deepEqual(take(), [
     ['set RUNNING_P2P', 'set STOP'],
@@ -189,11 +198,11 @@ test('model: setStatesTogether takes one arc of every engine whose state it know
 
 test('model: one failed arc in a joint job fails with its state read back; the others took theirs and stay known', async () => {
   const { devs, engines, features, take } = fleet(3);
-  await V2Engine.setStatesTogether(engines, STOP, features);
+  await V2Engine.setStatesTogether(engines, STOP, { features });
   take();
   devs[1]!.failNextSet = true;
   await assert.rejects(
-    V2Engine.setStatesTogether(engines, RUNNING_P2P, features),
+    V2Engine.setStatesTogether(engines, RUNNING_P2P, { features }),
     /set state STOP -> RUNNING_P2P failed.*; device state is now STOP/,
   );
   assert.deepEqual(take(), [['set RUNNING_P2P'], ['set RUNNING_P2P', 'get'], ['set RUNNING_P2P']]);
@@ -202,13 +211,16 @@ test('model: one failed arc in a joint job fails with its state read back; the o
     [RUNNING_P2P, STOP, RUNNING_P2P],
   );
   // The next stage starts from what each engine knows: no GET anywhere.
-  await V2Engine.setStatesTogether(engines, RUNNING_P2P, features);
+  await V2Engine.setStatesTogether(engines, RUNNING_P2P, { features });
   assert.deepEqual(take(), [[], ['set RUNNING_P2P'], []]);
   // A job that fails as a whole (a closed fd, a detached buffer) fails every engine in it.
   const broken = async (): Promise<(number | Error)[]> => {
     throw Object.assign(new Error('EBADF: closed'), { code: 'EBADF' });
   };
-  await assert.rejects(V2Engine.setStatesTogether(engines, RUNNING, broken), /RUNNING_P2P -> RUNNING failed/);
+  await assert.rejects(
+    V2Engine.setStatesTogether(engines, RUNNING, { features: broken }),
+    /RUNNING_P2P -> RUNNING failed/,
+  );
   assert.deepEqual(take(), [['get'], ['get'], ['get']], 'each engine reads its state back');
 });
 
@@ -244,14 +256,14 @@ test('model: enterStopCopyTogether stops every engine, each arc one job for all,
 
 test('model: finishLoadTogether takes every loaded engine RESUMING -> STOP in one job; a refusal fails it after all ended', async () => {
   const { devs, engines, batches, features, take } = fleet(3);
-  await V2Engine.setStatesTogether(engines, RESUMING, features);
+  await V2Engine.setStatesTogether(engines, RESUMING, { features });
   take();
   batches.length = 0;
   await V2Engine.finishLoadTogether(engines, features);
   assert.deepEqual(batches, [[0, 1, 2]]);
   assert.deepEqual(take(), [['set STOP'], ['set STOP'], ['set STOP']]);
   // A driver that refuses what it was given (its validation at RESUMING -> STOP).
-  await V2Engine.setStatesTogether(engines, RESUMING, features);
+  await V2Engine.setStatesTogether(engines, RESUMING, { features });
   take();
   devs[2]!.failNextSet = true;
   await assert.rejects(
