@@ -81,7 +81,7 @@ export interface MigrateResult {
     /** Commit sent to "running" received. */
     resumeMs: number;
   };
-  /** First source stop to the destination's report that its last device is RUNNING. */
+  /** First source stop (the issue of its stopping arc) to the destination's report that its last device is RUNNING. */
   downtimeMs: number;
   /**
    * This thread's time on a CPU from the first stop to the destination's "running"
