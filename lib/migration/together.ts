@@ -23,7 +23,7 @@ function partitioned(
   return settleAll(steps, (step) => step());
 }
 
-/** Every source's enterStopCopy(); `onStopped(i)` when source i has stopped. */
+/** Every source's enterStopCopy(); `onStopped(i)` as source i's stopping arc is issued. */
 export async function stopTogether(
   engines: readonly MigrationEngine[],
   onStopped: (index: number) => void,
@@ -46,8 +46,7 @@ export async function stopLoadedTogether(engines: readonly MigrationEngine[]): P
 
 /**
  * The destinations after the commit. linux/vfio.h: every device to RUNNING_P2P before any to
- * RUNNING. Each stage runs on all the devices at once: this is downtime, and N devices should
- * cost about what one does.
+ * RUNNING. Each stage runs on all the devices at once: this is downtime.
  */
 export async function resumeTogether(engines: readonly MigrationEngine[]): Promise<void> {
   const p2p = engines.filter((e): e is V2Engine => e instanceof V2Engine && e.support.p2p);

@@ -216,8 +216,8 @@ export class V2Engine implements MigrationEngine {
   /**
    * Sets every engine to `target` at once, as a migration's downtime does with all its devices.
    * The engines whose state is known and one arc from `target` take it in one job off the JS
-   * thread (`features`: Device.featuresAsync), so N devices cost the JS thread about what one
-   * does; any other takes setState()'s own way, concurrently. Waits for every device, then
+   * thread (`features`: Device.featuresAsync): N devices make one pool job and one wake-up of
+   * this thread, not N; any other takes setState()'s own way, concurrently. Waits for every device, then
    * throws the first failure (as settleAll does); each failure is setState()'s error.
    */
   static async setStatesTogether(
@@ -449,8 +449,9 @@ export class V2Engine implements MigrationEngine {
 
   /**
    * enterStopCopy() of several engines at once (a migrate's sources): each of its arcs taken by
-   * all of them together (setStatesTogether), so that N devices stop in about the time one does.
-   * `onStopped(i)` runs when engine i has stopped. Throws the first failure once all have ended.
+   * all of them together (setStatesTogether): one pool job per arc, not one per device.
+   * `onStopped(i)` runs for every engine as the first stopping arc is issued (the earliest any of
+   * them may stop). Throws the first failure once all have ended.
    */
   static async enterStopCopyTogether(
     engines: readonly V2Engine[],
