@@ -85,12 +85,11 @@ const PATHS: Map<number, readonly number[] | null>[] = [new Map(), new Map(), ne
 export function v2Path(from: number, to: number, support: V2Support): readonly number[] | null {
   // No state lies outside a byte (the search would refuse it too): the key below cannot collide.
   if ((from & 0xff) !== from || (to & 0xff) !== to) return null;
-  const supportIndex = (support.p2p ? 1 : 0) | (support.preCopy ? 2 : 0);
-  const memo = PATHS[supportIndex]!;
+  const memo = PATHS[supportIndex(support)]!;
   const key = (from << 8) | to;
   let path = memo.get(key);
   if (path === undefined) {
-    const found = searchPath(from, to, support, supportIndex);
+    const found = searchPath(from, to, support);
     path = found && Object.freeze(found);
     memo.set(key, path);
   }
@@ -102,13 +101,16 @@ export function v2Path(from: number, to: number, support: V2Support): readonly n
 // calls of the downtime's own thread.
 const GRAPHS: (ReadonlyMap<number, readonly number[]> | undefined)[] = [];
 
-function arcGraph(
-  supportIndex: number,
-  states: ReadonlySet<number>,
-  support: V2Support,
-): ReadonlyMap<number, readonly number[]> {
-  let graph = GRAPHS[supportIndex];
+/** Which of the four support combinations `support` is: the index of its memos. */
+function supportIndex(support: V2Support): number {
+  return (support.p2p ? 1 : 0) | (support.preCopy ? 2 : 0);
+}
+
+function arcGraph(support: V2Support): ReadonlyMap<number, readonly number[]> {
+  const index = supportIndex(support);
+  let graph = GRAPHS[index];
   if (graph) return graph;
+  const states = supportedStates(support);
   const fold = (s: number): number | null => {
     if (states.has(s)) return s;
     if (s === RUNNING_P2P) return RUNNING;
@@ -125,16 +127,16 @@ function arcGraph(
     next.set(fa, list);
   }
   graph = next;
-  GRAPHS[supportIndex] = graph;
+  GRAPHS[index] = graph;
   return graph;
 }
 
 /** v2Path's breadth-first search over the arcs this support folds into. */
-function searchPath(from: number, to: number, support: V2Support, supportIndex: number): number[] | null {
+function searchPath(from: number, to: number, support: V2Support): number[] | null {
   const states = supportedStates(support);
   if (!states.has(to) || !states.has(from)) return null;
   if (from === to) return [];
-  const next = arcGraph(supportIndex, states, support);
+  const next = arcGraph(support);
   // STOP_COPY -> PRE_COPY(_P2P) is refused by the header ("not permitted"), directly or combined.
   if (from === STOP_COPY && (to === PRE_COPY || to === PRE_COPY_P2P)) return null;
   // Saving-group states may be interior only while one session continues (PRE_COPY -> STOP_COPY).
