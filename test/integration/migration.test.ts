@@ -2,7 +2,8 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { requireMigration, verify, MigrationError, type Device } from '../../lib';
-import { guestKernel } from './helpers';
+import { readFileSync } from 'node:fs';
+import { guestKernel, openFdCount } from './helpers';
 import { TestDevice, bar0Checksum, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
 
 function memorySink(): { chunks: Buffer[]; sink: (c: Buffer) => Promise<void>; source: () => AsyncIterable<Buffer> } {
@@ -241,6 +242,67 @@ describe(
       } finally {
         [...open, ...dsts].forEach((d) => d.close());
       }
+    });
+  },
+);
+
+describe(
+  `several v2 devices, one state change job (real kernel) on ${guestKernel || 'host'}`,
+  { skip: needsDriver },
+  () => {
+    test("setStatesTogether moves every device each arc in one VFIO_DEVICE_FEATURE job; data_fds are adopted close-on-exec; one device's error is its own", async () => {
+      const { Device, uapi } = await import('../../lib');
+      const { V2Engine } = await import('../../lib/migration/v2');
+      const before = openFdCount();
+      const devices = [
+        make('v2', { stateSize: 8192 }),
+        make('v2', { stateSize: 8192 }),
+        make('v2', { stateSize: 8192 }),
+      ].map((t) => t.open());
+      try {
+        const engines = devices.map((d) => requireMigration(d).engine as InstanceType<typeof V2Engine>);
+        for (const e of engines) assert.equal(await e.getState(), uapi.VFIO_DEVICE_STATE_RUNNING);
+        await V2Engine.setStatesTogether(engines, uapi.VFIO_DEVICE_STATE_RUNNING_P2P);
+        await V2Engine.setStatesTogether(engines, uapi.VFIO_DEVICE_STATE_STOP);
+        for (const d of devices) assert.equal(await requireMigration(d).state(), 'STOP');
+        await V2Engine.setStatesTogether(engines, uapi.VFIO_DEVICE_STATE_RESUMING);
+        for (const e of engines) {
+          const fd = e.dataFd?.fd;
+          assert.ok(fd !== undefined && fd >= 0, 'each RESUMING session adopted its data_fd');
+          const flags = Number.parseInt(
+            /^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!,
+            8,
+          );
+          assert.ok(flags & 0o2000000, `data_fd ${fd} is O_CLOEXEC`);
+        }
+        // The raw batch: a GET on one device and a SET of a state that does not exist on another.
+        const { vfio_device_feature: head, vfio_device_feature_mig_state: mig } = uapi.layout;
+        const feature = (flags: number, state = 0): Buffer => {
+          const b = Buffer.alloc(head.size + mig.size);
+          b.writeUInt32LE(b.length, head.fields.argsz);
+          b.writeUInt32LE(flags, head.fields.flags);
+          b.writeUInt32LE(state, head.size + mig.fields.device_state);
+          b.writeInt32LE(-1, head.size + mig.fields.data_fd);
+          return b;
+        };
+        const get = feature(uapi.VFIO_DEVICE_FEATURE_GET | uapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
+        const bad = feature(uapi.VFIO_DEVICE_FEATURE_SET | uapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, 9);
+        const results = await Device.featuresAsync([devices[0]!, devices[1]!], [get, bad]);
+        assert.equal(results[0], 0);
+        assert.equal(get.readUInt32LE(head.size + mig.fields.device_state), uapi.VFIO_DEVICE_STATE_RESUMING);
+        assert.ok(
+          results[1] instanceof Error && (results[1] as Error & { code?: string }).code === 'EINVAL',
+          String(results[1]),
+        );
+        assert.equal(
+          await requireMigration(devices[1]!).state(),
+          'RESUMING',
+          'the refused SET left the device as it was',
+        );
+      } finally {
+        for (const d of devices) d.close();
+      }
+      assert.equal(openFdCount(), before, 'no fd left open');
     });
   },
 );
