@@ -176,17 +176,18 @@ struct FeatureOp {
   size_t length;
   JobBytesPtr bytes;  // async only
 
-  FeatureOp(const Napi::CallbackInfo& info, bool async) {
-    fd = ArgFd(info, 0, "deviceFd");
-    Napi::Uint8Array view = ArgBytes(info, 1, "feature");
+  FeatureOp(const Napi::CallbackInfo& info, bool async)
+      : FeatureOp(info.Env(), ArgFd(info, 0, "deviceFd"), ArgBytes(info, 1, "feature"), async) {}
+  // One device's call of deviceFeaturesAsync: the same checks, before any ioctl of the batch.
+  FeatureOp(Napi::Env env, int device_fd, Napi::Uint8Array view, bool async) : fd(device_fd) {
     length = view.ByteLength();
     if (length < sizeof(struct vfio_device_feature)) {
-      throw Napi::RangeError::New(info.Env(), "feature buffer is smaller than struct vfio_device_feature");
+      throw Napi::RangeError::New(env, "feature buffer is smaller than struct vfio_device_feature");
     }
     data = static_cast<uint8_t*>(view.Data());
     uint32_t argsz;
     memcpy(&argsz, data, sizeof(argsz));
-    if (argsz > length) throw Napi::RangeError::New(info.Env(), "feature argsz is larger than its buffer");
+    if (argsz > length) throw Napi::RangeError::New(env, "feature argsz is larger than its buffer");
     if (async) {
       bytes = ArgJobBytes(view, 0, length, JobBytes::Use::kBoth, "feature");
       data = bytes->data();
@@ -233,10 +234,9 @@ Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
   Napi::Array feature_list = info[1].As<Napi::Array>();
   uint32_t count = fd_list.Length();
   if (count != feature_list.Length()) throw Napi::RangeError::New(env, "deviceFds and features differ in length");
+  // Each device is a FeatureOp (its checks, its ioctl, its delivery), run in turn in one job.
   struct Entry {
-    int fd;
-    JobBytesPtr bytes;
-    size_t length;
+    FeatureOp op;
     Outcome out;
   };
   auto entries = std::make_shared<std::vector<Entry>>();
@@ -251,53 +251,40 @@ Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
     Napi::Value v = feature_list[i];
     if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
       throw Napi::TypeError::New(env, "features must hold Buffers or Uint8Arrays");
-    Napi::Uint8Array view = v.As<Napi::Uint8Array>();
-    size_t length = view.ByteLength();
-    if (length < sizeof(struct vfio_device_feature))
-      throw Napi::RangeError::New(env, "feature buffer is smaller than struct vfio_device_feature");
-    uint32_t argsz;
-    memcpy(&argsz, view.Data(), sizeof(argsz));
-    if (argsz > length) throw Napi::RangeError::New(env, "feature argsz is larger than its buffer");
-    entries->push_back({n, ArgJobBytes(view, 0, length, JobBytes::Use::kBoth, "feature"), length, {}});
-    keep.push_back(view);
+    entries->push_back({FeatureOp(env, n, v.As<Napi::Uint8Array>(), true), {}});
+    keep.push_back(v);
   }
   auto work = [entries] {
-    for (Entry& e : *entries) {
-      int r = RetryIoctl(e.fd, VFIO_DEVICE_FEATURE, e.bytes->data());
-      if (r < 0) {
-        e.out.err = errno;
-        continue;
-      }
-      e.out.ret = r;
-      int32_t data_fd = HandedDataFd(e.bytes->data(), e.length);
-      if (data_fd >= 0) EnsureCloexec(data_fd);
-    }
+    for (Entry& e : *entries) e.out = e.op.Run();
     return Outcome{};
   };
   auto convert = [entries](Napi::Env e, const Outcome&) -> Napi::Value {
-    // Every buffer is delivered before any result is handed out: if one cannot be (its memory
-    // was detached), no data_fd the kernel handed back may stay open unseen.
+    // Every buffer is delivered before any result is handed out. A delivery that fails (its
+    // memory was detached) closes its own data_fd; then the promise rejects, so no data_fd of
+    // the others may stay open unseen either.
+    Napi::Array results = Napi::Array::New(e, entries->size());
     bool delivered = true;
-    for (Entry& entry : *entries) {
-      if (entry.out.err) continue;
+    for (uint32_t i = 0; i < entries->size(); i++) {
+      const Entry& entry = (*entries)[i];
+      if (entry.out.err) {
+        results[i] = SyscallError(e, FeatureOp::kSyscall, entry.out.err, entry.op.Detail(entry.out).c_str()).Value();
+        continue;
+      }
       try {
-        entry.bytes->Deliver(e, entry.length);
+        results[i] = entry.op.Result(e, entry.out);
       } catch (const Napi::Error&) {
         delivered = false;
+        results[i] = e.Undefined();
       }
     }
     if (!delivered) {
-      for (Entry& entry : *entries) {
-        int32_t data_fd = entry.out.err ? -1 : HandedDataFd(entry.bytes->data(), entry.length);
+      for (uint32_t i = 0; i < entries->size(); i++) {
+        const Entry& entry = (*entries)[i];
+        Napi::Value r = results[i];
+        int32_t data_fd = r.IsNumber() ? HandedDataFd(entry.op.data, entry.op.length) : -1;
         if (data_fd >= 0) close(data_fd);
       }
       throw Napi::Error::New(e, "deviceFeaturesAsync: a feature buffer was detached while its ioctl ran");
-    }
-    Napi::Array results = Napi::Array::New(e, entries->size());
-    for (uint32_t i = 0; i < entries->size(); i++) {
-      const Outcome& out = (*entries)[i].out;
-      results[i] = out.err ? SyscallError(e, "ioctl", out.err, "VFIO_DEVICE_FEATURE").Value()
-                           : Napi::Number::New(e, static_cast<double>(out.ret));
     }
     return results;
   };
