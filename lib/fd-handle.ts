@@ -51,6 +51,7 @@ export class FdHandle {
     try {
       return await call(fds);
     } finally {
+      // run()'s release, written out: a shared helper would be one more JS call per syscall.
       for (const h of handles) {
         h.#inflight--;
         if (h.#closeRequested && h.#inflight === 0) h.#release();
