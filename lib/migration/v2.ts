@@ -526,21 +526,17 @@ export class V2Engine implements MigrationEngine {
 
   /**
    * finishLoad('stopped') of several engines at once (a migrate's destinations): RESUMING -> STOP,
-   * where each driver validates what it was given, for all in one job. Throws the first failure
-   * once all have ended; an engine that reached STOP has let its data_fd go either way.
+   * where each driver validates what it was given, for all in one job; then each lets its data_fd
+   * go. Throws the first failure once all have ended (the caller's recovery resets them).
    */
   static async finishLoadTogether(engines: readonly V2Engine[], features?: FeatureBatch): Promise<void> {
-    try {
-      await V2Engine.setStatesTogether(engines, STOP, { features });
-    } finally {
-      for (const engine of engines) if (engine.#known?.state === STOP) engine.release();
-    }
+    await V2Engine.setStatesTogether(engines, STOP, { features });
+    for (const engine of engines) engine.release();
   }
 
   async finishLoad(leave: 'running' | 'stopped'): Promise<void> {
     // RESUMING -> STOP is where the driver validates the whole stream.
-    await this.setState(STOP);
-    this.release();
+    await V2Engine.finishLoadTogether([this]);
     if (leave !== 'stopped') await this.setState(RUNNING);
   }
 
