@@ -74,6 +74,8 @@ export interface NativeAddon {
   deferMajorGc(on: boolean): void;
   /** Whether deferMajorGc() reaches this V8 (it is compiled for V8 11 and 12.0-12.4: Node 20 and 22). */
   readonly majorGcHint: boolean;
+  /** V8 gives each function its feedback vector at its first call (true) or after it has run a while, its default (false) (lib/eager-feedback.ts). */
+  eagerFeedback(on: boolean): void;
   /** Nanoseconds the calling thread has spent on a CPU (CLOCK_THREAD_CPUTIME_ID), or undefined without that clock. */
   threadCpuNs(): bigint | undefined;
   /** Makes every readAtLeastAsync started with this cancelId reject with ECANCELED. */

@@ -1,4 +1,5 @@
-// The addon's one hint to V8 itself: hold off major garbage collections while a migration's devices are stopped.
+// The addon's hints to V8 itself: hold off major garbage collections while a migration's devices are stopped, and give
+// functions their feedback from their first call through a migration.
 #include <v8.h>
 
 #include "common.h"
@@ -32,11 +33,29 @@ Napi::Value DeferMajorGc(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// eagerFeedback(on): with on, V8 gives every function its feedback vector (the inline caches)
+// at its first call; with off, only once it has run a while, V8's default
+// (--lazy-feedback-allocation). V8 reads the flag as a function is first called, so it changes
+// nothing for functions that have run already. Node's v8.setFlagsFromString does the same;
+// the addon does it so that a command need not load node:v8.
+//
+// Why: most of a migration's downtime is code that runs there once per device (the stop-copy
+// pass, the trailer, the end of a stream, the messages), so it ran without inline caches, each
+// property access a generic lookup. In the test guest (cold CLI, live 64 MiB v2 devices) one
+// device's downtime went 19 -> 14 ms and four devices' 37 -> 26 ms.
+Napi::Value EagerFeedback(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(info.Env(), "on must be a boolean");
+  v8::V8::SetFlagsFromString(info[0].As<Napi::Boolean>().Value() ? "--no-lazy-feedback-allocation"
+                                                                 : "--lazy-feedback-allocation");
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitHeap(Napi::Env env, Napi::Object exports) {
   exports.Set("deferMajorGc", Napi::Function::New(env, DeferMajorGc, "deferMajorGc"));
   exports.Set("majorGcHint", Napi::Boolean::New(env, VFIO_HAVE_RAIL_MODE != 0));
+  exports.Set("eagerFeedback", Napi::Function::New(env, EagerFeedback, "eagerFeedback"));
 }
 
 }  // namespace vfio

@@ -1,5 +1,6 @@
 // migrate(): the source end of a live migration of one or several devices as one transaction over a channel.
 import { Buffer } from 'node:buffer';
+import { withEagerFeedback } from '../eager-feedback';
 import { withGcHold, type GcHold } from '../gc-hold';
 import { cpuMsBetween, threadCpuNs } from '../thread-cpu';
 import { MigrationError, type Recovery } from './errors';
@@ -116,8 +117,9 @@ export function migrate(
   channel: Channel,
   options: MigrateOptions = {},
 ): Promise<MigrateResult> {
-  // Taken at the first stop, released once the destination runs (or on any way out).
-  return withGcHold((gc) => migrateHolding(sources, channel, options, gc));
+  // Feedback from the first call on (lib/eager-feedback.ts); the GC hold taken at the first
+  // stop, released once the destination runs (or on any way out).
+  return withEagerFeedback(() => withGcHold((gc) => migrateHolding(sources, channel, options, gc)));
 }
 
 async function migrateHolding(

@@ -1,4 +1,5 @@
 // receive(): the destination end of a migrate: checks the hello, RESUMING, loads and validates, runs after the commit.
+import { withEagerFeedback } from '../eager-feedback';
 import { withGcHold, type GcHold } from '../gc-hold';
 import { headerRefusal } from './identity';
 import { readAhead } from './pipeline';
@@ -85,8 +86,9 @@ export function receive(
   channel: Channel,
   options: ReceiveOptions = {},
 ): Promise<ReceiveResult> {
-  // Taken when the sources' stop shows (stop-copy data, or a stream's end), released once the devices run.
-  return withGcHold((gc) => receiveHolding(destinations, channel, options, gc));
+  // Feedback from the first call on (lib/eager-feedback.ts); the GC hold taken when the sources'
+  // stop shows (stop-copy data, or a stream's end), released once the devices run.
+  return withEagerFeedback(() => withGcHold((gc) => receiveHolding(destinations, channel, options, gc)));
 }
 
 async function receiveHolding(

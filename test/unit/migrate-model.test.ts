@@ -17,6 +17,7 @@ import {
 } from '../../lib/migration';
 import { WireEnd, decodePreamble, encodeFrame, encodePreamble } from '../../lib/migration/wire';
 import { V1ModelDevice, type ModelOptions } from '../models/v1-device';
+import { eagerFeedbackScopes } from '../../lib/eager-feedback';
 import { majorGcHolds } from '../../lib/gc-hold';
 
 function model(seed: number, opts: Partial<ModelOptions> = {}): { dev: V1ModelDevice; mig: Migration } {
@@ -180,6 +181,29 @@ test('model: the major-GC hold covers the downtime only: none while pre-copying,
     `held when the destination validates (${trace})`,
   );
   assert.equal(majorGcHolds(), 0, 'released');
+});
+
+test('model: feedback is eager through both ends, from before the first record to their end, whether they succeed or fail', async () => {
+  const src = model(9);
+  const open: number[] = [];
+  const dst = model(0, {
+    fault: (access) => {
+      if (access === 'pwrite data') open.push(eagerFeedbackScopes());
+    },
+  });
+  await migrateLocal([[src.mig, dst.mig]]);
+  assert.ok(open.length > 0, 'the destination wrote data');
+  assert.deepEqual(new Set(open), new Set([2]), 'migrate() and receive() each held a scope while data moved');
+  assert.equal(eagerFeedbackScopes(), 0, 'both closed');
+
+  let writes = 0;
+  const failing = model(0, {
+    fault: (a) => {
+      if (a.startsWith('write data') && ++writes === 3) throw Object.assign(new Error('injected EIO'), { code: 'EIO' });
+    },
+  });
+  await assert.rejects(migrateLocal([[model(3).mig, failing.mig]]));
+  assert.equal(eagerFeedbackScopes(), 0, 'both closed after a failure');
 });
 
 test('model: a destination fault while loading: the source RUNNING with its state, the destination reset', async () => {
@@ -450,6 +474,7 @@ test('model: the channel dies after the destination said "loaded", before the co
   assert.equal(src.dev.deviceState, 1, 'source RUNNING');
   assert.ok(dst.dev.resets >= 1, 'destination reset');
   assert.equal(majorGcHolds(), 0, 'both ends released the major-GC hold');
+  assert.equal(eagerFeedbackScopes(), 0, 'both ends closed their eager-feedback scopes');
 });
 
 test('model: a source that hangs after the hello: the receiver times out and resets its device', async () => {
