@@ -42,7 +42,7 @@ Napi::Value DeferMajorGc(const Napi::CallbackInfo& info) {
 // Why: most of a migration's downtime is code that runs there once per device (the stop-copy
 // pass, the trailer, the end of a stream, the messages), so it ran without inline caches, each
 // property access a generic lookup. In the test guest (cold CLI, live 64 MiB v2 devices) one
-// device's downtime went 19 -> 14 ms and four devices' 37 -> 26 ms.
+// device's downtime went 19 -> 15 ms and four devices' 33 -> 27 ms.
 Napi::Value EagerFeedback(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(info.Env(), "on must be a boolean");
   v8::V8::SetFlagsFromString(info[0].As<Napi::Boolean>().Value() ? "--no-lazy-feedback-allocation"
