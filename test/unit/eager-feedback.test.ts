@@ -2,9 +2,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const EAGER_FEEDBACK = join(__dirname, '../../lib/eager-feedback.js');
+const DIST = join(__dirname, '../..');
+const EAGER_FEEDBACK = join(DIST, 'lib/eager-feedback.js');
+const CODE_CACHE = join(DIST, 'cli/code-cache.js');
+const CLI_BUNDLE = join(DIST, 'bin/cli.js');
 
 /**
  * Runs `body` in a child with V8's natives syntax, where `probe()` makes a new function, calls
@@ -83,4 +88,38 @@ test('a process started with the flag is left as its user chose it', { skip: why
     probes('await withEagerFeedback(async () => { probe(); }); probe();', ['--lazy_feedback_allocation']),
     [false, false],
   );
+});
+
+test('a code cache made at exit after the scopes closed is taken by the next process; one made inside a scope would not be', () => {
+  // The CLI writes a user code cache at exit (cli/code-cache.ts), which V8 takes only under the
+  // flags it was made under: a scope left open would leave every later command compiling lazily.
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-feedback-'));
+  try {
+    const made = (name: string, inScope: boolean): string => {
+      const file = join(dir, name);
+      const write = `require('node:fs').writeFileSync(${JSON.stringify(file)}, require(${JSON.stringify(CODE_CACHE)}).eagerCodeCache(${JSON.stringify(CLI_BUNDLE)}))`;
+      const body = inScope
+        ? `withEagerFeedback(async () => { ${write}; })`
+        : `withEagerFeedback(async () => {}).then(() => { ${write}; })`;
+      execFileSync(process.execPath, [
+        '-e',
+        `const { withEagerFeedback } = require(${JSON.stringify(EAGER_FEEDBACK)}); ${body};`,
+      ]);
+      return file;
+    };
+    const accepted = (cache: string): string =>
+      execFileSync(
+        process.execPath,
+        [
+          '-e',
+          `process.stdout.write(String(require(${JSON.stringify(CODE_CACHE)}).codeCacheAccepted(${JSON.stringify(CLI_BUNDLE)}, ${JSON.stringify(cache)})))`,
+        ],
+        { encoding: 'utf8' },
+      );
+    assert.equal(accepted(made('after.cache', false)), 'true', 'made after the scope closed');
+    // The control: without it the line above would prove nothing.
+    assert.equal(accepted(made('inside.cache', true)), 'false', 'made inside a scope');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
