@@ -1,5 +1,4 @@
-// The addon's hints to V8 itself: hold off major garbage collections while a migration's devices are stopped, and give
-// functions their feedback from their first call through a migration.
+// The addon's two hints to V8 for a migration: no major GC while devices are stopped, feedback from first calls.
 #include <v8.h>
 
 #include "common.h"
