@@ -3,7 +3,7 @@ import { native } from './native';
 
 /** Scopes open in this process; V8 allocates feedback eagerly while there is at least one. */
 let scopes = 0;
-/** Whether node's own command line settles feedback allocation (undefined until the first scope asks). */
+/** Whether node's own arguments settle feedback allocation (undefined until the first scope asks). */
 let chosenByUser: boolean | undefined;
 
 /**
@@ -16,12 +16,11 @@ let chosenByUser: boolean | undefined;
  * Scopes nest (migrate() and receive() in one process each open one); the flag goes back to
  * V8's default when the last one closes, so a code cache made at exit (cli/code-cache.ts) is
  * made under the flags the process started with. A process started with either form of the
- * flag (node's arguments or NODE_OPTIONS) is left as its user chose.
+ * flag is left as its user chose (node takes V8 flags as its arguments only: NODE_OPTIONS
+ * refuses them).
  */
 export async function withEagerFeedback<T>(step: () => Promise<T>): Promise<T> {
-  chosenByUser ??= /--(no-)?lazy[-_]feedback[-_]allocation\b/.test(
-    [...process.execArgv, process.env.NODE_OPTIONS ?? ''].join(' '),
-  );
+  chosenByUser ??= process.execArgv.some((arg) => /^--(no-?)?lazy[-_]feedback[-_]allocation$/.test(arg));
   if (chosenByUser) return step();
   if (scopes++ === 0) native.eagerFeedback(true);
   try {

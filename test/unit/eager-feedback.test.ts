@@ -83,7 +83,7 @@ test('a process started with the flag is left as its user chose it', { skip: why
     probes('await withEagerFeedback(async () => { probe(); }); probe();', ['--no-lazy-feedback-allocation']),
     [true, true],
   );
-  // Lazy from NODE_OPTIONS-less command line, spelled with underscores: never made eager.
+  // Lazy by the user's own argument, spelled with underscores: never made eager.
   assert.deepEqual(
     probes('await withEagerFeedback(async () => { probe(); }); probe();', ['--lazy_feedback_allocation']),
     [false, false],
