@@ -1,5 +1,6 @@
 // One benchmark operation in its own process (so peak RSS is its own): our save or load, with event-loop delay and RSS.
-import { closeSync, constants, openSync } from 'node:fs';
+import { close, constants, open } from 'node:fs';
+import { promisify } from 'node:util';
 import { monitorEventLoopDelay, PerformanceObserver, type IntervalHistogram } from 'node:perf_hooks';
 import { FdSource, openDevice, requireMigration } from '../lib';
 import { FileSink } from '../lib/migration/stream';
@@ -36,13 +37,15 @@ async function once(
 ): Promise<{ stopCopyMs?: number; bytes: bigint }> {
   if (op === 'save') {
     // As the CLI does: the encoder writes the file itself (FileSink), each record in one writev.
-    // (libuv opens every file O_CLOEXEC.)
-    const fd = openSync(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC, 0o600);
+    // (libuv opens every file O_CLOEXEC.) Opened and closed on the thread pool, as a program
+    // would: truncating the last run's file frees its pages inside open(), a stall of 110-135 ms
+    // of this loop in the guest (December 3), which the warm runs' loop delay then reported as ours.
+    const fd = await promisify(open)(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC, 0o600);
     try {
       const r = await migration.save(new FileSink(fd), { leave: 'running' });
       return { stopCopyMs: r.stopCopyMs, bytes: r.bytes };
     } finally {
-      closeSync(fd);
+      await promisify(close)(fd);
     }
   }
   if (op === 'load') {
