@@ -70,6 +70,8 @@ export interface NativeAddon {
    * buffer was detached meanwhile).
    */
   allocBuffer(size: number): Buffer;
+  /** allocBuffer, its pages written once on the pool: the JS thread's first writes then cost no page faults. */
+  allocBufferAsync(size: number): Promise<Buffer>;
   /** Hints V8 to hold off major garbage collections (true) or not (false); nothing where majorGcHint is false (lib/gc-hold.ts). */
   deferMajorGc(on: boolean): void;
   /** Whether deferMajorGc() reaches this V8 (it is compiled for V8 11 and 12.0-12.4: Node 20 and 22). */

@@ -1,4 +1,6 @@
-// Native-owned I/O memory (allocBuffer) and the pinned-or-bounced byte ranges async jobs work on.
+// Native-owned I/O memory (allocBuffer, allocBufferAsync) and the pinned-or-bounced byte ranges async jobs work on.
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -47,15 +49,10 @@ std::shared_ptr<IoBlock> FindBlock(const uint8_t* p, size_t length) {
   return block;
 }
 
-// allocBuffer(size): a zeroed Buffer over native memory that async jobs can pin.
-Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  size_t size = ArgSize(info, 0, "size");
-  if (size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
-  // calloc: large blocks come from mmap, already zero, so zeroing costs nothing up front.
-  auto* p = static_cast<uint8_t*>(calloc(size, 1));
-  if (!p) throw SyscallError(env, "calloc", ENOMEM);
-  auto block = std::make_shared<IoBlock>(p, size);
+// A Buffer over `block`'s memory, registered so that jobs given any view of it pin it.
+Napi::Value WrapBlock(Napi::Env env, std::shared_ptr<IoBlock> block) {
+  uint8_t* p = block->data;
+  size_t size = block->size;
   {
     Registry& r = TheRegistry();
     std::lock_guard<std::mutex> lock(r.mu);
@@ -74,6 +71,45 @@ Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
   }
 }
 
+// allocBuffer(size): a zeroed Buffer over native memory that async jobs can pin.
+Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t size = ArgSize(info, 0, "size");
+  if (size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
+  // calloc: large blocks come from mmap, already zero, so zeroing costs nothing up front.
+  auto* p = static_cast<uint8_t*>(calloc(size, 1));
+  if (!p) throw SyscallError(env, "calloc", ENOMEM);
+  return WrapBlock(env, std::make_shared<IoBlock>(p, size));
+}
+
+// allocBufferAsync(size): allocBuffer, with every page written once on the pool. Memory fresh
+// from mmap faults on each page's first write, on whichever thread makes it: several ms per MiB
+// under emulation. A buffer the JS thread copies into first (a stream reader's carry-over) is
+// made with this, so that the faults are a pool thread's and the event loop runs on.
+Napi::Value AllocBufferAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  size_t size = ArgSize(info, 0, "size");
+  // Filled on the pool thread, taken on the JS thread; freed with the job if never taken.
+  auto made = std::make_shared<std::shared_ptr<IoBlock>>();
+  auto work = [made, size] {
+    Outcome out;
+    auto* p = static_cast<uint8_t*>(calloc(size ? size : 1, 1));
+    if (!p) {
+      out.err = ENOMEM;
+      return out;
+    }
+    *made = std::make_shared<IoBlock>(p, size);
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    volatile uint8_t* bytes = p;
+    for (size_t at = 0; at < size; at += page) bytes[at] = 0;
+    return out;
+  };
+  auto convert = [made, size](Napi::Env e, const Outcome&) -> Napi::Value {
+    if (size == 0) return Napi::Buffer<uint8_t>::New(e, 0);
+    return WrapBlock(e, std::move(*made));
+  };
+  return RunAsync(env, "calloc", "", work, convert);
+}
 }  // namespace
 
 bool NativeOwned(const uint8_t* p, size_t length) { return FindBlock(p, length) != nullptr; }
@@ -124,6 +160,7 @@ void JobBytes::Deliver(Napi::Env env, size_t n) {
 
 void InitBuffers(Napi::Env env, Napi::Object exports) {
   exports.Set("allocBuffer", Napi::Function::New(env, AllocBuffer, "allocBuffer"));
+  exports.Set("allocBufferAsync", Napi::Function::New(env, AllocBufferAsync, "allocBufferAsync"));
 }
 
 }  // namespace vfio

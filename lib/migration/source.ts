@@ -1,7 +1,7 @@
 // Byte sources the stream decoder reads into its own reused buffers (files, pipes, any fd), and the reader over them.
 import { Buffer } from 'node:buffer';
 import { fstatSync } from 'node:fs';
-import { allocIoBuffer } from '../buffers';
+import { allocIoBuffer, allocIoBufferAsync } from '../buffers';
 import { FdHandle } from '../fd-handle';
 import { isSyscallError } from '../errors';
 import { native } from '../native';
@@ -226,10 +226,10 @@ export class ByteSourceReader {
     if (this.buffered >= n) return { ok: true };
     if (this.#ended) return { ok: false };
     // Bytes already handed out lie before #head: new bytes go after #tail, or into the next buffer.
-    if (this.#buf.length - this.#head < n) this.#switchBuffer(n);
+    if (this.#buf.length - this.#head < n) await this.#switchBuffer(n);
     while (this.buffered < n) {
       // A length read from the stream can lie: the buffer grows only as bytes actually arrive.
-      if (this.#tail === this.#buf.length) this.#grow(n);
+      if (this.#tail === this.#buf.length) await this.#grow(n);
       const need = n - this.buffered;
       const room = this.#buf.length - this.#tail;
       if (checksum && need <= room && this.#source.readAtLeastChecksummed) {
@@ -292,14 +292,15 @@ export class ByteSourceReader {
    * Moves the unread bytes to the next buffer, which is made to hold `n` bytes plus the look-ahead,
    * or GROW_STEP more than is buffered when `n` is larger: #grow() adds the rest as data arrives.
    */
-  #switchBuffer(n: number): void {
+  async #switchBuffer(n: number): Promise<void> {
     this.#turn = (this.#turn + 1) % this.#buffers.length;
     let next = this.#buffers[this.#turn]!;
     const first = Math.max(MIN_CAPACITY, Math.min(n + LOOKAHEAD, this.buffered + GROW_STEP));
     if (next.length < first) {
       // Native-owned: the source reads into it in place (no bounce copy), and it stays valid for
-      // an in-flight read whatever a consumer does with the views it was handed.
-      next = allocIoBuffer(first);
+      // an in-flight read whatever a consumer does with the views it was handed. Faulted in on
+      // the pool: the copy below is the first write to it, on the JS thread.
+      next = await allocIoBufferAsync(first);
       this.#buffers[this.#turn] = next;
     }
     const have = this.buffered;
@@ -315,8 +316,8 @@ export class ByteSourceReader {
    * current one cannot hold `n` bytes past #head), so no view of it was handed out yet: the
    * three-buffer contract holds, and the old buffer goes to the collector.
    */
-  #grow(n: number): void {
-    const bigger = allocIoBuffer(Math.min(n + LOOKAHEAD, 2 * this.#buf.length));
+  async #grow(n: number): Promise<void> {
+    const bigger = await allocIoBufferAsync(Math.min(n + LOOKAHEAD, 2 * this.#buf.length));
     const have = this.buffered;
     this.#buf.copy(bigger, 0, this.#head, this.#tail);
     this.#buffers[this.#turn] = bigger;

@@ -7,7 +7,7 @@ import { stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../lib/native';
-import { allocIoBuffer, bufferView, dataView } from '../../lib/buffers';
+import { allocIoBuffer, allocIoBufferAsync, bufferView, dataView } from '../../lib/buffers';
 import { FdSource } from '../../lib/migration/source';
 import { mapFd } from '../../lib/mapping';
 import { O_RDWR } from '../../lib/uapi';
@@ -155,6 +155,37 @@ test('allocIoBuffer: zeroed native memory, usable by sync and async reads and wr
   } finally {
     native.close(fd);
   }
+});
+
+test('allocIoBufferAsync: zeroed native memory like allocIoBuffer, already resident (faulted in on the pool, not by its first writer)', async () => {
+  const fd = native.memfdCreate('vfio-migration-test');
+  try {
+    const out = await allocIoBufferAsync(8192);
+    assert.equal(out.length, 8192);
+    assert.ok(out.every((b: number) => b === 0));
+    out.fill(9, 0, 4096);
+    assert.equal(await native.pwriteAsync(fd, out, 0, 8192, 0), 8192);
+    const back = await allocIoBufferAsync(8192);
+    assert.equal(await native.preadAsync(fd, back, 0, 8192, 0), 8192);
+    assert.deepEqual(back, out);
+  } finally {
+    native.close(fd);
+  }
+  // Resident set growth: the lazy allocation costs its pages only when written, the async one
+  // has them all when it resolves.
+  const size = 64 << 20;
+  const rss = () => process.memoryUsage().rss;
+  let before = rss();
+  const lazy = allocIoBuffer(size);
+  const lazyGrowth = rss() - before;
+  before = rss();
+  const resident = await allocIoBufferAsync(size);
+  const residentGrowth = rss() - before;
+  assert.ok(lazyGrowth < 16 << 20, `allocIoBuffer grew the RSS by ${lazyGrowth} bytes before any write`);
+  assert.ok(residentGrowth > 48 << 20, `allocIoBufferAsync grew the RSS by only ${residentGrowth} bytes`);
+  assert.equal(lazy.length + resident.length, 2 * size);
+  assert.equal((await allocIoBufferAsync(0)).length, 0);
+  await assert.rejects(allocIoBufferAsync(-1), RangeError);
 });
 
 test('a write from a JS buffer copies its bytes at submission: detaching it afterwards does not change what is written', async () => {
