@@ -38,7 +38,7 @@ async function once(
   if (op === 'save') {
     // As the CLI does: the encoder writes the file itself (FileSink), each record in one writev.
     // (libuv opens every file O_CLOEXEC.) Opened and closed on the thread pool, as a program
-    // would: truncating the last run's file frees its pages inside open(), a stall of 110-135 ms
+    // would: truncating the last run's file frees its pages inside open(), a stall of over 100 ms
     // of this loop in the guest (December 3), which the warm runs' loop delay then reported as ours.
     const fd = await promisify(open)(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC, 0o600);
     try {

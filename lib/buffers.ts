@@ -7,9 +7,13 @@ import { native } from './native';
  * other Buffer works too, through a bounce copy; use this one for buffers reused on hot paths.
  */
 export function allocIoBuffer(size: number): Buffer {
-  if (!Number.isSafeInteger(size) || size < 0)
-    throw new RangeError(`allocIoBuffer: size must be a non-negative integer, got ${String(size)}`);
+  checkSize('allocIoBuffer', size);
   return native.allocBuffer(size);
+}
+
+function checkSize(caller: string, size: number): void {
+  if (!Number.isSafeInteger(size) || size < 0)
+    throw new RangeError(`${caller}: size must be a non-negative integer, got ${String(size)}`);
 }
 
 /**
@@ -18,11 +22,8 @@ export function allocIoBuffer(size: number): Buffer {
  * for a buffer the JS thread writes into first, such as a reader's carry-over copy. A buffer
  * that async device or file reads fill first needs none of this: the pool thread faults it.
  */
-export function allocIoBufferAsync(size: number): Promise<Buffer> {
-  if (!Number.isSafeInteger(size) || size < 0)
-    return Promise.reject(
-      new RangeError(`allocIoBufferAsync: size must be a non-negative integer, got ${String(size)}`),
-    );
+export async function allocIoBufferAsync(size: number): Promise<Buffer> {
+  checkSize('allocIoBufferAsync', size);
   return native.allocBufferAsync(size);
 }
 

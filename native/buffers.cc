@@ -71,15 +71,21 @@ Napi::Value WrapBlock(Napi::Env env, std::shared_ptr<IoBlock> block) {
   }
 }
 
+// A zeroed block of `size` (> 0) bytes, or null when memory is short. calloc: large blocks come
+// from mmap, already zero, so zeroing costs nothing up front.
+std::shared_ptr<IoBlock> NewBlock(size_t size) {
+  auto* p = static_cast<uint8_t*>(calloc(size, 1));
+  return p ? std::make_shared<IoBlock>(p, size) : nullptr;
+}
+
 // allocBuffer(size): a zeroed Buffer over native memory that async jobs can pin.
 Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t size = ArgSize(info, 0, "size");
   if (size == 0) return Napi::Buffer<uint8_t>::New(env, 0);
-  // calloc: large blocks come from mmap, already zero, so zeroing costs nothing up front.
-  auto* p = static_cast<uint8_t*>(calloc(size, 1));
-  if (!p) throw SyscallError(env, "calloc", ENOMEM);
-  return WrapBlock(env, std::make_shared<IoBlock>(p, size));
+  std::shared_ptr<IoBlock> block = NewBlock(size);
+  if (!block) throw SyscallError(env, "calloc", ENOMEM);
+  return WrapBlock(env, std::move(block));
 }
 
 // allocBufferAsync(size): allocBuffer, with every page written once on the pool. Memory fresh
@@ -89,25 +95,26 @@ Napi::Value AllocBuffer(const Napi::CallbackInfo& info) {
 Napi::Value AllocBufferAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   size_t size = ArgSize(info, 0, "size");
+  if (size == 0) {
+    auto deferred = Napi::Promise::Deferred::New(env);
+    deferred.Resolve(Napi::Buffer<uint8_t>::New(env, 0));
+    return deferred.Promise();
+  }
   // Filled on the pool thread, taken on the JS thread; freed with the job if never taken.
   auto made = std::make_shared<std::shared_ptr<IoBlock>>();
   auto work = [made, size] {
     Outcome out;
-    auto* p = static_cast<uint8_t*>(calloc(size ? size : 1, 1));
-    if (!p) {
+    *made = NewBlock(size);
+    if (!*made) {
       out.err = ENOMEM;
       return out;
     }
-    *made = std::make_shared<IoBlock>(p, size);
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    volatile uint8_t* bytes = p;
+    volatile uint8_t* bytes = (*made)->data;
     for (size_t at = 0; at < size; at += page) bytes[at] = 0;
     return out;
   };
-  auto convert = [made, size](Napi::Env e, const Outcome&) -> Napi::Value {
-    if (size == 0) return Napi::Buffer<uint8_t>::New(e, 0);
-    return WrapBlock(e, std::move(*made));
-  };
+  auto convert = [made](Napi::Env e, const Outcome&) -> Napi::Value { return WrapBlock(e, std::move(*made)); };
   return RunAsync(env, "calloc", "", work, convert);
 }
 }  // namespace

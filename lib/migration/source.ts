@@ -293,16 +293,17 @@ export class ByteSourceReader {
    * or GROW_STEP more than is buffered when `n` is larger: #grow() adds the rest as data arrives.
    */
   async #switchBuffer(n: number): Promise<void> {
-    this.#turn = (this.#turn + 1) % this.#buffers.length;
-    let next = this.#buffers[this.#turn]!;
+    const turn = (this.#turn + 1) % this.#buffers.length;
     const first = Math.max(MIN_CAPACITY, Math.min(n + LOOKAHEAD, this.buffered + GROW_STEP));
-    if (next.length < first) {
+    if (this.#buffers[turn]!.length < first) {
       // Native-owned: the source reads into it in place (no bounce copy), and it stays valid for
       // an in-flight read whatever a consumer does with the views it was handed. Faulted in on
-      // the pool: the copy below is the first write to it, on the JS thread.
-      next = await allocIoBufferAsync(first);
-      this.#buffers[this.#turn] = next;
+      // the pool: the copy below is the first write to it, on the JS thread. The turn moves only
+      // once it is there: a failed allocation leaves the reader as it was.
+      this.#buffers[turn] = await allocIoBufferAsync(first);
     }
+    this.#turn = turn;
+    const next = this.#buffers[turn]!;
     const have = this.buffered;
     this.#buf.copy(next, 0, this.#head, this.#tail);
     this.#buf = next;
