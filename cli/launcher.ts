@@ -3,5 +3,11 @@
 import { join } from 'node:path';
 import { loadWithCodeCache } from './code-cache';
 
-const cli = loadWithCodeCache(join(__dirname, 'cli.js'), join(__dirname, 'cli.js.cache')) as { run(): void };
+/** The Node version the build ran under, which made the code cache (scripts/bundle.js defines it). */
+declare const VFIO_MIG_CACHE_NODE: string | undefined;
+
+const shippedFor = typeof VFIO_MIG_CACHE_NODE === 'string' ? VFIO_MIG_CACHE_NODE : undefined;
+const cli = loadWithCodeCache(join(__dirname, 'cli.js'), join(__dirname, 'cli.js.cache'), shippedFor) as {
+  run(): void;
+};
 cli.run();

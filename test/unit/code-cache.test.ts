@@ -10,6 +10,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readdirSync,
+  readFileSync,
   renameSync,
   rmSync,
   statSync,
@@ -29,13 +30,31 @@ process.on('exit', () => rmSync(XDG, { recursive: true, force: true }));
 const node = (args: string[], env: NodeJS.ProcessEnv = {}) =>
   spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, XDG_CACHE_HOME: XDG, ...env } });
 
-/** Where a fresh process with these node flags gets the bundle's code from (compileBundle), its user caches under `xdg`. */
-function codeSource(flags: string[], xdg: string): string {
+/** Where a fresh process with these node flags gets the bundle's code from (compileBundle, given `shippedFor`), its user caches under `xdg`. */
+function codeSource(
+  flags: string[],
+  xdg: string,
+  shippedFor?: string,
+  cacheFile = join(BIN_DIR, 'cli.js.cache'),
+): string {
   const file = join(BIN_DIR, 'cli.js');
-  const probe = `process.stdout.write(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)}).source)`;
-  const r = node([...flags, '-e', probe], { XDG_CACHE_HOME: xdg });
+  const probe = `process.stdout.write(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).compileBundle(${JSON.stringify(file)}, ${JSON.stringify(cacheFile)}, ${JSON.stringify(shippedFor)}).source)`;
+  const r = node([...flags, script(probe)], { XDG_CACHE_HOME: xdg });
   assert.equal(r.status, 0, r.stderr);
   return r.stdout;
+}
+
+/** `text` as a script file: `node FILE` has no `-e` in its execArgv, which names the user cache. */
+function script(text: string): string {
+  const file = join(XDG, `probe-${fnvLike(text)}.js`);
+  writeFileSync(file, text);
+  return file;
+}
+
+function fnvLike(text: string): string {
+  let h = 0;
+  for (let i = 0; i < text.length; i++) h = (Math.imul(h, 31) + text.charCodeAt(i)) >>> 0;
+  return h.toString(16);
 }
 
 test('the code cache the build wrote is accepted by this Node in a fresh process', () => {
@@ -184,4 +203,51 @@ test('user caches are pruned to the newest USER_CACHES_KEPT when one is written:
     old.slice(old.length - (USER_CACHES_KEPT - 1)),
   );
   assert.ok(left.includes('notes.txt') && left.includes('cli-00000000.cache'));
+});
+
+/** Writes, as a process with these flags and XDG_CACHE_HOME `xdg` would find it, the user cache `contents` (an eager cache when undefined). */
+function plantUserCache(flags: string[], xdg: string, contents?: string): string {
+  const file = join(BIN_DIR, 'cli.js');
+  const plant = `const cc = require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))});
+    const fs = require('node:fs'), path = require('node:path');
+    const f = cc.userCacheFile(${JSON.stringify(file)});
+    fs.mkdirSync(path.dirname(f), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(f, ${contents === undefined ? `cc.eagerCodeCache(${JSON.stringify(file)}, 'planted')` : JSON.stringify(contents)}, { mode: 0o600 });
+    process.stdout.write(f);`;
+  const r = node([...flags, script(plant)], { XDG_CACHE_HOME: xdg });
+  assert.equal(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
+test('under the Node and no flags the build cache was made for, the build cache is taken without a user cache lookup', (t) => {
+  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+  t.after(() => rmSync(xdg, { recursive: true, force: true }));
+  // A good user cache for this Node and no flags: only a lookup finds it.
+  plantUserCache([], xdg);
+  assert.equal(codeSource([], xdg), 'user', 'not told what the build cache was made for: the user cache first');
+  assert.equal(codeSource([], xdg, process.version), 'shipped', 'made for this Node, no flags: no lookup');
+  assert.equal(codeSource([], xdg, 'v1.0.0'), 'user', 'made for another Node: the user cache first');
+  const flags = ['--max-old-space-size=4096'];
+  plantUserCache(flags, xdg);
+  assert.equal(codeSource(flags, xdg, process.version), 'user', 'under a flag: the user cache first');
+
+  // The build cache rejected all the same (damaged): compiled lazily, no user cache written.
+  const empty = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+  t.after(() => rmSync(empty, { recursive: true, force: true }));
+  const damaged = join(empty, 'damaged.cache');
+  writeFileSync(damaged, Buffer.alloc(4096, 0xa5));
+  assert.equal(codeSource([], empty, process.version, damaged), 'compiled');
+  assert.deepEqual(readdirSync(empty), ['damaged.cache'], 'no user cache that this lookup order would never read');
+});
+
+test('the bin knows the Node its build cache was made under: with no flags it never reads a user cache', (t) => {
+  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+  t.after(() => rmSync(xdg, { recursive: true, force: true }));
+  // Garbage as this Node's no-flags user cache: a command that looked it up would reject it, run
+  // compiled lazily and replace it with an eager cache at exit.
+  const planted = plantUserCache([], xdg, 'not a code cache');
+  const r = node([join(BIN_DIR, 'vfio-mig.js'), '--version'], { XDG_CACHE_HOME: xdg });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^vfio-mig /);
+  assert.equal(readFileSync(planted, 'utf8'), 'not a code cache', 'the bin looked up the user cache');
 });
