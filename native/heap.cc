@@ -1,4 +1,5 @@
 // The addon's two hints to V8 for a migration: no major GC while devices are stopped, feedback from first calls.
+#include <dlfcn.h>
 #include <v8.h>
 
 #include "common.h"
@@ -7,13 +8,32 @@ namespace vfio {
 
 namespace {
 
-// V8 11 (Node 20) and 12 up to 12.4 (Node 22) take the hint as a RAIL mode; later V8 renamed it
-// (Isolate::SetIsLoading), which this build cannot be compiled against here, so it does nothing.
-#if V8_MAJOR_VERSION == 11 || (V8_MAJOR_VERSION == 12 && V8_MINOR_VERSION <= 4)
-#define VFIO_HAVE_RAIL_MODE 1
-#else
-#define VFIO_HAVE_RAIL_MODE 0
-#endif
+// V8's hint that the process is loading has had two forms: Isolate::SetRAILMode(PERFORMANCE_LOAD)
+// up to V8 12.4 (Node 20 and 22) and Isolate::SetIsLoading(true) after it (Node 24 on). The addon
+// is built against one Node's headers but loaded by whichever Node runs it (Node-API is stable
+// across versions; V8's C++ API is not): built for Node 20 and run by Node 24, a call compiled in
+// for the form of the headers ended the process at a migration's first stop ("undefined symbol:
+// v8::Isolate::SetRAILMode"). So the running Node's own form is looked up, once, by its mangled
+// name; both are non-virtual members, called with the isolate as their first argument.
+using SetIsLoadingFn = void (*)(v8::Isolate*, bool);
+using SetRailModeFn = void (*)(v8::Isolate*, unsigned);
+// v8::RAILMode's values (v8-isolate.h up to V8 12.4): PERFORMANCE_ANIMATION 1, PERFORMANCE_LOAD 3.
+constexpr unsigned kRailAnimation = 1;
+constexpr unsigned kRailLoad = 3;
+
+struct LoadingHint {
+  SetIsLoadingFn setIsLoading;
+  SetRailModeFn setRailMode;
+  bool available() const { return setIsLoading != nullptr || setRailMode != nullptr; }
+};
+
+const LoadingHint& RunningNodeHint() {
+  static const LoadingHint hint{
+      reinterpret_cast<SetIsLoadingFn>(dlsym(RTLD_DEFAULT, "_ZN2v87Isolate12SetIsLoadingEb")),
+      reinterpret_cast<SetRailModeFn>(dlsym(RTLD_DEFAULT, "_ZN2v87Isolate11SetRAILModeENS_8RAILModeE")),
+  };
+  return hint;
+}
 
 // deferMajorGc(on): with on, V8 treats the process as loading: an old generation that reaches its
 // allocation limit grows instead of being collected at once (up to a margin, and for at most a
@@ -25,10 +45,13 @@ namespace {
 // mark-compact, whose 24-75 ms (in the test guest) landed in four devices' downtime.
 Napi::Value DeferMajorGc(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(info.Env(), "on must be a boolean");
-#if VFIO_HAVE_RAIL_MODE
   bool on = info[0].As<Napi::Boolean>().Value();
-  v8::Isolate::GetCurrent()->SetRAILMode(on ? v8::PERFORMANCE_LOAD : v8::PERFORMANCE_ANIMATION);
-#endif
+  const LoadingHint& hint = RunningNodeHint();
+  if (hint.setIsLoading != nullptr) {
+    hint.setIsLoading(v8::Isolate::GetCurrent(), on);
+  } else if (hint.setRailMode != nullptr) {
+    hint.setRailMode(v8::Isolate::GetCurrent(), on ? kRailLoad : kRailAnimation);
+  }
   return info.Env().Undefined();
 }
 
@@ -53,7 +76,7 @@ Napi::Value EagerFeedback(const Napi::CallbackInfo& info) {
 
 void InitHeap(Napi::Env env, Napi::Object exports) {
   exports.Set("deferMajorGc", Napi::Function::New(env, DeferMajorGc, "deferMajorGc"));
-  exports.Set("majorGcHint", Napi::Boolean::New(env, VFIO_HAVE_RAIL_MODE != 0));
+  exports.Set("majorGcHint", Napi::Boolean::New(env, RunningNodeHint().available()));
   exports.Set("eagerFeedback", Napi::Function::New(env, EagerFeedback, "eagerFeedback"));
 }
 

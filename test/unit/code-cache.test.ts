@@ -30,6 +30,15 @@ process.on('exit', () => rmSync(XDG, { recursive: true, force: true }));
 const node = (args: string[], env: NodeJS.ProcessEnv = {}) =>
   spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, XDG_CACHE_HOME: XDG, ...env } });
 
+/**
+ * The Node that built dist/ (and made its code cache), as the bin knows it (scripts/bundle.js
+ * defines it in the launcher). run-suite also runs these tests under other Nodes, where the
+ * build's cache is rejected by design and a user cache takes its place.
+ */
+const BUILD_NODE = /"(v\d+\.\d+\.\d+[^"]*)"/.exec(readFileSync(join(BIN_DIR, 'vfio-mig.js'), 'utf8'))?.[1];
+const AS_BUILT = BUILD_NODE === process.version;
+const notAsBuilt = AS_BUILT ? false : `the build's code cache is for Node ${BUILD_NODE}, not this ${process.version}`;
+
 /** Where a fresh process with these node flags gets the bundle's code from (compileBundle, given `shippedFor`), its user caches under `xdg`. */
 function codeSource(
   flags: string[],
@@ -57,7 +66,7 @@ function fnvLike(text: string): string {
   return h.toString(16);
 }
 
-test('the code cache the build wrote is accepted by this Node in a fresh process', () => {
+test('the code cache the build wrote is accepted by this Node in a fresh process', { skip: notAsBuilt }, () => {
   const file = join(BIN_DIR, 'cli.js');
   const probe = `process.stdout.write(String(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).codeCacheAccepted(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)})))`;
   const r = node(['-e', probe]);
@@ -100,25 +109,29 @@ test('a missing, corrupt or stale code cache costs speed only: the command runs 
   }
 });
 
-test('under other V8 flags the build cache is rejected; the first command leaves an eager user cache that the next one takes', (t) => {
-  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-  t.after(() => rmSync(xdg, { recursive: true, force: true }));
-  const run = (flags: string[]) => codeSource(flags, xdg);
-  const dir = join(xdg, 'vfio-migration');
-  const files = () => (existsSync(dir) ? readdirSync(dir) : []);
-  assert.equal(run([]), 'shipped', 'the build cache, under no flags');
-  assert.deepEqual(files(), [], 'no user cache where the build cache is taken');
-  const flags = ['--max-old-space-size=4096'];
-  assert.equal(run(flags), 'compiled', 'V8 rejects the build cache under another flag');
-  const written = files();
-  assert.equal(written.length, 1, `one user cache written at exit: ${written.join(', ')}`);
-  // Eager like the build's: every function, not just the top level (a lazy one is some 25 KB).
-  const size = statSync(join(dir, written[0]!)).size;
-  assert.ok(size > statSync(join(BIN_DIR, 'cli.js.cache')).size / 2, `user cache of ${size} bytes`);
-  assert.equal(run(flags), 'user', 'the next command with the same flags takes it');
-  assert.equal(run(['--max-old-space-size=2048']), 'compiled', 'other flags, another cache');
-  assert.equal(files().length, 2);
-});
+test(
+  'under other V8 flags the build cache is rejected; the first command leaves an eager user cache that the next one takes',
+  { skip: notAsBuilt },
+  (t) => {
+    const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+    t.after(() => rmSync(xdg, { recursive: true, force: true }));
+    const run = (flags: string[]) => codeSource(flags, xdg);
+    const dir = join(xdg, 'vfio-migration');
+    const files = () => (existsSync(dir) ? readdirSync(dir) : []);
+    assert.equal(run([]), 'shipped', 'the build cache, under no flags');
+    assert.deepEqual(files(), [], 'no user cache where the build cache is taken');
+    const flags = ['--max-old-space-size=4096'];
+    assert.equal(run(flags), 'compiled', 'V8 rejects the build cache under another flag');
+    const written = files();
+    assert.equal(written.length, 1, `one user cache written at exit: ${written.join(', ')}`);
+    // Eager like the build's: every function, not just the top level (a lazy one is some 25 KB).
+    const size = statSync(join(dir, written[0]!)).size;
+    assert.ok(size > statSync(join(BIN_DIR, 'cli.js.cache')).size / 2, `user cache of ${size} bytes`);
+    assert.equal(run(flags), 'user', 'the next command with the same flags takes it');
+    assert.equal(run(['--max-old-space-size=2048']), 'compiled', 'other flags, another cache');
+    assert.equal(files().length, 2);
+  },
+);
 
 test('where no user cache can be written, the command runs all the same and writes nothing', (t) => {
   const root = mkdtempSync(join(tmpdir(), 'vfio-mig-ro-'));
@@ -219,28 +232,33 @@ function plantUserCache(flags: string[], xdg: string, contents?: string): string
   return r.stdout;
 }
 
-test('under the Node and no flags the build cache was made for, the build cache is taken without a user cache lookup', (t) => {
-  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-  t.after(() => rmSync(xdg, { recursive: true, force: true }));
-  // A good user cache for this Node and no flags: only a lookup finds it.
-  plantUserCache([], xdg);
-  assert.equal(codeSource([], xdg), 'user', 'not told what the build cache was made for: the user cache first');
-  assert.equal(codeSource([], xdg, process.version), 'shipped', 'made for this Node, no flags: no lookup');
-  assert.equal(codeSource([], xdg, 'v1.0.0'), 'user', 'made for another Node: the user cache first');
-  const flags = ['--max-old-space-size=4096'];
-  plantUserCache(flags, xdg);
-  assert.equal(codeSource(flags, xdg, process.version), 'user', 'under a flag: the user cache first');
+test(
+  'under the Node and no flags the build cache was made for, the build cache is taken without a user cache lookup',
+  { skip: notAsBuilt },
+  (t) => {
+    const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+    t.after(() => rmSync(xdg, { recursive: true, force: true }));
+    // A good user cache for this Node and no flags: only a lookup finds it.
+    plantUserCache([], xdg);
+    assert.equal(codeSource([], xdg), 'user', 'not told what the build cache was made for: the user cache first');
+    assert.equal(codeSource([], xdg, process.version), 'shipped', 'made for this Node, no flags: no lookup');
+    assert.equal(codeSource([], xdg, 'v1.0.0'), 'user', 'made for another Node: the user cache first');
+    const flags = ['--max-old-space-size=4096'];
+    plantUserCache(flags, xdg);
+    assert.equal(codeSource(flags, xdg, process.version), 'user', 'under a flag: the user cache first');
 
-  // The build cache rejected all the same (damaged): compiled lazily, no user cache written.
-  const empty = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-  t.after(() => rmSync(empty, { recursive: true, force: true }));
-  const damaged = join(empty, 'damaged.cache');
-  writeFileSync(damaged, Buffer.alloc(4096, 0xa5));
-  assert.equal(codeSource([], empty, process.version, damaged), 'compiled');
-  assert.deepEqual(readdirSync(empty), ['damaged.cache'], 'no user cache that this lookup order would never read');
-});
+    // The build cache rejected all the same (damaged): compiled lazily, no user cache written.
+    const empty = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+    t.after(() => rmSync(empty, { recursive: true, force: true }));
+    const damaged = join(empty, 'damaged.cache');
+    writeFileSync(damaged, Buffer.alloc(4096, 0xa5));
+    assert.equal(codeSource([], empty, process.version, damaged), 'compiled');
+    assert.deepEqual(readdirSync(empty), ['damaged.cache'], 'no user cache that this lookup order would never read');
+  },
+);
 
-test('the bin knows the Node its build cache was made under: with no flags it never reads a user cache', (t) => {
+test('the bin knows the Node its build cache was made under: under it with no flags no user cache is read; under another Node one is written and taken', (t) => {
+  assert.ok(BUILD_NODE, 'the launcher names no Node version');
   const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
   t.after(() => rmSync(xdg, { recursive: true, force: true }));
   // Garbage as this Node's no-flags user cache: a command that looked it up would reject it, run
@@ -249,5 +267,23 @@ test('the bin knows the Node its build cache was made under: with no flags it ne
   const r = node([join(BIN_DIR, 'vfio-mig.js'), '--version'], { XDG_CACHE_HOME: xdg });
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /^vfio-mig /);
-  assert.equal(readFileSync(planted, 'utf8'), 'not a code cache', 'the bin looked up the user cache');
+  const after = readFileSync(planted);
+  if (AS_BUILT) {
+    assert.equal(after.toString('utf8'), 'not a code cache', 'the bin looked up the user cache');
+  } else {
+    assert.notEqual(after.toString('utf8'), 'not a code cache', 'under another Node the bin wrote no user cache');
+    assert.equal(codeSource([], xdg, BUILD_NODE), 'user', 'the next command does not take it');
+  }
 });
+
+test(
+  "under a Node other than the build's, the first command compiles and leaves a user cache; the next takes it",
+  { skip: AS_BUILT ? "this is the build's Node (run-suite runs these tests under others too)" : false },
+  (t) => {
+    const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
+    t.after(() => rmSync(xdg, { recursive: true, force: true }));
+    assert.equal(codeSource([], xdg, BUILD_NODE), 'compiled', 'V8 takes the build cache of another Node');
+    assert.equal(readdirSync(join(xdg, 'vfio-migration')).length, 1, 'one user cache written at exit');
+    assert.equal(codeSource([], xdg, BUILD_NODE), 'user');
+  },
+);

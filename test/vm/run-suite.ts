@@ -1,5 +1,6 @@
 // npm run test:vm: first the harness tier on the host (dist/test/vm/*.test.js: the harness boots
-// guests and reports their status, timeouts and failures truthfully), then the integration suite
+// guests and reports their status, timeouts and failures truthfully), the host unit tests again
+// under each other Node release prepare.sh unpacked (.cache/vm/node/<major>), then the integration suite
 // (dist/test/integration, node:test) inside a fresh guest, once per kernel (6.12 then 6.1); fails
 // when any of them fails.
 //
@@ -31,6 +32,7 @@ import {
 
 const SUITE_DIR = join(PROJECT_ROOT, 'dist', 'test', 'integration');
 const HARNESS_DIR = join(PROJECT_ROOT, 'dist', 'test', 'vm');
+const UNIT_DIR = join(PROJECT_ROOT, 'dist', 'test', 'unit');
 /** Run in the guest once the suite has ended, whatever its verdict (paths relative to the project root). */
 const AFTER_SUITE_DIR = 'dist/test/after-suite';
 /** The line the guest prints between the suite's output and the after-suite checks'. */
@@ -187,14 +189,49 @@ interface HarnessRun {
 }
 
 /** The harness tier: node:test over dist/test/vm on the host (its tests boot guests themselves). */
-async function runHarness(): Promise<HarnessRun> {
-  const out = join(RESULTS_DIR, 'harness');
+function runHarness(): Promise<HarnessRun> {
+  return runHostTier('harness tier on the host (test/vm/*.test.ts)', 'harness', process.execPath, HARNESS_DIR);
+}
+
+/** Other Node releases prepare.sh unpacked (.cache/vm/node/<major>/bin/node), by major. */
+function otherNodes(): { major: string; node: string }[] {
+  const dir = join(PROJECT_ROOT, '.cache', 'vm', 'node');
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((major) => /^\d+$/.test(major) && existsSync(join(dir, major, 'bin', 'node')))
+    .sort((a, b) => Number(a) - Number(b))
+    .map((major) => ({ major, node: join(dir, major, 'bin', 'node') }));
+}
+
+/**
+ * The unit tests again under another Node release, with the addon and dist/ as built for the
+ * host's Node: what a user who switched Node without rebuilding runs (the addon's V8 hints
+ * resolve the running Node's own API; the code caches are the build's Node's).
+ */
+function runUnderNode(major: string, node: string): Promise<HarnessRun> {
+  // The user code caches its commands write (the build's is for another Node) stay in the results.
+  const xdg = join(RESULTS_DIR, `node-${major}`, 'xdg-cache');
+  return runHostTier(`unit tests under Node ${major} (${node})`, `node-${major}`, node, UNIT_DIR, {
+    XDG_CACHE_HOME: xdg,
+  });
+}
+
+/** node:test over `dir` on the host with the `node` binary; output kept in results/<outName>. */
+async function runHostTier(
+  title: string,
+  outName: string,
+  node: string,
+  dir: string,
+  env: NodeJS.ProcessEnv = {},
+): Promise<HarnessRun> {
+  const out = join(RESULTS_DIR, outName);
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
-  process.stdout.write('=== harness tier on the host (test/vm/*.test.ts) ===\n');
+  process.stdout.write(`=== ${title} ===\n`);
   const started = Date.now();
-  const child = spawn(process.execPath, [join(PROJECT_ROOT, 'scripts', 'run-tests.js'), HARNESS_DIR], {
+  const child = spawn(node, [join(PROJECT_ROOT, 'scripts', 'run-tests.js'), dir], {
     cwd: PROJECT_ROOT,
+    env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -213,9 +250,9 @@ async function runHarness(): Promise<HarnessRun> {
   writeFileSync(join(out, 'output.txt'), output);
   const counts = parseCounts(output);
   let reason: string | undefined;
-  if (code !== 0) reason = `the harness tier exited with ${code ?? 'an error'}`;
-  else if (!counts.pass) reason = 'no harness test passed (all skipped?)';
-  process.stdout.write(`=== harness tier: ${reason === undefined ? 'PASS' : `FAIL: ${reason}`}\n`);
+  if (code !== 0) reason = `${title} exited with ${code ?? 'an error'}`;
+  else if (!counts.pass) reason = `no test passed in ${title} (all skipped?)`;
+  process.stdout.write(`=== ${title}: ${reason === undefined ? 'PASS' : `FAIL: ${reason}`}\n`);
   return { ok: reason === undefined, reason, counts, durationMs: Date.now() - started };
 }
 
@@ -306,6 +343,15 @@ async function main(): Promise<number> {
   }
   // the harness first: when it misreports, the guest suites' verdicts mean nothing
   const harnessRun = harness ? await runHarness() : undefined;
+  const nodeRuns: { major: string; run: HarnessRun }[] = [];
+  if (harness) {
+    const nodes = otherNodes();
+    if (nodes.length === 0)
+      process.stdout.write(
+        '=== no other Node release in .cache/vm/node (prepare.sh warned why): that tier is skipped\n',
+      );
+    for (const { major, node } of nodes) nodeRuns.push({ major, run: await runUnderNode(major, node) });
+  }
   const ready = runs.filter((r) => r.reason === undefined);
   if (parallel && ready.length > 1) {
     process.stdout.write(
@@ -349,12 +395,24 @@ async function main(): Promise<number> {
     );
     if (!harnessRun.ok && harnessRun.reason) lines.push(`        ${harnessRun.reason}`);
   }
-  const ok = runs.every((r) => r.ok) && (harnessRun?.ok ?? true);
+  for (const { major, run } of nodeRuns) {
+    const c = run.counts;
+    lines.push(
+      `  unit tests, Node ${major.padEnd(8)}    ${run.ok ? 'PASS' : 'FAIL'}  ` +
+        `tests ${c.tests ?? '-'}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  run ${fmt(run.durationMs)}`,
+    );
+    if (!run.ok && run.reason) lines.push(`        ${run.reason}`);
+  }
+  const ok = runs.every((r) => r.ok) && (harnessRun?.ok ?? true) && nodeRuns.every(({ run }) => run.ok);
   lines.push(
     `  ${ok ? 'all passed' : 'FAILED'} in ${fmt(total)}; logs and dmesg in ${relative(PROJECT_ROOT, RESULTS_DIR)}/<kernel>/`,
   );
   // The plain closing line CI reads: every kernel's suite and the harness tier, added up.
-  const all = [...runs.map((r) => r.counts), ...(harnessRun ? [harnessRun.counts] : [])];
+  const all = [
+    ...runs.map((r) => r.counts),
+    ...(harnessRun ? [harnessRun.counts] : []),
+    ...nodeRuns.map(({ run }) => run.counts),
+  ];
   const sum = (k: 'pass' | 'fail' | 'skipped') => all.reduce((n, c) => n + (c[k] ?? 0), 0);
   const failed = Math.max(sum('fail'), ok ? 0 : 1);
   lines.push(`${sum('pass')} passed, ${failed} failed, ${sum('skipped')} skipped`);
