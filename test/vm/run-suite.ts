@@ -1,18 +1,19 @@
 // npm run test:vm: first the harness tier on the host (dist/test/vm/*.test.js: the harness boots
 // guests and reports their status, timeouts and failures truthfully), the host unit tests again
-// under each other Node release prepare.sh unpacked (.cache/vm/node/<major>), then the integration suite
-// (dist/test/integration, node:test) inside a fresh guest, once per kernel (6.12 then 6.1); fails
+// under each other Node release prepare.sh unpacked (.cache/vm/node/<major>), then the integration
+// suite (dist/test/integration, node:test) inside a fresh guest, once per kernel (6.12 then 6.1),
+// and once more on 6.12 under the newest other Node (--no-other-nodes: neither of those); fails
 // when any of them fails.
 //
 //   node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential]
-//                                  [--no-prepare] [--no-harness] [-- <run-tests flags>]
+//                                  [--no-prepare] [--no-harness] [--no-other-nodes] [-- <run-tests flags>]
 //
 // With two or more host CPUs the two guests run side by side (output lines are
 // prefixed with the kernel; --sequential or VFIO_MIG_VM_PARALLEL=0 runs 6.12 then 6.1).
 // After the suite, in the same guest, the after-suite checks run (dist/test/after-suite: the test
 // driver leaks nothing, unloads cleanly, the kernel log is quiet): after it by construction, not
 // by file name. Then the guest's dmesg is checked: a WARNING, BUG or Oops fails the run.
-// Output, kernel console and dmesg of each run stay in .cache/vm/results/<kernel>/.
+// Output, kernel console and dmesg of each run stay in .cache/vm/results/<kernel>[-node<major>]/.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -41,6 +42,10 @@ const RESULTS_DIR = join(PROJECT_ROOT, '.cache', 'vm', 'results');
 
 interface KernelRun {
   kernel: Series;
+  /** The guest's node for the suite: undefined for the host's own (PATH), else another release's binary. */
+  node?: { major: string; path: string };
+  /** The kernel, and the other Node when there is one: names the results directory and the output. */
+  label: string;
   ok: boolean;
   reason?: string;
   result?: GuestResult;
@@ -134,17 +139,20 @@ class LinePrefixer implements TextSink {
 
 async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, extra: string[]): Promise<void> {
   const kernel = run.kernel;
-  const out = join(RESULTS_DIR, kernel);
+  const out = join(RESULTS_DIR, run.label);
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
-  echo.write(`=== integration suite on ${kernel} ===\n`);
+  echo.write(`=== integration suite on ${kernel}${run.node ? ` under Node ${run.node.major}` : ''} ===\n`);
+  // The tests start every command with their own node (process.execPath): the whole suite runs
+  // under this one, with the addon and dist/ as the host's Node built them.
+  const node = run.node ? shQuote(run.node.path) : 'node';
   // the suite, then the after-suite checks (without the run-tests flags: a name pattern must not
   // filter them away), then the kernel log (also when the suite failed)
   const script = [
-    `node scripts/run-tests.js ${extra.map(shQuote).join(' ')} dist/test/integration`,
+    `${node} scripts/run-tests.js ${extra.map(shQuote).join(' ')} dist/test/integration`,
     's=$?',
     `echo ${shQuote(AFTER_SUITE_MARK)}`,
-    `node scripts/run-tests.js ${AFTER_SUITE_DIR}`,
+    `${node} scripts/run-tests.js ${AFTER_SUITE_DIR}`,
     'a=$?',
     'dmesg > "$VFIO_MIG_OUT/dmesg.txt" 2>&1',
     '[ $s -ne 0 ] && exit $s',
@@ -176,7 +184,7 @@ async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, ext
     run.reason = `the kernel log has ${run.dmesgProblems.length} problem line(s) (${dmesgFile})`;
   run.ok = run.reason === undefined;
   if (echo instanceof LinePrefixer) echo.flush();
-  echo.write(`=== ${kernel}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
+  echo.write(`=== ${run.label}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
   if (run.dmesgProblems.length) echo.write(run.dmesgProblems.map((l) => `  | ${l}`).join('\n') + '\n');
   if (echo instanceof LinePrefixer) echo.flush();
 }
@@ -267,6 +275,7 @@ async function main(): Promise<number> {
   let timeoutSec = 30 * 60;
   let doPrepare = true;
   let harness = true;
+  let withOtherNodes = true;
   // both kernels at once when the host has the cores: a guest running the suite keeps
   // about one host core busy, so two side by side take little longer than one
   let parallel =
@@ -291,13 +300,15 @@ async function main(): Promise<number> {
       doPrepare = false;
     } else if (a === '--no-harness') {
       harness = false;
+    } else if (a === '--no-other-nodes') {
+      withOtherNodes = false;
     } else if (a === '--parallel') {
       parallel = true;
     } else if (a === '--sequential') {
       parallel = false;
     } else if (a === '-h' || a === '--help') {
       process.stdout.write(
-        'usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [--no-harness] [-- <run-tests flags>]\n',
+        'usage: node dist/test/vm/run-suite.js [--kernel 6.12|6.1|all] [--timeout SEC] [--parallel|--sequential] [--no-prepare] [--no-harness] [--no-other-nodes] [-- <run-tests flags>]\n',
       );
       return 0;
     } else {
@@ -324,6 +335,7 @@ async function main(): Promise<number> {
   const started = Date.now();
   const runs: KernelRun[] = kernels.map((kernel) => ({
     kernel,
+    label: kernel,
     ok: false,
     counts: {},
     afterCounts: {},
@@ -343,15 +355,13 @@ async function main(): Promise<number> {
   }
   // the harness first: when it misreports, the guest suites' verdicts mean nothing
   const harnessRun = harness ? await runHarness() : undefined;
+  const nodes = withOtherNodes ? otherNodes() : [];
   const nodeRuns: { major: string; run: HarnessRun }[] = [];
-  if (harness) {
-    const nodes = otherNodes();
-    if (nodes.length === 0)
-      process.stdout.write(
-        '=== no other Node release in .cache/vm/node (prepare.sh warned why): that tier is skipped\n',
-      );
-    for (const { major, node } of nodes) nodeRuns.push({ major, run: await runUnderNode(major, node) });
-  }
+  if (withOtherNodes && nodes.length === 0)
+    process.stdout.write(
+      '=== no other Node release in .cache/vm/node (prepare.sh warned why): those runs are skipped\n',
+    );
+  for (const { major, node } of nodes) nodeRuns.push({ major, run: await runUnderNode(major, node) });
   const ready = runs.filter((r) => r.reason === undefined);
   if (parallel && ready.length > 1) {
     process.stdout.write(
@@ -362,6 +372,23 @@ async function main(): Promise<number> {
     );
   } else {
     for (const run of ready) await runKernel(run, process.stdout, timeoutSec, extra);
+  }
+  // Then the suite once more on the first kernel, under the newest other Node: the release most
+  // users run, with the addon and dist/ as built here.
+  const newest = nodes.at(-1);
+  if (newest && ready[0]) {
+    const run: KernelRun = {
+      kernel: ready[0].kernel,
+      label: `${ready[0].kernel}-node${newest.major}`,
+      node: { major: newest.major, path: newest.node },
+      ok: false,
+      counts: {},
+      afterCounts: {},
+      prepareMs: 0,
+      dmesgProblems: [],
+    };
+    runs.push(run);
+    await runKernel(run, process.stdout, timeoutSec, extra);
   }
 
   const total = Date.now() - started;
@@ -374,7 +401,7 @@ async function main(): Promise<number> {
     const c = run.counts;
     const suiteMs = r && r.bootMs !== null ? r.durationMs - r.bootMs : null;
     lines.push(
-      `  ${run.kernel.padEnd(5)} ${(r?.kver ?? '').padEnd(22)} ${run.ok ? 'PASS' : 'FAIL'}  ` +
+      `  ${run.label.padEnd(12)} ${(r?.kver ?? '').padEnd(22)} ${run.ok ? 'PASS' : 'FAIL'}  ` +
         `tests ${c.tests ?? '-'}${run.afterCounts.tests !== undefined ? ` (${run.afterCounts.tests} after the suite)` : ''}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  ` +
         `prepare ${fmt(run.prepareMs)}, boot ${fmt(r?.bootMs)}, suite ${fmt(suiteMs)}, run ${fmt(r?.durationMs)}` +
         (r ? ` (${r.accel.toUpperCase()})` : ''),
