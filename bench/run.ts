@@ -393,6 +393,7 @@ async function main(): Promise<void> {
 
 Date: ${raw.date}
 Machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, ${Math.round(totalmem() / 2 ** 30)} GiB; guest: Debian 6.12 kernel under QEMU (${r.accel}), 4 GiB, 2 vCPUs.
+Node: ${process.version} (${process.execPath}), for every command in the guest as for this runner.
 Command: \`npm run bench\` (BENCH_SIZES=${sizes} BENCH_REPEAT=${repeat}); ${(raw.durationMs / 1000).toFixed(0)} s.
 
 Every figure is measured in the same run, inside the guest, against the project's test driver
