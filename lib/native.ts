@@ -75,10 +75,12 @@ export interface NativeAddon {
   allocBufferAsync(size: number): Promise<Buffer>;
   /** Hints V8 to hold off major garbage collections (true) or not (false); nothing where majorGcHint is false (lib/gc-hold.ts). */
   deferMajorGc(on: boolean): void;
-  /** Whether deferMajorGc() reaches this V8 (it is compiled for V8 11 and 12.0-12.4: Node 20 and 22). */
+  /** Whether deferMajorGc() reaches this V8: it found Isolate::SetIsLoading (Node 24 on) or SetRAILMode (Node 20, 22) in the running Node. */
   readonly majorGcHint: boolean;
-  /** V8 gives each function its feedback vector at its first call (true) or after it has run a while, its default (false) (lib/eager-feedback.ts). */
+  /** V8 gives each function its feedback vector at its first call (true) or after it has run a while, its default (false) (lib/eager-feedback.ts); nothing where feedbackHint is false. */
   eagerFeedback(on: boolean): void;
+  /** Whether eagerFeedback() reaches this V8: it found V8::SetFlagsFromString in the running Node. */
+  readonly feedbackHint: boolean;
   /** Nanoseconds the calling thread has spent on a CPU (CLOCK_THREAD_CPUTIME_ID), or undefined without that clock. */
   threadCpuNs(): bigint | undefined;
   /** Makes every readAtLeastAsync started with this cancelId reject with ECANCELED. */

@@ -1,6 +1,5 @@
 // The addon's two hints to V8 for a migration: no major GC while devices are stopped, feedback from first calls.
 #include <dlfcn.h>
-#include <v8.h>
 
 #include "common.h"
 
@@ -8,31 +7,46 @@ namespace vfio {
 
 namespace {
 
-// V8's hint that the process is loading has had two forms: Isolate::SetRAILMode(PERFORMANCE_LOAD)
-// up to V8 12.4 (Node 20 and 22) and Isolate::SetIsLoading(true) after it (Node 24 on). The addon
-// is built against one Node's headers but loaded by whichever Node runs it (Node-API is stable
-// across versions; V8's C++ API is not): built for Node 20 and run by Node 24, a call compiled in
-// for the form of the headers ended the process at a migration's first stop ("undefined symbol:
-// v8::Isolate::SetRAILMode"). So the running Node's own form is looked up, once, by its mangled
-// name; both are non-virtual members, called with the isolate as their first argument.
-using SetIsLoadingFn = void (*)(v8::Isolate*, bool);
-using SetRailModeFn = void (*)(v8::Isolate*, unsigned);
+// The hints are V8 C++ calls, and the addon is otherwise pure Node-API. It includes no V8 header
+// and links to no V8 symbol: it finds the running Node's own entry points with dlsym, by their
+// mangled names, once. Why:
+// - V8's C++ API is not stable across Node releases. Built for Node 20 and run by Node 24, a
+//   call compiled in for the headers' V8 ended the process at a migration's first stop
+//   ("undefined symbol: v8::Isolate::SetRAILMode").
+// - Node 24's V8 headers need C++20: including them, the addon did not build for Node 24 or 26
+//   at all (npm install failed).
+// The loading hint has had two forms: Isolate::SetRAILMode(PERFORMANCE_LOAD) up to V8 12.4 (Node
+// 20 and 22), Isolate::SetIsLoading(true) after it (Node 24 and 26). Both are non-virtual
+// members, called with the isolate as their first argument (the Itanium C++ ABI).
+using GetCurrentIsolateFn = void* (*)();
+using SetIsLoadingFn = void (*)(void* isolate, bool loading);
+using SetRailModeFn = void (*)(void* isolate, unsigned mode);
+using SetFlagsFromStringFn = void (*)(const char* flags);
 // v8::RAILMode's values (v8-isolate.h up to V8 12.4): PERFORMANCE_ANIMATION 1, PERFORMANCE_LOAD 3.
 constexpr unsigned kRailAnimation = 1;
 constexpr unsigned kRailLoad = 3;
 
-struct LoadingHint {
+template <typename Fn>
+Fn Lookup(const char* mangled) {
+  return reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, mangled));
+}
+
+struct V8Entries {
+  GetCurrentIsolateFn getCurrent;
   SetIsLoadingFn setIsLoading;
   SetRailModeFn setRailMode;
-  bool available() const { return setIsLoading != nullptr || setRailMode != nullptr; }
+  SetFlagsFromStringFn setFlags;
+  bool gcHint() const { return getCurrent != nullptr && (setIsLoading != nullptr || setRailMode != nullptr); }
 };
 
-const LoadingHint& RunningNodeHint() {
-  static const LoadingHint hint{
-      reinterpret_cast<SetIsLoadingFn>(dlsym(RTLD_DEFAULT, "_ZN2v87Isolate12SetIsLoadingEb")),
-      reinterpret_cast<SetRailModeFn>(dlsym(RTLD_DEFAULT, "_ZN2v87Isolate11SetRAILModeENS_8RAILModeE")),
+const V8Entries& RunningV8() {
+  static const V8Entries entries{
+      Lookup<GetCurrentIsolateFn>("_ZN2v87Isolate10GetCurrentEv"),
+      Lookup<SetIsLoadingFn>("_ZN2v87Isolate12SetIsLoadingEb"),
+      Lookup<SetRailModeFn>("_ZN2v87Isolate11SetRAILModeENS_8RAILModeE"),
+      Lookup<SetFlagsFromStringFn>("_ZN2v82V818SetFlagsFromStringEPKc"),
   };
-  return hint;
+  return entries;
 }
 
 // deferMajorGc(on): with on, V8 treats the process as loading: an old generation that reaches its
@@ -46,11 +60,13 @@ const LoadingHint& RunningNodeHint() {
 Napi::Value DeferMajorGc(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(info.Env(), "on must be a boolean");
   bool on = info[0].As<Napi::Boolean>().Value();
-  const LoadingHint& hint = RunningNodeHint();
-  if (hint.setIsLoading != nullptr) {
-    hint.setIsLoading(v8::Isolate::GetCurrent(), on);
-  } else if (hint.setRailMode != nullptr) {
-    hint.setRailMode(v8::Isolate::GetCurrent(), on ? kRailLoad : kRailAnimation);
+  const V8Entries& entries = RunningV8();
+  if (!entries.gcHint()) return info.Env().Undefined();
+  void* isolate = entries.getCurrent();
+  if (entries.setIsLoading != nullptr) {
+    entries.setIsLoading(isolate, on);
+  } else {
+    entries.setRailMode(isolate, on ? kRailLoad : kRailAnimation);
   }
   return info.Env().Undefined();
 }
@@ -59,7 +75,8 @@ Napi::Value DeferMajorGc(const Napi::CallbackInfo& info) {
 // at its first call; with off, only once it has run a while, V8's default
 // (--lazy-feedback-allocation). V8 reads the flag as a function is first called, so it changes
 // nothing for functions that have run already. Node's v8.setFlagsFromString does the same;
-// the addon does it so that a command need not load node:v8.
+// the addon does it so that a command need not load node:v8. Where the running Node has no
+// V8::SetFlagsFromString (feedbackHint false), nothing.
 //
 // Why: most of a migration's downtime is code that runs there once per device (the stop-copy
 // pass, the trailer, the end of a stream, the messages), so it ran without inline caches, each
@@ -67,8 +84,10 @@ Napi::Value DeferMajorGc(const Napi::CallbackInfo& info) {
 // device's downtime went 19 -> 15 ms and four devices' 33 -> 27 ms.
 Napi::Value EagerFeedback(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(info.Env(), "on must be a boolean");
-  v8::V8::SetFlagsFromString(info[0].As<Napi::Boolean>().Value() ? "--no-lazy-feedback-allocation"
-                                                                 : "--lazy-feedback-allocation");
+  SetFlagsFromStringFn setFlags = RunningV8().setFlags;
+  if (setFlags != nullptr) {
+    setFlags(info[0].As<Napi::Boolean>().Value() ? "--no-lazy-feedback-allocation" : "--lazy-feedback-allocation");
+  }
   return info.Env().Undefined();
 }
 
@@ -76,8 +95,9 @@ Napi::Value EagerFeedback(const Napi::CallbackInfo& info) {
 
 void InitHeap(Napi::Env env, Napi::Object exports) {
   exports.Set("deferMajorGc", Napi::Function::New(env, DeferMajorGc, "deferMajorGc"));
-  exports.Set("majorGcHint", Napi::Boolean::New(env, RunningNodeHint().available()));
+  exports.Set("majorGcHint", Napi::Boolean::New(env, RunningV8().gcHint()));
   exports.Set("eagerFeedback", Napi::Function::New(env, EagerFeedback, "eagerFeedback"));
+  exports.Set("feedbackHint", Napi::Boolean::New(env, RunningV8().setFlags != nullptr));
 }
 
 }  // namespace vfio

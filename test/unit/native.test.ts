@@ -493,3 +493,17 @@ test('an addon outside the build layout is found by bindings; with none anywhere
   };
   assert.deepEqual(seen, { viaBindings: true, crc: 0xcbf43926 });
 });
+
+test("the addon links to no V8 C++ symbol, and finds this Node's own V8 hints at run time", () => {
+  // V8's C++ API is neither stable across Node releases nor buildable with their headers alike
+  // (Node 24's need C++20): the hints are looked up in the running Node (native/heap.cc).
+  const addon = join(__dirname, '../../../build/Release/vfio_native.node');
+  const undefinedSymbols = execFileSync('nm', ['-D', '--undefined-only', addon], { encoding: 'utf8' });
+  assert.deepEqual(
+    undefinedSymbols.split('\n').filter((l) => /\b_ZN\d*v8/.test(l)),
+    [],
+    'V8 symbols the dynamic linker must resolve',
+  );
+  assert.equal(native.majorGcHint, true, `no loading hint found in ${process.version}`);
+  assert.equal(native.feedbackHint, true, `no V8::SetFlagsFromString found in ${process.version}`);
+});

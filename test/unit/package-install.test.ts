@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 const ROOT = join(__dirname, '../../..');
 
@@ -27,9 +27,15 @@ test(
     const app = join(dir, 'app');
     mkdirSync(app);
     writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
+    // The addon is built against the headers of the Node running this test (an official build
+    // carries them in include/node), as npm does for a user of that Node: Node 24's V8 headers
+    // need C++20, which a C++17 build including them failed on.
+    const nodeDir = join(dirname(process.execPath), '..');
+    const headers = existsSync(join(nodeDir, 'include', 'node', 'node_api.h')) ? { npm_config_nodedir: nodeDir } : {};
     const install = spawnSync('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', tarball], {
       cwd: app,
       encoding: 'utf8',
+      env: { ...process.env, ...headers },
     });
     assert.equal(install.status, 0, `npm install failed:\n${install.stdout}\n${install.stderr}`);
     const addon = join(app, 'node_modules', 'vfio-migration', 'build', 'Release', 'vfio_native.node');
