@@ -1,5 +1,5 @@
 // Host-side tests of the bin's start-up path: the V8 code cache the build writes, the user cache for other flags, and the launcher without either.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import {
@@ -53,17 +53,19 @@ function codeSource(
   return r.stdout;
 }
 
-/** `text` as a script file: `node FILE` has no `-e` in its execArgv, which names the user cache. */
-function script(text: string): string {
-  const file = join(XDG, `probe-${fnvLike(text)}.js`);
-  writeFileSync(file, text);
-  return file;
+/** A directory of its own for test `t`, removed after it. */
+function tempDir(t: TestContext, prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
-function fnvLike(text: string): string {
-  let h = 0;
-  for (let i = 0; i < text.length; i++) h = (Math.imul(h, 31) + text.charCodeAt(i)) >>> 0;
-  return h.toString(16);
+let scripts = 0;
+/** `text` as a script file: `node FILE` has no `-e` in its execArgv, which names the user cache. */
+function script(text: string): string {
+  const file = join(XDG, `probe-${scripts++}.js`);
+  writeFileSync(file, text);
+  return file;
 }
 
 test('the code cache the build wrote is accepted by this Node in a fresh process', { skip: notAsBuilt }, () => {
@@ -78,8 +80,7 @@ test('a missing, corrupt or stale code cache costs speed only: the command runs 
   const expected = node([join(BIN_DIR, 'vfio-mig.js'), '--help']);
   assert.equal(expected.status, 0, expected.stderr);
   // A copy of the package's files a command reads: the launcher, the bundle, package.json, the addon.
-  const root = mkdtempSync(join(tmpdir(), 'vfio-mig-cache-'));
-  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const root = tempDir(t, 'vfio-mig-cache-');
   const bin = join(root, 'dist/bin');
   mkdirSync(bin, { recursive: true });
   for (const f of ['vfio-mig.js', 'cli.js']) copyFileSync(join(BIN_DIR, f), join(bin, f));
@@ -113,8 +114,7 @@ test(
   'under other V8 flags the build cache is rejected; the first command leaves an eager user cache that the next one takes',
   { skip: notAsBuilt },
   (t) => {
-    const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-    t.after(() => rmSync(xdg, { recursive: true, force: true }));
+    const xdg = tempDir(t, 'vfio-mig-xdg-');
     const run = (flags: string[]) => codeSource(flags, xdg);
     const dir = join(xdg, 'vfio-migration');
     const files = () => (existsSync(dir) ? readdirSync(dir) : []);
@@ -134,8 +134,7 @@ test(
 );
 
 test('where no user cache can be written, the command runs all the same and writes nothing', (t) => {
-  const root = mkdtempSync(join(tmpdir(), 'vfio-mig-ro-'));
-  t.after(() => rmSync(root, { recursive: true, force: true }));
+  const root = tempDir(t, 'vfio-mig-ro-');
   // A file where the cache directory would be: mkdir fails as on a read-only home.
   writeFileSync(join(root, 'vfio-migration'), '');
   const r = node(['--max-old-space-size=4096', join(BIN_DIR, 'vfio-mig.js'), '--version'], { XDG_CACHE_HOME: root });
@@ -146,8 +145,7 @@ test('where no user cache can be written, the command runs all the same and writ
 });
 
 test('a user cache someone else could have written is not read: group- or world-writable, a symlink, another owner', (t) => {
-  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-  t.after(() => rmSync(xdg, { recursive: true, force: true }));
+  const xdg = tempDir(t, 'vfio-mig-xdg-');
   const flags = ['--max-old-space-size=4096'];
   const run = () => codeSource(flags, xdg);
   assert.equal(run(), 'compiled');
@@ -177,8 +175,7 @@ test('a user cache someone else could have written is not read: group- or world-
 });
 
 test('a relative XDG_CACHE_HOME or HOME is ignored (the XDG rule): no cache lands in the working directory', (t) => {
-  const cwd = mkdtempSync(join(tmpdir(), 'vfio-mig-cwd-'));
-  t.after(() => rmSync(cwd, { recursive: true, force: true }));
+  const cwd = tempDir(t, 'vfio-mig-cwd-');
   const r = spawnSync(process.execPath, ['--max-old-space-size=4096', join(BIN_DIR, 'vfio-mig.js'), '--version'], {
     encoding: 'utf8',
     cwd,
@@ -189,8 +186,7 @@ test('a relative XDG_CACHE_HOME or HOME is ignored (the XDG rule): no cache land
 });
 
 test('user caches are pruned to the newest USER_CACHES_KEPT when one is written: others, and anything not ours, stay', (t) => {
-  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-  t.after(() => rmSync(xdg, { recursive: true, force: true }));
+  const xdg = tempDir(t, 'vfio-mig-xdg-');
   const dir = join(xdg, 'vfio-migration');
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   // Old caches of earlier bundles or flags, oldest first, and files that are not caches of ours.
@@ -236,8 +232,7 @@ test(
   'under the Node and no flags the build cache was made for, the build cache is taken without a user cache lookup',
   { skip: notAsBuilt },
   (t) => {
-    const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-    t.after(() => rmSync(xdg, { recursive: true, force: true }));
+    const xdg = tempDir(t, 'vfio-mig-xdg-');
     // A good user cache for this Node and no flags: only a lookup finds it.
     plantUserCache([], xdg);
     assert.equal(codeSource([], xdg), 'user', 'not told what the build cache was made for: the user cache first');
@@ -248,8 +243,7 @@ test(
     assert.equal(codeSource(flags, xdg, process.version), 'user', 'under a flag: the user cache first');
 
     // The build cache rejected all the same (damaged): compiled lazily, no user cache written.
-    const empty = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-    t.after(() => rmSync(empty, { recursive: true, force: true }));
+    const empty = tempDir(t, 'vfio-mig-xdg-');
     const damaged = join(empty, 'damaged.cache');
     writeFileSync(damaged, Buffer.alloc(4096, 0xa5));
     assert.equal(codeSource([], empty, process.version, damaged), 'compiled');
@@ -259,8 +253,7 @@ test(
 
 test('the bin knows the Node its build cache was made under: under it with no flags no user cache is read; under another Node one is written and taken', (t) => {
   assert.ok(BUILD_NODE, 'the launcher names no Node version');
-  const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-  t.after(() => rmSync(xdg, { recursive: true, force: true }));
+  const xdg = tempDir(t, 'vfio-mig-xdg-');
   // Garbage as this Node's no-flags user cache: a command that looked it up would reject it, run
   // compiled lazily and replace it with an eager cache at exit.
   const planted = plantUserCache([], xdg, 'not a code cache');
@@ -280,8 +273,7 @@ test(
   "under a Node other than the build's, the first command compiles and leaves a user cache; the next takes it",
   { skip: AS_BUILT ? "this is the build's Node (run-suite runs these tests under others too)" : false },
   (t) => {
-    const xdg = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
-    t.after(() => rmSync(xdg, { recursive: true, force: true }));
+    const xdg = tempDir(t, 'vfio-mig-xdg-');
     assert.equal(codeSource([], xdg, BUILD_NODE), 'compiled', 'V8 takes the build cache of another Node');
     assert.equal(readdirSync(join(xdg, 'vfio-migration')).length, 1, 'one user cache written at exit');
     assert.equal(codeSource([], xdg, BUILD_NODE), 'user');

