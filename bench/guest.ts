@@ -3,6 +3,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { qemuVersion, quit, startQemu, waitMigration } from '../test/integration/qemu-util';
+import { binArgs, binEnv, VFIO_MIG_BIN } from '../test/support/cli-child';
 import { TestDevice, type Kind } from '../test/support/test-driver';
 import { allocIoBuffer } from '../lib/buffers';
 import { crc32 } from '../lib/migration/stream/crc';
@@ -19,7 +20,10 @@ const REF_FILE = '/tmp/bench-ref.bin';
 const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 3));
 // Runs of our engine per process: the first is the cold figure, the others show it warm.
 const ENGINE_RUNS = String(Math.max(1, Number(process.env.BENCH_ENGINE_RUNS ?? 3)));
-const CLI = join(__dirname, '../bin/vfio-mig.js');
+// The bin as a user runs it, through its own first lines (cli/node-flags.ts), which start the
+// first node on PATH: this one, put first below.
+const CLI = VFIO_MIG_BIN;
+process.env.PATH = binEnv().PATH;
 
 /** Wall time of a whole command as a user runs it: from spawn to exit, process start included. */
 function timed(cmd: string, args: string[]): number {
@@ -39,18 +43,17 @@ export interface Whole {
 }
 
 function wholeCommands(proto: string, src: string, dst: string): Whole {
-  const node = process.execPath;
-  const oursSaveMs = timed(node, [CLI, 'save', src, '-o', OURS_FILE, '--quiet']);
-  const oursLoadMs = timed(node, [CLI, 'load', dst, '-i', OURS_FILE, '--quiet']);
+  const oursSaveMs = timed(CLI, ['save', src, '-o', OURS_FILE, '--quiet']);
+  const oursLoadMs = timed(CLI, ['load', dst, '-i', OURS_FILE, '--quiet']);
   rmSync(OURS_FILE, { force: true });
-  const pipe = `"${node}" "${CLI}" save ${src} -o - --quiet | "${node}" "${CLI}" load ${dst} -i - --quiet`;
+  const pipe = `"${CLI}" save ${src} -o - --quiet | "${CLI}" load ${dst} -i - --quiet`;
   const oursPipeMs = timed('bash', ['-o', 'pipefail', '-c', pipe]);
   const refSaveMs = timed(REF, [`${proto}-save`, src, REF_FILE]);
-  execFileSync(node, [CLI, 'state', src, 'RUNNING']);
+  execFileSync(CLI, ['state', src, 'RUNNING']);
   const refLoadMs = timed(REF, [`${proto}-load`, dst, REF_FILE]);
   rmSync(REF_FILE, { force: true });
   const refPipeMs = timed(REF, [`${proto}-pipe`, src, dst]);
-  execFileSync(node, [CLI, 'state', src, 'RUNNING']);
+  execFileSync(CLI, ['state', src, 'RUNNING']);
   return { oursSaveMs, oursLoadMs, oursPipeMs, refSaveMs, refLoadMs, refPipeMs };
 }
 
@@ -67,17 +70,7 @@ function migrateCold(
   // syscalls), which says how many vCPUs it kept busy.
   const cpuFile = '/tmp/bench-migrate-cpu';
   const timeCmd = existsSync('/usr/bin/time') ? ['/usr/bin/time', '-f', '%U %S', '-o', cpuFile] : [];
-  const argv = [
-    ...timeCmd,
-    process.execPath,
-    CLI,
-    'migrate',
-    sources.join(','),
-    destinations.join(','),
-    '--quiet',
-    '--json',
-    ...args,
-  ];
+  const argv = [...timeCmd, CLI, 'migrate', sources.join(','), destinations.join(','), '--quiet', '--json', ...args];
   const start = process.hrtime.bigint();
   const out = execFileSync(argv[0]!, argv.slice(1), {
     encoding: 'utf8',
@@ -199,7 +192,7 @@ function migrateRuns(
   };
   const running = () => {
     // migrate leaves the sources stopped (committed); the next run starts from RUNNING.
-    for (const d of sources) execFileSync(process.execPath, [CLI, 'state', d.uuid, 'RUNNING']);
+    for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
   };
   for (let rep = 0; rep < REPEAT; rep++) {
     const r = migrateCold(
@@ -249,7 +242,7 @@ function floorRuns(sources: TestDevice[], dests: TestDevice[]): FloorRow {
     row.downtimeMs.push(r.downtimeMs);
     row.cpuMs.push(r.cpuMs ?? NaN);
     row.exact &&= r.exact;
-    for (const d of sources) execFileSync(process.execPath, [CLI, 'state', d.uuid, 'RUNNING']);
+    for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
   }
   return row;
 }
@@ -270,14 +263,18 @@ function callsRuns(sources: TestDevice[], dests: TestDevice[]): CallsRow {
   const out = '/tmp/bench-calls.json';
   for (let rep = 0; rep < 3; rep++) {
     rmSync(out, { force: true });
-    execFileSync(process.execPath, ['-r', CALLS, CLI, 'migrate', ids(sources), ids(dests), '--quiet', '--json'], {
-      stdio: ['ignore', 'ignore', 'inherit'],
-      env: { ...process.env, VFIO_MIG_CALLS_OUT: out },
-    });
+    execFileSync(
+      process.execPath,
+      ['-r', CALLS, ...binArgs('migrate', ids(sources), ids(dests), '--quiet', '--json')],
+      {
+        stdio: ['ignore', 'ignore', 'inherit'],
+        env: { ...process.env, VFIO_MIG_CALLS_OUT: out },
+      },
+    );
     const r = JSON.parse(readFileSync(out, 'utf8')) as { calls: number; marks: number };
     // Four reads of the clock frame the downtime (migrate's two, receive's two); else no count.
     if (r.marks === 4) row.calls.push(r.calls);
-    for (const d of sources) execFileSync(process.execPath, [CLI, 'state', d.uuid, 'RUNNING']);
+    for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
   }
   return row;
 }
@@ -380,7 +377,7 @@ async function main(): Promise<void> {
   const startup = { nodeMs: [] as number[], cliMs: [] as number[] };
   for (let i = 0; i < Math.max(3, REPEAT); i++) {
     startup.nodeMs.push(timed(process.execPath, ['-e', '0']));
-    startup.cliMs.push(timed(process.execPath, [CLI, 'list', '--no-probe', '--quiet']));
+    startup.cliMs.push(timed(CLI, ['list', '--no-probe', '--quiet']));
   }
   console.log(
     `@@startup ${JSON.stringify({ nodeMs: median(startup.nodeMs), cliMs: median(startup.cliMs), runs: startup })}`,
@@ -403,7 +400,7 @@ async function main(): Promise<void> {
         // One untimed round first: the emulator backs guest memory on its first touch (the
         // devices' state buffers, the files' page cache), which would fall on whoever ran first.
         execFileSync(REF, [`${proto}-save`, src, REF_FILE]);
-        execFileSync(process.execPath, [CLI, 'state', src, 'RUNNING']);
+        execFileSync(CLI, ['state', src, 'RUNNING']);
         execFileSync(REF, [`${proto}-load`, dst, REF_FILE]);
         rmSync(REF_FILE, { force: true });
         // Ours and the reference take turns, REPEAT times: a slow spell of the emulator hits both.
@@ -426,10 +423,10 @@ async function main(): Promise<void> {
           const refSave = run(REF, [`${proto}-save`, src, REF_FILE]);
           idleDelays.push(JSON.parse((await idleOut).trim().split('\n').pop()!).loopDelayMaxMs);
           // The reference leaves the source stopped; the driver needs RUNNING for the next save.
-          execFileSync(process.execPath, [CLI, 'state', src, 'RUNNING']);
+          execFileSync(CLI, ['state', src, 'RUNNING']);
           const refLoad = run(REF, [`${proto}-load`, dst, REF_FILE]);
           rmSync(REF_FILE, { force: true });
-          execFileSync(process.execPath, [CLI, 'state', src, 'RUNNING']);
+          execFileSync(CLI, ['state', src, 'RUNNING']);
           runs.push({ ours, ref: { save: refSave, load: refLoad } });
           wholes.push(wholeCommands(proto, src, dst));
           exact &&= source.checksum() === dest.checksum();

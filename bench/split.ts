@@ -2,9 +2,9 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { binArgs } from '../test/support/cli-child';
 import { TestDevice, type Kind } from '../test/support/test-driver';
 
-const CLI = join(__dirname, '../bin/vfio-mig.js');
 const MIB = Number(process.env.BENCH_SPLIT_MIB ?? 64);
 const KINDS = (process.env.BENCH_KINDS ?? 'v1,v1-trapped,v2').split(',') as Kind[];
 const FILE = '/tmp/bench-split.vfmig';
@@ -74,9 +74,13 @@ function profiled(args: string[], dir: string): { ms: number; split: Record<Cate
   rmSync(dir, { recursive: true, force: true });
   const start = process.hrtime.bigint();
   // A 10 ms sampling interval keeps the profiler's own cost small under emulation.
-  execFileSync(process.execPath, ['--cpu-prof', '--cpu-prof-interval', '10000', '--cpu-prof-dir', dir, CLI, ...args], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
+  execFileSync(
+    process.execPath,
+    ['--cpu-prof', '--cpu-prof-interval', '10000', '--cpu-prof-dir', dir, ...binArgs(...args)],
+    {
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  );
   const ms = Number(process.hrtime.bigint() - start) / 1e6;
   const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))!;
   const profile = JSON.parse(readFileSync(join(dir, file), 'utf8')) as Profile;

@@ -61,7 +61,8 @@ export function eagerCodeCache(file: string, filename = file): Buffer {
 export type CodeSource = 'shipped' | 'user' | 'compiled';
 
 // V8 takes a cache only from a process with the flags it was made under, and the build's is made
-// under none: `node --max-old-space-size=4096`, or the same in NODE_OPTIONS, and a command would
+// under the bin's (cli/node-flags.ts): `node --max-old-space-size=4096`, or the same in
+// NODE_OPTIONS, or `node dist/bin/vfio-mig.js` without the bin's flags, and a command would
 // compile everything lazily, as it first runs. In the test guest that made a migration's downtime
 // (code that runs there for the first time) 19 -> 33 ms for one device. Such a command still runs
 // so once, and at its exit leaves an eager cache for its Node and flags in the user's cache
@@ -93,6 +94,17 @@ export function userCacheFile(file: string, env: NodeJS.ProcessEnv = process.env
   return join(base, 'vfio-migration', `cli-${key}.cache`);
 }
 
+/** The Node version and the node flags a build's code cache was made under. */
+export interface CacheBuild {
+  node: string;
+  flags: readonly string[];
+}
+
+/** Whether node ran with exactly `flags`, in that order (V8 takes the cache under no others). */
+function sameFlags(execArgv: readonly string[], flags: readonly string[]): boolean {
+  return execArgv.length === flags.length && execArgv.every((arg, i) => arg === flags[i]);
+}
+
 /**
  * Compiles the bundle `file` with a code cache: this user's for this Node and these flags if one
  * was written, else the build's `cacheFile`. The source is compiled once only (V8 keeps a script
@@ -101,18 +113,23 @@ export function userCacheFile(file: string, env: NodeJS.ProcessEnv = process.env
  * compiles it eagerly under another name and writes the user cache (atomically; a failure to write
  * costs only speed).
  *
- * `shippedFor` is the Node version the build's cache was made under (with no flags). A process of
- * that Node with no flags takes the build's cache without looking for a user cache: the lookup (a
- * stat and a failed open) cost a command 6 ms in the test guest, and V8 accepts the build's cache
- * there. Should it reject it all the same (a damaged file), the command runs compiled lazily and
- * writes no user cache, which this lookup order would never read.
+ * `shippedFor` is the Node version and the node flags the build's cache was made under (the
+ * bin's, cli/node-flags.ts). A process of that Node with exactly those flags and no NODE_OPTIONS
+ * takes the build's cache without looking for a user cache: the lookup (a stat and a failed open)
+ * cost a command 6 ms in the test guest, and V8 accepts the build's cache there. Should it reject
+ * it all the same (a damaged file), the command runs compiled lazily and writes no user cache,
+ * which this lookup order would never read.
  */
 export function compileBundle(
   file: string,
   cacheFile: string,
-  shippedFor?: string,
+  shippedFor?: CacheBuild,
 ): { script: Script; source: CodeSource } {
-  const asBuilt = shippedFor === process.version && process.execArgv.length === 0 && !process.env.NODE_OPTIONS;
+  const asBuilt =
+    shippedFor !== undefined &&
+    shippedFor.node === process.version &&
+    sameFlags(process.execArgv, shippedFor.flags) &&
+    !process.env.NODE_OPTIONS;
   const userFile = asBuilt ? undefined : userCacheFile(file);
   const userCache = userFile === undefined ? undefined : readOwnFile(userFile);
   const useUser = userCache !== undefined;
@@ -208,7 +225,7 @@ export function pruneUserCaches(dir: string, keep = USER_CACHES_KEPT): void {
 }
 
 /** Runs the CommonJS bundle `file` (code from compileBundle) and returns its exports. */
-export function loadWithCodeCache(file: string, cacheFile: string, shippedFor?: string): Record<string, unknown> {
+export function loadWithCodeCache(file: string, cacheFile: string, shippedFor?: CacheBuild): Record<string, unknown> {
   const init = compileBundle(file, cacheFile, shippedFor).script.runInThisContext() as (...args: unknown[]) => void;
   const module = { exports: {} as Record<string, unknown>, filename: file, id: file, loaded: false };
   init.call(module.exports, module.exports, createRequire(file), module, file, dirname(file));

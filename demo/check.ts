@@ -1,10 +1,9 @@
 // The check demo (runs inside the VM guest): vfio-mig check on a clean test-driver device, then on one with a deliberate bug.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { binArgs } from '../test/support/cli-child';
 import { DRIVER, PARENT_DIR, TestDevice } from '../test/support/test-driver';
 
-const CLI = join(__dirname, '../bin/vfio-mig.js');
 const JUNIT = '/tmp/demo-check.xml';
 
 function die(message: string): never {
@@ -14,7 +13,7 @@ function die(message: string): never {
 
 function check(args: string[], expect: number): void {
   console.log(`\n$ vfio-mig check ${args.join(' ')}`);
-  const r = spawnSync(process.execPath, [CLI, 'check', '--quiet', ...args], { stdio: 'inherit' });
+  const r = spawnSync(process.execPath, binArgs('check', '--quiet', ...args), { stdio: 'inherit' });
   console.log(`(exit status ${r.status})`);
   if (r.status !== expect) die(`expected exit status ${expect}`);
 }

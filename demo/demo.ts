@@ -1,11 +1,10 @@
 // The demo (runs inside the VM guest): two test-driver devices, vfio-mig save with pre-copy, vfio-mig load, checksums compared.
 import { spawnSync } from 'node:child_process';
 import { existsSync, rmSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { binArgs } from '../test/support/cli-child';
 import { DRIVER, PARENT_DIR, TestDevice } from '../test/support/test-driver';
 
 const STATE_SIZE = Number(process.env.DEMO_STATE_SIZE ?? 64 << 20);
-const CLI = join(__dirname, '../bin/vfio-mig.js');
 const FILE = '/tmp/demo-device.vfmig';
 
 function die(message: string): never {
@@ -21,7 +20,7 @@ function create(): TestDevice {
 function vfioMig(args: string[], label: string): { stdout: string; ms: number } {
   console.log(`\n$ vfio-mig ${args.join(' ')}`);
   const start = Date.now();
-  const r = spawnSync(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
+  const r = spawnSync(process.execPath, binArgs(...args), { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
   const ms = Date.now() - start;
   if (r.status !== 0) die(`${label} failed with exit code ${r.status}`);
   return { stdout: r.stdout, ms };

@@ -6,10 +6,12 @@
 'use strict';
 const { buildSync } = require('esbuild');
 const { execFileSync } = require('node:child_process');
-const { renameSync, rmSync } = require('node:fs');
+const { chmodSync, renameSync, rmSync } = require('node:fs');
 const { join } = require('node:path');
 
 const root = join(__dirname, '..');
+// The bin's node flags, which its first lines pass to node and the code cache is made under.
+const { BIN_NODE_FLAGS, binPreamble } = require(join(root, 'dist/cli/node-flags.js'));
 const common = {
   bundle: true,
   platform: 'node',
@@ -33,22 +35,27 @@ buildSync({
   external: ['*.node'],
   sourcemap: 'linked',
 });
+const launcher = join(root, 'dist/bin/vfio-mig.js');
 buildSync({
   ...common,
   entryPoints: [join(root, 'dist/cli/launcher.js')],
-  // the Node that makes the code cache below: under it, with no flags, the launcher takes that
-  // cache without looking for a user cache first
+  banner: { js: binPreamble() },
+  // the Node that makes the code cache below: under it, with the bin's flags, the launcher takes
+  // that cache without looking for a user cache first
   define: { VFIO_MIG_CACHE_NODE: JSON.stringify(process.version) },
-  outfile: join(root, 'dist/bin/vfio-mig.js'),
+  outfile: launcher,
 });
+// runnable in place, as npm makes it when it installs the package
+chmodSync(launcher, 0o755);
 
 // The code cache: made with every function compiled (eagerCodeCache in cli/code-cache.ts), in a
-// process of its own with no flags, and a second one checks that an ordinary process accepts it.
+// process of its own under the bin's flags, and a second one checks that a process started as the
+// bin starts node accepts it.
 const codeCache = join(root, 'dist/cli/code-cache.js');
 const cli = join(root, 'dist/bin/cli.js');
 const cache = `${cli}.cache`;
 const tmp = `${cache}.${process.pid}.tmp`;
-const node = (script) => execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' }).trim();
+const node = (script) => execFileSync(process.execPath, [...BIN_NODE_FLAGS, '-e', script], { encoding: 'utf8' }).trim();
 node(`
   const { eagerCodeCache } = require(${JSON.stringify(codeCache)});
   require('node:fs').writeFileSync(${JSON.stringify(tmp)}, eagerCodeCache(${JSON.stringify(cli)}));

@@ -12,6 +12,7 @@ import { V1Engine } from '../../lib/migration/v1';
 import { createMdev, removeMdev } from '../support/mdev';
 import { BUGS, needsDriver, removeAll, TestDevice, type Kind } from '../support/test-driver';
 import { guestKernel, hasPrecopy, needsMdevParent } from './helpers';
+import { binArgs } from '../support/cli-child';
 
 const failed = (r: CheckReport): string[] => r.findings.filter((f) => f.verdict === 'fail').map((f) => f.id);
 const verdictOf = (r: CheckReport, id: string): string | undefined => r.findings.find((f) => f.id === id)?.verdict;
@@ -159,8 +160,7 @@ describe('vfio-mig check on the test driver', { skip: needsDriver }, () => {
 });
 
 describe('vfio-mig check, the command', { skip: needsDriver }, () => {
-  const BIN = join(__dirname, '../../bin/vfio-mig.js');
-  const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+  const run = (...args: string[]) => spawnSync(process.execPath, binArgs(...args), { encoding: 'utf8' });
 
   test(`exit 0 on the clean driver, 6 with a MUST bug; --junit, --json, --only (${guestKernel})`, () => {
     const d = new TestDevice('v2', { stateSize: 1 << 20 });

@@ -6,10 +6,10 @@ import { existsSync, readdirSync, writeFileSync, readFileSync, rmSync, statSync 
 import { join } from 'node:path';
 import { TestDevice, needsDriver } from '../support/test-driver';
 import { spawnWithBuiltins } from '../support/builtins-probe';
+import { binArgs, binEnv, VFIO_MIG_BIN, VFIO_MIG_COMMAND } from '../support/cli-child';
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-cli-test';
-const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+const run = (...args: string[]) => spawnSync(process.execPath, binArgs(...args), { encoding: 'utf8' });
 
 describe('vfio-mig against real devices', { skip: needsDriver }, () => {
   const devices: TestDevice[] = [];
@@ -75,12 +75,12 @@ describe('vfio-mig against real devices', { skip: needsDriver }, () => {
     const a = make('v2');
     const b = make('v2');
     a.set('mutate', '7');
-    // Exactly what an operator types (ssh left out): a shell pipeline, progress on stderr.
-    const node = process.execPath;
+    // Exactly what an operator types (ssh left out): a shell pipeline, progress on stderr, the
+    // bin run through its own first lines.
     const r = spawnSync(
       'bash',
-      ['-o', 'pipefail', '-c', `"${node}" "${BIN}" save ${a.uuid} -o - | "${node}" "${BIN}" load ${b.uuid} -i -`],
-      { encoding: 'utf8' },
+      ['-o', 'pipefail', '-c', `${VFIO_MIG_BIN} save ${a.uuid} -o - | ${VFIO_MIG_BIN} load ${b.uuid} -i -`],
+      { encoding: 'utf8', env: binEnv() },
     );
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /saved .* \(v2\)/);
@@ -93,7 +93,7 @@ describe('vfio-mig against real devices', { skip: needsDriver }, () => {
     a.set('mutate', '5');
     spawnSync('mkdir', ['-p', TMP]);
     const file = join(TMP, 'progress.vfmig');
-    const r = spawnWithBuiltins(BIN, ['save', a.uuid, '-o', file, '--leave', 'running']);
+    const r = spawnWithBuiltins(['save', a.uuid, '-o', file, '--leave', 'running']);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /^stop-copy: /m, 'a progress line per phase');
     assert.ok(r.loaded('vm'), `the probe saw the bundle load (${r.stderr})`);
@@ -107,7 +107,7 @@ describe('vfio-mig against real devices', { skip: needsDriver }, () => {
     const sum = a.get('checksum');
     spawnSync('mkdir', ['-p', TMP]);
     const file = join(TMP, 'interrupted.vfmig');
-    const child = spawn(process.execPath, [BIN, 'save', a.uuid, '-o', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, binArgs('save', a.uuid, '-o', file), { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d) => {
       err += d;
@@ -151,7 +151,7 @@ describe('vfio-mig against real devices', { skip: needsDriver }, () => {
     assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
     const viaFifo = spawnSync(
       'bash',
-      ['-c', `cat "${fifo}" > "${TMP}/from-fifo" & "${process.execPath}" "${BIN}" save ${a.uuid} -o "${fifo}"; wait`],
+      ['-c', `cat "${fifo}" > "${TMP}/from-fifo" & ${VFIO_MIG_COMMAND} save ${a.uuid} -o "${fifo}"; wait`],
       { encoding: 'utf8' },
     );
     assert.equal(viaFifo.status, 0, viaFifo.stderr);

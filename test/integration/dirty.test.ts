@@ -3,7 +3,6 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
 import { guestKernel } from './helpers';
 import { TestDevice, needsDriver, removeAll, type DmaWrite } from '../support/test-driver';
 import {
@@ -20,6 +19,7 @@ import {
 import { native } from '../../lib/native';
 import { nativeMappingOf } from '../../lib/mapping';
 import type { ContainerDma, DmaMapping } from '../../lib/dirty/dma';
+import { binArgs } from '../support/cli-child';
 
 const PAGE = 4096n;
 const IOVA = 0x100000n;
@@ -365,13 +365,12 @@ describe('dirty tracking: DMA mappings, IOMMU dirty pages, device DMA logging', 
   test('vfio-mig info says what each tracker offers (human and --json)', () => {
     const dev = new TestDevice('v2');
     try {
-      const bin = join(__dirname, '../../bin/vfio-mig.js');
-      const human = spawnSync(process.execPath, [bin, 'info', dev.uuid], { encoding: 'utf8' });
+      const human = spawnSync(process.execPath, binArgs('info', dev.uuid), { encoding: 'utf8' });
       assert.equal(human.status, 0, human.stderr);
       assert.match(human.stdout, /^Dirty tracking:$/m);
       assert.match(human.stdout, /device DMA logging: offered/);
       assert.match(human.stdout, /IOMMU dirty pages: page sizes 4 KiB.*, bitmap up to/);
-      const json = spawnSync(process.execPath, [bin, 'info', dev.uuid, '--json'], { encoding: 'utf8' });
+      const json = spawnSync(process.execPath, binArgs('info', dev.uuid, '--json'), { encoding: 'utf8' });
       assert.equal(json.status, 0, json.stderr);
       const dirty = JSON.parse(json.stdout).dirty;
       assert.equal(dirty.dmaLoggingMissing, null);

@@ -30,10 +30,9 @@ import {
 } from '../../lib';
 import { native } from '../../lib/native';
 import { TestDevice, needsDriver } from '../support/test-driver';
-import { cliChild, type CliChild as Child } from '../support/cli-child';
+import { binArgs, cliChild, type CliChild as Child, VFIO_MIG_COMMAND } from '../support/cli-child';
 import { guestKernel, hasPrecopy, inGuest, needsGuest, openFdCount } from './helpers';
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-edu-test';
 const EDU = (process.env.VFIO_MIG_EDU ?? '').split(/\s+/).filter(Boolean);
 const skip: string | false = !inGuest
@@ -43,7 +42,7 @@ const skip: string | false = !inGuest
     : false;
 const [A, B] = EDU;
 
-const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+const run = (...args: string[]) => spawnSync(process.execPath, binArgs(...args), { encoding: 'utf8' });
 
 /** vfio-mig as a child the test can signal; stdout is drained unless the test reads it. */
 const cli = (args: string[], stdio?: ('pipe' | 'ignore')[]): Child => cliChild(args, stdio, { drainStdout: true });
@@ -590,7 +589,7 @@ process.stdin.on('data', (c) => {
     /** `exec:` target: the relay, then a receiver on B that writes its pid to `pidFile` first. */
     function relayTo(limit: number, mode: 'die' | 'stall', reached: string, pidFile: string): string {
       const recv = join(TMP, 'recv.sh');
-      writeFileSync(recv, `echo $$ > "$1"; shift; exec "${process.execPath}" "${BIN}" receive "$@"\n`);
+      writeFileSync(recv, `echo $$ > "$1"; shift; exec ${VFIO_MIG_COMMAND} receive "$@"\n`);
       return `exec:${process.execPath} ${relayScript()} ${limit} ${mode} ${reached} ${pidFile} | sh ${recv} ${pidFile} ${B}`;
     }
 
@@ -841,7 +840,7 @@ process.stdin.on('data', (c) => {
         const other = new TestDevice('v2', { stateSize: 1 << 20 });
         try {
           const sum = other.checksum();
-          const m = run('migrate', A, `exec:${process.execPath} ${BIN} receive ${other.uuid}`);
+          const m = run('migrate', A, `exec:${VFIO_MIG_COMMAND} receive ${other.uuid}`);
           assert.equal(m.status, 7, m.stderr);
           assert.match(m.stderr, /another kind of device.*nothing was stopped/s, 'refused before the source stopped');
           console.log(`# edu -> mdev v2: ${m.stderr.trim().split('\n').pop()}`);

@@ -10,8 +10,8 @@ import { guestKernel, hasPrecopy, needsMdevParent, openFdCount } from './helpers
 import { createMdev, removeMdev } from '../support/mdev';
 import { TestDevice, bar0Checksum, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
 import { MOMENTS, type Moment } from '../support/wire-relay';
+import { binArgs, VFIO_MIG_COMMAND } from '../support/cli-child';
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const RELAY = join(__dirname, '../support/wire-relay.js');
 const KINDS: Kind[] = ['v1', 'v1-trapped', 'v2'];
 const MiB = 1 << 20;
@@ -37,7 +37,7 @@ function discard(...devices: TestDevice[]): void {
 function cli(args: string[], during?: (child: ChildProcess) => void) {
   return new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string; stdout: string }>(
     (resolve) => {
-      const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, binArgs(...args), { stdio: ['ignore', 'pipe', 'pipe'] });
       let stderr = '';
       let stdout = '';
       child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -287,14 +287,14 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
 
   test('CLI: the exec transport through a local vfio-mig receive; both ends report their work in the downtime', async () => {
     const { a, b, sum } = pair('v1', 2 * MiB);
-    const r = await cli(['migrate', a.uuid, `exec:${process.execPath} ${BIN} receive ${b.uuid}`]);
+    const r = await cli(['migrate', a.uuid, `exec:${VFIO_MIG_COMMAND} receive ${b.uuid}`]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /downtime \d+ ms \(this process's work [\d.]+ ms of it, the destination's [\d.]+ ms\)/);
     assert.match(r.stderr, /this end's work in the downtime [\d.]+ ms/, "the receiver's own line, relayed");
     assert.equal(b.checksum(), sum);
     // --json: the receiver's figure is its own process's, within the downtime's wall time
     const c = make('v1', { stateSize: 2 * MiB });
-    const j = await cli(['--json', 'migrate', b.uuid, `exec:${process.execPath} ${BIN} receive ${c.uuid}`]);
+    const j = await cli(['--json', 'migrate', b.uuid, `exec:${VFIO_MIG_COMMAND} receive ${c.uuid}`]);
     assert.equal(j.code, 0, j.stderr);
     const report = JSON.parse(j.stdout);
     assert.equal(typeof report.destinationDowntimeCpuMs, 'number');
@@ -308,7 +308,7 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
   test('CLI: a receiver on another device kind refuses; exit 7; the source never stopped', async () => {
     const { a, sum } = pair('v1', MiB);
     const other = make('v2', { stateSize: MiB });
-    const r = await cli(['migrate', a.uuid, `exec:${process.execPath} ${BIN} receive ${other.uuid}`]);
+    const r = await cli(['migrate', a.uuid, `exec:${VFIO_MIG_COMMAND} receive ${other.uuid}`]);
     assert.equal(r.code, 7, r.stderr);
     assert.match(r.stderr, /protocol v1, this device v2/);
     assert.equal(a.checksum(), sum);
@@ -377,7 +377,7 @@ describe(`migrate on ${guestKernel || 'host'}`, { skip: needsDriver }, () => {
           [
             'migrate',
             a.uuid,
-            `exec:exec ${process.execPath} ${RELAY} ${moment} -- ${process.execPath} ${BIN} receive ${b.uuid} --timeout ${TIMEOUT_S}`,
+            `exec:exec ${process.execPath} ${RELAY} ${moment} -- ${VFIO_MIG_COMMAND} receive ${b.uuid} --timeout ${TIMEOUT_S}`,
             '--timeout',
             String(TIMEOUT_S),
             ...args,

@@ -8,12 +8,11 @@ import { after, before, describe, test } from 'node:test';
 import { PHASE_STOP_COPY } from '../../lib/migration/stream';
 import { KIND_TRAILER } from '../../lib/migration/stream/format';
 import { TestDevice, needsDriver, type Kind } from '../support/test-driver';
-import { cliChild, type CliChild as Child } from '../support/cli-child';
+import { binArgs, cliChild, type CliChild as Child } from '../support/cli-child';
 import { hasPrecopy } from './helpers';
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-process-faults';
-const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+const run = (...args: string[]) => spawnSync(process.execPath, binArgs(...args), { encoding: 'utf8' });
 const TEMP_FILE = /^\..+\.vfio-mig-.+-\d+-[0-9a-f]{8}\.tmp$/;
 
 const cli = cliChild;

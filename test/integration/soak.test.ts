@@ -11,8 +11,8 @@ import { FdSource, openDevice, requireMigration } from '../../lib';
 import { openOutput } from '../../cli/output';
 import { TestDevice, liveAllocs, needsDriver, type Kind } from '../support/test-driver';
 import { openFdCount } from './helpers';
+import { binArgs } from '../support/cli-child';
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const TMP = '/tmp/vfio-mig-soak';
 
 // Issue 17 asks for a thousand round trips. Under TCG (no KVM on the CI machine) one in-process
@@ -129,9 +129,9 @@ describe('soak: save/load round trips', { skip: needsDriver }, () => {
       if (i === 0) before = { allocs: liveAllocs(), fds: openFdCount() };
       a.set('mutate', String(1000 + i));
       const sum = a.get('checksum');
-      const save = spawnSync(process.execPath, [BIN, 'save', a.uuid, '-o', file, '--quiet'], { encoding: 'utf8' });
+      const save = spawnSync(process.execPath, binArgs('save', a.uuid, '-o', file, '--quiet'), { encoding: 'utf8' });
       assert.equal(save.status, 0, save.stderr);
-      const load = spawnSync(process.execPath, [BIN, 'load', b.uuid, '-i', file, '--quiet'], { encoding: 'utf8' });
+      const load = spawnSync(process.execPath, binArgs('load', b.uuid, '-i', file, '--quiet'), { encoding: 'utf8' });
       assert.equal(load.status, 0, load.stderr);
       assert.equal(b.get('checksum'), sum, `round trip ${i}`);
     }

@@ -4,13 +4,12 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { requireMigration } from '../../lib';
 import { guestKernel } from './helpers';
 import { startSshd, needsSshd, type Sshd } from '../support/sshd';
 import { TestDevice, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
+import { binArgs, VFIO_MIG_COMMAND } from '../support/cli-child';
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const MiB = 1 << 20;
 
 const created: TestDevice[] = [];
@@ -39,7 +38,7 @@ async function stateOf(dev: TestDevice): Promise<string> {
 /** Runs vfio-mig; `onStderr` sees each chunk of its stderr with the child. */
 function cli(args: string[], onStderr?: (text: string, child: ReturnType<typeof spawn>) => void) {
   return new Promise<{ code: number | null; stderr: string; stdout: string }>((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, binArgs(...args), { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     let stdout = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -63,7 +62,7 @@ describe(`migrate through a real sshd on ${guestKernel || 'host'}`, { skip: need
   const to = (devices: string): string => `ssh://root@127.0.0.1:${sshd.port}/${devices}`;
   const sshArgs = (): string[] => [
     '--remote-command',
-    `${process.execPath} ${BIN}`,
+    VFIO_MIG_COMMAND,
     ...sshd.clientOptions.flatMap((o) => ['--ssh-option', o]),
   ];
 

@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { StreamEncoder, PHASE_STOP_COPY } from '../../lib/migration/stream';
 import { isoTime, version } from '../../lib/migration/identity';
+import { binArgs } from '../support/cli-child';
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
-const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
+const run = (...args: string[]) => spawnSync(process.execPath, binArgs(...args), { encoding: 'utf8' });
 
 async function streamBytes(): Promise<Buffer> {
   const parts: Buffer[] = [];

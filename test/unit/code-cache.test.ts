@@ -20,14 +20,16 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { USER_CACHES_KEPT } from '../../cli/code-cache';
+import { USER_CACHES_KEPT, type CacheBuild } from '../../cli/code-cache';
+import { BIN_NODE_FLAGS, binPreamble } from '../../cli/node-flags';
+import { binEnv } from '../support/cli-child';
 
 const DIST = join(__dirname, '../..');
 const BIN_DIR = join(DIST, 'bin');
 // Children write their user code caches (cli/code-cache.ts) here, never into the real home.
 const XDG = mkdtempSync(join(tmpdir(), 'vfio-mig-xdg-'));
 process.on('exit', () => rmSync(XDG, { recursive: true, force: true }));
-const node = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+const node = (args: readonly string[], env: NodeJS.ProcessEnv = {}) =>
   spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, XDG_CACHE_HOME: XDG, ...env } });
 
 /**
@@ -38,12 +40,16 @@ const node = (args: string[], env: NodeJS.ProcessEnv = {}) =>
 const BUILD_NODE = /"(v\d+\.\d+\.\d+[^"]*)"/.exec(readFileSync(join(BIN_DIR, 'vfio-mig.js'), 'utf8'))?.[1];
 const AS_BUILT = BUILD_NODE === process.version;
 const notAsBuilt = AS_BUILT ? false : `the build's code cache is for Node ${BUILD_NODE}, not this ${process.version}`;
+/** What the launcher knows of the build's cache: made by BUILD_NODE under the bin's flags. */
+const BUILT: CacheBuild | undefined = BUILD_NODE ? { node: BUILD_NODE, flags: BIN_NODE_FLAGS } : undefined;
+/** The same as made by this Node. */
+const BUILT_HERE: CacheBuild = { node: process.version, flags: BIN_NODE_FLAGS };
 
 /** Where a fresh process with these node flags gets the bundle's code from (compileBundle, given `shippedFor`), its user caches under `xdg`. */
 function codeSource(
-  flags: string[],
+  flags: readonly string[],
   xdg: string,
-  shippedFor?: string,
+  shippedFor?: CacheBuild,
   cacheFile = join(BIN_DIR, 'cli.js.cache'),
 ): string {
   const file = join(BIN_DIR, 'cli.js');
@@ -71,7 +77,7 @@ function script(text: string): string {
 test('the code cache the build wrote is accepted by this Node in a fresh process', { skip: notAsBuilt }, () => {
   const file = join(BIN_DIR, 'cli.js');
   const probe = `process.stdout.write(String(require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))}).codeCacheAccepted(${JSON.stringify(file)}, ${JSON.stringify(`${file}.cache`)})))`;
-  const r = node(['-e', probe]);
+  const r = node([...BIN_NODE_FLAGS, '-e', probe]);
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout, 'true', 'V8 rejected dist/bin/cli.js.cache: commands would compile from source');
 });
@@ -115,21 +121,23 @@ test(
   { skip: notAsBuilt },
   (t) => {
     const xdg = tempDir(t, 'vfio-mig-xdg-');
-    const run = (flags: string[]) => codeSource(flags, xdg);
+    const run = (flags: readonly string[]) => codeSource(flags, xdg);
     const dir = join(xdg, 'vfio-migration');
     const files = () => (existsSync(dir) ? readdirSync(dir) : []);
-    assert.equal(run([]), 'shipped', 'the build cache, under no flags');
+    assert.equal(run(BIN_NODE_FLAGS), 'shipped', "the build cache, under the bin's flags");
     assert.deepEqual(files(), [], 'no user cache where the build cache is taken');
+    assert.equal(run([]), 'compiled', "V8 rejects the build cache without the bin's flags");
+    assert.deepEqual(files().length, 1, 'which leaves a user cache');
     const flags = ['--max-old-space-size=4096'];
     assert.equal(run(flags), 'compiled', 'V8 rejects the build cache under another flag');
     const written = files();
-    assert.equal(written.length, 1, `one user cache written at exit: ${written.join(', ')}`);
+    assert.equal(written.length, 2, `one more user cache written at exit: ${written.join(', ')}`);
     // Eager like the build's: every function, not just the top level (a lazy one is some 25 KB).
-    const size = statSync(join(dir, written[0]!)).size;
+    const size = Math.min(...written.map((name) => statSync(join(dir, name)).size));
     assert.ok(size > statSync(join(BIN_DIR, 'cli.js.cache')).size / 2, `user cache of ${size} bytes`);
     assert.equal(run(flags), 'user', 'the next command with the same flags takes it');
     assert.equal(run(['--max-old-space-size=2048']), 'compiled', 'other flags, another cache');
-    assert.equal(files().length, 2);
+    assert.equal(files().length, 3);
   },
 );
 
@@ -215,7 +223,7 @@ test('user caches are pruned to the newest USER_CACHES_KEPT when one is written:
 });
 
 /** Writes, as a process with these flags and XDG_CACHE_HOME `xdg` would find it, the user cache `contents` (an eager cache when undefined). */
-function plantUserCache(flags: string[], xdg: string, contents?: string): string {
+function plantUserCache(flags: readonly string[], xdg: string, contents?: string): string {
   const file = join(BIN_DIR, 'cli.js');
   const plant = `const cc = require(${JSON.stringify(join(DIST, 'cli/code-cache.js'))});
     const fs = require('node:fs'), path = require('node:path');
@@ -229,44 +237,86 @@ function plantUserCache(flags: string[], xdg: string, contents?: string): string
 }
 
 test(
-  'under the Node and no flags the build cache was made for, the build cache is taken without a user cache lookup',
+  'under the Node and the flags the build cache was made for, the build cache is taken without a user cache lookup',
   { skip: notAsBuilt },
   (t) => {
     const xdg = tempDir(t, 'vfio-mig-xdg-');
-    // A good user cache for this Node and no flags: only a lookup finds it.
-    plantUserCache([], xdg);
-    assert.equal(codeSource([], xdg), 'user', 'not told what the build cache was made for: the user cache first');
-    assert.equal(codeSource([], xdg, process.version), 'shipped', 'made for this Node, no flags: no lookup');
-    assert.equal(codeSource([], xdg, 'v1.0.0'), 'user', 'made for another Node: the user cache first');
-    const flags = ['--max-old-space-size=4096'];
-    plantUserCache(flags, xdg);
-    assert.equal(codeSource(flags, xdg, process.version), 'user', 'under a flag: the user cache first');
+    // A good user cache for this Node and the bin's flags: only a lookup finds it.
+    plantUserCache(BIN_NODE_FLAGS, xdg);
+    assert.equal(
+      codeSource(BIN_NODE_FLAGS, xdg),
+      'user',
+      'not told what the build cache was made for: the user cache first',
+    );
+    assert.equal(codeSource(BIN_NODE_FLAGS, xdg, BUILT_HERE), 'shipped', 'made for this Node and flags: no lookup');
+    assert.equal(
+      codeSource(BIN_NODE_FLAGS, xdg, { ...BUILT_HERE, node: 'v1.0.0' }),
+      'user',
+      'made for another Node: the user cache first',
+    );
+    for (const flags of [[...BIN_NODE_FLAGS, '--max-old-space-size=4096'], []]) {
+      plantUserCache(flags, xdg);
+      assert.equal(codeSource(flags, xdg, BUILT_HERE), 'user', `under [${flags.join(' ')}]: the user cache first`);
+    }
 
     // The build cache rejected all the same (damaged): compiled lazily, no user cache written.
     const empty = tempDir(t, 'vfio-mig-xdg-');
     const damaged = join(empty, 'damaged.cache');
     writeFileSync(damaged, Buffer.alloc(4096, 0xa5));
-    assert.equal(codeSource([], empty, process.version, damaged), 'compiled');
+    assert.equal(codeSource(BIN_NODE_FLAGS, empty, BUILT_HERE, damaged), 'compiled');
     assert.deepEqual(readdirSync(empty), ['damaged.cache'], 'no user cache that this lookup order would never read');
   },
 );
 
-test('the bin knows the Node its build cache was made under: under it with no flags no user cache is read; under another Node one is written and taken', (t) => {
-  assert.ok(BUILD_NODE, 'the launcher names no Node version');
+/**
+ * Runs the bin `args` with a user cache of garbage planted for this Node and the bin's flags and
+ * says whether the command looked it up: one that did rejects it and writes an eager one over it
+ * at exit. The key of a user cache includes node's arguments, so a lookup also shows what they were.
+ */
+function looksUpUserCache(t: TestContext, run: (env: NodeJS.ProcessEnv) => ReturnType<typeof spawnSync>): boolean {
   const xdg = tempDir(t, 'vfio-mig-xdg-');
-  // Garbage as this Node's no-flags user cache: a command that looked it up would reject it, run
-  // compiled lazily and replace it with an eager cache at exit.
-  const planted = plantUserCache([], xdg, 'not a code cache');
-  const r = node([join(BIN_DIR, 'vfio-mig.js'), '--version'], { XDG_CACHE_HOME: xdg });
-  assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stdout, /^vfio-mig /);
-  const after = readFileSync(planted);
-  if (AS_BUILT) {
-    assert.equal(after.toString('utf8'), 'not a code cache', 'the bin looked up the user cache');
-  } else {
-    assert.notEqual(after.toString('utf8'), 'not a code cache', 'under another Node the bin wrote no user cache');
-    assert.equal(codeSource([], xdg, BUILD_NODE), 'user', 'the next command does not take it');
-  }
+  const planted = plantUserCache(BIN_NODE_FLAGS, xdg, 'not a code cache');
+  const r = run({ XDG_CACHE_HOME: xdg });
+  assert.equal(r.status, 0, String(r.stderr));
+  assert.match(String(r.stdout), /^vfio-mig /);
+  const lookedUp = readFileSync(planted, 'utf8') !== 'not a code cache';
+  if (lookedUp) assert.equal(codeSource(BIN_NODE_FLAGS, xdg, BUILT), 'user', 'the next command takes what it wrote');
+  return lookedUp;
+}
+
+test('the bin knows the Node and flags its build cache was made under: under them no user cache is read; under another Node one is written and taken', (t) => {
+  assert.ok(BUILD_NODE, 'the launcher names no Node version');
+  const lookedUp = looksUpUserCache(t, (env) =>
+    node([...BIN_NODE_FLAGS, join(BIN_DIR, 'vfio-mig.js'), '--version'], env),
+  );
+  assert.equal(
+    lookedUp,
+    !AS_BUILT,
+    AS_BUILT ? 'the bin looked up the user cache' : 'under another Node the bin wrote no user cache',
+  );
+});
+
+test("the bin's first lines start the node first on PATH with the bin's flags: the exit status and the build's cache as under node itself", (t) => {
+  const bin = join(BIN_DIR, 'vfio-mig.js');
+  assert.equal(
+    readFileSync(bin, 'utf8').split('\n').slice(0, 2).join('\n'),
+    binPreamble(),
+    'the bin begins with its preamble',
+  );
+  assert.ok(statSync(bin).mode & 0o111, 'the bin is executable');
+  const direct = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+    spawnSync(bin, args, { encoding: 'utf8', env: { ...binEnv(), XDG_CACHE_HOME: XDG, ...env } });
+  // This node and the bin's flags exactly: the user cache's key holds node's arguments, and only a
+  // process as built skips the lookup.
+  assert.equal(
+    looksUpUserCache(t, (env) => direct(['--version'], env)),
+    !AS_BUILT,
+  );
+  // exec: the command's own exit status, not the shell's
+  const usage = direct(['no-such-command']);
+  assert.equal(usage.status, node([...BIN_NODE_FLAGS, bin, 'no-such-command']).status);
+  assert.notEqual(usage.status, 0);
+  assert.match(usage.stderr, /no-such-command/);
 });
 
 test(
@@ -274,8 +324,8 @@ test(
   { skip: AS_BUILT ? "this is the build's Node (run-suite runs these tests under others too)" : false },
   (t) => {
     const xdg = tempDir(t, 'vfio-mig-xdg-');
-    assert.equal(codeSource([], xdg, BUILD_NODE), 'compiled', 'V8 takes the build cache of another Node');
+    assert.equal(codeSource(BIN_NODE_FLAGS, xdg, BUILT), 'compiled', 'V8 takes the build cache of another Node');
     assert.equal(readdirSync(join(xdg, 'vfio-migration')).length, 1, 'one user cache written at exit');
-    assert.equal(codeSource([], xdg, BUILD_NODE), 'user');
+    assert.equal(codeSource(BIN_NODE_FLAGS, xdg, BUILT), 'user');
   },
 );

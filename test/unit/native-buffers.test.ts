@@ -11,9 +11,9 @@ import { allocIoBuffer, allocIoBufferAsync, bufferView, dataView } from '../../l
 import { FdSource } from '../../lib/migration/source';
 import { mapFd } from '../../lib/mapping';
 import { O_RDWR } from '../../lib/uapi';
+import { binArgs } from '../support/cli-child';
 
 const NATIVE = join(__dirname, '../../lib/native.js');
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
 
 interface ChildResult {
   code: number | null;
@@ -392,7 +392,7 @@ test('host test: an async call after many others settles every promise once, and
 });
 
 test('host test: vfio-mig verify - waiting on a silent stdin pipe exits promptly on SIGINT', async () => {
-  const r = await runChild([BIN, 'verify', '-'], (child) => setTimeout(() => child.kill('SIGINT'), 500), 6000, true);
+  const r = await runChild(binArgs('verify', '-'), (child) => setTimeout(() => child.kill('SIGINT'), 500), 6000, true);
   assert.equal(r.killedByTimeout, false, `verify - ignored SIGINT\n${r.stderr}`);
   assert.equal(r.signal, null);
   assert.equal(r.code, 130, r.stderr);

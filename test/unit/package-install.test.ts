@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { binEnv } from '../support/cli-child';
 
 const ROOT = join(__dirname, '../../..');
 
@@ -41,7 +42,11 @@ test(
     const addon = join(app, 'node_modules', 'vfio-migration', 'build', 'Release', 'vfio_native.node');
     assert.ok(existsSync(addon), 'the install script built no addon');
 
-    const bin = spawnSync(join(app, 'node_modules', '.bin', 'vfio-mig'), ['--version'], { encoding: 'utf8' });
+    // Through npm's link and the bin's own first lines, with this test's node first on PATH.
+    const bin = spawnSync(join(app, 'node_modules', '.bin', 'vfio-mig'), ['--version'], {
+      encoding: 'utf8',
+      env: binEnv(),
+    });
     assert.equal(bin.status, 0, bin.stderr);
     assert.match(bin.stdout, /^vfio-mig \d+\.\d+\.\d+/);
     assert.equal(bin.stderr, '');

@@ -7,8 +7,7 @@ import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 
 import { StreamEncoder } from '../../lib/migration/stream';
-
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
+import { binArgs } from '../support/cli-child';
 
 interface Exit {
   code: number | null;
@@ -22,7 +21,7 @@ interface Exit {
 const children = new Set<ChildProcess>();
 
 function start(args: string[]): { child: ChildProcess; exited: Promise<Exit>; signalled: (t: number) => void } {
-  const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, binArgs(...args), { stdio: ['pipe', 'pipe', 'pipe'] });
   children.add(child);
   child.on('exit', () => children.delete(child));
   let stderr = '';

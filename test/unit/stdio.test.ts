@@ -10,8 +10,6 @@ import { ProgressView } from '../../cli/progress';
 import { native } from '../../lib/native';
 import { spawnWithBuiltins } from '../support/builtins-probe';
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
-
 /** A FIFO's two ends, the write end non-blocking (as a parent may leave an inherited pipe). */
 function fifo(): { read: number; write: number; done(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-mig-stdio-'));
@@ -114,7 +112,7 @@ test('StdioText: a reader gone (EPIPE) loses the text without an error or a stre
 test('host: a short command loads neither node:net nor the stream modules (stdout a pipe, as under a script)', () => {
   // Preloaded: prints at exit the builtins loaded after Node's own start-up.
   for (const args of [['--version'], ['list', '--no-probe', '--json'], ['state', '0000:ff:1f.7']]) {
-    const r = spawnWithBuiltins(BIN, args);
+    const r = spawnWithBuiltins(args);
     assert.ok(r.loaded('vm'), `${args.join(' ')}: the probe saw the bundle load (${r.stderr})`);
     for (const m of ['net', 'stream', 'tty']) assert.ok(!r.loaded(m), `${args.join(' ')} loaded node:${m}`);
     assert.ok(r.stdout.length || r.stderr.includes('0000:ff:1f.7'), `${args.join(' ')} printed its result`);

@@ -11,8 +11,7 @@ import { crc32 } from 'node:zlib';
 import { FdSource, printable } from '../../lib';
 import { native } from '../../lib/native';
 import { StreamDecoder, StreamEncoder, StreamError, verifyStream, type StreamHeader } from '../../lib/migration/stream';
-
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
+import { binArgs } from '../support/cli-child';
 
 /** A stream whose header JSON is `json` (bytes as given, every checksum right), with one record. */
 function streamWithJson(json: string | Buffer): Buffer {
@@ -203,7 +202,7 @@ describe('terminal escapes from untrusted streams', () => {
       });
       await enc.finish();
       writeFileSync(join(dir, 'esc.vfmig'), Buffer.concat(parts));
-      const r = spawnSync(process.execPath, [BIN, 'verify', join(dir, 'esc.vfmig')], { encoding: 'utf8' });
+      const r = spawnSync(process.execPath, binArgs('verify', join(dir, 'esc.vfmig')), { encoding: 'utf8' });
       assert.equal(r.status, 0, r.stderr);
       // eslint-disable-next-line no-control-regex
       assert.doesNotMatch(r.stdout.replace(/\n/g, ' '), /[\x00-\x1f\x7f-\x9f]/, JSON.stringify(r.stdout));

@@ -7,6 +7,7 @@ import { basename, join } from 'node:path';
 import { requireMigration } from '../../lib';
 import { sshClientOptions, startSshd } from '../support/sshd';
 import { TestDevice, bar0Mutate } from '../support/test-driver';
+import { binArgs, VFIO_MIG_COMMAND } from '../support/cli-child';
 
 export type Role = 'source' | 'destination';
 /** The link's addresses (a /24 that exists only between the two guests) and each NIC's MAC. */
@@ -31,7 +32,6 @@ export interface Found {
   state: string;
 }
 
-const BIN = join(__dirname, '../../bin/vfio-mig.js');
 const MiB = 1 << 20;
 const WAIT_MS = 240_000;
 
@@ -148,16 +148,15 @@ async function source(): Promise<number> {
     console.log(`source: ${dev.uuid} (v2) on ${process.env.VFIO_MIG_KVER} -> ${to} (${ready.kver})`);
     const r = spawnSync(
       process.execPath,
-      [
-        BIN,
+      binArgs(
         '--json',
         'migrate',
         dev.uuid,
         to,
         '--remote-command',
-        `${process.execPath} ${BIN}`,
+        VFIO_MIG_COMMAND,
         ...sshClientOptions('/tmp/id').flatMap((o) => ['--ssh-option', o]),
-      ],
+      ),
       { encoding: 'utf8', timeout: 180_000 },
     );
     done = { ...done, code: r.status, stderr: r.stderr };
