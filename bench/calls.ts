@@ -9,7 +9,6 @@
 // the last are the downtime's. Written as JSON to the file named by VFIO_MIG_CALLS_OUT at exit.
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
-import { native } from '../lib/native';
 
 interface Coverage {
   result: { url: string; functions: { functionName: string; ranges: { startOffset: number; count: number }[] }[] }[];
@@ -31,12 +30,21 @@ function post<T>(method: string, params?: object): T {
 
 post('Profiler.enable');
 post('Profiler.startPreciseCoverage', { callCount: true, detailed: false });
-// Each take returns the counts since the one before: the first marks the window's start.
+// Each take returns the counts since the one before: the first marks the window's start. The
+// clock to wrap is the command's own addon instance: the bundle opens the addon with
+// process.dlopen (lib/native.ts), which gives each loader its own exports, so the wrap goes on
+// every instance as it is opened.
 const takes: Coverage['result'][] = [];
-const clock = native.threadCpuNs.bind(native);
-native.threadCpuNs = () => {
-  takes.push(post<Coverage>('Profiler.takePreciseCoverage').result);
-  return clock();
+const dlopen = process.dlopen.bind(process);
+process.dlopen = (module: { exports: unknown }, file: string, ...flags: number[]) => {
+  dlopen(module, file, ...flags);
+  const addon = module.exports as { threadCpuNs?: () => bigint };
+  if (!file.endsWith('vfio_native.node') || typeof addon.threadCpuNs !== 'function') return;
+  const clock = addon.threadCpuNs.bind(addon);
+  addon.threadCpuNs = () => {
+    takes.push(post<Coverage>('Profiler.takePreciseCoverage').result);
+    return clock();
+  };
 };
 
 process.on('exit', () => {

@@ -274,6 +274,10 @@ function callsRuns(sources: TestDevice[], dests: TestDevice[]): CallsRow {
     const r = JSON.parse(readFileSync(out, 'utf8')) as { calls: number; marks: number };
     // Four reads of the clock frame the downtime (migrate's two, receive's two); else no count.
     if (r.marks === 4) row.calls.push(r.calls);
+    else
+      console.error(
+        `bench: calls.ts read the clock ${r.marks} times in a migrate of ${row.devices} (4 frame the downtime): no count`,
+      );
     for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
   }
   return row;
