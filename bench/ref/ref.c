@@ -2,7 +2,7 @@
 /*
  * ref: the minimal reference client for the benchmarks. It does the same protocol steps with
  * the same chunking as vfio-migration (v1: spec steps a-f / resuming a-c, data section by mmap
- * where the sparse capability allows, else pread/pwrite; v2: data_fd reads of 1 MiB) and
+ * where the sparse capability allows, else pread/pwrite; v2: data_fd reads of 4 MiB) and
  * nothing else: no checksums, no stream format, no policy. Its records are [u64 length][data].
  *
  *   ref v1-save|v2-save UUID OUTFILE     ref v1-load|v2-load UUID INFILE     ref memcpy BYTES
@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define V2_CHUNK (1 << 20)
+#define V2_CHUNK (4 << 20)
 #define MIG_REGION 9
 
 static double now_ms(void)

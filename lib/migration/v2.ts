@@ -31,7 +31,7 @@ import type { V2Support } from './v2-states';
 export * from './v2-states';
 
 /** Default data_fd read size: large enough to amortise syscalls, small enough to stream. */
-export const V2_READ_SIZE = 1 << 20;
+export const V2_READ_SIZE = 4 << 20;
 
 /** VFIO_DEVICE_FEATURE on each device with its own buffer in one job, each outcome returned (Device.featuresAsync). */
 export type FeatureBatch = (devices: readonly Device[], buffers: Uint8Array[]) => Promise<(number | Error)[]>;

@@ -195,7 +195,7 @@ describe('vfio-mig killed or signalled at chosen moments', { skip: needsDriver }
     let sum: string;
     let offsets: ReturnType<typeof recordOffsets>;
     before(() => {
-      const a = make(precopyKind, 4 << 20);
+      const a = make(precopyKind, 12 << 20);
       a.set('mutate', '25');
       sum = a.get('checksum');
       file = join(TMP, 'load-src.vfmig');
@@ -224,7 +224,7 @@ describe('vfio-mig killed or signalled at chosen moments', { skip: needsDriver }
     ];
     for (const [where, cut] of points) {
       test(`killed ${where}: a new open finds RUNNING, and a fresh load succeeds`, { timeout: 120_000 }, async () => {
-        const b = make(precopyKind, 4 << 20);
+        const b = make(precopyKind, 12 << 20);
         const c = cli(['load', b.uuid, '-i', '-'], ['pipe', 'pipe', 'pipe']);
         c.child.stdin!.on('error', () => undefined);
         c.child.stdin!.write(stream.subarray(0, cut()));
@@ -241,7 +241,7 @@ describe('vfio-mig killed or signalled at chosen moments', { skip: needsDriver }
     }
 
     test('load -i - stalled: SIGINT exits 130 and resets the destination', { timeout: 120_000 }, async () => {
-      const b = make(precopyKind, 4 << 20);
+      const b = make(precopyKind, 12 << 20);
       const resets = b.counters().resets!;
       const c = cli(['load', b.uuid, '-i', '-'], ['pipe', 'pipe', 'pipe']);
       c.child.stdin!.on('error', () => undefined);
