@@ -201,7 +201,7 @@ function directOutput(path: string, st: Stats, signal?: AbortSignal): Output {
   }
   let stream: WriteStream | Socket;
   if (st.isFIFO()) {
-    // A FIFO's reader gets each 1 MiB record in one wake-up instead of sixteen (best effort).
+    // A FIFO's reader gets 1 MiB per wake-up instead of 64 KiB (best effort).
     enlargePipe(fd);
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- only a FIFO output needs node:net (start-up)
     const { Socket: PipeSocket } = require('node:net') as typeof import('node:net');

@@ -2,12 +2,12 @@
 import { fstatSync } from 'node:fs';
 import { native } from './native';
 
-/** 1 MiB: the default record size, and Linux's default pipe-max-size for unprivileged users. */
+/** 1 MiB: Linux's default pipe-max-size for unprivileged users (a v2 record, up to 4 MiB, crosses in up to four writes). */
 export const STREAM_PIPE_BYTES = 1 << 20;
 
 /**
- * Grows the pipe behind `fd` to `bytes` so a whole record crosses in one write and one wake-up of
- * the other end, instead of one per 64 KiB. Best effort: returns the new capacity, or undefined
+ * Grows the pipe behind `fd` to `bytes` so a record crosses in few writes and wake-ups of the
+ * other end, instead of one per 64 KiB. Best effort: returns the new capacity, or undefined
  * when `fd` is not a pipe or the kernel refused (pipe-max-size, the user's pipe quota).
  */
 export function enlargePipe(fd: number, bytes = STREAM_PIPE_BYTES): number | undefined {

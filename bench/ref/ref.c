@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 /*
- * ref: the minimal reference client for the benchmarks. It does the same protocol steps with
- * the same chunking as vfio-migration (v1: spec steps a-f / resuming a-c, data section by mmap
- * where the sparse capability allows, else pread/pwrite; v2: data_fd reads of 4 MiB) and
- * nothing else: no checksums, no stream format, no policy. Its records are [u64 length][data].
+ * ref: the minimal reference client for the benchmarks. It does the same protocol steps as
+ * vfio-migration (v1: spec steps a-f / resuming a-c, data section by mmap where the sparse
+ * capability allows, else pread/pwrite, in the device's windows; v2: data_fd reads of 1 MiB,
+ * this client's fastest: at vfio-migration's 4 MiB its save and its pipe were slower, see
+ * docs/performance.md) and nothing else: no checksums, no stream format, no policy. Its
+ * records are [u64 length][data].
  *
  *   ref v1-save|v2-save UUID OUTFILE     ref v1-load|v2-load UUID INFILE     ref memcpy BYTES
  *   ref v1-pipe|v2-pipe SRC DST: device to device, a saving child writing into a pipe the loader reads
@@ -23,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define V2_CHUNK (4 << 20)
+#define V2_CHUNK (1 << 20)
 #define MIG_REGION 9
 
 static double now_ms(void)
