@@ -399,10 +399,9 @@ Command: \`npm run bench\` (BENCH_SIZES=${sizes} BENCH_REPEAT=${repeat}); ${(raw
 Every figure is measured in the same run, inside the guest, against the project's test driver
 (chunk_size 1 MiB). "ref (C)" is bench/ref/ref.c, a minimal client doing the same protocol steps
 and nothing else (no checksums, no stream format), with v2 data_fd reads of 1 MiB, its fastest
-(ours read 4 MiB). "ours / ref" is the
-ratio of elapsed times (1.0 = as fast as the reference; above 1 = faster). "memcpy" is a plain
-copy of the same number of bytes in the guest: the physical ceiling. Event-loop delay and RSS
-are measured in the process running our save or load (RSS growth over the process's own idle
+(ours read 4 MiB). "ours / ref" is the ratio of elapsed times (1.0 = as fast as the reference;
+above 1 = faster). "memcpy" is a plain copy of the same number of bytes in the guest: the
+physical ceiling. Event-loop delay and RSS are measured in the process running our save or load (RSS growth over the process's own idle
 peak). Absolute numbers are TCG-emulated; the ratios are the point. Each time is the median of
 ${repeat} runs, ours and the reference taking turns (every run is listed below); the loop delay and
 the RSS growth are the worst of those runs. "idle Node loop delay" is the baseline for the loop

@@ -2,7 +2,7 @@
 import { fstatSync } from 'node:fs';
 import { native } from './native';
 
-/** 1 MiB: Linux's default pipe-max-size for unprivileged users (a v2 record, up to 4 MiB, crosses in up to four writes). */
+/** 1 MiB: Linux's default pipe-max-size for unprivileged users (a larger record crosses in several writes). */
 export const STREAM_PIPE_BYTES = 1 << 20;
 
 /**

@@ -30,7 +30,11 @@ import type { V2Support } from './v2-states';
 
 export * from './v2-states';
 
-/** Default data_fd read size: large enough to amortise syscalls, small enough to stream. */
+/**
+ * Default data_fd read size. Each chunk becomes a record whose protocol work is the JS thread's,
+ * so fewer, larger chunks leave the driver's copies more CPU; 8 MiB was slower again, since the
+ * first write waits for a whole read (docs/performance.md, "The data phase").
+ */
 export const V2_READ_SIZE = 4 << 20;
 
 /** VFIO_DEVICE_FEATURE on each device with its own buffer in one job, each outcome returned (Device.featuresAsync). */

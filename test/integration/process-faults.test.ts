@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { PHASE_STOP_COPY } from '../../lib/migration/stream';
 import { KIND_TRAILER } from '../../lib/migration/stream/format';
+import { V2_READ_SIZE } from '../../lib/migration/v2';
 import { TestDevice, needsDriver, type Kind } from '../support/test-driver';
 import { binArgs, cliChild, type CliChild as Child } from '../support/cli-child';
 import { hasPrecopy } from './helpers';
@@ -190,12 +191,14 @@ describe('vfio-mig killed or signalled at chosen moments', { skip: needsDriver }
   });
 
   describe('load -i - killed at chosen points of the stream it is fed', () => {
+    // Three v2 reads' worth: the stream has several pre-copy records before its stop-and-copy one.
+    const LOAD_STATE = 3 * V2_READ_SIZE;
     let file: string;
     let stream: Buffer;
     let sum: string;
     let offsets: ReturnType<typeof recordOffsets>;
     before(() => {
-      const a = make(precopyKind, 12 << 20);
+      const a = make(precopyKind, LOAD_STATE);
       a.set('mutate', '25');
       sum = a.get('checksum');
       file = join(TMP, 'load-src.vfmig');
@@ -224,7 +227,7 @@ describe('vfio-mig killed or signalled at chosen moments', { skip: needsDriver }
     ];
     for (const [where, cut] of points) {
       test(`killed ${where}: a new open finds RUNNING, and a fresh load succeeds`, { timeout: 120_000 }, async () => {
-        const b = make(precopyKind, 12 << 20);
+        const b = make(precopyKind, LOAD_STATE);
         const c = cli(['load', b.uuid, '-i', '-'], ['pipe', 'pipe', 'pipe']);
         c.child.stdin!.on('error', () => undefined);
         c.child.stdin!.write(stream.subarray(0, cut()));
@@ -241,7 +244,7 @@ describe('vfio-mig killed or signalled at chosen moments', { skip: needsDriver }
     }
 
     test('load -i - stalled: SIGINT exits 130 and resets the destination', { timeout: 120_000 }, async () => {
-      const b = make(precopyKind, 12 << 20);
+      const b = make(precopyKind, LOAD_STATE);
       const resets = b.counters().resets!;
       const c = cli(['load', b.uuid, '-i', '-'], ['pipe', 'pipe', 'pipe']);
       c.child.stdin!.on('error', () => undefined);
