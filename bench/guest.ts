@@ -109,6 +109,11 @@ export interface MigrateRow {
   devices: number;
   oursMs: number[];
   refMs: number[];
+  /**
+   * v2 rows: the C reference migrating the same pair live in one process (`ref v2-live`), every
+   * run; absent for v1 and in runs saved before it existed.
+   */
+  refLiveMs?: number[];
   downtimeMs: number[];
   /** The command's JS thread on a CPU during each run's downtime (absent in older saved runs). */
   downtimeCpuMs?: number[];
@@ -131,7 +136,8 @@ async function migrateRows(): Promise<void> {
       try {
         source.set('mutate', '0x5eed');
         const ref = `${kind === 'v2' ? 'v2' : 'v1'}-pipe`;
-        console.log(`@@migrate ${JSON.stringify(migrateRuns(kind, mib, [source], [dest], ref))}`);
+        const live = kind === 'v2' ? 'v2-live' : undefined;
+        console.log(`@@migrate ${JSON.stringify(migrateRuns(kind, mib, [source], [dest], ref, [], live))}`);
       } finally {
         source.remove();
         dest.remove();
@@ -154,9 +160,14 @@ async function migrateRows(): Promise<void> {
       for (const count of [1, 4]) {
         const row = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), undefined, args);
         console.log(`@@migrate-n ${JSON.stringify({ ...row, mode, dirtyRate })}`);
-        // The same devices' downtime calls with no protocol (floor.ts), for the live rows.
+        // The same devices' downtime calls with no protocol (floor.ts, and the C reference in its
+        // two ways), for the live rows.
         if (mode === 'live') {
           console.log(`@@floor ${JSON.stringify(floorRuns(sources.slice(0, count), dests.slice(0, count)))}`);
+          for (const way of ['v2-live', 'v2-live-threads'] as const)
+            console.log(
+              `@@ref-live ${JSON.stringify(refLiveRuns(way, sources.slice(0, count), dests.slice(0, count)))}`,
+            );
           console.log(`@@calls ${JSON.stringify(callsRuns(sources.slice(0, count), dests.slice(0, count)))}`);
         }
       }
@@ -168,7 +179,8 @@ async function migrateRows(): Promise<void> {
 
 /**
  * REPEAT cold migrations of `sources` to `dests` (paired in order), each followed, when `ref`
- * names a C reference mode, by the reference moving the first pair device to device.
+ * names a C reference mode, by the reference moving the first pair device to device (and then,
+ * when `refLive` names one, by the reference's live migration of that pair in one process).
  */
 function migrateRuns(
   kind: string,
@@ -177,6 +189,7 @@ function migrateRuns(
   dests: TestDevice[],
   ref?: string,
   args: string[] = [],
+  refLive?: string,
 ): MigrateRow {
   const row: MigrateRow = {
     kind,
@@ -184,6 +197,7 @@ function migrateRuns(
     devices: sources.length,
     oursMs: [],
     refMs: [],
+    ...(refLive ? { refLiveMs: [] } : {}),
     downtimeMs: [],
     downtimeCpuMs: [],
     cpuMs: [],
@@ -211,6 +225,53 @@ function migrateRuns(
       row.refMs.push(timed(REF, [ref, sources[0]!.uuid, dests[0]!.uuid]));
       running();
     }
+    if (refLive) {
+      const out = refLiveRun(refLive, sources.slice(0, 1), dests.slice(0, 1));
+      row.refLiveMs!.push(out.ms);
+      running();
+    }
+  }
+  return row;
+}
+
+/** What one `ref v2-live` run printed, and its whole time measured here (spawn to exit). */
+interface RefLiveOut {
+  downtimeMs: number;
+  ms: number;
+}
+
+function refLiveRun(way: string, sources: TestDevice[], dests: TestDevice[]): RefLiveOut {
+  const ids = (list: TestDevice[]) => list.map((d) => d.uuid).join(',');
+  const start = process.hrtime.bigint();
+  const out = execFileSync(REF, [way, ids(sources), ids(dests)], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  const r = JSON.parse(out.trim()) as { downtimeMs: number; exact: boolean };
+  // A baseline that loses state would flatter itself: the run stops here.
+  if (!r.exact) throw new Error(`ref ${way}: a destination's state differs from its source's`);
+  return { downtimeMs: r.downtimeMs, ms };
+}
+
+/** The C reference's live migration of some pairs (ref v2-live, one way), every run. */
+export interface RefLiveRow {
+  way: 'v2-live' | 'v2-live-threads';
+  devices: number;
+  downtimeMs: number[];
+}
+
+/**
+ * Cold runs (at least five: each takes a second or two) of the C reference migrating these pairs
+ * live device to device in one process: the same pre-copy and the same downtime device calls as
+ * floor.ts, in C, either one thread doing the pairs in turn at each step or a thread per pair.
+ * What a client with no protocol and no runtime makes of several devices' downtime in this guest.
+ */
+function refLiveRuns(way: RefLiveRow['way'], sources: TestDevice[], dests: TestDevice[]): RefLiveRow {
+  const row: RefLiveRow = { way, devices: sources.length, downtimeMs: [] };
+  for (let rep = 0; rep < Math.max(5, REPEAT); rep++) {
+    row.downtimeMs.push(refLiveRun(way, sources, dests).downtimeMs);
+    for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
   }
   return row;
 }

@@ -9,10 +9,13 @@
  *
  *   ref v1-save|v2-save UUID OUTFILE     ref v1-load|v2-load UUID INFILE     ref memcpy BYTES
  *   ref v1-pipe|v2-pipe SRC DST: device to device, a saving child writing into a pipe the loader reads
- * Prints one JSON line: {"ms":..,"stopCopyMs":..,"bytes":..}.
+ *   ref v2-live[-threads] SRC1[,SRC2...] DST1[,DST2...]: a live migration device to device (below)
+ * Prints one JSON line: {"ms":..,"stopCopyMs":..,"bytes":..} (v2-live: its downtime too).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <linux/vfio.h>
 #include <stdint.h>
@@ -26,6 +29,9 @@
 #include <unistd.h>
 
 #define V2_CHUNK (1 << 20)
+/* The PRE_COPY states (enum vfio_device_mig_state, 6.2+; the host's 6.1 header has none). */
+#define STATE_PRE_COPY 6
+#define STATE_PRE_COPY_P2P 7
 #define MIG_REGION 9
 
 static double now_ms(void)
@@ -302,6 +308,167 @@ static void v2_load(int dev, int in)
 	printf("{\"ms\":%.3f,\"bytes\":%llu}\n", now_ms() - t0, (unsigned long long)bytes);
 }
 
+/*
+ * v2-live: a live migration of each source into its destination, as linux/vfio.h orders several
+ * devices: all sources to PRE_COPY_P2P before any stops, every destination out of RESUMING
+ * before any runs. With no stream, no checks and no messages: the floor of a multi-device
+ * downtime. v2-live does the pairs one after the other in one thread at each step; v2-live-threads
+ * gives each pair a thread of its own (the steps still in step, through a barrier).
+ */
+struct live_pair {
+	int src, dst, src_data, dst_data;
+	uint8_t *buf;
+	uint64_t stop_copy_bytes;
+};
+
+static pthread_barrier_t live_step;
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static double live_first_stop, live_last_running;
+
+/* Reads `from` into `to` until a read brings nothing (0; while pre-copying also ENOMSG or EAGAIN), at most max_reads reads. */
+static uint64_t move_data(int from, int to, uint8_t *buf, long max_reads)
+{
+	uint64_t moved = 0;
+
+	for (long reads = 0; reads < max_reads; reads++) {
+		ssize_t n = read(from, buf, V2_CHUNK);
+
+		if (n < 0 && (errno == ENOMSG || errno == EAGAIN))
+			break;
+		if (n < 0)
+			die("read data_fd");
+		if (n == 0)
+			break;
+		out_all(to, buf, n);
+		moved += n;
+	}
+	return moved;
+}
+
+/* The test driver's state checksum (BAR0 offset 0x10). */
+static uint64_t bar0_checksum(int dev)
+{
+	struct vfio_region_info ri = { .argsz = sizeof(ri), .index = VFIO_PCI_BAR0_REGION_INDEX };
+	uint64_t sum;
+
+	if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &ri) < 0)
+		die("VFIO_DEVICE_GET_REGION_INFO BAR0");
+	if (pread(dev, &sum, 8, ri.offset + 0x10) != 8)
+		die("pread BAR0");
+	return sum;
+}
+
+static void live_time(double *at, int first)
+{
+	double t = now_ms();
+
+	pthread_mutex_lock(&live_lock);
+	if (!*at || (first ? t < *at : t > *at))
+		*at = t;
+	pthread_mutex_unlock(&live_lock);
+}
+
+/* Step `step` of one pair; steps 3 to 5 are the downtime. */
+static void live_step_of(struct live_pair *p, int step)
+{
+	switch (step) {
+	case 0:
+		v2_set(p->dst, VFIO_DEVICE_STATE_STOP);
+		p->dst_data = v2_set(p->dst, VFIO_DEVICE_STATE_RESUMING);
+		p->src_data = v2_set(p->src, STATE_PRE_COPY);
+		move_data(p->src_data, p->dst_data, p->buf, 1024);
+		break;
+	case 1:
+		v2_set(p->src, STATE_PRE_COPY_P2P);
+		break;
+	case 2:
+		move_data(p->src_data, p->dst_data, p->buf, 64);
+		break;
+	case 3:
+		/* From the first stopping arc's issue (the device stops inside that ioctl). */
+		live_time(&live_first_stop, 1);
+		v2_set(p->src, VFIO_DEVICE_STATE_STOP_COPY);
+		p->stop_copy_bytes = move_data(p->src_data, p->dst_data, p->buf, LONG_MAX);
+		v2_set(p->dst, VFIO_DEVICE_STATE_STOP);
+		break;
+	case 4:
+		v2_set(p->dst, VFIO_DEVICE_STATE_RUNNING_P2P);
+		break;
+	case 5:
+		v2_set(p->dst, VFIO_DEVICE_STATE_RUNNING);
+		live_time(&live_last_running, 0);
+		break;
+	}
+}
+
+#define LIVE_STEPS 6
+
+static void *live_thread(void *arg)
+{
+	for (int step = 0; step < LIVE_STEPS; step++) {
+		live_step_of(arg, step);
+		pthread_barrier_wait(&live_step);
+	}
+	return NULL;
+}
+
+/* Splits a comma-separated list in place; returns how many items went into `out` (-1: too many). */
+static int split_ids(char *list, char **out, int max)
+{
+	int n = 0;
+
+	for (char *id = strtok(list, ","); id; id = strtok(NULL, ","))
+		if (n < max)
+			out[n++] = id;
+		else
+			return -1;
+	return n;
+}
+
+static int v2_live(char *src_list, char *dst_list, int threaded)
+{
+	char *srcs[64], *dsts[64];
+	int n = split_ids(src_list, srcs, 64), exact = 1;
+	struct live_pair pairs[64];
+	pthread_t threads[64];
+	double t0 = now_ms();
+
+	if (n < 1 || split_ids(dst_list, dsts, 64) != n) {
+		fprintf(stderr, "ref v2-live: as many destinations as sources (1 to 64)\n");
+		return 2;
+	}
+	memset(pairs, 0, sizeof(pairs));
+	for (int i = 0; i < n; i++) {
+		pairs[i].src = open_device(srcs[i]);
+		pairs[i].dst = open_device(dsts[i]);
+		pairs[i].buf = malloc(V2_CHUNK);
+		if (!pairs[i].buf)
+			die("malloc");
+	}
+	if (threaded) {
+		if (pthread_barrier_init(&live_step, NULL, n))
+			die("pthread_barrier_init");
+		for (int i = 0; i < n; i++)
+			if (pthread_create(&threads[i], NULL, live_thread, &pairs[i]))
+				die("pthread_create");
+		for (int i = 0; i < n; i++)
+			pthread_join(threads[i], NULL);
+	} else {
+		for (int step = 0; step < LIVE_STEPS; step++)
+			for (int i = 0; i < n; i++)
+				live_step_of(&pairs[i], step);
+	}
+	printf("{\"devices\":%d,\"stopCopyBytes\":[", n);
+	for (int i = 0; i < n; i++) {
+		/* The source stays in STOP_COPY, its state final, until this process ends. */
+		exact &= bar0_checksum(pairs[i].src) == bar0_checksum(pairs[i].dst);
+		printf("%s%llu", i ? "," : "", (unsigned long long)pairs[i].stop_copy_bytes);
+	}
+	printf("],\"downtimeMs\":%.3f,\"ms\":%.3f,\"exact\":%s}\n", live_last_running - live_first_stop,
+	       now_ms() - t0, exact ? "true" : "false");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 3 && !strcmp(argv[1], "memcpy")) {
@@ -316,9 +483,11 @@ int main(int argc, char **argv)
 		printf("{\"ms\":%.3f,\"bytes\":%zu,\"check\":%d}\n", now_ms() - t0, n, b[n / 2]);
 		return 0;
 	}
+	if (argc == 4 && !strncmp(argv[1], "v2-live", 7))
+		return v2_live(argv[2], argv[3], !strcmp(argv[1], "v2-live-threads"));
 	if (argc != 4) {
 		fprintf(stderr, "usage: ref v1-save|v1-load|v2-save|v2-load UUID FILE | ref v1-pipe|v2-pipe SRC DST | "
-				"ref memcpy BYTES\n");
+				"ref v2-live[-threads] SRC1[,SRC2...] DST1[,DST2...] | ref memcpy BYTES\n");
 		return 2;
 	}
 	if (strstr(argv[1], "-pipe")) {
