@@ -136,8 +136,8 @@ async function migrateRows(): Promise<void> {
       try {
         source.set('mutate', '0x5eed');
         const ref = `${kind === 'v2' ? 'v2' : 'v1'}-pipe`;
-        const live = kind === 'v2' ? 'v2-live' : undefined;
-        console.log(`@@migrate ${JSON.stringify(migrateRuns(kind, mib, [source], [dest], ref, [], live))}`);
+        const refLive = kind === 'v2' ? 'v2-live' : undefined;
+        console.log(`@@migrate ${JSON.stringify(migrateRuns(kind, mib, [source], [dest], { ref, refLive }))}`);
       } finally {
         source.remove();
         dest.remove();
@@ -157,9 +157,18 @@ async function migrateRows(): Promise<void> {
       const dirtyRate = mode === 'live' ? LIVE_DIRTY_RATE : 0;
       for (const d of sources) d.set('dirty_rate', String(dirtyRate));
       const args = mode === 'live' ? [] : ['--no-precopy'];
+      // One device and four take turns, so that a slow spell of the emulator falls on both: with
+      // each count's three runs in one block, the ratio of their medians went from 1.53x to 2.00x
+      // between two runs of unchanged code (December 3, 22:54 and 23:52).
+      const rows = new Map<number, MigrateRow>();
+      for (let rep = 0; rep < MULTI_REPEAT; rep++)
+        for (const count of [1, 4]) {
+          const run = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), { args, repeat: 1 });
+          const row = rows.get(count);
+          rows.set(count, row ? joinRuns(row, run) : run);
+        }
       for (const count of [1, 4]) {
-        const row = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), undefined, args);
-        console.log(`@@migrate-n ${JSON.stringify({ ...row, mode, dirtyRate })}`);
+        console.log(`@@migrate-n ${JSON.stringify({ ...rows.get(count)!, mode, dirtyRate })}`);
         // The same devices' downtime calls with no protocol (floor.ts, and the C reference in its
         // two ways), for the live rows.
         if (mode === 'live') {
@@ -177,19 +186,30 @@ async function migrateRows(): Promise<void> {
   }
 }
 
+/** Runs of the four-device rows (and their one-device rows), one count and the other in turn. */
+const MULTI_REPEAT = Math.max(7, REPEAT);
+
+interface MigrateRunsOptions {
+  /** A C reference mode moving the first pair device to device after each of our runs. */
+  ref?: string;
+  /** A C reference live mode (`v2-live`) for the first pair, after that. */
+  refLive?: string;
+  /** migrate's own arguments. */
+  args?: string[];
+  /** Runs (default REPEAT). */
+  repeat?: number;
+}
+
 /**
- * REPEAT cold migrations of `sources` to `dests` (paired in order), each followed, when `ref`
- * names a C reference mode, by the reference moving the first pair device to device (and then,
- * when `refLive` names one, by the reference's live migration of that pair in one process).
+ * Cold migrations of `sources` to `dests` (paired in order), each followed by the C reference
+ * modes `options` names.
  */
 function migrateRuns(
   kind: string,
   mib: number,
   sources: TestDevice[],
   dests: TestDevice[],
-  ref?: string,
-  args: string[] = [],
-  refLive?: string,
+  { ref, refLive, args = [], repeat = REPEAT }: MigrateRunsOptions = {},
 ): MigrateRow {
   const row: MigrateRow = {
     kind,
@@ -208,7 +228,7 @@ function migrateRuns(
     // migrate leaves the sources stopped (committed); the next run starts from RUNNING.
     for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
   };
-  for (let rep = 0; rep < REPEAT; rep++) {
+  for (let rep = 0; rep < repeat; rep++) {
     const r = migrateCold(
       sources.map((d) => d.uuid),
       dests.map((d) => d.uuid),
@@ -232,6 +252,20 @@ function migrateRuns(
     }
   }
   return row;
+}
+
+/** Two rows of the same migration, their runs in one. */
+function joinRuns(a: MigrateRow, b: MigrateRow): MigrateRow {
+  return {
+    ...a,
+    oursMs: [...a.oursMs, ...b.oursMs],
+    refMs: [...a.refMs, ...b.refMs],
+    downtimeMs: [...a.downtimeMs, ...b.downtimeMs],
+    downtimeCpuMs: [...(a.downtimeCpuMs ?? []), ...(b.downtimeCpuMs ?? [])],
+    cpuMs: [...a.cpuMs, ...b.cpuMs],
+    phases: [...a.phases, ...b.phases],
+    exact: a.exact && b.exact,
+  };
 }
 
 /** What one `ref v2-live` run printed, and its whole time measured here (spawn to exit). */
