@@ -3,6 +3,7 @@ import { Buffer } from 'node:buffer';
 import { withEagerFeedback } from '../eager-feedback';
 import { withGcHold, type GcHold } from '../gc-hold';
 import { cpuMsBetween, threadCpuNs } from '../thread-cpu';
+import { monotonicMs, spanMs } from './clock';
 import { MigrationError, type Recovery } from './errors';
 import { encoderWindow } from './pipeline';
 import { DEFAULT_PRECOPY_ITERATIONS, wantsPrecopy } from './policy';
@@ -15,16 +16,6 @@ import type { PrecopyPolicy, Progress } from './types';
 import { FRAME, WIRE_VERSION, WireEnd, isInProcess, messageBody, type Channel } from './wire';
 
 export const DEFAULT_MIGRATE_TIMEOUT_MS = 30_000;
-
-/**
- * The clock of migrate()'s times: monotonic and finer than a millisecond (Date.now() counts whole
- * ms, 5% of a 20 ms downtime). process.hrtime, not performance.now(): the first use of the
- * `performance` global loads a module.
- */
-const monotonicMs = (): number => Number(process.hrtime.bigint()) / 1e6;
-
-/** Milliseconds between two monotonicMs() readings, one decimal (as downtimeCpuMs). */
-const spanMs = (from: number, to: number): number => Math.round((to - from) * 10) / 10;
 
 /**
  * A migrate's pre-copy when the caller names none: up to DEFAULT_PRECOPY_ITERATIONS passes while

@@ -1,6 +1,7 @@
 // receive(): the destination end of a migrate: checks the hello, RESUMING, loads and validates, runs after the commit.
 import { withEagerFeedback } from '../eager-feedback';
 import { withGcHold, type GcHold } from '../gc-hold';
+import { monotonicMs, spanMs } from './clock';
 import { headerRefusal } from './identity';
 import { readAhead } from './pipeline';
 import { recoverDestination } from './recovery';
@@ -27,6 +28,7 @@ export interface ReceiveOptions {
   onEvent?: (text: string) => void;
 }
 
+/** Times in ms to a tenth, on a monotonic clock (clock.ts). */
 export interface ReceiveResult {
   devices: { device: string; protocol: 'v1' | 'v2'; records: number; bytes: number; loadMs: number }[];
   /** RESUMING -> STOP of every device (the drivers' validation), the longest. */
@@ -97,7 +99,9 @@ async function receiveHolding(
   options: ReceiveOptions,
   gc: GcHold,
 ): Promise<ReceiveResult> {
+  // Progress reports count from `start` (as load's); the result's times from `began`.
   const start = Date.now();
+  const began = monotonicMs();
   const timeoutMs = options.timeoutMs ?? DEFAULT_MIGRATE_TIMEOUT_MS;
   const event = options.onEvent ?? (() => undefined);
   const wire = new WireEnd(channel);
@@ -184,7 +188,7 @@ async function receiveHolding(
 
     step = 'load';
     const loads = destinations.map(async (m, i) => {
-      const t0 = Date.now();
+      const t0 = monotonicMs();
       const report = progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p)));
       // From a source in this process (isInProcess), payloads come unchecksummed and by reference.
       const decoder = new StreamDecoder(queues[i]!, { checksums: !isInProcess(channel) });
@@ -215,9 +219,9 @@ async function receiveHolding(
     // Every trailer checked out: RESUMING -> STOP is where the drivers validate what they were
     // given, all the devices at once (the v2 ones in one job).
     await stopLoadedTogether(destinations.map((m) => m.engine));
-    const loadedAt = Date.now();
-    loadStarts.forEach((t0, i) => (result[i]!.loadMs = loadedAt - t0));
-    const validateMs = loadedAt - Math.min(...loadStarts);
+    const loadedAt = monotonicMs();
+    loadStarts.forEach((t0, i) => (result[i]!.loadMs = spanMs(t0, loadedAt)));
+    const validateMs = spanMs(Math.min(...loadStarts), loadedAt);
     clearInterval(watchdog);
     // The load is over: from here frames wait for inbox.wait(), which finds one that came early
     // (the source may send the commit before this side's "loaded" write is called back).
@@ -228,10 +232,10 @@ async function receiveHolding(
     step = 'wait for the commit';
     await inbox.wait(FRAME.commit, 0, timeoutMs, 'the commit');
     committed = true;
-    const t = Date.now();
+    const t = monotonicMs();
     step = 'resume after the commit';
     await resumeTogether(destinations.map((m) => m.engine));
-    const resumeMs = Date.now() - t;
+    const resumeMs = spanMs(t, monotonicMs());
     const downtimeCpuMs = cpuMsBetween(cpuAtStop, threadCpuNs());
     await wire.sendMessage(FRAME.running, 0, {
       resumeMs,
@@ -241,7 +245,7 @@ async function receiveHolding(
     options.signal?.removeEventListener('abort', onAbort);
     wire.close('done');
     event('RUNNING');
-    return { devices: result, validateMs, resumeMs, downtimeCpuMs, elapsedMs: Date.now() - start };
+    return { devices: result, validateMs, resumeMs, downtimeCpuMs, elapsedMs: spanMs(began, monotonicMs()) };
   } catch (err) {
     clearInterval(watchdog);
     options.signal?.removeEventListener('abort', onAbort);
