@@ -240,7 +240,7 @@ async function main(): Promise<void> {
   for (const m of multi) {
     const phase = (name: string) => median(m.phases.map((p) => p[name] ?? NaN));
     multiTable.push(
-      `| ${modeOf(m) === 'live' ? 'live (default pre-copy)' : 'stop-copy only (--no-precopy)'} | ${m.devices} | ${f1(median(m.downtimeMs))} | ${m.downtimeMs.map(Math.round).join(', ')} | ${f1(downtimeCpu(m))} | ${f1(median(m.oursMs))} | ${f2(busy(m))} | ${phaseNames.map((p) => f1(phase(p))).join(' | ')} |`,
+      `| ${modeOf(m) === 'live' ? 'live (default pre-copy)' : 'stop-copy only (--no-precopy)'} | ${m.devices} | ${f1(median(m.downtimeMs))} | ${m.downtimeMs.map(f1).join(', ')} | ${f1(downtimeCpu(m))} | ${f1(median(m.oursMs))} | ${f2(busy(m))} | ${phaseNames.map((p) => f1(phase(p))).join(' | ')} |`,
     );
   }
   // The live downtime's device calls alone (floor.ts), beside the live rows.
