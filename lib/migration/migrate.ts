@@ -134,8 +134,6 @@ async function migrateHolding(
 ): Promise<MigrateResult> {
   if (!sources.length) throw new TypeError('migrate: no source devices');
   if (sources.length > 0xffff) throw new RangeError('migrate: at most 65535 devices');
-  // Progress reports count from `start` (as save's); the result's times from `began`.
-  const start = Date.now();
   const began = monotonicMs();
   const timeoutMs = options.timeoutMs ?? DEFAULT_MIGRATE_TIMEOUT_MS;
   const signal = options.signal;
@@ -236,7 +234,7 @@ async function migrateHolding(
     );
     const windows = encoders.map(encoderWindow);
     const reports = sources.map((_m, i) =>
-      progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p))),
+      progressReporter(began, options.onProgress && ((p) => options.onProgress!(i, p))),
     );
 
     step = 'pre-copy';

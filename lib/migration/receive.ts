@@ -99,8 +99,6 @@ async function receiveHolding(
   options: ReceiveOptions,
   gc: GcHold,
 ): Promise<ReceiveResult> {
-  // Progress reports count from `start` (as load's); the result's times from `began`.
-  const start = Date.now();
   const began = monotonicMs();
   const timeoutMs = options.timeoutMs ?? DEFAULT_MIGRATE_TIMEOUT_MS;
   const event = options.onEvent ?? (() => undefined);
@@ -189,7 +187,7 @@ async function receiveHolding(
     step = 'load';
     const loads = destinations.map(async (m, i) => {
       const t0 = monotonicMs();
-      const report = progressReporter(start, options.onProgress && ((p) => options.onProgress!(i, p)));
+      const report = progressReporter(began, options.onProgress && ((p) => options.onProgress!(i, p)));
       // From a source in this process (isInProcess), payloads come unchecksummed and by reference.
       const decoder = new StreamDecoder(queues[i]!, { checksums: !isInProcess(channel) });
       const header = await decoder.readHeader();

@@ -1,5 +1,6 @@
 // save()/load() for any protocol: the engines' steps composed with pre-copy policy, progress, abort and recovery.
 import type { Device } from '../device';
+import { monotonicMs } from './clock';
 import { MigrationError, abortError } from './errors';
 import { deviceIdentity, headerRefusal, identityMismatches } from './identity';
 import { encoderWindow, readAhead } from './pipeline';
@@ -70,7 +71,7 @@ export class Migration {
    * stream can never pass for a complete one.
    */
   async save(sink: StreamSink, options: SaveOptions = {}): Promise<SaveResult> {
-    const start = Date.now();
+    const start = monotonicMs();
     const report = progressReporter(start, options.onProgress);
     if (options.signal?.aborted)
       throw withRecovery(
@@ -91,11 +92,12 @@ export class Migration {
         : { iterations: 0, bytes: 0 };
       if (options.signal?.aborted) throw abortError(options.signal, 'entering stop-and-copy');
       await this.engine.enterStopCopy(() => {
-        stoppedAt = Date.now();
+        stoppedAt = monotonicMs();
       });
       await stopCopyPass(this.engine, window, report, options.signal, pre.bytes);
       await this.engine.finishSave(options.leave ?? 'stopped');
-      const stopCopyMs = stoppedAt ? Date.now() - stoppedAt : 0;
+      // Whole ms, as save() has always reported them.
+      const stopCopyMs = stoppedAt ? Math.round(monotonicMs() - stoppedAt) : 0;
       const totals = await encoder.finish();
       await options.commit?.();
       report('done', 0, Number(totals.payloadBytes), 0n, true);
@@ -105,7 +107,7 @@ export class Migration {
         precopyIterations: pre.iterations,
         precopyBytes: pre.bytes,
         stopCopyMs,
-        elapsedMs: Date.now() - start,
+        elapsedMs: Math.round(monotonicMs() - start),
       };
     } catch (err) {
       // Let the emit in flight settle so nothing reaches the sink after save() rejects.
@@ -125,7 +127,7 @@ export class Migration {
    * RESUMING. Any failure resets the destination.
    */
   async load(source: StreamSource, options: LoadOptions = {}): Promise<LoadResult> {
-    const start = Date.now();
+    const start = monotonicMs();
     const report = progressReporter(start, options.onProgress);
     const decoder = new StreamDecoder(source);
     let header: StreamHeader;
@@ -170,7 +172,7 @@ export class Migration {
     // The whole stream was consumed, so the decoder verified the trailer and has its totals.
     const totals = decoder.totals!;
     report('done', 0, Number(totals.payloadBytes), undefined, true);
-    return { records: totals.records, bytes: totals.payloadBytes, elapsedMs: Date.now() - start };
+    return { records: totals.records, bytes: totals.payloadBytes, elapsedMs: Math.round(monotonicMs() - start) };
   }
 
   /** Releases what an unfinished save or load holds; the device stays open (it is the caller's). */

@@ -1,4 +1,5 @@
 // Steps of a save shared by save() and migrate(): the stream header, progress, pre-copy passes, the stop-and-copy pass.
+import { monotonicMs } from './clock';
 import { abortError } from './errors';
 import { deviceIdentity, isoTime, version } from './identity';
 import { precopyStop } from './policy';
@@ -8,19 +9,22 @@ import type { Device } from '../device';
 import type { EmitWindow } from './pipeline';
 import { settleAll } from './txn';
 
-/** Calls onProgress at phase changes and at most every 100 ms in between. */
+/**
+ * Calls onProgress at phase changes and at most every 100 ms in between; `start` is a
+ * monotonicMs() reading, and elapsedMs counts whole ms from it.
+ */
 export function progressReporter(start: number, onProgress?: (p: Progress) => void) {
   let lastPhase: ProgressPhase | undefined;
   let lastIteration = -1;
   let lastAt = 0;
   return (phase: ProgressPhase, iteration: number, bytes: number, pendingBytes?: bigint, force = false) => {
     if (!onProgress) return;
-    const now = Date.now();
+    const now = monotonicMs();
     if (!force && phase === lastPhase && iteration === lastIteration && now - lastAt < 100) return;
     lastPhase = phase;
     lastIteration = iteration;
     lastAt = now;
-    const elapsedMs = now - start;
+    const elapsedMs = Math.round(now - start);
     onProgress({
       phase,
       iteration,
@@ -89,7 +93,7 @@ export async function precopyPasses(
   untilInitialDone = false,
 ): Promise<PrecopyOutcome> {
   await engine.enterPrecopy();
-  const started = Date.now();
+  const started = monotonicMs();
   let iterations = 0;
   let bytes = 0;
   let previous: bigint | undefined;
@@ -98,7 +102,7 @@ export async function precopyPasses(
     if (signal?.aborted) throw abortError(signal, `pre-copy iteration ${iterations}`);
     pending = await engine.pending();
     report('precopy', iterations, bytes, pending.bytes);
-    const stop = precopyStop(policy, pending, { iterations, previous, elapsedMs: Date.now() - started });
+    const stop = precopyStop(policy, pending, { iterations, previous, elapsedMs: monotonicMs() - started });
     if (stop && !(untilInitialDone && !pending.initialDone && (stop === 'iterations' || stop === 'time'))) break;
     previous = pending.bytes;
     const moved = await precopyPass(engine, out, report, pending, iterations, bytes, signal);
