@@ -25,6 +25,16 @@ const ENGINE_RUNS = String(Math.max(1, Number(process.env.BENCH_ENGINE_RUNS ?? 3
 const CLI = VFIO_MIG_BIN;
 process.env.PATH = binEnv().PATH;
 
+/** A comma-separated device list, as migrate, floor.ts and the C reference take it. */
+function ids(list: TestDevice[]): string {
+  return list.map((d) => d.uuid).join(',');
+}
+
+/** A migration leaves its sources stopped (committed, or in STOP_COPY): the next run starts from RUNNING. */
+function backToRunning(sources: TestDevice[]): void {
+  for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
+}
+
 /** Wall time of a whole command as a user runs it: from spawn to exit, process start included. */
 function timed(cmd: string, args: string[]): number {
   const start = process.hrtime.bigint();
@@ -224,10 +234,6 @@ function migrateRuns(
     phases: [],
     exact: true,
   };
-  const running = () => {
-    // migrate leaves the sources stopped (committed); the next run starts from RUNNING.
-    for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
-  };
   for (let rep = 0; rep < repeat; rep++) {
     const r = migrateCold(
       sources.map((d) => d.uuid),
@@ -240,15 +246,15 @@ function migrateRuns(
     row.downtimeCpuMs!.push(r.report.downtimeCpuMs ?? NaN);
     row.cpuMs.push(r.cpuMs);
     row.phases.push(r.report.phases);
-    running();
+    backToRunning(sources);
     if (ref) {
       row.refMs.push(timed(REF, [ref, sources[0]!.uuid, dests[0]!.uuid]));
-      running();
+      backToRunning(sources);
     }
     if (refLive) {
       const out = refLiveRun(refLive, sources.slice(0, 1), dests.slice(0, 1));
       row.refLiveMs!.push(out.ms);
-      running();
+      backToRunning(sources);
     }
   }
   return row;
@@ -275,7 +281,6 @@ interface RefLiveOut {
 }
 
 function refLiveRun(way: string, sources: TestDevice[], dests: TestDevice[]): RefLiveOut {
-  const ids = (list: TestDevice[]) => list.map((d) => d.uuid).join(',');
   const start = process.hrtime.bigint();
   const out = execFileSync(REF, [way, ids(sources), ids(dests)], {
     encoding: 'utf8',
@@ -305,7 +310,7 @@ function refLiveRuns(way: RefLiveRow['way'], sources: TestDevice[], dests: TestD
   const row: RefLiveRow = { way, devices: sources.length, downtimeMs: [] };
   for (let rep = 0; rep < Math.max(5, REPEAT); rep++) {
     row.downtimeMs.push(refLiveRun(way, sources, dests).downtimeMs);
-    for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
+    backToRunning(sources);
   }
   return row;
 }
@@ -327,7 +332,6 @@ export interface FloorRow {
  */
 function floorRuns(sources: TestDevice[], dests: TestDevice[]): FloorRow {
   const row: FloorRow = { devices: sources.length, downtimeMs: [], cpuMs: [], exact: true };
-  const ids = (list: TestDevice[]) => list.map((d) => d.uuid).join(',');
   for (let rep = 0; rep < Math.max(5, REPEAT); rep++) {
     const out = execFileSync(process.execPath, ['--no-opt', '--no-sparkplug', FLOOR, ids(sources), ids(dests)], {
       encoding: 'utf8',
@@ -337,7 +341,7 @@ function floorRuns(sources: TestDevice[], dests: TestDevice[]): FloorRow {
     row.downtimeMs.push(r.downtimeMs);
     row.cpuMs.push(r.cpuMs ?? NaN);
     row.exact &&= r.exact;
-    for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
+    backToRunning(sources);
   }
   return row;
 }
@@ -354,7 +358,6 @@ export interface CallsRow {
  */
 function callsRuns(sources: TestDevice[], dests: TestDevice[]): CallsRow {
   const row: CallsRow = { devices: sources.length, calls: [] };
-  const ids = (list: TestDevice[]) => list.map((d) => d.uuid).join(',');
   const out = '/tmp/bench-calls.json';
   for (let rep = 0; rep < 3; rep++) {
     rmSync(out, { force: true });
@@ -373,7 +376,7 @@ function callsRuns(sources: TestDevice[], dests: TestDevice[]): CallsRow {
       console.error(
         `bench: calls.ts read the clock ${r.marks} times in a migrate of ${row.devices} (4 frame the downtime): no count`,
       );
-    for (const d of sources) execFileSync(CLI, ['state', d.uuid, 'RUNNING']);
+    backToRunning(sources);
   }
   return row;
 }
