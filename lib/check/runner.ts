@@ -1,5 +1,6 @@
 // checkDevice: saves the device's state, runs the selected rules of its protocol, loads the state back, reports.
 import type { Device } from '../device';
+import { monotonicMs } from '../migration/clock';
 import { probeMigration } from '../migration/probe';
 import type { MigrationEngine } from '../migration/types';
 import { V1Engine } from '../migration/v1';
@@ -88,7 +89,8 @@ export async function checkDevice(device: Device, options: CheckOptions = {}): P
   const bad = unknownSelectors([...(options.only ?? []), ...(options.skip ?? [])]);
   if (bad.length)
     throw new RangeError(`no rule matches ${bad.map((s) => `'${s}'`).join(', ')} (see vfio-mig help check)`);
-  const started = Date.now();
+  const startedAt = new Date().toISOString();
+  const started = monotonicMs();
   const fdsBefore = openFdCount();
   const ctx = new CheckContext(options);
   const found = probeMigration(device);
@@ -183,8 +185,8 @@ export async function checkDevice(device: Device, options: CheckOptions = {}): P
     device: device.name,
     protocol,
     checksum: checksum ? 'test-driver' : 'none',
-    startedAt: new Date(started).toISOString(),
-    elapsedMs: Date.now() - started,
+    startedAt,
+    elapsedMs: Math.round(monotonicMs() - started),
     findings,
     restore,
     conformant: protocol !== null && !findings.some((f) => f.verdict === 'fail' && f.rule.level === 'MUST'),

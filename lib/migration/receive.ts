@@ -172,11 +172,11 @@ async function receiveHolding(
     // called back (in one process, or over a busy channel), and a frame with no handler would be lost.
     await wire.sendMessage(FRAME.ready, 0, { devices: destinations.map((m) => ({ name: m.device.name })) });
     // A source that hangs without closing the channel: nothing arrives and nothing is written for timeoutMs.
-    inbox.lastActivity = Date.now();
+    inbox.lastActivity = monotonicMs();
     if (timeoutMs > 0) {
       watchdog = setInterval(
         () => {
-          if (Date.now() - inbox.lastActivity > timeoutMs)
+          if (monotonicMs() - inbox.lastActivity > timeoutMs)
             inbox.fail(new WireError('ERR_WIRE_TIMEOUT', `nothing from the source for ${timeoutMs} ms`));
         },
         Math.min(1000, timeoutMs),
@@ -204,7 +204,7 @@ async function receiveHolding(
         releaseRecord(record.payload);
         result[i]!.records++;
         result[i]!.bytes += record.payload.length;
-        inbox.lastActivity = Date.now();
+        inbox.lastActivity = monotonicMs();
         report('resuming', 0, result[i]!.bytes);
         await maybeAck(i);
       }

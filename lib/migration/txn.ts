@@ -1,4 +1,5 @@
 // Pieces both ends of a migrate share: the error that says which side failed, the message inbox, the per-device byte queue.
+import { monotonicMs } from './clock';
 import { MigrationError, type MigrationErrorCode, type Recovery } from './errors';
 import { FRAME, WireError, frameName, messageBody, type Frame, type WireEnd } from './wire';
 
@@ -88,8 +89,8 @@ export class Inbox {
 
   readonly #peer: 'source' | 'destination';
   #started = false;
-  /** When the last frame arrived (or the caller last saw progress: touch()). */
-  lastActivity = Date.now();
+  /** When a frame last arrived or the receiver last wrote a record (monotonicMs: no wall-clock step fires or hides a timeout). */
+  lastActivity = monotonicMs();
 
   constructor(wire: WireEnd, peer: 'source' | 'destination') {
     this.#wire = wire;
@@ -112,7 +113,7 @@ export class Inbox {
       for (;;) {
         const frame = await this.#wire.read(undefined, `the ${peer}`);
         if (!frame) throw new WireError('ERR_WIRE_CLOSED', `the ${peer} closed the channel`);
-        this.lastActivity = Date.now();
+        this.lastActivity = monotonicMs();
         if (frame.type === FRAME.error) {
           const body = messageBody<PeerError>(frame);
           const side = body.side ?? peer;

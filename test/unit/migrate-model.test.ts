@@ -495,3 +495,48 @@ test('model: a source that hangs after the hello: the receiver times out and res
   });
   assert.ok(dst.dev.resets >= 1, 'destination reset');
 });
+
+test("model: the receiver's watchdog is not fooled by the wall clock: a step forward fails no healthy wait, a step back hides no hang", async () => {
+  const realNow = Date.now;
+  const hello = {
+    version: 1,
+    devices: [{ protocol: 'v1', device: { kind: 'unknown', name: 'model' } }],
+    switchoverAck: [false],
+  };
+  try {
+    // An hour forward just after the hello (an NTP step): the source is quiet for 1.2 s of a 2 s timeout.
+    const dst = model(0);
+    const [a, b] = channelPair();
+    const recv = receive([dst.mig], b, { timeoutMs: 2000 });
+    const w = new WireEnd(a);
+    await w.writePreamble();
+    await w.sendMessage(FRAME.hello, 0, hello);
+    await new Promise((r) => setTimeout(r, 50));
+    Date.now = () => realNow() + 3_600_000;
+    await new Promise((r) => setTimeout(r, 1200));
+    w.close();
+    await assert.rejects(recv, (err: MigrateError) => {
+      assert.notEqual(err.code, 'ERR_MIGRATION_TIMEOUT', err.message);
+      return true;
+    });
+    // An hour back: a source that hangs is still caught after its timeout.
+    Date.now = realNow;
+    const dst2 = model(0);
+    const [c, d] = channelPair();
+    const recv2 = receive([dst2.mig], d, { timeoutMs: 300 });
+    const w2 = new WireEnd(c);
+    await w2.writePreamble();
+    await w2.sendMessage(FRAME.hello, 0, hello);
+    await new Promise((r) => setTimeout(r, 50));
+    Date.now = () => realNow() - 3_600_000;
+    const guard = setTimeout(() => w2.close(), 3000);
+    await assert.rejects(recv2, (err: MigrateError) => {
+      assert.equal(err.code, 'ERR_MIGRATION_TIMEOUT', err.message);
+      return true;
+    });
+    clearTimeout(guard);
+    w2.close();
+  } finally {
+    Date.now = realNow;
+  }
+});
