@@ -477,17 +477,23 @@ test('model: the channel dies after the destination said "loaded", before the co
   assert.equal(eagerFeedbackScopes(), 0, 'both ends closed their eager-feedback scopes');
 });
 
-test('model: a source that hangs after the hello: the receiver times out and resets its device', async () => {
+/** A receiver of one model device, and a source end that sent the preamble and the hello, then nothing. */
+async function helloedReceiver(timeoutMs: number) {
   const dst = model(0);
   const [a, b] = channelPair();
-  const recv = receive([dst.mig], b, { timeoutMs: 300 });
-  const w = new WireEnd(a);
-  await w.writePreamble();
-  await w.sendMessage(FRAME.hello, 0, {
+  const recv = receive([dst.mig], b, { timeoutMs });
+  const source = new WireEnd(a);
+  await source.writePreamble();
+  await source.sendMessage(FRAME.hello, 0, {
     version: 1,
     devices: [{ protocol: 'v1', device: { kind: 'unknown', name: 'model' } }],
     switchoverAck: [false],
   });
+  return { dst, recv, source };
+}
+
+test('model: a source that hangs after the hello: the receiver times out and resets its device', async () => {
+  const { dst, recv } = await helloedReceiver(300);
   await assert.rejects(recv, (err: MigrateError) => {
     assert.equal(err.code, 'ERR_MIGRATION_TIMEOUT');
     assert.match(err.message, /nothing from the source for 300 ms/);
@@ -498,44 +504,29 @@ test('model: a source that hangs after the hello: the receiver times out and res
 
 test("model: the receiver's watchdog is not fooled by the wall clock: a step forward fails no healthy wait, a step back hides no hang", async () => {
   const realNow = Date.now;
-  const hello = {
-    version: 1,
-    devices: [{ protocol: 'v1', device: { kind: 'unknown', name: 'model' } }],
-    switchoverAck: [false],
-  };
   try {
     // An hour forward just after the hello (an NTP step): the source is quiet for 1.2 s of a 2 s timeout.
-    const dst = model(0);
-    const [a, b] = channelPair();
-    const recv = receive([dst.mig], b, { timeoutMs: 2000 });
-    const w = new WireEnd(a);
-    await w.writePreamble();
-    await w.sendMessage(FRAME.hello, 0, hello);
+    const quiet = await helloedReceiver(2000);
     await new Promise((r) => setTimeout(r, 50));
     Date.now = () => realNow() + 3_600_000;
     await new Promise((r) => setTimeout(r, 1200));
-    w.close();
-    await assert.rejects(recv, (err: MigrateError) => {
+    quiet.source.close();
+    await assert.rejects(quiet.recv, (err: MigrateError) => {
       assert.notEqual(err.code, 'ERR_MIGRATION_TIMEOUT', err.message);
       return true;
     });
     // An hour back: a source that hangs is still caught after its timeout.
     Date.now = realNow;
-    const dst2 = model(0);
-    const [c, d] = channelPair();
-    const recv2 = receive([dst2.mig], d, { timeoutMs: 300 });
-    const w2 = new WireEnd(c);
-    await w2.writePreamble();
-    await w2.sendMessage(FRAME.hello, 0, hello);
+    const hung = await helloedReceiver(300);
     await new Promise((r) => setTimeout(r, 50));
     Date.now = () => realNow() - 3_600_000;
-    const guard = setTimeout(() => w2.close(), 3000);
-    await assert.rejects(recv2, (err: MigrateError) => {
+    const guard = setTimeout(() => hung.source.close(), 3000);
+    await assert.rejects(hung.recv, (err: MigrateError) => {
       assert.equal(err.code, 'ERR_MIGRATION_TIMEOUT', err.message);
       return true;
     });
     clearTimeout(guard);
-    w2.close();
+    hung.source.close();
   } finally {
     Date.now = realNow;
   }
