@@ -1,4 +1,5 @@
 // The calling thread's time on a CPU (the kernel's thread CPU clock): how much of a span was this thread's own work.
+import { tenths } from './clock';
 import { native } from './native';
 
 /**
@@ -12,5 +13,5 @@ export function threadCpuNs(): bigint | undefined {
 /** Milliseconds (one decimal) between two threadCpuNs() readings; undefined when either is missing. */
 export function cpuMsBetween(from: bigint | undefined, to: bigint | undefined): number | undefined {
   if (from === undefined || to === undefined || to < from) return undefined;
-  return Math.round(Number(to - from) / 1e5) / 10;
+  return tenths(Number(to - from) / 1e6);
 }

@@ -1,7 +1,7 @@
 // The state of one check run: which rules run, the verdicts so far (the worst one wins), evidence helpers.
 import { readdirSync } from 'node:fs';
 import { isSyscallError } from '../errors';
-import { monotonicMs } from '../migration/clock';
+import { monotonicMs, msSince } from '../clock';
 import { isSelected, RULE_BY_ID } from './rules';
 import type { CheckOptions, Evidence, Finding, Verdict } from './types';
 
@@ -33,7 +33,7 @@ export class CheckContext {
     if (prev && RANK[prev.verdict] >= RANK[verdict] && !(prev.verdict === 'skip' && verdict === 'skip')) return;
     const started = this.#started.get(id);
     const finding: Finding = { id, verdict, detail, evidence };
-    if (started !== undefined) finding.ms = Math.round(monotonicMs() - started);
+    if (started !== undefined) finding.ms = msSince(started);
     this.findings.set(id, finding);
     this.#options.onFinding?.(finding);
   }

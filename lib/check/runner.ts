@@ -1,6 +1,6 @@
 // checkDevice: saves the device's state, runs the selected rules of its protocol, loads the state back, reports.
+import { monotonicMs, msSince } from '../clock';
 import type { Device } from '../device';
-import { monotonicMs } from '../migration/clock';
 import { probeMigration } from '../migration/probe';
 import type { MigrationEngine } from '../migration/types';
 import { V1Engine } from '../migration/v1';
@@ -186,7 +186,7 @@ export async function checkDevice(device: Device, options: CheckOptions = {}): P
     protocol,
     checksum: checksum ? 'test-driver' : 'none',
     startedAt,
-    elapsedMs: Math.round(monotonicMs() - started),
+    elapsedMs: msSince(started),
     findings,
     restore,
     conformant: protocol !== null && !findings.some((f) => f.verdict === 'fail' && f.rule.level === 'MUST'),

@@ -3,7 +3,7 @@ import { Buffer } from 'node:buffer';
 import { withEagerFeedback } from '../eager-feedback';
 import { withGcHold, type GcHold } from '../gc-hold';
 import { cpuMsBetween, threadCpuNs } from '../thread-cpu';
-import { monotonicMs, spanMs } from './clock';
+import { monotonicMs, spanMs } from '../clock';
 import { MigrationError, type Recovery } from './errors';
 import { encoderWindow } from './pipeline';
 import { DEFAULT_PRECOPY_ITERATIONS, wantsPrecopy } from './policy';

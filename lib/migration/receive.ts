@@ -1,7 +1,7 @@
 // receive(): the destination end of a migrate: checks the hello, RESUMING, loads and validates, runs after the commit.
 import { withEagerFeedback } from '../eager-feedback';
 import { withGcHold, type GcHold } from '../gc-hold';
-import { monotonicMs, spanMs } from './clock';
+import { monotonicMs, spanMs } from '../clock';
 import { headerRefusal } from './identity';
 import { readAhead } from './pipeline';
 import { recoverDestination } from './recovery';

@@ -1,6 +1,6 @@
 // save()/load() for any protocol: the engines' steps composed with pre-copy policy, progress, abort and recovery.
 import type { Device } from '../device';
-import { monotonicMs } from './clock';
+import { monotonicMs, msSince } from '../clock';
 import { MigrationError, abortError } from './errors';
 import { deviceIdentity, headerRefusal, identityMismatches } from './identity';
 import { encoderWindow, readAhead } from './pipeline';
@@ -97,7 +97,7 @@ export class Migration {
       await stopCopyPass(this.engine, window, report, options.signal, pre.bytes);
       await this.engine.finishSave(options.leave ?? 'stopped');
       // Whole ms, as save() has always reported them.
-      const stopCopyMs = stoppedAt ? Math.round(monotonicMs() - stoppedAt) : 0;
+      const stopCopyMs = stoppedAt ? msSince(stoppedAt) : 0;
       const totals = await encoder.finish();
       await options.commit?.();
       report('done', 0, Number(totals.payloadBytes), 0n, true);
@@ -107,7 +107,7 @@ export class Migration {
         precopyIterations: pre.iterations,
         precopyBytes: pre.bytes,
         stopCopyMs,
-        elapsedMs: Math.round(monotonicMs() - start),
+        elapsedMs: msSince(start),
       };
     } catch (err) {
       // Let the emit in flight settle so nothing reaches the sink after save() rejects.
@@ -172,7 +172,7 @@ export class Migration {
     // The whole stream was consumed, so the decoder verified the trailer and has its totals.
     const totals = decoder.totals!;
     report('done', 0, Number(totals.payloadBytes), undefined, true);
-    return { records: totals.records, bytes: totals.payloadBytes, elapsedMs: Math.round(monotonicMs() - start) };
+    return { records: totals.records, bytes: totals.payloadBytes, elapsedMs: msSince(start) };
   }
 
   /** Releases what an unfinished save or load holds; the device stays open (it is the caller's). */

@@ -1,5 +1,5 @@
 // Steps of a save shared by save() and migrate(): the stream header, progress, pre-copy passes, the stop-and-copy pass.
-import { monotonicMs } from './clock';
+import { monotonicMs } from '../clock';
 import { abortError } from './errors';
 import { deviceIdentity, isoTime, version } from './identity';
 import { precopyStop } from './policy';

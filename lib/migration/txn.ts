@@ -1,5 +1,5 @@
 // Pieces both ends of a migrate share: the error that says which side failed, the message inbox, the per-device byte queue.
-import { monotonicMs } from './clock';
+import { monotonicMs } from '../clock';
 import { MigrationError, type MigrationErrorCode, type Recovery } from './errors';
 import { FRAME, WireError, frameName, messageBody, type Frame, type WireEnd } from './wire';
 
