@@ -114,8 +114,9 @@ export class Device {
   }
 
   /**
-   * VFIO_DEVICE_FEATURE on each of `devices` with its own buffer, in one job off the JS thread:
-   * one entry per device, the ioctl's return value or the error it failed with.
+   * VFIO_DEVICE_FEATURE on each of `devices` with its own buffer, all at once off the JS thread
+   * (a slow device's arc overlaps the others'), settled together: one entry per device, the
+   * ioctl's return value or the error it failed with.
    */
   static featuresAsync(devices: readonly Device[], buffers: Uint8Array[]): Promise<(number | Error)[]> {
     for (const d of devices) d.#stateEpoch++;

@@ -185,8 +185,9 @@ export interface NativeAddon {
   deviceFeature(deviceFd: number, feature: Uint8Array): number;
   deviceFeatureAsync(deviceFd: number, feature: Uint8Array): Promise<number>;
   /**
-   * VFIO_DEVICE_FEATURE on each device in turn, in one pool job; one entry per device: the
-   * ioctl's return value, or the syscall error it failed with (every ioctl runs regardless).
+   * VFIO_DEVICE_FEATURE on every device at once, a pool job each, settled together (one wake-up
+   * of the JS thread); one entry per device: the ioctl's return value, or the syscall error it
+   * failed with (every ioctl runs regardless).
    */
   deviceFeaturesAsync(deviceFds: number[], features: Uint8Array[]): Promise<(number | Error)[]>;
   migGetPrecopyInfo(dataFd: number): Buffer;

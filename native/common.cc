@@ -166,19 +166,30 @@ void RunRegisterWrite(const RegisterWrite& reg, Outcome& out) {
 
 namespace {
 
-// One async call: what runs on the pool, what settles its promise, and what it keeps alive.
-struct Job {
-  uv_work_t req{};
+// What settles one async call's promise, and what it keeps alive until then. A call is one job
+// on the pool, or several parts (RunAsyncParts) that run at once and settle it together.
+struct Settlement {
   napi_env env;
-  AsyncJobs* jobs;
   napi_deferred deferred = nullptr;
   const char* syscall;
   std::string detail;
-  PoolJob::Work work;
-  PoolJob::Convert convert;
+  PoolJob::Convert convert;             // one job
+  PoolJob::ConvertParts convert_parts;  // parts
   PoolJob::Done done;
   std::vector<Napi::ObjectReference> keep;
+  Outcome outcome;                     // one job's
+  std::vector<Outcome> part_outcomes;  // each part's, by index
+  size_t pending = 1;                  // jobs not yet ended
+};
+
+// One job on the pool: its work and outcome, and the call it belongs to.
+struct Job {
+  uv_work_t req{};
+  AsyncJobs* jobs;
+  PoolJob::Work work;
   Outcome outcome;
+  size_t part = 0;
+  std::shared_ptr<Settlement> settlement;
 };
 
 // The environment is being torn down: once no job is on the pool, let the teardown go on.
@@ -204,52 +215,103 @@ void ExecuteJob(uv_work_t* req) {
 }
 
 // Settles the promise with the outcome (JS thread, inside a handle scope and callback scope).
-void SettleJob(Job& job) {
-  Napi::Env env(job.env);
+void Settle(Settlement& s) {
+  Napi::Env env(s.env);
   napi_value settled;
-  bool ok = job.outcome.err == 0;
+  bool ok = s.outcome.err == 0;
   try {
     if (!ok) {
-      Napi::Error error = SyscallError(env, job.syscall, job.outcome.err, job.detail.c_str());
-      if (job.outcome.stage) error.Set("stage", Napi::String::New(env, job.outcome.stage));
+      Napi::Error error = SyscallError(env, s.syscall, s.outcome.err, s.detail.c_str());
+      if (s.outcome.stage) error.Set("stage", Napi::String::New(env, s.outcome.stage));
       settled = error.Value();
+    } else if (s.convert_parts) {
+      settled = s.convert_parts(env, s.part_outcomes);
     } else {
-      settled = job.convert ? job.convert(env, job.outcome) : env.Undefined();
+      settled = s.convert ? s.convert(env, s.outcome) : env.Undefined();
     }
   } catch (const Napi::Error& e) {
     ok = false;
     settled = e.Value();
   }
   if (ok) {
-    napi_resolve_deferred(job.env, job.deferred, settled);
+    napi_resolve_deferred(s.env, s.deferred, settled);
   } else {
-    napi_reject_deferred(job.env, job.deferred, settled);
+    napi_reject_deferred(s.env, s.deferred, settled);
   }
+}
+
+// The end of a call's last job: settles its promise in the shared async context.
+void SettleInScope(AsyncJobs* jobs, Settlement& s) {
+  if (s.done) s.done();
+  if (jobs->stopping) {
+    // No JS during teardown: the promise stays pending with its environment.
+    s.keep.clear();
+    FinishTeardownIfIdle(jobs);
+    return;
+  }
+  napi_handle_scope handles;
+  if (napi_open_handle_scope(s.env, &handles) != napi_ok) return;  // the environment is gone
+  napi_value resource;
+  napi_callback_scope scope;
+  // Closing the callback scope runs the microtasks and ticks the settlement queued, as
+  // MakeCallback does: the awaiting code resumes now, not at the next unrelated callback.
+  if (napi_get_reference_value(s.env, jobs->resource, &resource) == napi_ok &&
+      napi_open_callback_scope(s.env, resource, jobs->context, &scope) == napi_ok) {
+    Settle(s);
+    napi_close_callback_scope(s.env, scope);
+  }
+  napi_close_handle_scope(s.env, handles);
 }
 
 void AfterJob(uv_work_t* req, int status) {
   std::unique_ptr<Job> job(static_cast<Job*>(req->data));
   AsyncJobs* jobs = job->jobs;
   jobs->in_flight--;
-  if (job->done) job->done();
-  if (jobs->stopping) {
-    // No JS during teardown: the promise stays pending with its environment.
-    job->keep.clear();
+  Settlement& s = *job->settlement;
+  if (s.convert_parts) {
+    s.part_outcomes[job->part] = job->outcome;
+  } else {
+    s.outcome = job->outcome;
+  }
+  // A part that ends before the others costs this thread no JS: only the last one settles.
+  if (--s.pending > 0) {
     FinishTeardownIfIdle(jobs);
     return;
   }
-  napi_handle_scope handles;
-  if (napi_open_handle_scope(job->env, &handles) != napi_ok) return;  // the environment is gone
-  napi_value resource;
-  napi_callback_scope scope;
-  // Closing the callback scope runs the microtasks and ticks the settlement queued, as
-  // MakeCallback does: the awaiting code resumes now, not at the next unrelated callback.
-  if (napi_get_reference_value(job->env, jobs->resource, &resource) == napi_ok &&
-      napi_open_callback_scope(job->env, resource, jobs->context, &scope) == napi_ok) {
-    SettleJob(*job);
-    napi_close_callback_scope(job->env, scope);
+  SettleInScope(jobs, s);
+}
+
+// A call's settlement, its promise made; `keep` referenced until it settles.
+std::shared_ptr<Settlement> NewSettlement(Napi::Env env, AsyncJobs* jobs, const char* syscall, std::string detail,
+                                          const std::vector<Napi::Value>& keep, PoolJob::Done done,
+                                          napi_value* promise) {
+  if (jobs->stopping) throw Napi::Error::New(env, "the environment is shutting down");
+  auto s = std::make_shared<Settlement>();
+  s->env = env;
+  s->syscall = syscall;
+  s->detail = std::move(detail);
+  s->done = std::move(done);
+  s->keep.reserve(keep.size());
+  for (const Napi::Value& v : keep) {
+    if (v.IsObject()) s->keep.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
-  napi_close_handle_scope(job->env, handles);
+  if (napi_create_promise(env, &s->deferred, promise) != napi_ok) throw Napi::Error::New(env);
+  return s;
+}
+
+// Queues one job of a call; false (and nothing queued) when libuv refuses it.
+bool QueueJob(AsyncJobs* jobs, std::shared_ptr<Settlement> s, size_t part, PoolJob::Work work, int* err) {
+  auto job = std::make_unique<Job>();
+  job->jobs = jobs;
+  job->work = std::move(work);
+  job->part = part;
+  job->settlement = std::move(s);
+  job->req.data = job.get();
+  *err = uv_queue_work(jobs->loop, &job->req, ExecuteJob, AfterJob);
+  if (*err != 0) return false;
+  jobs->in_flight++;
+  job.release();
+  return true;
 }
 
 }  // namespace
@@ -266,32 +328,38 @@ void InitAsyncJobs(Napi::Env env, AsyncJobs& jobs) {
 Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, PoolJob::Work work,
                        PoolJob::Convert convert, const std::vector<Napi::Value>& keep, PoolJob::Done done) {
   AsyncJobs* jobs = env.GetInstanceData<AddonData>()->jobs.get();
-  if (jobs->stopping) throw Napi::Error::New(env, "the environment is shutting down");
-  auto job = std::make_unique<Job>();
-  job->env = env;
-  job->jobs = jobs;
-  job->syscall = syscall;
-  job->detail = std::move(detail);
-  job->work = std::move(work);
-  job->convert = std::move(convert);
-  job->done = std::move(done);
-  job->keep.reserve(keep.size());
-  for (const Napi::Value& v : keep) {
-    if (v.IsObject()) job->keep.push_back(Napi::Persistent(v.As<Napi::Object>()));
-  }
   napi_value promise;
-  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) throw Napi::Error::New(env);
-  job->req.data = job.get();
-  int err = uv_queue_work(jobs->loop, &job->req, ExecuteJob, AfterJob);
-  if (err != 0) {
+  std::shared_ptr<Settlement> s = NewSettlement(env, jobs, syscall, std::move(detail), keep, std::move(done), &promise);
+  s->convert = std::move(convert);
+  int err;
+  if (!QueueJob(jobs, s, 0, std::move(work), &err)) {
     // Nothing queued: settle the promise here (it is still unobserved, so reject is safe).
-    napi_reject_deferred(env, job->deferred,
+    napi_reject_deferred(env, s->deferred,
                          Napi::Error::New(env, std::string("uv_queue_work: ") + uv_strerror(err)).Value());
-    if (job->done) job->done();
-    return Napi::Promise(env, promise);
+    if (s->done) s->done();
   }
-  jobs->in_flight++;
-  job.release();
+  return Napi::Promise(env, promise);
+}
+
+Napi::Promise RunAsyncParts(Napi::Env env, const char* syscall, std::string detail, std::vector<PoolJob::Work> parts,
+                            PoolJob::ConvertParts convert, const std::vector<Napi::Value>& keep) {
+  AsyncJobs* jobs = env.GetInstanceData<AddonData>()->jobs.get();
+  napi_value promise;
+  std::shared_ptr<Settlement> s = NewSettlement(env, jobs, syscall, std::move(detail), keep, nullptr, &promise);
+  s->convert_parts = std::move(convert);
+  s->part_outcomes.resize(parts.size());
+  // One more than the parts until every part is queued, so that none settles the call early.
+  s->pending = parts.size() + 1;
+  for (size_t i = 0; i < parts.size(); i++) {
+    int err;
+    if (!QueueJob(jobs, s, i, std::move(parts[i]), &err)) {
+      // A part libuv refused ran nothing: it ends here with libuv's error as its outcome.
+      s->part_outcomes[i].err = -err;
+      s->pending--;
+    }
+  }
+  // Every part refused: settle here, in the caller's own scope (the promise is still unobserved).
+  if (--s->pending == 0) Settle(*s);
   return Napi::Promise(env, promise);
 }
 

@@ -146,6 +146,8 @@ namespace PoolJob {
 using Work = std::function<Outcome()>;
 using Convert = std::function<Napi::Value(Napi::Env, const Outcome&)>;
 using Done = std::function<void()>;
+// The JS value of a call made of parts, from each part's outcome (by index).
+using ConvertParts = std::function<Napi::Value(Napi::Env, const std::vector<Outcome>&)>;
 }  // namespace PoolJob
 
 // The async jobs of one addon instance (one per Node environment: the main thread, each worker).
@@ -168,6 +170,12 @@ void InitAsyncJobs(Napi::Env env, AsyncJobs& jobs);
 Napi::Promise RunAsync(Napi::Env env, const char* syscall, std::string detail, PoolJob::Work work,
                        PoolJob::Convert convert, const std::vector<Napi::Value>& keep = {},
                        PoolJob::Done done = nullptr);
+
+// Queues one job per part, to run at once on the pool (as many as it has threads), and returns the
+// call's one promise: it settles when the last part ends, so the JS thread runs once for all of
+// them. Each part's outcome reaches `convert` by index; a part libuv refuses ends with its error.
+Napi::Promise RunAsyncParts(Napi::Env env, const char* syscall, std::string detail, std::vector<PoolJob::Work> parts,
+                            PoolJob::ConvertParts convert, const std::vector<Napi::Value>& keep = {});
 
 // One syscall offered twice, as `name` on the JS thread and as `nameAsync` on the libuv pool. An Op
 // holds what the call needs:

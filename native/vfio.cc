@@ -222,10 +222,12 @@ struct FeatureOp {
   std::string Detail(const Outcome&) const { return "VFIO_DEVICE_FEATURE"; }
 };
 
-// deviceFeaturesAsync(deviceFds, features): VFIO_DEVICE_FEATURE on each device in turn, in one
-// pool job: the same state change of several devices (a migration's downtime) costs the JS
-// thread one job, not one per device. Every ioctl runs whatever the others did; the promise
-// resolves one entry per device: the ioctl's return value, or the error it failed with.
+// deviceFeaturesAsync(deviceFds, features): VFIO_DEVICE_FEATURE on every device at once, one pool
+// job each (RunAsyncParts), settled together: the same state change of several devices (a
+// migration's downtime) wakes the JS thread once, not once per device, and takes as long as the
+// slowest device's ioctl, not their sum (a real device's arc is firmware work: quiesce, save,
+// load). Every ioctl runs whatever the others did; the promise resolves one entry per device:
+// the ioctl's return value, or the error it failed with.
 Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsArray() || !info[1].IsArray())
@@ -234,7 +236,7 @@ Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
   Napi::Array feature_list = info[1].As<Napi::Array>();
   uint32_t count = fd_list.Length();
   if (count != feature_list.Length()) throw Napi::RangeError::New(env, "deviceFds and features differ in length");
-  // Each device is a FeatureOp (its checks, its ioctl, its delivery), run in turn in one job.
+  // Each device is a FeatureOp (its checks, its ioctl, its delivery); its ioctl is a part of its own.
   struct Entry {
     FeatureOp op;
     Outcome out;
@@ -254,11 +256,11 @@ Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
     entries->push_back({FeatureOp(env, n, v.As<Napi::Uint8Array>(), true), {}});
     keep.push_back(v);
   }
-  auto work = [entries] {
-    for (Entry& e : *entries) e.out = e.op.Run();
-    return Outcome{};
-  };
-  auto convert = [entries](Napi::Env e, const Outcome&) -> Napi::Value {
+  std::vector<PoolJob::Work> parts;
+  parts.reserve(count);
+  for (uint32_t i = 0; i < count; i++) parts.push_back([entries, i] { return (*entries)[i].op.Run(); });
+  auto convert = [entries](Napi::Env e, const std::vector<Outcome>& outcomes) -> Napi::Value {
+    for (uint32_t i = 0; i < entries->size(); i++) (*entries)[i].out = outcomes[i];
     // Every buffer is delivered before any result is handed out. A delivery that fails (its
     // memory was detached) closes its own data_fd; then the promise rejects, so no data_fd of
     // the others may stay open unseen either.
@@ -288,7 +290,7 @@ Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
     }
     return results;
   };
-  return RunAsync(env, "ioctl", "VFIO_DEVICE_FEATURE", work, convert, keep);
+  return RunAsyncParts(env, "ioctl", "VFIO_DEVICE_FEATURE", std::move(parts), convert, keep);
 }
 
 // migGetPrecopyInfo[Async](dataFd): VFIO_MIG_GET_PRECOPY_INFO, the struct as bytes.

@@ -285,7 +285,7 @@ async function migrateHolding(
     if (local.signal.aborted) throw abortReason(local.signal, 'stop-and-copy');
     // The downtime: no major GC of this process until the destination runs (lib/gc-hold.ts).
     gc.take();
-    // All the devices stop together (the v2 ones each arc in one job), then each moves its data.
+    // All the devices stop together (the v2 ones each arc in one call), then each moves its data.
     const stoppedAt = sources.map(() => 0);
     await stopTogether(
       sources.map((m) => m.engine),

@@ -215,7 +215,7 @@ async function receiveHolding(
     for (const l of loads) l.catch(() => undefined);
     const loadStarts = await Promise.race([Promise.all(loads), inbox.failed()]);
     // Every trailer checked out: RESUMING -> STOP is where the drivers validate what they were
-    // given, all the devices at once (the v2 ones in one job).
+    // given, all the devices at once (the v2 ones in one call).
     await stopLoadedTogether(destinations.map((m) => m.engine));
     const loadedAt = monotonicMs();
     loadStarts.forEach((t0, i) => (result[i]!.loadMs = spanMs(t0, loadedAt)));

@@ -1,4 +1,4 @@
-// The state changes of a migrate's downtime on all its devices at once: the v2 ones each arc in one job, any other device on its own.
+// The state changes of a migrate's downtime on all its devices at once: the v2 ones each arc in one call, any other device on its own.
 import { VFIO_DEVICE_STATE_RUNNING, VFIO_DEVICE_STATE_RUNNING_P2P } from '../uapi';
 import { settleAll } from './txn';
 import type { MigrationEngine } from './types';

@@ -37,7 +37,7 @@ export * from './v2-states';
  */
 export const V2_READ_SIZE = 4 << 20;
 
-/** VFIO_DEVICE_FEATURE on each device with its own buffer in one job, each outcome returned (Device.featuresAsync). */
+/** VFIO_DEVICE_FEATURE on each device with its own buffer, all at once, each outcome returned (Device.featuresAsync). */
 export type FeatureBatch = (devices: readonly Device[], buffers: Uint8Array[]) => Promise<(number | Error)[]>;
 
 export interface TogetherOptions {
@@ -219,8 +219,8 @@ export class V2Engine implements MigrationEngine {
 
   /**
    * Sets every engine to `target` at once, as a migration's downtime does with all its devices.
-   * The engines whose state is known and one arc from `target` take it in one job off the JS
-   * thread (`features`: Device.featuresAsync): N devices make one pool job and one wake-up of
+   * The engines whose state is known and one arc from `target` take it in one call off the JS
+   * thread (`features`: Device.featuresAsync): N devices' ioctls run at once and make one wake-up of
    * this thread, not N; any other takes setState()'s own way, concurrently. Waits for every device, then
    * throws the first failure (as settleAll does); each failure is setState()'s error.
    */
@@ -453,7 +453,7 @@ export class V2Engine implements MigrationEngine {
 
   /**
    * enterStopCopy() of several engines at once (a migrate's sources): each of its arcs taken by
-   * all of them together (setStatesTogether): one pool job per arc, not one per device.
+   * all of them together (setStatesTogether): one call per arc, not one per device.
    * `onStopped(i)` runs for every engine as the first stopping arc is issued (the earliest any of
    * them may stop). Throws the first failure once all have ended.
    */
@@ -530,7 +530,7 @@ export class V2Engine implements MigrationEngine {
 
   /**
    * finishLoad('stopped') of several engines at once (a migrate's destinations): RESUMING -> STOP,
-   * where each driver validates what it was given, for all in one job; then each lets its data_fd
+   * where each driver validates what it was given, for all at once; then each lets its data_fd
    * go. Throws the first failure once all have ended (the caller's recovery resets them).
    */
   static async finishLoadTogether(engines: readonly V2Engine[], features?: FeatureBatch): Promise<void> {

@@ -58,6 +58,8 @@ static inline bool vmt_kind_is_v1(enum vmt_kind k)
 #define VMT_CHUNK_MAX		(64u << 20)
 #define VMT_CHUNK_DEFAULT	(64u << 10)
 #define VMT_DIRTY_RATE_MAX	SZ_1G
+/* arc_delay_us: at most a second per arc, far below the hung-task timeout */
+#define VMT_ARC_DELAY_MAX_US	1000000
 #define VMT_DIRTY_TICK_HZ	50
 
 /* Region offsets inside the device fd, as in mtty: index in bits 40+. */
@@ -315,6 +317,7 @@ struct vmt_dev {
 
 	/* v2 */
 	enum vfio_device_mig_state v2_state;
+	u32 arc_delay_us;	/* knob: every v2 arc takes this long (firmware time) */
 	struct vmt_migf *saving_migf;
 	struct vmt_migf *resuming_migf;
 

@@ -859,6 +859,44 @@ static ssize_t reserved_bits_store(struct device *dev,
 }
 static DEVICE_ATTR_RW(reserved_bits);
 
+/*
+ * v2 only: how long every arc of the device's state machine takes, as a real device's firmware
+ * does to quiesce, save or load its state; the arc sleeps that long holding the device's lock.
+ */
+static ssize_t arc_delay_us_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	struct vmt_dev *d = vmt_from_dev(dev);
+	u32 v;
+
+	mutex_lock(&d->lock);
+	v = d->arc_delay_us;
+	mutex_unlock(&d->lock);
+	return sysfs_emit(buf, "%u\n", v);
+}
+
+static ssize_t arc_delay_us_store(struct device *dev,
+				  struct device_attribute *attr,
+				  const char *buf, size_t count)
+{
+	struct vmt_dev *d = vmt_from_dev(dev);
+	u32 v;
+	int ret;
+
+	ret = kstrtou32(buf, 0, &v);
+	if (ret)
+		return ret;
+	if (v > VMT_ARC_DELAY_MAX_US)
+		return -EINVAL;
+	if (d->kind != VMT_KIND_V2)
+		return -EOPNOTSUPP;
+	mutex_lock(&d->lock);
+	d->arc_delay_us = v;
+	mutex_unlock(&d->lock);
+	return count;
+}
+static DEVICE_ATTR_RW(arc_delay_us);
+
 static const char *vmt_errno_name(int err)
 {
 	unsigned int i;
@@ -1140,6 +1178,7 @@ static struct attribute *vmt_dev_attrs[] = {
 	&dev_attr_chunk_size.attr,
 	&dev_attr_dirty_rate.attr,
 	&dev_attr_reserved_bits.attr,
+	&dev_attr_arc_delay_us.attr,
 	&dev_attr_fault.attr,
 	&dev_attr_fault_points.attr,
 	&dev_attr_bug.attr,

@@ -11,6 +11,7 @@
 #include <linux/file.h>
 #include <linux/anon_inodes.h>
 #include <linux/poll.h>
+#include <linux/delay.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
@@ -441,6 +442,61 @@ static struct vmt_migf *vmt_migf_new(struct vmt_dev *d, bool saving)
 	return migf;
 }
 
+/*
+ * Arcs in progress across every device of the driver, and the most seen at once since the
+ * peak was last reset (module parameter arcs_in_flight_peak; writing 0 resets it): how a
+ * client's state changes of several devices overlap, without timing them.
+ */
+static atomic_t vmt_arcs_in_flight = ATOMIC_INIT(0);
+static atomic_t vmt_arcs_peak = ATOMIC_INIT(0);
+
+static int vmt_arcs_peak_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%d\n", atomic_read(&vmt_arcs_peak));
+}
+
+static int vmt_arcs_peak_set(const char *val, const struct kernel_param *kp)
+{
+	int v, ret = kstrtoint(val, 0, &v);
+
+	if (ret)
+		return ret;
+	if (v != 0)
+		return -EINVAL;
+	atomic_set(&vmt_arcs_peak, atomic_read(&vmt_arcs_in_flight));
+	return 0;
+}
+
+static const struct kernel_param_ops vmt_arcs_peak_ops = {
+	.get = vmt_arcs_peak_get,
+	.set = vmt_arcs_peak_set,
+};
+module_param_cb(arcs_in_flight_peak, &vmt_arcs_peak_ops, NULL, 0644);
+MODULE_PARM_DESC(arcs_in_flight_peak,
+		 "Most v2 arcs in progress at once, over all devices, since written 0");
+
+/* An arc starts: count it, then take the device's arc_delay_us (held lock: firmware time). */
+static void vmt_arc_begin(struct vmt_dev *d)
+{
+	int now = atomic_inc_return(&vmt_arcs_in_flight);
+	int peak = atomic_read(&vmt_arcs_peak);
+
+	while (now > peak) {
+		int seen = atomic_cmpxchg(&vmt_arcs_peak, peak, now);
+
+		if (seen == peak)
+			break;
+		peak = seen;
+	}
+	if (d->arc_delay_us)
+		fsleep(d->arc_delay_us);
+}
+
+static void vmt_arc_end(void)
+{
+	atomic_dec(&vmt_arcs_in_flight);
+}
+
 static struct file *vmt_v2_step(struct vmt_dev *d,
 				enum vfio_device_mig_state cur,
 				enum vfio_device_mig_state new)
@@ -552,7 +608,9 @@ static struct file *vmt_v2_set_state(struct vfio_device *vdev,
 			ret = ERR_PTR(rc);
 			break;
 		}
+		vmt_arc_begin(d);
 		ret = vmt_v2_step(d, d->v2_state, next);
+		vmt_arc_end();
 		if (IS_ERR(ret))
 			break;
 		d->v2_state = next;

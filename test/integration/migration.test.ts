@@ -4,7 +4,15 @@ import assert from 'node:assert/strict';
 import { requireMigration, verify, MigrationError, type Device } from '../../lib';
 import { readFileSync } from 'node:fs';
 import { guestKernel, openFdCount } from './helpers';
-import { TestDevice, bar0Checksum, bar0Mutate, needsDriver, type Kind } from '../support/test-driver';
+import {
+  TestDevice,
+  arcsInFlightPeak,
+  bar0Checksum,
+  bar0Mutate,
+  needsDriver,
+  resetArcsPeak,
+  type Kind,
+} from '../support/test-driver';
 
 function memorySink(): { chunks: Buffer[]; sink: (c: Buffer) => Promise<void>; source: () => AsyncIterable<Buffer> } {
   const chunks: Buffer[] = [];
@@ -303,6 +311,27 @@ describe(
         for (const d of devices) d.close();
       }
       assert.equal(openFdCount(), before, 'no fd left open');
+    });
+
+    test("setStatesTogether runs the devices' arcs at once: a slow device's firmware time is paid once, not once per device", async () => {
+      const { uapi } = await import('../../lib');
+      const { V2Engine } = await import('../../lib/migration/v2');
+      // Each arc sleeps 100 ms in the driver, holding its device's lock, as a real device's
+      // quiesce or save does. The driver counts the arcs in progress at once: no clock involved.
+      const devices = [0, 1, 2].map(() => make('v2', { stateSize: 8192, arcDelayUs: 100_000 }).open());
+      try {
+        const engines = devices.map((d) => requireMigration(d).engine as InstanceType<typeof V2Engine>);
+        for (const e of engines) assert.equal(await e.getState(), uapi.VFIO_DEVICE_STATE_RUNNING);
+        const targets = { RUNNING_P2P: uapi.VFIO_DEVICE_STATE_RUNNING_P2P, STOP: uapi.VFIO_DEVICE_STATE_STOP };
+        for (const [name, target] of Object.entries(targets)) {
+          resetArcsPeak();
+          await V2Engine.setStatesTogether(engines, target);
+          assert.equal(arcsInFlightPeak(), devices.length, `the ${devices.length} arcs to ${name} overlapped`);
+        }
+        for (const d of devices) assert.equal(await requireMigration(d).state(), 'STOP');
+      } finally {
+        for (const d of devices) d.close();
+      }
     });
   },
 );

@@ -22,6 +22,7 @@ export type Knob =
   | 'chunk_size'
   | 'dirty_rate'
   | 'reserved_bits'
+  | 'arc_delay_us'
   | 'fault'
   | 'fault_points'
   | 'bug'
@@ -56,6 +57,8 @@ export interface Knobs {
   stateSize?: number | bigint;
   chunkSize?: number;
   dirtyRate?: number;
+  /** v2 only: how long each arc of the state machine sleeps in the driver (a device's firmware time). */
+  arcDelayUs?: number;
 }
 
 /** node:test `skip` value for every test that needs the driver: false in a guest that loaded it, else the reason. */
@@ -85,6 +88,7 @@ export class TestDevice {
       if (knobs.chunkSize !== undefined) this.set('chunk_size', knobs.chunkSize);
       if (knobs.stateSize !== undefined) this.set('state_size', knobs.stateSize);
       if (knobs.dirtyRate !== undefined) this.set('dirty_rate', knobs.dirtyRate);
+      if (knobs.arcDelayUs !== undefined) this.set('arc_delay_us', knobs.arcDelayUs);
     } catch (err) {
       // a refused knob leaves no instance behind: the caller never got one to remove
       this.remove();
@@ -182,6 +186,18 @@ export function instancesOfDriver(): string[] {
 /** The module's count of live allocations (0 when no instance exists: anything else is a leak). */
 export function liveAllocs(): number {
   return Number(readFileSync(`/sys/module/${DRIVER}/parameters/live_allocs`, 'utf8').trim());
+}
+
+const ARCS_PEAK = `/sys/module/${DRIVER}/parameters/arcs_in_flight_peak`;
+
+/** The most v2 arcs in progress at once, over every device, since resetArcsPeak(). */
+export function arcsInFlightPeak(): number {
+  return Number(readFileSync(ARCS_PEAK, 'utf8').trim());
+}
+
+/** Starts a new arcsInFlightPeak() measure (from the arcs in progress now). */
+export function resetArcsPeak(): void {
+  writeFileSync(ARCS_PEAK, '0');
 }
 
 /** BAR0 registers (u64, native width only): the state's checksum and generation, and mutate (write a seed). */
