@@ -70,6 +70,13 @@ function wholeCommands(proto: string, src: string, dst: string): Whole {
 /** The workload of a live migration's sources in the four-device rows: bytes each dirties per second. */
 const LIVE_DIRTY_RATE = 4 << 20;
 
+/**
+ * The slow-device rows: every arc of every device takes this long in the driver (arc_delay_us),
+ * as a real device's firmware takes time to quiesce, save and load its state; the test driver's
+ * own arcs take microseconds.
+ */
+const SLOW_ARC_US = 5000;
+
 /** `vfio-mig migrate A B` as a user runs it (cold, --json report on stdout) and its wall time. */
 function migrateCold(
   sources: string[],
@@ -115,6 +122,8 @@ export interface MigrateRow {
   mode?: 'live' | 'stop-copy';
   /** Bytes per second each source dirtied while it ran (four-device rows). */
   dirtyRate?: number;
+  /** Microseconds each arc of each device took in the driver (the slow-device rows; else 0 or absent). */
+  arcDelayUs?: number;
   mib: number;
   devices: number;
   oursMs: number[];
@@ -191,8 +200,39 @@ async function migrateRows(): Promise<void> {
         }
       }
     }
+    slowDeviceRows(sources, dests);
   } finally {
     for (const d of [...sources, ...dests]) d.remove();
+  }
+}
+
+/**
+ * The live rows again with devices whose every arc takes SLOW_ARC_US in the driver: ours, and the
+ * C client in its two ways. A downtime's arcs of several devices that run at once cost the
+ * slowest device's time; arcs taken one device after another cost the sum.
+ */
+function slowDeviceRows(sources: TestDevice[], dests: TestDevice[]): void {
+  const all = [...sources, ...dests];
+  for (const d of sources) d.set('dirty_rate', String(LIVE_DIRTY_RATE));
+  for (const d of all) d.set('arc_delay_us', SLOW_ARC_US);
+  try {
+    const rows = new Map<number, MigrateRow>();
+    for (let rep = 0; rep < MULTI_REPEAT; rep++)
+      for (const count of [1, 4]) {
+        const run = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), { repeat: 1 });
+        const row = rows.get(count);
+        rows.set(count, row ? joinRuns(row, run) : run);
+      }
+    for (const count of [1, 4]) {
+      const row = { ...rows.get(count)!, mode: 'live', dirtyRate: LIVE_DIRTY_RATE, arcDelayUs: SLOW_ARC_US };
+      console.log(`@@migrate-n ${JSON.stringify(row)}`);
+      for (const way of ['v2-live', 'v2-live-threads'] as const) {
+        const ref = refLiveRuns(way, sources.slice(0, count), dests.slice(0, count));
+        console.log(`@@ref-live ${JSON.stringify({ ...ref, arcDelayUs: SLOW_ARC_US })}`);
+      }
+    }
+  } finally {
+    for (const d of all) d.set('arc_delay_us', 0);
   }
 }
 
@@ -298,6 +338,8 @@ export interface RefLiveRow {
   way: 'v2-live' | 'v2-live-threads';
   devices: number;
   downtimeMs: number[];
+  /** Microseconds each arc of each device took in the driver (the slow-device rows; else 0 or absent). */
+  arcDelayUs?: number;
 }
 
 /**

@@ -488,8 +488,11 @@ static void vmt_arc_begin(struct vmt_dev *d)
 			break;
 		peak = seen;
 	}
-	if (d->arc_delay_us)
-		fsleep(d->arc_delay_us);
+	/* not fsleep(): before 6.13 it may sleep up to twice as long as asked */
+	if (d->arc_delay_us >= 20000)
+		msleep(DIV_ROUND_UP(d->arc_delay_us, 1000));
+	else if (d->arc_delay_us)
+		usleep_range(d->arc_delay_us, d->arc_delay_us + d->arc_delay_us / 16 + 1);
 }
 
 static void vmt_arc_end(void)
