@@ -258,7 +258,7 @@ describe(
   `several v2 devices, one state change job (real kernel) on ${guestKernel || 'host'}`,
   { skip: needsDriver },
   () => {
-    test("setStatesTogether moves every device each arc in one VFIO_DEVICE_FEATURE job; data_fds are adopted close-on-exec; one device's error is its own", async () => {
+    test("setStatesTogether moves every device each arc in one deviceFeaturesAsync call; data_fds are adopted close-on-exec; one device's error is its own", async () => {
       const { Device, uapi } = await import('../../lib');
       const { V2Engine } = await import('../../lib/migration/v2');
       const before = openFdCount();

@@ -142,7 +142,7 @@ test('model: setStateByName takes a state name in any case, and refuses ERROR an
   assert.deepEqual(dev.take(), [], 'no ioctl for a refused name');
 });
 
-/** Model engines and a batch call that records which devices each of its jobs held (Device.featuresAsync's contract). */
+/** Model engines and a batch call that records which devices each of its calls held (Device.featuresAsync's contract). */
 function fleet(count: number, support = { p2p: true, preCopy: false }) {
   const devs = Array.from({ length: count }, () => new ModelDevice());
   const engines = devs.map((dev) => new V2Engine(dev as unknown as Device, support));
@@ -156,7 +156,7 @@ function fleet(count: number, support = { p2p: true, preCopy: false }) {
   return { devs, engines, batches, features, take: () => devs.map((d) => d.take()) };
 }
 
-test('model: setStatesTogether takes one arc of every engine whose state it knows in one job, the rest on their own', async () => {
+test('model: setStatesTogether takes one arc of every engine whose state it knows in one call, the rest on their own', async () => {
   const { devs, engines, batches, features, take } = fleet(3);
   await engines[0]!.setState(STOP);
   await engines[1]!.setState(STOP);
@@ -169,7 +169,7 @@ test('model: setStatesTogether takes one arc of every engine whose state it know
     devs.map((d) => d.state),
     [RUNNING_P2P, RUNNING_P2P, RUNNING_P2P],
   );
-  // Now every state is known: the next stage is one job for all three, with no GET.
+  // Now every state is known: the next stage is one call for all three, with no GET.
   await V2Engine.setStatesTogether(engines, RUNNING, { features });
   assert.deepEqual(batches[1], [0, 1, 2]);
   assert.deepEqual(take(), [['set RUNNING'], ['set RUNNING'], ['set RUNNING']]);
@@ -224,7 +224,7 @@ test('model: one failed arc in a joint job fails with its state read back; the o
   assert.deepEqual(take(), [['get'], ['get'], ['get']], 'each engine reads its state back');
 });
 
-test('model: enterStopCopyTogether stops every engine, each arc one job for all, and says when each stopped', async () => {
+test('model: enterStopCopyTogether stops every engine, each arc one call for all, and says when each stopped', async () => {
   const { devs, engines, batches, features, take } = fleet(3);
   // Known RUNNING (a GET each), then together: RUNNING_P2P, the estimates, STOP, STOP_COPY.
   await Promise.all(engines.map((e) => e.getState()));
@@ -254,7 +254,7 @@ test('model: enterStopCopyTogether stops every engine, each arc one job for all,
   );
 });
 
-test('model: finishLoadTogether takes every loaded engine RESUMING -> STOP in one job; a refusal fails it after all ended', async () => {
+test('model: finishLoadTogether takes every loaded engine RESUMING -> STOP in one call; a refusal fails it after all ended', async () => {
   const { devs, engines, batches, features, take } = fleet(3);
   await V2Engine.setStatesTogether(engines, RESUMING, { features });
   take();
