@@ -722,6 +722,29 @@ static struct vmt_dev *vmt_from_dev(struct device *dev)
 	return dev_get_drvdata(dev);
 }
 
+/* A u32 knob (the field at `offset` in struct vmt_dev), read under the device's lock. */
+static ssize_t vmt_show_u32(struct device *dev, char *buf, size_t offset,
+			    const char *fmt)
+{
+	struct vmt_dev *d = vmt_from_dev(dev);
+	u32 v;
+
+	mutex_lock(&d->lock);
+	v = *(u32 *)((u8 *)d + offset);
+	mutex_unlock(&d->lock);
+	return sysfs_emit(buf, fmt, v);
+}
+
+/* A u32 written to a knob: any base kstrtou32 takes, at most `max` (else -EINVAL). */
+static int vmt_parse_u32(const char *buf, u32 max, u32 *v)
+{
+	int ret = kstrtou32(buf, 0, v);
+
+	if (ret)
+		return ret;
+	return *v > max ? -EINVAL : 0;
+}
+
 static ssize_t state_size_show(struct device *dev,
 			       struct device_attribute *attr, char *buf)
 {
@@ -757,13 +780,7 @@ static DEVICE_ATTR_RW(state_size);
 static ssize_t chunk_size_show(struct device *dev,
 			       struct device_attribute *attr, char *buf)
 {
-	struct vmt_dev *d = vmt_from_dev(dev);
-	u32 v;
-
-	mutex_lock(&d->lock);
-	v = d->chunk_size;
-	mutex_unlock(&d->lock);
-	return sysfs_emit(buf, "%u\n", v);
+	return vmt_show_u32(dev, buf, offsetof(struct vmt_dev, chunk_size), "%u\n");
 }
 
 static ssize_t chunk_size_store(struct device *dev,
@@ -774,10 +791,10 @@ static ssize_t chunk_size_store(struct device *dev,
 	u32 v;
 	int ret;
 
-	ret = kstrtou32(buf, 0, &v);
+	ret = vmt_parse_u32(buf, VMT_CHUNK_MAX, &v);
 	if (ret)
 		return ret;
-	if (v < VMT_CHUNK_MIN || v > VMT_CHUNK_MAX || !PAGE_ALIGNED(v))
+	if (v < VMT_CHUNK_MIN || !PAGE_ALIGNED(v))
 		return -EINVAL;
 	mutex_lock(&d->lock);
 	if (d->open)
@@ -792,13 +809,7 @@ static DEVICE_ATTR_RW(chunk_size);
 static ssize_t dirty_rate_show(struct device *dev,
 			       struct device_attribute *attr, char *buf)
 {
-	struct vmt_dev *d = vmt_from_dev(dev);
-	u32 v;
-
-	mutex_lock(&d->lock);
-	v = d->dirty_rate;
-	mutex_unlock(&d->lock);
-	return sysfs_emit(buf, "%u\n", v);
+	return vmt_show_u32(dev, buf, offsetof(struct vmt_dev, dirty_rate), "%u\n");
 }
 
 static ssize_t dirty_rate_store(struct device *dev,
@@ -809,11 +820,9 @@ static ssize_t dirty_rate_store(struct device *dev,
 	u32 v;
 	int ret;
 
-	ret = kstrtou32(buf, 0, &v);
+	ret = vmt_parse_u32(buf, VMT_DIRTY_RATE_MAX, &v);
 	if (ret)
 		return ret;
-	if (v > VMT_DIRTY_RATE_MAX)
-		return -EINVAL;
 	mutex_lock(&d->lock);
 	d->dirty_rate = v;
 	vmt_dirty_kick(d);
@@ -825,13 +834,7 @@ static DEVICE_ATTR_RW(dirty_rate);
 static ssize_t reserved_bits_show(struct device *dev,
 				  struct device_attribute *attr, char *buf)
 {
-	struct vmt_dev *d = vmt_from_dev(dev);
-	u32 v;
-
-	mutex_lock(&d->lock);
-	v = d->v1_reserved;
-	mutex_unlock(&d->lock);
-	return sysfs_emit(buf, "0x%08x\n", v);
+	return vmt_show_u32(dev, buf, offsetof(struct vmt_dev, v1_reserved), "0x%08x\n");
 }
 
 static ssize_t reserved_bits_store(struct device *dev,
@@ -866,13 +869,7 @@ static DEVICE_ATTR_RW(reserved_bits);
 static ssize_t arc_delay_us_show(struct device *dev,
 				 struct device_attribute *attr, char *buf)
 {
-	struct vmt_dev *d = vmt_from_dev(dev);
-	u32 v;
-
-	mutex_lock(&d->lock);
-	v = d->arc_delay_us;
-	mutex_unlock(&d->lock);
-	return sysfs_emit(buf, "%u\n", v);
+	return vmt_show_u32(dev, buf, offsetof(struct vmt_dev, arc_delay_us), "%u\n");
 }
 
 static ssize_t arc_delay_us_store(struct device *dev,
@@ -883,11 +880,9 @@ static ssize_t arc_delay_us_store(struct device *dev,
 	u32 v;
 	int ret;
 
-	ret = kstrtou32(buf, 0, &v);
+	ret = vmt_parse_u32(buf, VMT_ARC_DELAY_MAX_US, &v);
 	if (ret)
 		return ret;
-	if (v > VMT_ARC_DELAY_MAX_US)
-		return -EINVAL;
 	if (d->kind != VMT_KIND_V2)
 		return -EOPNOTSUPP;
 	mutex_lock(&d->lock);
