@@ -348,7 +348,8 @@ Napi::Promise RunAsyncParts(Napi::Env env, const char* syscall, std::string deta
   std::shared_ptr<Settlement> s = NewSettlement(env, jobs, syscall, std::move(detail), keep, nullptr, &promise);
   s->convert_parts = std::move(convert);
   s->part_outcomes.resize(parts.size());
-  // One more than the parts until every part is queued, so that none settles the call early.
+  // The parts still to end, and one for this call itself, dropped once every part is queued: if
+  // libuv refused them all, nothing else would ever settle the call.
   s->pending = parts.size() + 1;
   for (size_t i = 0; i < parts.size(); i++) {
     int err;
