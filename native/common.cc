@@ -177,9 +177,8 @@ struct Settlement {
   PoolJob::ConvertParts convert_parts;  // parts
   PoolJob::Done done;
   std::vector<Napi::ObjectReference> keep;
-  Outcome outcome;                     // one job's
-  std::vector<Outcome> part_outcomes;  // each part's, by index
-  size_t pending = 1;                  // jobs not yet ended
+  std::vector<Outcome> outcomes = std::vector<Outcome>(1);  // each job's, by part (one job: [0])
+  size_t pending = 1;                                       // jobs not yet ended
 };
 
 // One job on the pool: its work and outcome, and the call it belongs to.
@@ -218,16 +217,18 @@ void ExecuteJob(uv_work_t* req) {
 void Settle(Settlement& s) {
   Napi::Env env(s.env);
   napi_value settled;
-  bool ok = s.outcome.err == 0;
+  // A call of parts hands every outcome, failed or not, to its convert; one job fails as a whole.
+  const Outcome& one = s.outcomes[0];
+  bool ok = s.convert_parts || one.err == 0;
   try {
     if (!ok) {
-      Napi::Error error = SyscallError(env, s.syscall, s.outcome.err, s.detail.c_str());
-      if (s.outcome.stage) error.Set("stage", Napi::String::New(env, s.outcome.stage));
+      Napi::Error error = SyscallError(env, s.syscall, one.err, s.detail.c_str());
+      if (one.stage) error.Set("stage", Napi::String::New(env, one.stage));
       settled = error.Value();
     } else if (s.convert_parts) {
-      settled = s.convert_parts(env, s.part_outcomes);
+      settled = s.convert_parts(env, s.outcomes);
     } else {
-      settled = s.convert ? s.convert(env, s.outcome) : env.Undefined();
+      settled = s.convert ? s.convert(env, one) : env.Undefined();
     }
   } catch (const Napi::Error& e) {
     ok = false;
@@ -268,16 +269,10 @@ void AfterJob(uv_work_t* req, int status) {
   AsyncJobs* jobs = job->jobs;
   jobs->in_flight--;
   Settlement& s = *job->settlement;
-  if (s.convert_parts) {
-    s.part_outcomes[job->part] = job->outcome;
-  } else {
-    s.outcome = job->outcome;
-  }
-  // A part that ends before the others costs this thread no JS: only the last one settles.
-  if (--s.pending > 0) {
-    FinishTeardownIfIdle(jobs);
-    return;
-  }
+  s.outcomes[job->part] = job->outcome;
+  // A part that ends before the others costs this thread no JS, and the others are still in
+  // flight (so no teardown can finish here): only the last one settles.
+  if (--s.pending > 0) return;
   SettleInScope(jobs, s);
 }
 
@@ -347,7 +342,7 @@ Napi::Promise RunAsyncParts(Napi::Env env, const char* syscall, std::string deta
   napi_value promise;
   std::shared_ptr<Settlement> s = NewSettlement(env, jobs, syscall, std::move(detail), keep, nullptr, &promise);
   s->convert_parts = std::move(convert);
-  s->part_outcomes.resize(parts.size());
+  s->outcomes.resize(parts.size());
   // The parts still to end, and one for this call itself, dropped once every part is queued: if
   // libuv refused them all, nothing else would ever settle the call.
   s->pending = parts.size() + 1;
@@ -355,7 +350,7 @@ Napi::Promise RunAsyncParts(Napi::Env env, const char* syscall, std::string deta
     int err;
     if (!QueueJob(jobs, s, i, std::move(parts[i]), &err)) {
       // A part libuv refused ran nothing: it ends here with libuv's error as its outcome.
-      s->part_outcomes[i].err = -err;
+      s->outcomes[i].err = -err;
       s->pending--;
     }
   }

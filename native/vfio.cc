@@ -237,11 +237,7 @@ Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
   uint32_t count = fd_list.Length();
   if (count != feature_list.Length()) throw Napi::RangeError::New(env, "deviceFds and features differ in length");
   // Each device is a FeatureOp (its checks, its ioctl, its delivery); its ioctl is a part of its own.
-  struct Entry {
-    FeatureOp op;
-    Outcome out;
-  };
-  auto entries = std::make_shared<std::vector<Entry>>();
+  auto entries = std::make_shared<std::vector<FeatureOp>>();
   entries->reserve(count);
   std::vector<Napi::Value> keep;
   for (uint32_t i = 0; i < count; i++) {
@@ -253,27 +249,27 @@ Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
     Napi::Value v = feature_list[i];
     if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
       throw Napi::TypeError::New(env, "features must hold Buffers or Uint8Arrays");
-    entries->push_back({FeatureOp(env, n, v.As<Napi::Uint8Array>(), true), {}});
+    entries->push_back(FeatureOp(env, n, v.As<Napi::Uint8Array>(), true));
     keep.push_back(v);
   }
   std::vector<PoolJob::Work> parts;
   parts.reserve(count);
-  for (uint32_t i = 0; i < count; i++) parts.push_back([entries, i] { return (*entries)[i].op.Run(); });
+  for (uint32_t i = 0; i < count; i++) parts.push_back([entries, i] { return (*entries)[i].Run(); });
   auto convert = [entries](Napi::Env e, const std::vector<Outcome>& outcomes) -> Napi::Value {
-    for (uint32_t i = 0; i < entries->size(); i++) (*entries)[i].out = outcomes[i];
     // Every buffer is delivered before any result is handed out. A delivery that fails (its
     // memory was detached) closes its own data_fd; then the promise rejects, so no data_fd of
     // the others may stay open unseen either.
     Napi::Array results = Napi::Array::New(e, entries->size());
     bool delivered = true;
     for (uint32_t i = 0; i < entries->size(); i++) {
-      const Entry& entry = (*entries)[i];
-      if (entry.out.err) {
-        results[i] = SyscallError(e, FeatureOp::kSyscall, entry.out.err, entry.op.Detail(entry.out).c_str()).Value();
+      const FeatureOp& op = (*entries)[i];
+      const Outcome& out = outcomes[i];
+      if (out.err) {
+        results[i] = SyscallError(e, FeatureOp::kSyscall, out.err, op.Detail(out).c_str()).Value();
         continue;
       }
       try {
-        results[i] = entry.op.Result(e, entry.out);
+        results[i] = op.Result(e, out);
       } catch (const Napi::Error&) {
         delivered = false;
         results[i] = e.Undefined();
@@ -281,9 +277,9 @@ Napi::Value DeviceFeatures(const Napi::CallbackInfo& info) {
     }
     if (!delivered) {
       for (uint32_t i = 0; i < entries->size(); i++) {
-        const Entry& entry = (*entries)[i];
+        const FeatureOp& op = (*entries)[i];
         Napi::Value r = results[i];
-        int32_t data_fd = r.IsNumber() ? HandedDataFd(entry.op.data, entry.op.length) : -1;
+        int32_t data_fd = r.IsNumber() ? HandedDataFd(op.data, op.length) : -1;
         if (data_fd >= 0) close(data_fd);
       }
       throw Napi::Error::New(e, "deviceFeaturesAsync: a feature buffer was detached while its ioctl ran");
