@@ -176,16 +176,7 @@ async function migrateRows(): Promise<void> {
       const dirtyRate = mode === 'live' ? LIVE_DIRTY_RATE : 0;
       for (const d of sources) d.set('dirty_rate', String(dirtyRate));
       const args = mode === 'live' ? [] : ['--no-precopy'];
-      // One device and four take turns, so that a slow spell of the emulator falls on both: with
-      // each count's three runs in one block, the ratio of their medians went from 1.53x to 2.00x
-      // between two runs of unchanged code (December 3, 22:54 and 23:52).
-      const rows = new Map<number, MigrateRow>();
-      for (let rep = 0; rep < MULTI_REPEAT; rep++)
-        for (const count of [1, 4]) {
-          const run = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), { args, repeat: 1 });
-          const row = rows.get(count);
-          rows.set(count, row ? joinRuns(row, run) : run);
-        }
+      const rows = oneAndFourInTurn(sources, dests, args);
       for (const count of [1, 4]) {
         console.log(`@@migrate-n ${JSON.stringify({ ...rows.get(count)!, mode, dirtyRate })}`);
         // The same devices' downtime calls with no protocol (floor.ts, and the C reference in its
@@ -216,13 +207,7 @@ function slowDeviceRows(sources: TestDevice[], dests: TestDevice[]): void {
   for (const d of sources) d.set('dirty_rate', String(LIVE_DIRTY_RATE));
   for (const d of all) d.set('arc_delay_us', SLOW_ARC_US);
   try {
-    const rows = new Map<number, MigrateRow>();
-    for (let rep = 0; rep < MULTI_REPEAT; rep++)
-      for (const count of [1, 4]) {
-        const run = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), { repeat: 1 });
-        const row = rows.get(count);
-        rows.set(count, row ? joinRuns(row, run) : run);
-      }
+    const rows = oneAndFourInTurn(sources, dests);
     for (const count of [1, 4]) {
       const row = { ...rows.get(count)!, mode: 'live', dirtyRate: LIVE_DIRTY_RATE, arcDelayUs: SLOW_ARC_US };
       console.log(`@@migrate-n ${JSON.stringify(row)}`);
@@ -238,6 +223,23 @@ function slowDeviceRows(sources: TestDevice[], dests: TestDevice[]): void {
 
 /** Runs of the four-device rows (and their one-device rows), one count and the other in turn. */
 const MULTI_REPEAT = Math.max(7, REPEAT);
+
+/**
+ * MULTI_REPEAT cold migrations of the first device pair and of the first four, taking turns, by
+ * device count. One device and four take turns so that a slow spell of the emulator falls on
+ * both: with each count's three runs in one block, the ratio of their medians went from 1.53x to
+ * 2.00x between two runs of unchanged code (December 3, 22:54 and 23:52).
+ */
+function oneAndFourInTurn(sources: TestDevice[], dests: TestDevice[], args: string[] = []): Map<number, MigrateRow> {
+  const rows = new Map<number, MigrateRow>();
+  for (let rep = 0; rep < MULTI_REPEAT; rep++)
+    for (const count of [1, 4]) {
+      const run = migrateRuns('v2', 64, sources.slice(0, count), dests.slice(0, count), { args, repeat: 1 });
+      const row = rows.get(count);
+      rows.set(count, row ? joinRuns(row, run) : run);
+    }
+  return rows;
+}
 
 interface MigrateRunsOptions {
   /** A C reference mode moving the first pair device to device after each of our runs. */
